@@ -1,0 +1,53 @@
+# stockstreamer — `make run` runs the stack, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install run test lint format typecheck migrate psql bench clean
+
+help:
+	@echo "make run      create .venv, install, run the whole stack (embedded PostgreSQL unless DATABASE_URL)"
+	@echo "make test     install, lint, and run every test"
+	@echo "make lint     ruff + mypy"
+	@echo "make migrate  apply database migrations"
+	@echo "make psql     a psql shell on the database in use"
+	@echo "make bench    run the benchmarks (see BENCHMARKS.md)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Installs from the pinned lock file; re-runs when the pins or the project metadata change.
+$(STAMP): $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m services.runner run
+
+migrate: install
+	$(BIN)/python -m services.runner migrate
+
+psql: install
+	$(BIN)/python -m services.runner psql
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""stockstreamer: a real-time stock ticker built from small services."""

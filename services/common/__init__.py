@@ -1,0 +1,1 @@
+"""Code shared by every stockstreamer service: settings, database, symbols, logging, metrics."""

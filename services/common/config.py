@@ -1,0 +1,51 @@
+"""The settings base every service extends: env, `.env`, and secrets from files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/stockstreamer?sslmode=disable"
+
+
+class CommonSettings(BaseSettings):
+    """Settings shared by all services; names are `STOCKSTREAMER_*` except `DATABASE_URL`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STOCKSTREAMER_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        repr=False,  # may carry a password
+        description="PostgreSQL URL; DATABASE_URL_FILE names a file holding it instead.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """Take DATABASE_URL from DATABASE_URL_FILE (Docker secrets) when only the file is given."""
+        if isinstance(data, dict) and not data.get("DATABASE_URL") and not data.get("database_url"):
+            path = os.environ.get("DATABASE_URL_FILE")
+            if path:
+                data = {**data, "database_url": Path(path).read_text().strip()}
+        return data
+
+
+def read_secret(value: str | None, file: str | None) -> str | None:
+    """A secret given directly or through a file name (for Docker/Kubernetes secrets)."""
+    if value:
+        return value
+    if file:
+        return Path(file).read_text().strip() or None
+    return None

@@ -1,0 +1,70 @@
+"""asyncpg pools and connections with the service's role and a redacted URL for logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# set_config() takes its value as a parameter, unlike SET ROLE, so no SQL is built from strings.
+SET_ROLE = "SELECT set_config('role', $1, false)"
+
+
+def redact_url(url: str) -> str:
+    """The database URL with any password replaced, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _init_for(role: str | None) -> Any:
+    async def init(conn: asyncpg.Connection) -> None:
+        if role:
+            await conn.execute(SET_ROLE, role)
+
+    return init
+
+
+async def connect(url: str, role: str | None = None, timeout: float = 5.0) -> asyncpg.Connection:
+    """One connection, switched to `role` when given."""
+    conn = await asyncpg.connect(url, timeout=timeout)
+    await _init_for(role)(conn)
+    return conn
+
+
+async def create_pool(
+    url: str, role: str | None = None, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool:
+    """A pool whose connections all act as `role` (e.g. the read-only role for the API)."""
+    return await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0
+    )
+
+
+async def wait_for_database(url: str, timeout: float | None = None, interval: float = 1.0) -> None:
+    """Block until the database accepts connections (or `timeout` seconds pass)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    warned = False
+    while True:
+        try:
+            conn = await asyncpg.connect(url, timeout=interval * 2)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            if deadline is not None and loop.time() >= deadline:
+                raise
+            if not warned:
+                log.warning(
+                    "waiting for the database", extra={"url": redact_url(url), "error": str(exc)}
+                )
+                warned = True
+            await asyncio.sleep(interval)
+        else:
+            await conn.close()
+            return

@@ -1,0 +1,36 @@
+"""Domain types passed between a provider, the fetcher and the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One price observation at the provider's own time."""
+
+    symbol: str
+    ts: datetime
+    price: Decimal
+    volume: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A company's display metadata."""
+
+    symbol: str
+    name: str | None
+    logo_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Week52:
+    """The 52-week high and low of a stock, with the previous close when known."""
+
+    symbol: str
+    high: Decimal
+    low: Decimal
+    previous_close: Decimal | None = None

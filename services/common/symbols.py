@@ -1,0 +1,45 @@
+"""The one symbol pattern every service (and the database) checks against."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# Tickers such as GE, NVDA, BRK.B or RDS-A. The same pattern is a CHECK constraint in
+# db/migrations, so a symbol that passes here is one the database accepts.
+SYMBOL_PATTERN = r"^[A-Z][A-Z0-9]{0,9}([.-][A-Z0-9]{1,4})?$"
+_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
+MAX_SYMBOL_LENGTH = 15
+
+
+class InvalidSymbolError(ValueError):
+    """A symbol that does not match SYMBOL_PATTERN."""
+
+
+def is_valid_symbol(symbol: str) -> bool:
+    """Whether `symbol` matches the shared pattern."""
+    return len(symbol) <= MAX_SYMBOL_LENGTH and _SYMBOL_RE.fullmatch(symbol) is not None
+
+
+def normalize_symbol(symbol: str) -> str:
+    """Upper-case and validate one symbol, raising InvalidSymbolError."""
+    candidate = symbol.strip().upper()
+    if not is_valid_symbol(candidate):
+        raise InvalidSymbolError(
+            f"invalid symbol {symbol!r}: expected 1-10 letters or digits starting with a letter, "
+            "optionally followed by '.' or '-' and a 1-4 character class suffix (e.g. BRK.B)"
+        )
+    return candidate
+
+
+def parse_symbols(value: str | Iterable[str]) -> list[str]:
+    """Comma-separated text (or an iterable) as unique, validated symbols, in order."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    result: list[str] = []
+    for item in items:
+        if not item.strip():
+            continue
+        symbol = normalize_symbol(item)
+        if symbol not in result:
+            result.append(symbol)
+    return result

@@ -1,0 +1,1 @@
+"""The market-data fetcher: provider → validation → buffer → one batch writer → PostgreSQL."""

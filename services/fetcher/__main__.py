@@ -1,0 +1,55 @@
+"""Run the fetcher: `python -m services.fetcher` (settings from env and `.env`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from services.common.logging import setup_logging
+from services.common.metrics import start_metrics_server
+from services.fetcher.config import FetcherSettings
+from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.providers import create_provider
+from services.fetcher.service import Fetcher
+
+log = logging.getLogger("services.fetcher")
+
+
+async def serve(settings: FetcherSettings) -> None:
+    """Run until SIGTERM or SIGINT, then flush and return."""
+    fetcher = Fetcher(settings, create_provider(settings), FetcherMetrics())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, fetcher.stop)
+    server = start_metrics_server(
+        settings.fetcher_metrics_port,
+        settings.fetcher_metrics_host,
+        ready=lambda: fetcher.writer.connected,
+    )
+    log.info(
+        "metrics listening",
+        extra={"url": f"http://{settings.fetcher_metrics_host}:{server.server_address[1]}/metrics"},
+    )
+    try:
+        await fetcher.run()
+    finally:
+        server.shutdown()
+
+
+def main() -> int:
+    try:
+        settings = FetcherSettings()
+    except ValidationError as exc:
+        print(f"stockstreamer fetcher: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The fetcher's loops: prices every interval, metadata every few hours, one writer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import stamina
+
+from services.common.db import connect
+from services.common.models import Profile, Week52
+from services.fetcher import queries
+from services.fetcher.buffer import TickBuffer
+from services.fetcher.config import FetcherSettings
+from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.providers.base import Provider, ProviderError
+from services.fetcher.validation import DropLog, DropReason, split_valid
+from services.fetcher.writer import OUTAGE_ERRORS, BatchWriter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+METADATA_RETRY_SECONDS = 30.0
+
+
+class Fetcher:
+    """Runs one provider against one database until `stop()`."""
+
+    def __init__(self, settings: FetcherSettings, provider: Provider, metrics: FetcherMetrics):
+        self.settings = settings
+        self.provider = provider
+        self.metrics = metrics
+        self.symbols = list(settings.symbols)
+        self.buffer = TickBuffer(settings.buffer_capacity)
+        self.writer = BatchWriter(
+            settings.database_url, self.symbols, self.buffer, metrics,
+            settings.batch_size, settings.fetcher_db_role,
+        )  # fmt: skip
+        self.drops = DropLog()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask every loop to finish; the writer then drains the buffer."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Fetch and write until stopped; on stop, flush for at most `shutdown_timeout` s."""
+        log.info(
+            "fetcher starting",
+            extra={"provider": self.provider.name, "symbols": ",".join(self.symbols)},
+        )
+        writer = asyncio.create_task(self.writer.run(self._stop), name="writer")
+        loops = [
+            asyncio.create_task(self._price_loop(), name="prices"),
+            asyncio.create_task(self._metadata_loop(), name="metadata"),
+        ]
+        await self._stop.wait()
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        try:
+            await asyncio.wait_for(writer, self.settings.shutdown_timeout)
+        except TimeoutError:
+            log.error("shutdown: ticks not flushed in time", extra={"lost": len(self.buffer)})
+        await self.writer.close()
+        await self.provider.aclose()
+        log.info("fetcher stopped", extra={"unflushed": len(self.buffer)})
+
+    async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T | None:
+        """Call the provider with bounded, jittered exponential back-off; None skips the round."""
+        s = self.settings
+        try:
+            async for attempt in stamina.retry_context(
+                on=ProviderError, attempts=s.retry_attempts, timeout=None,
+                wait_initial=s.retry_wait_initial, wait_max=s.retry_wait_max,
+            ):  # fmt: skip
+                with attempt:
+                    try:
+                        return await fn()
+                    except ProviderError as exc:
+                        self.metrics.provider_errors.labels(exc.kind).inc()
+                        if exc.retry_after:
+                            await asyncio.sleep(min(exc.retry_after, s.retry_wait_max))
+                        raise
+        except ProviderError as exc:
+            self.metrics.rounds_skipped.labels(call).inc()
+            log.warning(
+                "provider failed; skipping this round",
+                extra={"call": call, "kind": exc.kind, "error": str(exc)},
+            )
+        return None
+
+    async def fetch_prices_once(self) -> None:
+        """One round: quotes for every symbol, validated, into the buffer."""
+        ticks = await self._call("quotes", lambda: self.provider.quotes(self.symbols))
+        if ticks is None:
+            return
+        self.metrics.ticks_fetched.labels(self.provider.name).inc(len(ticks))
+        good, dropped = split_valid(ticks, self.symbols, datetime.now(UTC), self.drops)
+        for reason, count in dropped.items():
+            self.metrics.ticks_dropped.labels(reason).inc(count)
+        evicted = self.buffer.put(good)
+        if evicted:
+            self.metrics.ticks_dropped.labels(DropReason.BUFFER_FULL).inc(evicted)
+            self.drops.record(DropReason.BUFFER_FULL, f"{evicted} oldest ticks evicted")
+        self.metrics.buffer_depth.set(len(self.buffer))
+
+    async def _price_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.settings.price_interval
+        next_at = loop.time()
+        while True:
+            try:
+                await self.fetch_prices_once()
+            except Exception:  # one bad round must never end the loop
+                self.metrics.provider_errors.labels("unexpected").inc()
+                log.exception("price round failed")
+            # Fixed-rate schedule: no drift, and no burst of catch-up rounds after a stall.
+            next_at = max(next_at + interval, loop.time())
+            await asyncio.sleep(next_at - loop.time())
+
+    async def refresh_metadata_once(self) -> bool:
+        """Fetch profiles and 52-week ranges and upsert them; False if it must be retried."""
+        profiles = await self._call("profiles", lambda: self.provider.profiles(self.symbols))
+        week52 = await self._call("week52", lambda: self.provider.week52(self.symbols))
+        try:
+            await self._store_metadata(profiles or [], week52 or [])
+        except OUTAGE_ERRORS as exc:
+            log.warning("metadata not stored: database unreachable", extra={"error": str(exc)})
+            return False
+        return profiles is not None and week52 is not None
+
+    async def _store_metadata(self, profiles: Sequence[Profile], week52: Sequence[Week52]) -> None:
+        tracked = set(self.symbols)
+        profiles = [p for p in profiles if p.symbol in tracked]
+        week52 = [w for w in week52 if w.symbol in tracked and 0 < w.low <= w.high]
+        if not profiles and not week52:
+            return
+        conn = await connect(self.settings.database_url, self.settings.fetcher_db_role or None)
+        try:
+            async with conn.transaction():
+                changed: set[str] = set()
+                if profiles:
+                    rows = await conn.fetch(
+                        queries.UPSERT_PROFILES,
+                        [p.symbol for p in profiles],
+                        [p.name for p in profiles],
+                        [p.logo_url for p in profiles],
+                    )
+                    changed.update(r["symbol"] for r in rows)
+                if week52:
+                    rows = await conn.fetch(
+                        queries.UPSERT_WEEK52,
+                        [w.symbol for w in week52],
+                        [w.high for w in week52],
+                        [w.low for w in week52],
+                        [w.previous_close for w in week52],
+                    )
+                    changed.update(r["symbol"] for r in rows)
+                for symbol in sorted(changed):
+                    await conn.execute(queries.NOTIFY, "stocks", symbol)
+        finally:
+            await conn.close()
+
+    async def _metadata_loop(self) -> None:
+        while True:
+            try:
+                ok = await self.refresh_metadata_once()
+            except Exception:
+                log.exception("metadata round failed")
+                ok = False
+            delay = self.settings.metadata_interval if ok else METADATA_RETRY_SECONDS
+            await asyncio.sleep(min(delay, self.settings.metadata_interval))

@@ -1,0 +1,71 @@
+"""Checks on provider data before it may reach the database."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Collection, Iterable
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from services.common.models import Tick
+
+log = logging.getLogger(__name__)
+
+MAX_CLOCK_SKEW = timedelta(minutes=1)
+
+
+class DropReason(StrEnum):
+    """Why a tick was not written."""
+
+    NON_POSITIVE = "non_positive_price"
+    NOT_FINITE = "non_finite_price"
+    FUTURE = "future_timestamp"
+    UNTRACKED = "untracked_symbol"
+    MALFORMED = "malformed"
+    BUFFER_FULL = "buffer_full"
+    REJECTED = "rejected_by_database"
+
+
+def check_tick(tick: Tick, tracked: Collection[str], now: datetime) -> DropReason | None:
+    """The reason `tick` must be dropped, or None when it is good."""
+    if tick.symbol not in tracked:
+        return DropReason.UNTRACKED
+    if not tick.price.is_finite():
+        return DropReason.NOT_FINITE
+    if tick.price <= 0:
+        return DropReason.NON_POSITIVE
+    if tick.ts.tzinfo is None or tick.ts - now > MAX_CLOCK_SKEW:
+        return DropReason.FUTURE if tick.ts.tzinfo is not None else DropReason.MALFORMED
+    return None
+
+
+class DropLog:
+    """Logs the first drop of each kind, so a bad feed cannot flood the log."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def record(self, reason: str, detail: str) -> None:
+        if reason not in self._seen:
+            self._seen.add(reason)
+            log.warning(
+                "dropping bad data (logged once per kind; see ticks_dropped_total)",
+                extra={"reason": reason, "detail": detail},
+            )
+
+
+def split_valid(
+    ticks: Iterable[Tick], tracked: Collection[str], now: datetime, drops: DropLog
+) -> tuple[list[Tick], Counter[str]]:
+    """Good ticks, and a count of the dropped ones by reason."""
+    good: list[Tick] = []
+    dropped: Counter[str] = Counter()
+    for tick in ticks:
+        reason = check_tick(tick, tracked, now)
+        if reason is None:
+            good.append(tick)
+        else:
+            dropped[reason] += 1
+            drops.record(reason, f"{tick.symbol} {tick.price} at {tick.ts.isoformat()}")
+    return good, dropped

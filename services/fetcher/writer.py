@@ -1,0 +1,163 @@
+"""The single writer: drains the buffer in batches, one transaction at a time, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+
+from services.common.db import connect, redact_url
+from services.common.models import Tick
+from services.fetcher import queries
+from services.fetcher.buffer import TickBuffer
+from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.validation import DropReason
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database is not reachable right now": keep the batch and retry.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+# Errors that mean "this data can never be stored": isolate and drop the offending ticks.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+
+
+class BatchWriter:
+    """Owns the fetcher's only writing connection; nothing else inserts ticks."""
+
+    def __init__(
+        self,
+        url: str,
+        symbols: list[str],
+        buffer: TickBuffer,
+        metrics: FetcherMetrics,
+        batch_size: int,
+        role: str | None = None,
+    ) -> None:
+        self.url = url
+        self.symbols = symbols
+        self.buffer = buffer
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.role = role or None
+        self._conn: asyncpg.Connection | None = None
+        self._outage_since: float | None = None
+        self._backoff = 0.1
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(self.url, self.role)
+            # Ticks reference stocks; make sure every tracked symbol has its row.
+            await self._conn.execute(queries.ENSURE_STOCKS, self.symbols)
+            self.metrics.database_up.set(1)
+        return self._conn
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write until `stop` is set and the buffer is empty (the caller bounds the wait)."""
+        while not (stop.is_set() and len(self.buffer) == 0):
+            if not await self.buffer.wait(timeout=0.2):
+                continue
+            await self.flush_once()
+            if self._outage_since is not None:
+                await asyncio.sleep(self._backoff)
+
+    async def flush_once(self) -> None:
+        """Write one batch from the buffer, or put it back if the database is unreachable."""
+        batch = self.buffer.take(self.batch_size)
+        if not batch:
+            return
+        try:
+            conn = await self._connection()
+            await self._write(conn, batch)
+        except OUTAGE_ERRORS as exc:
+            evicted = self.buffer.requeue(batch)
+            self._on_outage(exc, evicted)
+            await self.close()
+        else:
+            if self._outage_since is not None:
+                log.info(
+                    "database is back; flushing buffered ticks",
+                    extra={"outage_s": round(time.monotonic() - self._outage_since, 1),
+                           "buffered": len(self.buffer)},
+                )  # fmt: skip
+                self._outage_since = None
+                self._backoff = 0.1
+        finally:
+            self.metrics.buffer_depth.set(len(self.buffer))
+
+    async def _write(self, conn: asyncpg.Connection, batch: list[Tick]) -> None:
+        started = time.perf_counter()
+        try:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    queries.INSERT_TICKS,
+                    [t.symbol for t in batch],
+                    [t.ts for t in batch],
+                    [t.price for t in batch],
+                    [t.volume for t in batch],
+                )
+                assert row is not None  # noqa: S101 - an aggregate always returns a row
+                if row["inserted"]:
+                    # Delivered on commit, with the highest id the readers may now fetch up to.
+                    await conn.execute(queries.NOTIFY, "prices", str(row["max_event_id"]))
+        except DATA_ERRORS as exc:
+            await self._write_isolating(conn, batch, exc)
+            return
+        self.metrics.batch_write_seconds.observe(time.perf_counter() - started)
+        self.metrics.ticks_written.inc(row["inserted"])
+        self.metrics.last_write.set(time.time())
+
+    async def _write_isolating(
+        self, conn: asyncpg.Connection, batch: list[Tick], exc: BaseException
+    ) -> None:
+        """Split a batch the database refused until only the bad ticks are left, and drop those."""
+        if len(batch) == 1:
+            self.metrics.ticks_dropped.labels(DropReason.REJECTED).inc()
+            log.error(
+                "database refused a tick; dropped",
+                extra={"symbol": batch[0].symbol, "ts": batch[0].ts.isoformat(), "error": str(exc)},
+            )
+            return
+        mid = len(batch) // 2
+        for half in (batch[:mid], batch[mid:]):
+            await self._write(conn, half)
+
+    def _on_outage(self, exc: BaseException, evicted: int) -> None:
+        self.metrics.database_up.set(0)
+        if evicted:
+            self.metrics.ticks_dropped.labels(DropReason.BUFFER_FULL).inc(evicted)
+            log.warning(
+                "buffer full: oldest ticks dropped",
+                extra={"dropped": evicted, "capacity": self.buffer.capacity},
+            )
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning(
+                "database unreachable; buffering ticks",
+                extra={"url": redact_url(self.url), "error": str(exc) or type(exc).__name__},
+            )
+        self._backoff = min(self._backoff * 2, 2.0)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await asyncio.wait_for(conn.close(), 1.0)
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                conn.terminate()
