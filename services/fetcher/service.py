@@ -67,7 +67,18 @@ class Fetcher:
             log.error("shutdown: ticks not flushed in time", extra={"lost": len(self.buffer)})
         await self.writer.close()
         await self.provider.aclose()
-        log.info("fetcher stopped", extra={"unflushed": len(self.buffer)})
+        log.info(
+            "fetcher stopped",
+            extra={
+                "fetched": self._sample("ticks_fetched_total", provider=self.provider.name),
+                "written": self._sample("ticks_written_total"),
+                "unflushed": len(self.buffer),
+            },
+        )
+
+    def _sample(self, name: str, **labels: str) -> int:
+        value = self.metrics.registry.get_sample_value(f"stockstreamer_fetcher_{name}", labels)
+        return int(value or 0)
 
     async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T | None:
         """Call the provider with bounded, jittered exponential back-off; None skips the round."""
