@@ -26,6 +26,8 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # the connection's protocol state is broken after the server vanished mid-statement
+    asyncpg.InternalClientError,
 )
 # Errors that mean "this data can never be stored": isolate and drop the offending ticks.
 DATA_ERRORS: tuple[type[BaseException], ...] = (
@@ -85,7 +87,9 @@ class BatchWriter:
         try:
             conn = await self._connection()
             await self._write(conn, batch)
-        except OUTAGE_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the batch must not be lost
+            if not isinstance(exc, OUTAGE_ERRORS):
+                log.exception("unexpected error writing a batch; it will be retried")
             evicted = self.buffer.requeue(batch)
             self._on_outage(exc, evicted)
             await self.close()

@@ -1,0 +1,61 @@
+"""Fetcher settings: defaults, parsing, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from services.fetcher.config import FetcherSettings
+from tests.utils.processes import ROOT
+
+
+def test_defaults() -> None:
+    settings = FetcherSettings()
+    assert settings.symbols == ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
+    assert settings.provider == "simulated"
+    assert settings.metadata_interval == 6 * 3600
+    assert settings.buffer_capacity >= 1_000_000
+
+
+def test_symbols_from_env_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKSTREAMER_SYMBOLS", " aapl, BRK.B ,AAPL,msft ")
+    assert FetcherSettings().symbols == ["AAPL", "BRK.B", "MSFT"]
+
+
+@pytest.mark.parametrize("value", ["AAPL,bad$", "AAPL,TOOLONGSYMBOL", ",", "1ABC"])
+def test_invalid_symbols_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("STOCKSTREAMER_SYMBOLS", value)
+    with pytest.raises(ValidationError, match="symbol"):
+        FetcherSettings()
+
+
+def test_dotenv_is_read(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # the autouse fixture chdirs into an empty temp dir; settings read `.env` from there
+    with open(".env", "w") as fh:
+        fh.write("STOCKSTREAMER_SYMBOLS=NVDA\nSTOCKSTREAMER_PRICE_INTERVAL=0.5\n")
+    settings = FetcherSettings()
+    assert settings.symbols == ["NVDA"] and settings.price_interval == 0.5
+
+
+def test_database_url_from_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    with open("db-url", "w") as fh:
+        fh.write("postgresql://u:secret@db:5432/x\n")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL_FILE", "db-url")
+    settings = FetcherSettings()
+    assert settings.database_url == "postgresql://u:secret@db:5432/x"
+    assert "secret" not in repr(settings)
+
+
+def test_invalid_symbol_is_a_clear_startup_error() -> None:
+    env = {"STOCKSTREAMER_SYMBOLS": "AAPL,no good", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "services.fetcher"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "invalid symbol 'no good'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,241 @@
+"""The fetcher against a real PostgreSQL: batches, duplicates, bad data, retries, NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.embedded_db import free_port
+from services.common.models import Profile, Tick, Week52
+from services.fetcher.config import FetcherSettings
+from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.providers.base import Provider, ProviderError
+from services.fetcher.service import Fetcher
+from tests.fetcher.scripted import ScriptedProvider
+from tests.utils.waiting import eventually
+
+SYMBOLS = "AAPL,NVDA"
+
+
+def make_fetcher(url: str, provider: Provider, **overrides: object) -> Fetcher:
+    settings = FetcherSettings(
+        database_url=url, symbols=SYMBOLS, price_interval=0.05,
+        retry_wait_initial=0.01, retry_wait_max=0.02, **overrides,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return Fetcher(settings, provider, FetcherMetrics(CollectorRegistry()))
+
+
+def sample(fetcher: Fetcher, name: str, **labels: str) -> float:
+    value = fetcher.metrics.registry.get_sample_value(f"stockstreamer_fetcher_{name}", labels)
+    return value or 0.0
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+async def listener(database_url: str) -> AsyncIterator[asyncio.Queue[tuple[str, str]]]:
+    conn = await asyncpg.connect(database_url)
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    def on_notify(_c: object, _pid: int, channel: str, payload: str) -> None:
+        queue.put_nowait((channel, payload))
+
+    for channel in ("prices", "stocks"):
+        await conn.add_listener(channel, on_notify)
+    yield queue
+    await conn.close()
+
+
+async def test_a_round_is_written_in_one_batch_and_notified(
+    database_url: str, db: asyncpg.Connection, listener: asyncio.Queue[tuple[str, str]]
+) -> None:
+    t = now()
+    ticks = [Tick("AAPL", t, Decimal("270.5"), 10), Tick("NVDA", t, Decimal("185.25"))]
+    fetcher = make_fetcher(database_url, ScriptedProvider([ticks]))
+    await fetcher.fetch_prices_once()
+    await fetcher.writer.flush_once()
+    await fetcher.writer.close()
+
+    rows = await db.fetch("SELECT symbol, ts, price, volume, event_id FROM ticks ORDER BY symbol")
+    assert [(r["symbol"], r["ts"], r["price"], r["volume"]) for r in rows] == [
+        ("AAPL", t, Decimal("270.5"), 10),
+        ("NVDA", t, Decimal("185.25"), None),
+    ]
+    channel, payload = await asyncio.wait_for(listener.get(), 5)
+    assert channel == "prices"
+    assert int(payload) == max(r["event_id"] for r in rows)
+    assert sample(fetcher, "ticks_written_total") == 2
+    assert sample(fetcher, "batch_write_seconds_count") == 1
+
+
+async def test_a_tick_delivered_twice_is_stored_once(
+    database_url: str, db: asyncpg.Connection, listener: asyncio.Queue[tuple[str, str]]
+) -> None:
+    tick = Tick("AAPL", now(), Decimal("1.5"))
+    fetcher = make_fetcher(database_url, ScriptedProvider([[tick], [tick]]))
+    for _ in range(2):
+        await fetcher.fetch_prices_once()
+        await fetcher.writer.flush_once()
+    await fetcher.writer.close()
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 1
+    assert sample(fetcher, "ticks_written_total") == 1
+    # a batch that stored nothing new announces nothing
+    assert listener.qsize() == 1
+
+
+async def test_bad_data_is_dropped_counted_and_never_written(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    t = now()
+    bad = [
+        Tick("AAPL", t, Decimal("0")),
+        Tick("AAPL", t + timedelta(seconds=1), Decimal("-2")),
+        Tick("AAPL", t + timedelta(seconds=2), Decimal("NaN")),
+        Tick("AAPL", t + timedelta(seconds=3), Decimal("Infinity")),
+        Tick("AAPL", t + timedelta(minutes=5), Decimal("1")),
+        Tick("MSFT", t, Decimal("1")),
+    ]
+    good = Tick("NVDA", t, Decimal("10"))
+    fetcher = make_fetcher(database_url, ScriptedProvider([[*bad, good]]))
+    await fetcher.fetch_prices_once()
+    await fetcher.writer.flush_once()
+    await fetcher.writer.close()
+
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 1
+    dropped = {
+        reason: sample(fetcher, "ticks_dropped_total", reason=reason)
+        for reason in ("non_positive_price", "non_finite_price", "future_timestamp",
+                       "untracked_symbol")
+    }  # fmt: skip
+    assert dropped == {
+        "non_positive_price": 2, "non_finite_price": 2, "future_timestamp": 1,
+        "untracked_symbol": 1,
+    }  # fmt: skip
+
+
+async def test_provider_errors_are_retried_then_the_round_is_skipped(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    t = now()
+    script: list[list[Tick] | ProviderError] = [
+        ProviderError("timeout", "read timed out"),
+        ProviderError("http_5xx", "502 Bad Gateway"),
+        ProviderError("http_5xx", "503"),  # third failure: the round is given up
+        [Tick("AAPL", t, Decimal("3"))],  # the next round works again
+    ]
+    provider = ScriptedProvider(script)
+    fetcher = make_fetcher(database_url, provider, retry_attempts=3)
+    await fetcher.fetch_prices_once()
+    assert provider.calls == 3
+    assert sample(fetcher, "rounds_skipped_total", call="quotes") == 1
+    assert sample(fetcher, "provider_errors_total", kind="http_5xx") == 2
+    assert sample(fetcher, "provider_errors_total", kind="timeout") == 1
+    assert len(fetcher.buffer) == 0
+
+    await fetcher.fetch_prices_once()
+    await fetcher.writer.flush_once()
+    await fetcher.writer.close()
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 1
+
+
+async def test_an_unexpected_provider_bug_does_not_stop_the_loop(database_url: str) -> None:
+    class Broken(ScriptedProvider):
+        async def quotes(self, symbols: object) -> list[Tick]:  # type: ignore[override]
+            self.calls += 1
+            raise KeyError("surprise")
+
+    provider = Broken()
+    fetcher = make_fetcher(database_url, provider)
+    task = asyncio.create_task(fetcher.run())
+    await eventually(lambda: provider.calls >= 3)
+    fetcher.stop()
+    await asyncio.wait_for(task, 10)
+    assert sample(fetcher, "provider_errors_total", kind="unexpected") >= 3
+
+
+async def test_metadata_is_upserted_and_changes_are_notified(
+    database_url: str, db: asyncpg.Connection, listener: asyncio.Queue[tuple[str, str]]
+) -> None:
+    provider = ScriptedProvider()
+    provider.profile_list = [Profile("AAPL", "Apple Inc.", "https://logo/aapl.svg")]
+    provider.week52_list = [Week52("AAPL", Decimal("300"), Decimal("150"), Decimal("270"))]
+    fetcher = make_fetcher(database_url, provider)
+    await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
+
+    assert await fetcher.refresh_metadata_once()
+    row = await db.fetchrow("SELECT * FROM stocks WHERE symbol = 'AAPL'")
+    assert row is not None
+    assert (row["name"], row["logo_url"]) == ("Apple Inc.", "https://logo/aapl.svg")
+    assert (row["week52_high"], row["week52_low"], row["previous_close"]) == (300, 150, 270)
+    assert await asyncio.wait_for(listener.get(), 5) == ("stocks", "AAPL")
+
+    # the same values again: refreshed time, but no change to announce
+    first_update = row["metadata_updated_at"]
+    assert await fetcher.refresh_metadata_once()
+    assert await db.fetchval("SELECT metadata_updated_at FROM stocks") > first_update
+    await asyncio.sleep(0.2)
+    assert listener.empty()
+
+    provider.week52_list = [Week52("AAPL", Decimal("310"), Decimal("150"))]
+    assert await fetcher.refresh_metadata_once()
+    assert await asyncio.wait_for(listener.get(), 5) == ("stocks", "AAPL")
+    # a missing previous close does not erase the known one
+    assert await db.fetchval("SELECT previous_close FROM stocks") == 270
+
+
+async def test_metadata_is_never_deleted_and_reinserted(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    provider = ScriptedProvider()
+    provider.profile_list = [Profile("AAPL", "Apple", None)]
+    fetcher = make_fetcher(database_url, provider)
+    await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
+    await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', now(), 1)")
+    for _ in range(2):
+        await fetcher.refresh_metadata_once()
+    # a delete would have failed on the tick's foreign key, or cascaded it away
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 1
+
+
+async def test_run_writes_every_symbol_and_stops_cleanly(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    from services.fetcher.providers.simulated import SimulatedProvider
+
+    fetcher = make_fetcher(database_url, SimulatedProvider(step_seconds=0.05))
+    task = asyncio.create_task(fetcher.run())
+
+    async def both_written() -> bool:
+        ticks = await db.fetchval("SELECT count(DISTINCT symbol) FROM ticks")
+        logos = await db.fetchval("SELECT count(*) FROM stocks WHERE logo_url IS NOT NULL")
+        return bool(ticks == logos == 2)
+
+    await eventually(both_written)
+    fetcher.stop()
+    await asyncio.wait_for(task, 10)
+    assert len(fetcher.buffer) == 0
+    written = await db.fetchval("SELECT count(*) FROM ticks")
+    assert written == sample(fetcher, "ticks_written_total") > 0
+
+
+async def test_a_full_buffer_drops_the_oldest_and_counts_them() -> None:
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/x?sslmode=disable"
+    fetcher = make_fetcher(unreachable, ScriptedProvider(), buffer_capacity=5)
+    t = now()
+    fetcher.provider = ScriptedProvider(
+        [[Tick("AAPL", t + timedelta(seconds=i), Decimal(1)) for i in range(4)] for _ in range(2)]
+    )
+    await fetcher.fetch_prices_once()
+    await fetcher.writer.flush_once()  # fails: the batch goes back, nothing lost yet
+    assert len(fetcher.buffer) == 4
+    await fetcher.fetch_prices_once()
+    assert len(fetcher.buffer) == 5
+    assert sample(fetcher, "ticks_dropped_total", reason="buffer_full") == 3

@@ -1,0 +1,60 @@
+"""The simulated market: reproducible, plausible, self-consistent."""
+
+from __future__ import annotations
+
+import base64
+
+from services.fetcher.providers.simulated import SimulatedProvider, logo_data_uri
+
+SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX", "ZZZ"]
+
+
+async def _prices(seed: int, rounds: int) -> list[list[str]]:
+    provider = SimulatedProvider(seed=seed)
+    return [[str(t.price) for t in await provider.quotes(SYMBOLS)] for _ in range(rounds)]
+
+
+async def test_same_seed_same_prices() -> None:
+    assert await _prices(7, 20) == await _prices(7, 20)
+    assert await _prices(7, 20) != await _prices(8, 20)
+
+
+async def test_one_tick_per_symbol_with_increasing_times() -> None:
+    provider = SimulatedProvider()
+    first = await provider.quotes(SYMBOLS)
+    second = await provider.quotes(SYMBOLS)
+    assert [t.symbol for t in first] == SYMBOLS
+    assert all(b.ts > a.ts for a, b in zip(first, second, strict=True))
+    assert all(t.price > 0 and t.ts.tzinfo is not None for t in first + second)
+
+
+async def test_realistic_levels() -> None:
+    ticks = {t.symbol: t.price for t in await SimulatedProvider().quotes(SYMBOLS)}
+    assert 20 < ticks["INTC"] < 60
+    assert 150 < ticks["AAPL"] < 400
+
+
+async def test_week52_contains_the_path() -> None:
+    provider = SimulatedProvider(volatility=2.0)
+    seen: dict[str, list[float]] = {s: [] for s in SYMBOLS}
+    for _ in range(200):
+        for t in await provider.quotes(SYMBOLS):
+            seen[t.symbol].append(float(t.price))
+    for w in await provider.week52(SYMBOLS):
+        assert 0 < w.low <= w.high
+        assert float(w.low) - 0.01 <= min(seen[w.symbol])
+        assert max(seen[w.symbol]) <= float(w.high) + 0.01
+        assert w.previous_close is not None and w.low <= w.previous_close <= w.high
+
+
+async def test_profiles_have_names_and_svg_badges() -> None:
+    profiles = await SimulatedProvider().profiles(["AAPL", "ZZZ"])
+    assert profiles[0].name == "Apple Inc."
+    assert profiles[1].name == "ZZZ (simulated)"
+    for p in profiles:
+        assert p.logo_url is not None and p.logo_url.startswith("data:image/svg+xml;base64,")
+
+
+def test_logo_shows_the_ticker() -> None:
+    svg = base64.b64decode(logo_data_uri("NVDA").split(",", 1)[1]).decode()
+    assert svg.startswith("<svg") and ">NVDA</text>" in svg
