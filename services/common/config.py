@@ -49,3 +49,19 @@ def read_secret(value: str | None, file: str | None) -> str | None:
     if file:
         return Path(file).read_text().strip() or None
     return None
+
+
+def env_names(settings_cls: type[BaseSettings]) -> dict[str, str]:
+    """Environment variable name → field name, for every field of a settings class."""
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    names: dict[str, str] = {}
+    for field_name, info in settings_cls.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            env = next(c for c in alias.choices if isinstance(c, str) and c.isupper())
+        elif isinstance(alias, str):
+            env = alias
+        else:
+            env = f"{prefix}{field_name}".upper()
+        names[env] = field_name
+    return names

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (results recorded in BENCHMARKS.md)."""
