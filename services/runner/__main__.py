@@ -25,9 +25,9 @@ class RunnerSettings(CommonSettings):
 
     data_dir: Path = Field(Path(".data"), description="Where the embedded PostgreSQL keeps data.")
     embedded_pg_port: int = Field(54329, ge=1, le=65535, description="Embedded PostgreSQL port.")
-    api_port: int = 8000
-    dashboard_port: int = 5006
-    fetcher_metrics_port: int = 9101
+    api_port: int = Field(8000, description="Port of the API.")
+    dashboard_port: int = Field(5006, description="Port of the dashboard.")
+    fetcher_metrics_port: int = Field(9101, description="Port of the fetcher's /metrics.")
 
 
 def start_database(settings: RunnerSettings) -> tuple[str, EmbeddedPostgres | None]:
@@ -75,6 +75,8 @@ def main() -> int:
         # Procfile commands say `python`: make it this interpreter, wherever make was run from.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, "DATABASE_URL": url, "PATH": path}
+        # The dashboard follows the API wherever STOCKSTREAMER_API_PORT moved it.
+        env.setdefault("STOCKSTREAMER_API_URL", f"http://127.0.0.1:{settings.api_port}")
         honcho = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile")]
         proc = subprocess.Popen(honcho, cwd=ROOT, env=env)  # noqa: S603
         signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
