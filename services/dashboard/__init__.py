@@ -1,0 +1,1 @@
+"""The live Bokeh dashboard, fed only by the API."""

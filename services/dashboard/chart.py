@@ -1,0 +1,159 @@
+"""The price chart: one line with markers per stock, 52-week bands, logos, legend and hover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bokeh.models.annotations.labels import Title
+from bokeh.models.annotations.legends import Legend, LegendItem
+from bokeh.models.filters import GroupFilter
+from bokeh.models.formatters import NumeralTickFormatter
+from bokeh.models.ranges import DataRange1d
+from bokeh.models.renderers.glyph_renderer import GlyphRenderer
+from bokeh.models.sources import CDSView, ColumnDataSource
+from bokeh.models.tools import HoverTool
+from bokeh.plotting import figure
+
+from services.dashboard.shaping import WINDOW_LABELS, WINDOWS
+
+BAND_CAPTION = (
+    "Shaded bands: each stock's 52-week range, from its 52-week low to its 52-week high. "
+    "Times are UTC."
+)
+PRICE_FORMAT = "$0,0.00"
+PCT_FORMAT = "+0.0%"
+
+
+@dataclass
+class Line:
+    """The models drawn for one stock."""
+
+    symbol: str
+    source: ColumnDataSource
+    band: GlyphRenderer[Any]
+    path: GlyphRenderer[Any]
+    markers: GlyphRenderer[Any]
+    logo: GlyphRenderer[Any]
+    legend_item: LegendItem
+
+    @property
+    def renderers(self) -> list[GlyphRenderer[Any]]:
+        return [self.band, self.path, self.markers, self.logo]
+
+
+class PriceChart:
+    """A datetime x / currency y figure that lines, bands and logos are added to."""
+
+    def __init__(self, window: str) -> None:
+        self.x_range = DataRange1d(
+            follow="end", follow_interval=WINDOWS[window], range_padding=0.03, only_visible=True,
+            renderers=[],
+        )  # fmt: skip
+        self.y_range = DataRange1d(range_padding=0.08, only_visible=True, renderers=[])
+        self.ranged: list[GlyphRenderer[Any]] = []
+        self.title_model = Title(text=self.title(window), name="title")
+        self.figure = figure(
+            name="chart",
+            x_axis_type="datetime",
+            x_range=self.x_range,
+            y_range=self.y_range,
+            tools="pan,box_zoom,wheel_zoom,reset,save",
+            active_scroll="wheel_zoom",
+            sizing_mode="stretch_width",
+            height=480,
+            min_width=600,
+            title=self.title_model,
+        )
+        p = self.figure
+        p.yaxis.formatter = NumeralTickFormatter(format=PRICE_FORMAT)
+        p.yaxis.axis_label = "Price (USD)"
+        p.add_layout(Title(text=BAND_CAPTION, text_font_style="italic", name="caption"), "below")
+        self.bands = ColumnDataSource(
+            {k: [] for k in ("symbol", "low", "high", "low_pct", "high_pct", "colour")},
+            name="bands",
+        )
+        self.logos = ColumnDataSource(
+            {k: [] for k in ("symbol", "url", "ts", "price", "pct")}, name="logos"
+        )
+        self.legend = Legend(items=[], click_policy="hide", name="legend", location="top_left")
+        p.add_layout(self.legend, "right")
+        self.hover = HoverTool(
+            renderers=[],
+            tooltips=[
+                ("stock", "$name"),
+                ("time", "@ts{%F %T}"),
+                ("price", "@price{$0,0.00}"),
+                ("change", "@pct{+0.00%} since window start"),
+            ],
+            formatters={"@ts": "datetime"},
+            mode="mouse",
+        )
+        p.add_tools(self.hover)
+        self.lines: dict[str, Line] = {}
+        self.mode = "price"
+
+    @staticmethod
+    def title(window: str) -> str:
+        return f"Live stock prices · last {WINDOW_LABELS[window]}"
+
+    def add_line(self, symbol: str, colour: str) -> Line:
+        """Draw a new stock: band behind, then line, markers and logo; one legend entry for all."""
+        p = self.figure
+        y = self.mode
+        source = ColumnDataSource({"ts": [], "price": [], "pct": []}, name=f"source_{symbol}")
+        band = p.hstrip(
+            y0="low" if y == "price" else "low_pct",
+            y1="high" if y == "price" else "high_pct",
+            source=self.bands,
+            view=CDSView(filter=GroupFilter(column_name="symbol", group=symbol)),
+            fill_color=colour, fill_alpha=0.08, line_color=colour, line_alpha=0.25,
+            line_dash="dotted", name=f"band_{symbol}",
+        )  # fmt: skip
+        line = p.line(
+            "ts", y, source=source, line_color=colour, line_width=2, name=f"line_{symbol}"
+        )
+        markers = p.scatter(
+            "ts", y, source=source, size=5, fill_color="white", line_color=colour,
+            line_width=1.5, name=symbol,
+        )  # fmt: skip
+        logo = p.image_url(
+            url="url", x="ts", y=y, w=26, h=26, w_units="screen", h_units="screen",
+            anchor="center", source=self.logos,
+            view=CDSView(filter=GroupFilter(column_name="symbol", group=symbol)),
+            name=f"logo_{symbol}",
+        )  # fmt: skip
+        # Bands may lie far from today's prices: keep the axes on the lines themselves.
+        self.ranged.append(line)
+        self.x_range.renderers = self.y_range.renderers = list(self.ranged)
+        self.hover.renderers = [*self.hover.renderers, markers]
+        item = LegendItem(label=symbol, name=f"legend_{symbol}")
+        entry = Line(symbol, source, band, line, markers, logo, item)
+        item.renderers = entry.renderers
+        self.legend.items = [*self.legend.items, item]
+        self.lines[symbol] = entry
+        return entry
+
+    def set_window(self, window: str) -> None:
+        self.x_range.follow_interval = WINDOWS[window]
+        self.title_model.text = self.title(window)
+
+    def set_mode(self, mode: str) -> None:
+        """Draw prices ("price") or change since the window's start ("pct")."""
+        self.mode = mode
+        pct = mode == "pct"
+        for line in self.lines.values():
+            line.band.glyph.y0, line.band.glyph.y1 = (
+                ("low_pct", "high_pct") if pct else ("low", "high")
+            )
+            line.path.glyph.y = line.markers.glyph.y = line.logo.glyph.y = mode
+        self.figure.yaxis.formatter = NumeralTickFormatter(
+            format=PCT_FORMAT if pct else PRICE_FORMAT
+        )
+        self.figure.yaxis.axis_label = "Change since window start" if pct else "Price (USD)"
+
+    def set_visible(self, symbols: set[str]) -> None:
+        for symbol, line in self.lines.items():
+            for renderer in line.renderers:
+                renderer.visible = symbol in symbols
+            line.legend_item.visible = symbol in symbols

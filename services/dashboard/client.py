@@ -1,0 +1,72 @@
+"""The dashboard's only way to the data: the stockstreamer API over HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from services.dashboard.metrics import DashboardMetrics
+
+# Heartbeats come every 15 s: three missed ones mean the stream is dead even if TCP says not.
+STREAM_READ_TIMEOUT = 45.0
+
+
+class ApiError(Exception):
+    """The API could not be reached or answered something unusable."""
+
+
+class ApiClient:
+    """REST calls and the SSE stream request, on one connection pool per process."""
+
+    def __init__(self, base_url: str, timeout: float, metrics: DashboardMetrics) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.metrics = metrics
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout),
+            headers={"User-Agent": "stockstreamer-dashboard"},
+        )
+        self.stream_timeout = httpx.Timeout(timeout, read=STREAM_READ_TIMEOUT)
+
+    async def _get(self, endpoint: str, params: dict[str, Any] | None = None) -> Any:
+        started = time.perf_counter()
+        try:
+            response = await self.http.get(endpoint, params=params)
+            response.raise_for_status()
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.metrics.api_requests.labels(endpoint, "error").inc()
+            raise ApiError(f"GET {endpoint}: {exc!r}") from exc
+        self.metrics.api_requests.labels(endpoint, "ok").inc()
+        self.metrics.api_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        return data
+
+    async def stocks(self) -> list[dict[str, Any]]:
+        """Every tracked stock with its metadata and last price."""
+        data = await self._get("/api/v1/stocks")
+        if not isinstance(data, list):
+            raise ApiError("GET /api/v1/stocks: expected a list")
+        return [item for item in data if isinstance(item, dict) and "symbol" in item]
+
+    async def prices(
+        self, symbols: Sequence[str], start_ms: int, end_ms: int | None, max_points: int
+    ) -> dict[str, Any]:
+        """Price history of `symbols` in [start, end], oldest first, at most `max_points` each."""
+        params: dict[str, Any] = {
+            "symbols": ",".join(symbols),
+            "start": start_ms,
+            "max_points": max_points,
+        }
+        if end_ms is not None:
+            params["end"] = end_ms
+        data = await self._get("/api/v1/prices", params)
+        if not isinstance(data, dict) or not isinstance(data.get("series"), list):
+            raise ApiError("GET /api/v1/prices: expected an object with a series list")
+        return data
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.http.aclose()

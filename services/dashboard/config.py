@@ -1,0 +1,58 @@
+"""Dashboard settings, from the environment and `.env`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from services.common.config import CommonSettings
+
+WindowName = Literal["1h", "1d", "1w", "1m"]
+
+
+class DashboardSettings(CommonSettings):
+    """Every `STOCKSTREAMER_*` setting the dashboard reads."""
+
+    dashboard_host: str = Field("127.0.0.1", description="Address the Bokeh server listens on.")
+    dashboard_port: int = Field(5006, ge=0, le=65535, description="Port of the Bokeh server.")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host[:port] allowed to open the websocket "
+        "(default: localhost and 127.0.0.1 on the dashboard port).",
+    )
+    api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the stockstreamer API.")
+    dashboard_window: WindowName = Field("1h", description="Window shown when a page opens.")
+    dashboard_max_points: int = Field(
+        1000, ge=10, le=20_000, description="Most points per line (history and live)."
+    )
+    dashboard_reconnect_max: float = Field(
+        5.0, gt=0, le=300, description="Longest wait, seconds, between stream reconnects."
+    )
+    dashboard_api_timeout: float = Field(
+        5.0, gt=0, le=120, description="Seconds before a REST call to the API gives up."
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> list[str]:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple):
+            return [str(item) for item in value]
+        raise ValueError("expected a comma-separated list of host[:port]")
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("api_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_origins(self) -> DashboardSettings:
+        if not self.allowed_origins:
+            port = self.dashboard_port
+            self.allowed_origins = [f"localhost:{port}", f"127.0.0.1:{port}"]
+        return self

@@ -1,0 +1,187 @@
+"""One SSE consumer per dashboard process, fanning the API's events out to every session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from services.dashboard.client import ApiClient, ApiError
+from services.dashboard.metrics import DashboardMetrics
+from services.dashboard.shaping import Point
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    """What the connection indicator shows."""
+
+    CONNECTING = "connecting"
+    LIVE = "live"
+    RECONNECTING = "reconnecting"
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceEvent:
+    symbol: str
+    point: Point
+
+
+@dataclass(frozen=True, slots=True)
+class StockEvent:
+    stock: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadEvent:
+    """History changed or may have a gap: reload the window (all symbols when `symbols` is None)."""
+
+    symbols: frozenset[str] | None
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    status: Status
+
+
+Event = PriceEvent | StockEvent | ReloadEvent | StatusEvent
+Subscriber = Callable[[Event], None]
+
+
+class Feed:
+    """Reads `/api/v1/stream`, resuming with Last-Event-ID, and keeps the latest stock metadata."""
+
+    def __init__(self, client: ApiClient, metrics: DashboardMetrics, reconnect_max: float) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.reconnect_max = reconnect_max
+        self.status = Status.CONNECTING
+        self.last_event_id: str | None = None
+        self.stocks: dict[str, dict[str, Any]] = {}
+        self._subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- sessions ---------------------------------------------------------------------------
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.add(subscriber)
+        self.metrics.sessions.set(len(self._subscribers))
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+        self.metrics.sessions.set(len(self._subscribers))
+
+    def _publish(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:  # one broken session must not starve the others
+                log.exception("session rejected an event")
+
+    def _set_status(self, status: Status) -> None:
+        if status != self.status:
+            log.info("stream status", extra={"status": str(status)})
+            self.status = status
+            self.metrics.feed_live.set(1 if status is Status.LIVE else 0)
+            self._publish(StatusEvent(status))
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start consuming on the running loop (once)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.client.aclose()
+
+    async def run(self) -> None:
+        """Connect, read, and reconnect with back-off, forever."""
+        failures = 0
+        while True:
+            resumed = self.last_event_id is not None
+            try:
+                await self._refresh_stocks()
+                await self._consume(resumed)
+                status = Status.RECONNECTING  # the API closed the stream: it may be restarting
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.HTTPStatusError, ApiError) as e:
+                status, error = Status.UNREACHABLE, repr(e)
+            except (httpx.HTTPError, SSEError) as exc:
+                status, error = Status.RECONNECTING, repr(exc)
+            else:
+                error = "stream closed by the API"
+            # Say why once per change of state, not on every attempt of a long outage.
+            level = logging.WARNING if status != self.status else logging.DEBUG
+            log.log(level, "stream interrupted", extra={"status": str(status), "error": error})
+            failures = 0 if self.status is Status.LIVE else failures + 1
+            self._set_status(status)
+            self.metrics.feed_reconnects.inc()
+            await asyncio.sleep(self.backoff(failures, self.reconnect_max))
+
+    @staticmethod
+    def backoff(failures: int, ceiling: float) -> float:
+        """Jittered exponential wait before reconnect number `failures` (0: right after a drop)."""
+        wait = min(ceiling, 0.25 * 2**failures)
+        return float(wait * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
+
+    async def _refresh_stocks(self) -> None:
+        for stock in await self.client.stocks():
+            self._apply_stock(stock)
+
+    def _apply_stock(self, stock: dict[str, Any]) -> None:
+        if self.stocks.get(stock["symbol"]) != stock:
+            self.stocks[stock["symbol"]] = stock
+            self._publish(StockEvent(stock))
+
+    async def _consume(self, resumed: bool) -> None:
+        headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+        async with aconnect_sse(
+            self.client.http, "GET", "/api/v1/stream",
+            headers=headers, timeout=self.client.stream_timeout,
+        ) as source:  # fmt: skip
+            source.response.raise_for_status()
+            self._set_status(Status.LIVE)
+            if not resumed:
+                # Nothing to resume from: whatever happened while we were away is only in history.
+                self._publish(ReloadEvent(None))
+            async for sse in source.aiter_sse():
+                self.metrics.feed_events.labels(sse.event or "message").inc()
+                try:
+                    self._handle(sse.event, sse.data, sse.id)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("bad stream event", extra={"event": sse.event, "error": repr(exc)})
+
+    def _handle(self, event: str, data: str, event_id: str | None) -> None:
+        if event == "price":
+            payload = json.loads(data)
+            point = Point(int(payload["ts"]), float(payload["price"]))
+            stock = self.stocks.get(payload["symbol"])
+            if stock is not None:
+                stock.update(last_price=point.price, last_ts=point.ts)
+            self._publish(PriceEvent(str(payload["symbol"]), point))
+            if event_id:
+                self.last_event_id = event_id
+        elif event == "stock":
+            payload = json.loads(data)
+            self._apply_stock({**self.stocks.get(payload["symbol"], {}), **payload})
+        elif event == "history":
+            payload = json.loads(data)
+            symbols = frozenset(payload.get("symbols") or []) or None
+            self._publish(ReloadEvent(symbols, payload.get("start"), payload.get("end")))
+        elif event == "reset":
+            payload = json.loads(data) if data else {}
+            if payload.get("last_event_id") is not None:
+                self.last_event_id = str(payload["last_event_id"])
+            self._publish(ReloadEvent(None))

@@ -1,0 +1,309 @@
+"""One browser tab: builds the page, loads history, and applies the feed's events to it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from bokeh.document import Document, without_document_lock
+from bokeh.layouts import column, row
+from bokeh.models.widgets.markups import Div
+
+from services.dashboard.chart import PriceChart
+from services.dashboard.client import ApiError
+from services.dashboard.feed import Event, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
+from services.dashboard.runtime import Runtime
+from services.dashboard.shaping import (
+    WINDOWS,
+    Point,
+    band_columns,
+    bucket_ms,
+    colour_for,
+    logo_columns,
+    merge_ticks,
+    rollover_for,
+    series_columns,
+    table_row,
+)
+from services.dashboard.widgets import (
+    MODES,
+    WINDOW_NAMES,
+    latest_table,
+    mode_toggle,
+    status_div,
+    status_html,
+    stock_picker,
+    window_selector,
+)
+
+log = logging.getLogger(__name__)
+
+# Events queued for a tab that is not keeping up; past this we drop them and reload instead.
+MAX_PENDING = 20_000
+
+
+class DashboardSession:
+    """The models of one document and the only code that changes them."""
+
+    def __init__(self, doc: Document, runtime: Runtime) -> None:
+        self.doc = doc
+        self.runtime = runtime
+        settings = runtime.settings
+        self.window: str = settings.dashboard_window
+        self.max_points = settings.dashboard_max_points
+        self.bucket = bucket_ms(WINDOWS[self.window], self.max_points)
+        self.rollover = rollover_for(WINDOWS[self.window], self.bucket, self.max_points)
+        self.stocks: dict[str, dict[str, Any]] = {}
+        self.bases: dict[str, float | None] = {}
+        self.rows: dict[str, int] = {}
+        self.pending: deque[Event] = deque()
+        self.held: list[PriceEvent] = []
+        self.flush_scheduled = False
+        self.loading = False
+        self.reload_again = False
+        self.needs_reload = False
+        self.generation = 0
+
+        self.chart = PriceChart(self.window)
+        self.window_buttons = window_selector(self.window)
+        self.mode_buttons = mode_toggle()
+        self.picker = stock_picker()
+        self.status = status_div()
+        self.table, self.table_source, self.table_rows = latest_table()
+        self.window_buttons.on_change("active", self._on_window)
+        self.mode_buttons.on_change("active", self._on_mode)
+        self.picker.on_change("value", self._on_pick)
+        header = row(
+            Div(text="<h2 style='margin:0'>stockstreamer</h2>", name="heading"), self.status,
+            sizing_mode="stretch_width",
+        )  # fmt: skip
+        controls = row(
+            self.window_buttons, self.mode_buttons, self.picker, sizing_mode="stretch_width"
+        )
+        doc.add_root(
+            column(header, controls, self.chart.figure, self.table, sizing_mode="stretch_width")
+        )
+        doc.title = "stockstreamer · live stock prices"
+
+        feed = runtime.feed
+        for stock in sorted(feed.stocks.values(), key=lambda s: str(s["symbol"])):
+            self._add_stock(stock)
+        self._show_status(feed.status)
+        feed.subscribe(self.deliver)
+        doc.on_session_destroyed(self._closed)
+        self.reload()
+
+    # -- from the feed (outside the document lock) -------------------------------------------
+    def deliver(self, event: Event) -> None:
+        """Queue an event and make sure one flush is scheduled; never touches models."""
+        if len(self.pending) >= MAX_PENDING:
+            self.pending.clear()
+            event = ReloadEvent(None)
+        self.pending.append(event)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.doc.add_next_tick_callback(self._flush)
+
+    def _closed(self, _context: object) -> None:
+        self.runtime.feed.unsubscribe(self.deliver)
+
+    # -- under the document lock -------------------------------------------------------------
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        events = list(self.pending)
+        self.pending.clear()
+        ticks: dict[str, list[Point]] = defaultdict(list)
+        for event in events:
+            if isinstance(event, PriceEvent):
+                if self.loading:
+                    self.held.append(event)
+                else:
+                    ticks[event.symbol].append(event.point)
+            elif isinstance(event, StockEvent):
+                self._update_stock(event.stock)
+            elif isinstance(event, ReloadEvent):
+                if self._overlaps(event):
+                    self.reload()
+            elif isinstance(event, StatusEvent):
+                self._show_status(event.status)
+                if event.status is Status.LIVE and self.needs_reload:
+                    self.reload()
+        self._apply_ticks(ticks)
+        self.runtime.metrics.ticks_delivered.inc(sum(len(points) for points in ticks.values()))
+
+    def _apply_ticks(self, ticks: dict[str, list[Point]]) -> None:
+        """Stream new points (and move each line's last one); whole arrays are never re-sent."""
+        for symbol, points in ticks.items():
+            line = self.chart.lines.get(symbol)
+            if line is None or not points:
+                continue
+            data = line.source.data
+            last_ts = data["ts"][-1] if len(data["ts"]) else None
+            merge = merge_ticks(last_ts, self.bucket, points)
+            if merge.replace_last is None and not merge.append:
+                continue
+            if self.bases.get(symbol) is None:
+                first = merge.replace_last or merge.append[0]
+                self.bases[symbol] = first.price
+                self._refresh_bands()
+            base = self.bases[symbol] or 1.0
+            if merge.replace_last is not None:
+                i, p = len(data["ts"]) - 1, merge.replace_last
+                line.source.patch(
+                    {"ts": [(i, p.ts)], "price": [(i, p.price)], "pct": [(i, p.price / base - 1)]}
+                )
+            if merge.append:
+                new = {
+                    "ts": [p.ts for p in merge.append],
+                    "price": [p.price for p in merge.append],
+                    "pct": [p.price / base - 1 for p in merge.append],
+                }
+                rolled = len(data["ts"]) + len(merge.append) > self.rollover or last_ts is None
+                line.source.stream(new, rollover=self.rollover)
+                if rolled:
+                    self._move_logo(symbol)
+            latest = merge.append[-1] if merge.append else merge.replace_last
+            if latest is not None:
+                self._patch_row(symbol, latest.price)
+
+    # -- history -----------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Fetch the window's history for every line, off the document lock."""
+        if self.loading:
+            self.reload_again = True
+            return
+        symbols = list(self.chart.lines)
+        if not symbols:
+            self.needs_reload = True  # nothing known yet: the first stock events will bring some
+            return
+        self.loading = True
+        self.generation += 1
+        generation, window_ms = self.generation, WINDOWS[self.window]
+        client, max_points = self.runtime.client, self.max_points
+
+        @without_document_lock
+        async def fetch() -> None:
+            start = int(time.time() * 1000) - window_ms
+            result: dict[str, Any] | ApiError
+            try:
+                result = await client.prices(symbols, start, None, max_points)
+            except ApiError as exc:
+                result = exc
+            self.doc.add_next_tick_callback(partial(self._apply_history, generation, result))
+
+        # Bokeh runs coroutine callbacks too; its type hints only know plain ones.
+        self.doc.add_next_tick_callback(fetch)  # type: ignore[arg-type]
+
+    def _apply_history(self, generation: int, result: dict[str, Any] | ApiError) -> None:
+        if generation != self.generation:
+            return  # the window changed while this was in flight
+        self.loading = False
+        if isinstance(result, ApiError):
+            log.warning("history not loaded", extra={"error": str(result)})
+            self.needs_reload = True
+        else:
+            self.needs_reload = False
+            series = {s.get("symbol"): s for s in result["series"] if isinstance(s, dict)}
+            api_bucket = max((s.get("bucket_ms") or 0 for s in series.values()), default=0)
+            window_ms = WINDOWS[self.window]
+            self.bucket = bucket_ms(window_ms, self.max_points, api_bucket or None)
+            self.rollover = rollover_for(window_ms, self.bucket, self.max_points)
+            for symbol, line in self.chart.lines.items():
+                cols = series_columns(series.get(symbol) or {})
+                line.source.data = cols
+                self.bases[symbol] = cols["price"][0] if cols["price"] else None
+            self._refresh_bands()
+            self._place_logos()
+        held, self.held = self.held, []
+        ticks: dict[str, list[Point]] = defaultdict(list)
+        for event in held:
+            ticks[event.symbol].append(event.point)
+        self._apply_ticks(ticks)
+        if self.reload_again:
+            self.reload_again = False
+            self.reload()
+
+    def _overlaps(self, event: ReloadEvent) -> bool:
+        if event.symbols is not None and not event.symbols & self.chart.lines.keys():
+            return False
+        start = int(time.time() * 1000) - WINDOWS[self.window]
+        return event.end is None or event.end >= start
+
+    # -- stocks, bands, logos, table ---------------------------------------------------------
+    def _ordered(self) -> Sequence[dict[str, Any]]:
+        return [self.stocks[symbol] for symbol in self.chart.lines]
+
+    def _add_stock(self, stock: dict[str, Any]) -> None:
+        symbol = str(stock["symbol"])
+        self.stocks[symbol] = dict(stock)
+        self.chart.add_line(symbol, colour_for(len(self.chart.lines)))
+        self.rows[symbol] = len(self.rows)
+        self.table_source.stream({k: [v] for k, v in table_row(stock).items()})
+        self.picker.options = [*self.picker.options, symbol]
+        self.picker.value = [*self.picker.value, symbol]
+        self._refresh_bands()
+
+    def _update_stock(self, stock: dict[str, Any]) -> None:
+        symbol = str(stock["symbol"])
+        if symbol not in self.stocks:
+            self._add_stock(stock)
+            return
+        old, self.stocks[symbol] = self.stocks[symbol], dict(stock)
+        i = self.rows[symbol]
+        self.table_source.patch({k: [(i, v)] for k, v in table_row(stock).items()})
+        if any(old.get(k) != stock.get(k) for k in ("week52_low", "week52_high")):
+            self._refresh_bands()
+        if old.get("logo_url") != stock.get("logo_url"):
+            self._place_logos()
+
+    def _patch_row(self, symbol: str, price: float) -> None:
+        row_ = table_row(self.stocks[symbol], price)
+        i = self.rows[symbol]
+        self.table_source.patch({k: [(i, row_[k])] for k in ("price", "change", "change_pct")})
+
+    def _refresh_bands(self) -> None:
+        self.chart.bands.data = band_columns(self._ordered(), self.bases)
+
+    def _starts(self) -> dict[str, Point | None]:
+        starts: dict[str, Point | None] = {}
+        for symbol, line in self.chart.lines.items():
+            data = line.source.data
+            starts[symbol] = Point(data["ts"][0], data["price"][0]) if len(data["ts"]) else None
+        return starts
+
+    def _place_logos(self) -> None:
+        self.chart.logos.data = logo_columns(self._ordered(), self._starts(), self.bases)
+
+    def _move_logo(self, symbol: str) -> None:
+        """Keep a logo on its line's first point once old points roll off."""
+        symbols = list(self.chart.logos.data["symbol"])
+        start = self._starts()[symbol]
+        if symbol not in symbols or start is None:
+            self._place_logos()
+            return
+        i, base = symbols.index(symbol), self.bases.get(symbol)
+        pct = start.price / base - 1 if base else 0.0
+        self.chart.logos.patch(
+            {"ts": [(i, start.ts)], "price": [(i, start.price)], "pct": [(i, pct)]}
+        )
+
+    # -- widgets -----------------------------------------------------------------------------
+    def _show_status(self, status: Status) -> None:
+        self.status.text = status_html(status)
+
+    def _on_window(self, _attr: str, _old: int, new: int) -> None:
+        self.window = WINDOW_NAMES[new]
+        self.chart.set_window(self.window)
+        self.loading = False  # a load for the old window is now stale; its result is ignored
+        self.reload()
+
+    def _on_mode(self, _attr: str, _old: int, new: int) -> None:
+        self.chart.set_mode(MODES[new])
+
+    def _on_pick(self, _attr: str, _old: list[str], new: list[str]) -> None:
+        self.chart.set_visible(set(new))
+        self.table_rows.indices = sorted(self.rows[s] for s in new if s in self.rows)

@@ -1,0 +1,104 @@
+"""The controls around the chart: window, stocks, mode, connection indicator and latest table."""
+
+from __future__ import annotations
+
+from bokeh.models.filters import IndexFilter
+from bokeh.models.sources import CDSView, ColumnDataSource
+from bokeh.models.widgets.groups import RadioButtonGroup
+from bokeh.models.widgets.inputs import MultiChoice
+from bokeh.models.widgets.markups import Div
+from bokeh.models.widgets.tables import (
+    DataTable,
+    HTMLTemplateFormatter,
+    NumberFormatter,
+    TableColumn,
+)
+
+from services.dashboard.feed import Status
+from services.dashboard.shaping import DOWN_COLOUR, UP_COLOUR, WINDOW_LABELS, WINDOWS
+
+WINDOW_NAMES = list(WINDOWS)
+MODES = ["price", "pct"]
+STATUS_TEXT = {
+    Status.CONNECTING: ("connecting", "#56B4E9", "Connecting to the API…"),
+    Status.LIVE: ("live", "#009E73", "Live"),
+    Status.RECONNECTING: ("reconnecting", "#E69F00", "Reconnecting…"),
+    Status.UNREACHABLE: (
+        "unreachable",
+        "#D55E00",
+        "API unreachable: showing the last data received",
+    ),
+}
+
+# Colour plus an arrow, so up and down differ for everyone, not only by hue.
+_CHANGE_TEMPLATE = """<% if (value == null || isNaN(value)) { %><span>—</span><% } else { %>
+<span style="color:<%= value >= 0 ? '{up}' : '{down}' %>;font-weight:600"><%= value >= 0 ? '▲ +' : '▼ ' %><%= {expr} %></span><% } %>"""  # noqa: E501
+
+
+def _change_formatter(expr: str) -> HTMLTemplateFormatter:
+    template = _CHANGE_TEMPLATE.replace("{up}", UP_COLOUR).replace("{down}", DOWN_COLOUR)
+    return HTMLTemplateFormatter(template=template.replace("{expr}", expr))
+
+
+def window_selector(window: str) -> RadioButtonGroup:
+    return RadioButtonGroup(
+        labels=[WINDOW_LABELS[w] for w in WINDOW_NAMES], active=WINDOW_NAMES.index(window),
+        name="window",
+    )  # fmt: skip
+
+
+def mode_toggle() -> RadioButtonGroup:
+    return RadioButtonGroup(labels=["Price", "% change"], active=0, name="mode")
+
+
+def stock_picker() -> MultiChoice:
+    return MultiChoice(
+        options=[],
+        value=[],
+        name="symbols",
+        placeholder="Add a stock…",
+        sizing_mode="stretch_width",
+    )
+
+
+def status_html(status: Status) -> str:
+    """The indicator's markup: a coloured dot and words (the words carry the meaning)."""
+    css, colour, words = STATUS_TEXT[status]
+    # Inline style: a Div renders in a shadow root that page-wide CSS does not reach.
+    return (
+        f'<span class="status" data-status="{css}" style="font-weight:600;color:#333">'
+        f'<span style="color:{colour};font-size:1.2em">●</span> {words}</span>'
+    )
+
+
+def status_div() -> Div:
+    return Div(text=status_html(Status.CONNECTING), name="status")
+
+
+def latest_table() -> tuple[DataTable, ColumnDataSource, IndexFilter]:
+    """A table of latest price, day change and 52-week range, one row per stock."""
+    source = ColumnDataSource(
+        {k: [] for k in ("symbol", "name", "price", "change", "change_pct", "range")},
+        name="latest_source",
+    )
+    columns = [
+        TableColumn(field="symbol", title="Symbol", width=70),
+        TableColumn(field="name", title="Company", width=200),
+        TableColumn(field="price", title="Price", formatter=NumberFormatter(format="$0,0.00")),
+        TableColumn(
+            field="change", title="Day change", formatter=_change_formatter("value.toFixed(2)")
+        ),
+        TableColumn(
+            field="change_pct",
+            title="Day %",
+            formatter=_change_formatter("(value * 100).toFixed(2) + '%'"),
+        ),  # fmt: skip
+        TableColumn(field="range", title="52-week range", width=170),
+    ]
+    shown = IndexFilter(indices=[])
+    table = DataTable(
+        source=source, columns=columns, view=CDSView(filter=shown),
+        name="latest", index_position=None, height=260, sizing_mode="stretch_width",
+        sortable=True, reorderable=False,
+    )  # fmt: skip
+    return table, source, shown
