@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import os
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from services.common.config import CommonSettings
+from services.common.config import CommonSettings, read_secret
 from services.common.symbols import parse_symbols
 
 DEFAULT_SYMBOLS = "GE,AMZN,NVDA,INTC,AAPL,NFLX"
+_SHORT_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Vendor keys keep the vendors' own names (no prefix), as their documentation spells them.
+_KEY_FILES = {
+    "finnhub_api_key": "FINNHUB_API_KEY_FILE",
+    "twelvedata_api_key": "TWELVEDATA_API_KEY_FILE",
+}
 
 
 class FetcherSettings(CommonSettings):
@@ -20,7 +30,9 @@ class FetcherSettings(CommonSettings):
         default_factory=lambda: parse_symbols(DEFAULT_SYMBOLS),
         description="Comma-separated tickers to track.",
     )
-    provider: Literal["simulated"] = "simulated"
+    provider: Literal["simulated", "finnhub", "twelvedata"] = Field(
+        "simulated", description="Market-data source: simulated, finnhub or twelvedata."
+    )
     price_interval: float = Field(1.0, gt=0, le=3600, description="Seconds between price rounds.")
     metadata_interval: float = Field(
         6 * 3600, gt=0, description="Seconds between name/logo/52-week refreshes (also at start)."
@@ -44,6 +56,78 @@ class FetcherSettings(CommonSettings):
     fetcher_db_role: str = Field(
         "stockstreamer_writer", description="Role the fetcher switches to; empty to stay as is."
     )
+
+    backfill: timedelta = Field(
+        timedelta(days=7),
+        description="History to fill on start: seconds, 7d/12h/30m, or ISO 8601 (P7D); 0 disables.",
+    )
+    provider_timeout: float = Field(10.0, gt=0, le=120, description="Seconds per vendor request.")
+    provider_concurrency: int = Field(4, ge=1, le=64, description="Vendor requests in flight.")
+
+    finnhub_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FINNHUB_API_KEY", "finnhub_api_key"),
+        repr=False,
+        description="Finnhub key; FINNHUB_API_KEY_FILE names a file holding it instead.",
+    )
+    finnhub_base_url: str = Field("https://finnhub.io/api/v1", description="Finnhub REST base.")
+    finnhub_ws_url: str = Field("wss://ws.finnhub.io", description="Finnhub trade socket.")
+    finnhub_stream: bool = Field(True, description="Stream trades over Finnhub's WebSocket.")
+    finnhub_rate_limit: int = Field(60, ge=1, description="Finnhub calls per rate period.")
+    finnhub_rate_period: float = Field(60.0, gt=0, description="Finnhub rate period, seconds.")
+    finnhub_reconnect_max: float = Field(
+        30.0, gt=0, description="Longest wait between trade-socket reconnects, seconds."
+    )
+    twelvedata_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("TWELVEDATA_API_KEY", "twelvedata_api_key"),
+        repr=False,
+        description="Twelve Data key; TWELVEDATA_API_KEY_FILE names a file holding it instead.",
+    )
+    twelvedata_base_url: str = Field(
+        "https://api.twelvedata.com", description="Twelve Data REST base."
+    )
+    twelvedata_rate_limit: int = Field(8, ge=1, description="Twelve Data credits per rate period.")
+    twelvedata_rate_period: float = Field(
+        60.0, gt=0, description="Twelve Data rate period, seconds."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_key_files(cls, data: Any) -> Any:
+        """Vendor keys from *_API_KEY_FILE (Docker secrets) when not given directly."""
+        if not isinstance(data, dict):
+            return data
+        for field, file_var in _KEY_FILES.items():
+            direct = data.get(field) or data.get(field.upper())
+            secret = read_secret(direct, os.environ.get(file_var)) if not direct else None
+            if secret:
+                data = {**data, field: secret}
+        return data
+
+    @model_validator(mode="after")
+    def _key_for_provider(self) -> FetcherSettings:
+        if self.provider == "finnhub" and self.finnhub_api_key is None:
+            raise ValueError("provider finnhub needs FINNHUB_API_KEY (or FINNHUB_API_KEY_FILE)")
+        if self.provider == "twelvedata" and self.twelvedata_api_key is None:
+            raise ValueError(
+                "provider twelvedata needs TWELVEDATA_API_KEY (or TWELVEDATA_API_KEY_FILE)"
+            )
+        return self
+
+    @field_validator("backfill", mode="before")
+    @classmethod
+    def _parse_backfill(cls, value: object) -> object:
+        if isinstance(value, str) and (match := _SHORT_DURATION.match(value)):
+            return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower() or "s"])
+        return value
+
+    @field_validator("backfill")
+    @classmethod
+    def _non_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("backfill window must not be negative")
+        return value
 
     @field_validator("symbols", mode="before")
     @classmethod

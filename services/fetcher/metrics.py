@@ -27,6 +27,18 @@ class FetcherMetrics:
             "provider_errors", "Failed provider calls, by kind.", ["kind"],
             namespace=ns, registry=registry,
         )  # fmt: skip
+        self.provider_dropped = Counter(
+            "provider_dropped", "Vendor responses or items dropped as unusable, by kind.",
+            ["kind"], namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.ticks_backfilled = Counter(
+            "ticks_backfilled", "Backfilled (history) ticks newly stored.",
+            namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.stream_connected = Gauge(
+            "stream_connected", "1 while the provider's trade stream is connected.",
+            namespace=ns, registry=registry,
+        )  # fmt: skip
         self.rounds_skipped = Counter(
             "rounds_skipped", "Provider rounds skipped after exhausting retries.", ["call"],
             namespace=ns, registry=registry,

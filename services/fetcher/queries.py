@@ -58,3 +58,27 @@ WITH input AS (
 )
 SELECT symbol FROM changed
 """
+
+# Backfilled history: stored once, marked so that live streams never send it as news; the
+# result describes what was new, for the `history` notification.
+INSERT_HISTORY = """
+WITH inserted AS (
+    INSERT INTO ticks (symbol, ts, price, volume, backfilled)
+    SELECT s, t, p, v, true
+    FROM unnest($1::text[], $2::timestamptz[], $3::numeric[], $4::bigint[]) AS u(s, t, p, v)
+    ON CONFLICT (symbol, ts) DO NOTHING
+    RETURNING symbol, ts
+)
+SELECT count(*) AS inserted,
+       array_agg(DISTINCT symbol ORDER BY symbol) AS symbols,
+       min(ts) AS first_ts,
+       max(ts) AS last_ts
+FROM inserted
+"""
+
+# Where each symbol's stored history ends, ignoring anything from this run onwards.
+# One backwards index probe per symbol, however many ticks are stored.
+LAST_TICK_BEFORE = """
+SELECT s AS symbol, (SELECT max(ts) FROM ticks WHERE symbol = s AND ts < $2) AS last_ts
+FROM unnest($1::text[]) AS s
+"""

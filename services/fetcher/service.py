@@ -11,12 +11,13 @@ from typing import TypeVar
 import stamina
 
 from services.common.db import connect
-from services.common.models import Profile, Week52
+from services.common.models import Profile, Tick, Week52
 from services.fetcher import queries
+from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.providers.base import Provider, ProviderError
+from services.fetcher.providers.base import Provider, ProviderError, TradeStream
 from services.fetcher.validation import DropLog, DropReason, split_valid
 from services.fetcher.writer import OUTAGE_ERRORS, BatchWriter
 
@@ -31,16 +32,34 @@ class Fetcher:
 
     def __init__(self, settings: FetcherSettings, provider: Provider, metrics: FetcherMetrics):
         self.settings = settings
-        self.provider = provider
         self.metrics = metrics
+        self.drops = DropLog()
+        self.provider = provider
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.buffer_capacity)
         self.writer = BatchWriter(
             settings.database_url, self.symbols, self.buffer, metrics,
             settings.batch_size, settings.fetcher_db_role,
         )  # fmt: skip
-        self.drops = DropLog()
+        self.backfill = Backfill(
+            self.writer, self.symbols, settings.backfill, self._call, self._accept,
+            settings.fetcher_db_role,
+        )  # fmt: skip
+        self.stream: TradeStream | None = None
         self._stop = asyncio.Event()
+
+    @property
+    def provider(self) -> Provider:
+        return self._provider
+
+    @provider.setter
+    def provider(self, provider: Provider) -> None:
+        self._provider = provider
+        provider.attach(self._provider_dropped)
+
+    def _provider_dropped(self, kind: str, detail: str) -> None:
+        self.metrics.provider_dropped.labels(kind).inc()
+        self.drops.record(kind, detail)
 
     def stop(self) -> None:
         """Ask every loop to finish; the writer then drains the buffer."""
@@ -52,11 +71,16 @@ class Fetcher:
             "fetcher starting",
             extra={"provider": self.provider.name, "symbols": ",".join(self.symbols)},
         )
+        live_from = datetime.now(UTC)
+        self.stream = self.provider.trade_stream(self.symbols)
         writer = asyncio.create_task(self.writer.run(self._stop), name="writer")
         loops = [
             asyncio.create_task(self._price_loop(), name="prices"),
             asyncio.create_task(self._metadata_loop(), name="metadata"),
+            asyncio.create_task(self._backfill(live_from), name="backfill"),
         ]
+        if self.stream is not None:
+            loops.append(asyncio.create_task(self.stream.run(self._accept_live), name="stream"))
         await self._stop.wait()
         for task in loops:
             task.cancel()
@@ -109,11 +133,19 @@ class Fetcher:
         ticks = await self._call("quotes", lambda: self.provider.quotes(self.symbols))
         if ticks is None:
             return
+        self._accept_live(ticks)
+
+    def _accept(self, ticks: list[Tick]) -> list[Tick]:
+        """The ticks that pass validation; the rest are counted by reason."""
         self.metrics.ticks_fetched.labels(self.provider.name).inc(len(ticks))
         good, dropped = split_valid(ticks, self.symbols, datetime.now(UTC), self.drops)
         for reason, count in dropped.items():
             self.metrics.ticks_dropped.labels(reason).inc(count)
-        evicted = self.buffer.put(good)
+        return good
+
+    def _accept_live(self, ticks: list[Tick]) -> None:
+        """Validate ticks (from a round or the trade stream) and queue them for the writer."""
+        evicted = self.buffer.put(self._accept(ticks))
         if evicted:
             self.metrics.ticks_dropped.labels(DropReason.BUFFER_FULL).inc(evicted)
             self.drops.record(DropReason.BUFFER_FULL, f"{evicted} oldest ticks evicted")
@@ -123,15 +155,29 @@ class Fetcher:
         loop = asyncio.get_running_loop()
         interval = self.settings.price_interval
         next_at = loop.time()
+        first = True
         while True:
+            streaming = self.stream is not None and self.stream.connected
+            self.metrics.stream_connected.set(int(streaming))
             try:
-                await self.fetch_prices_once()
+                # One REST round at start so a price exists before the first trade; after
+                # that, REST is polled only while the trade stream is down.
+                if first or not streaming:
+                    await self.fetch_prices_once()
+                first = False
             except Exception:  # one bad round must never end the loop
                 self.metrics.provider_errors.labels("unexpected").inc()
                 log.exception("price round failed")
             # Fixed-rate schedule: no drift, and no burst of catch-up rounds after a stall.
             next_at = max(next_at + interval, loop.time())
             await asyncio.sleep(next_at - loop.time())
+
+    async def _backfill(self, live_from: datetime) -> None:
+        """Fill history behind the first live tick; failures are logged, never fatal."""
+        try:
+            await self.backfill.run(self.provider, live_from)
+        except Exception:
+            log.exception("history backfill failed")
 
     async def refresh_metadata_once(self) -> bool:
         """Fetch profiles and 52-week ranges and upsert them; False if it must be retried."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import deque
+from datetime import datetime
 
 import asyncpg
 
@@ -57,6 +60,8 @@ class BatchWriter:
         self._conn: asyncpg.Connection | None = None
         self._outage_since: float | None = None
         self._backoff = 0.1
+        # Backfilled chunks wait here; each is written in a transaction of its own.
+        self._history: deque[tuple[list[Tick], asyncio.Future[int]]] = deque()
 
     @property
     def connected(self) -> bool:
@@ -73,9 +78,14 @@ class BatchWriter:
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop` is set and the buffer is empty (the caller bounds the wait)."""
         while not (stop.is_set() and len(self.buffer) == 0):
-            if not await self.buffer.wait(timeout=0.2):
+            if self._history and not stop.is_set():
+                # Live ticks go first: history delays them by one chunk's write at most.
+                await self.flush_once()
+                await self.flush_history_once()
+            elif not await self.buffer.wait(timeout=0.2):
                 continue
-            await self.flush_once()
+            else:
+                await self.flush_once()
             if self._outage_since is not None:
                 await asyncio.sleep(self._backoff)
 
@@ -94,16 +104,74 @@ class BatchWriter:
             self._on_outage(exc, evicted)
             await self.close()
         else:
-            if self._outage_since is not None:
-                log.info(
-                    "database is back; flushing buffered ticks",
-                    extra={"outage_s": round(time.monotonic() - self._outage_since, 1),
-                           "buffered": len(self.buffer)},
-                )  # fmt: skip
-                self._outage_since = None
-                self._backoff = 0.1
+            self._recovered()
         finally:
             self.metrics.buffer_depth.set(len(self.buffer))
+
+    def _recovered(self) -> None:
+        if self._outage_since is not None:
+            log.info(
+                "database is back; flushing buffered ticks",
+                extra={"outage_s": round(time.monotonic() - self._outage_since, 1),
+                       "buffered": len(self.buffer)},
+            )  # fmt: skip
+            self._outage_since = None
+            self._backoff = 0.1
+
+    def submit_history(self, ticks: list[Tick]) -> asyncio.Future[int]:
+        """Queue past ticks (at most one batch) for writing; the future says how many were new."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._history.append((ticks, future))
+        return future
+
+    async def flush_history_once(self) -> None:
+        """Write the oldest queued history chunk, keeping it queued if the database is down."""
+        if not self._history:
+            return
+        ticks, future = self._history[0]
+        if future.cancelled():
+            self._history.popleft()
+            return
+        try:
+            conn = await self._connection()
+            inserted = await self._write_history(conn, ticks)
+        except OUTAGE_ERRORS as exc:
+            self._on_outage(exc, 0)
+            await self.close()
+        except Exception as exc:  # noqa: BLE001 - bad history must not stop live writing
+            log.exception("history chunk not written; dropped")
+            self._history.popleft()
+            if not future.done():  # the backfill may have been cancelled meanwhile
+                future.set_exception(exc)
+            await self.close()
+        else:
+            self._history.popleft()
+            if not future.done():
+                future.set_result(inserted)
+            self._recovered()
+
+    async def _write_history(self, conn: asyncpg.Connection, ticks: list[Tick]) -> int:
+        started = time.perf_counter()
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                queries.INSERT_HISTORY,
+                [t.symbol for t in ticks],
+                [t.ts for t in ticks],
+                [t.price for t in ticks],
+                [t.volume for t in ticks],
+            )
+            assert row is not None  # noqa: S101 - an aggregate always returns a row
+            inserted = int(row["inserted"])
+            if inserted:
+                # History is announced as a window to reload, never as live `prices`.
+                payload = {"symbols": list(row["symbols"]), "start": _ms(row["first_ts"]),
+                           "end": _ms(row["last_ts"])}  # fmt: skip
+                await conn.execute(queries.NOTIFY, "history", json.dumps(payload))
+        self.metrics.batch_write_seconds.observe(time.perf_counter() - started)
+        self.metrics.ticks_written.inc(inserted)
+        self.metrics.ticks_backfilled.inc(inserted)
+        self.metrics.last_write.set(time.time())
+        return inserted
 
     async def _write(self, conn: asyncpg.Connection, batch: list[Tick]) -> None:
         started = time.perf_counter()
@@ -165,3 +233,7 @@ class BatchWriter:
                 await asyncio.wait_for(conn.close(), 1.0)
             except Exception:  # noqa: BLE001 - the connection is already broken
                 conn.terminate()
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol
 
 from services.common.models import Profile, Tick, Week52
+
+log = logging.getLogger(__name__)
+
+# Receives (kind, detail) for every response or item a provider had to throw away.
+DropSink = Callable[[str, str], None]
+TickSink = Callable[[list[Tick]], None]
 
 
 class ProviderError(Exception):
@@ -17,10 +26,37 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+class HistoryUnavailable(Exception):
+    """The provider cannot supply past prices (no endpoint, or not on this plan)."""
+
+
+class TradeStream(Protocol):
+    """A push feed of trades that reconnects by itself; `connected` while it delivers."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def run(self, sink: TickSink) -> None:
+        """Deliver tick batches to `sink` until cancelled."""
+
+
+def _log_drop(kind: str, detail: str) -> None:
+    log.warning("provider data dropped", extra={"kind": kind, "detail": detail})
+
+
 class Provider(ABC):
     """Latest quotes, company profiles and 52-week ranges for many symbols per call."""
 
     name: str = "provider"
+    _drop_sink: DropSink | None = None
+
+    def attach(self, sink: DropSink) -> None:
+        """Send dropped responses and items to `sink` (the fetcher counts and logs them)."""
+        self._drop_sink = sink
+
+    def dropped(self, kind: str, detail: str) -> None:
+        """Report one unusable response or item; it is never written."""
+        (self._drop_sink or _log_drop)(kind, detail)
 
     @abstractmethod
     async def quotes(self, symbols: Sequence[str]) -> list[Tick]:
@@ -33,6 +69,14 @@ class Provider(ABC):
     @abstractmethod
     async def week52(self, symbols: Sequence[str]) -> list[Week52]:
         """The 52-week high and low of each symbol."""
+
+    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
+        """Past ticks of `symbol` in [start, end), oldest first, as fine as the vendor allows."""
+        raise HistoryUnavailable(f"{self.name} has no history endpoint")
+
+    def trade_stream(self, symbols: Sequence[str]) -> TradeStream | None:
+        """A push feed of trades, when the provider has one and it is enabled."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections; providers without any need not override it."""

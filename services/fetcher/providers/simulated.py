@@ -16,6 +16,9 @@ from services.fetcher.providers.base import Provider
 
 TRADING_SECONDS_PER_YEAR = 252 * 6.5 * 3600
 CENT = Decimal("0.01")
+# History: one point a minute, coarser only when a window would need more points than this.
+HISTORY_STEP_SECONDS = 60
+HISTORY_MAX_POINTS = 10_080
 
 # Realistic starting levels for well-known tickers; others get a level derived from the seed.
 KNOWN: dict[str, tuple[str, float]] = {
@@ -137,3 +140,33 @@ class SimulatedProvider(Provider):
                 )
             )
         return result
+
+    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
+        """A past ending at this run's start price: a seeded walk backwards, a point a minute."""
+        span = (end - start).total_seconds()
+        if span <= 0:
+            return []
+        step = max(HISTORY_STEP_SECONDS, math.ceil(span / HISTORY_MAX_POINTS / 60) * 60)
+        # Points sit on whole minutes, so a second run produces the same (symbol, ts) keys.
+        anchor = math.ceil(end.timestamp() / step) * step - step
+        rng = random.Random(f"{self.seed}:{symbol}:history")  # noqa: S311 - a simulation
+        price = self._new_path(symbol).price  # where the live path starts
+        dt = step / TRADING_SECONDS_PER_YEAR
+        sigma = self.volatility
+        ticks = []
+        ts = anchor
+        while ts >= start.timestamp():
+            ticks.append(
+                Tick(
+                    symbol,
+                    datetime.fromtimestamp(ts, UTC),
+                    max(Decimal(repr(price)).quantize(CENT), CENT),
+                    volume=rng.randint(100, 30_000),
+                )
+            )
+            # Undo one GBM step: the same law as live ticks, run backwards in time.
+            growth = (self.drift - 0.5 * sigma**2) * dt + sigma * math.sqrt(dt) * rng.gauss(0, 1)
+            price /= math.exp(growth)
+            ts -= step
+        ticks.reverse()
+        return ticks

@@ -1,0 +1,206 @@
+"""Twelve Data (twelvedata.com): batched quotes with 52-week range, logos, and 1-min history."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.common.models import Profile, Tick, Week52
+from services.fetcher.providers.base import Provider, ProviderError
+from services.fetcher.providers.http import BadPayload, VendorClient, gather_per_symbol, validate
+from services.fetcher.providers.simulated import logo_data_uri
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 120  # symbols per /quote call the vendor accepts
+MAX_POINTS = 5000  # the largest `outputsize` of /time_series
+# Bar sizes from finest to coarsest; history uses the finest that covers the window in one call.
+INTERVALS = [("1min", 60), ("5min", 300), ("15min", 900), ("30min", 1800), ("1h", 3600),
+             ("2h", 7200), ("4h", 14400), ("1day", 86400)]  # fmt: skip
+TRADING_FRACTION = 0.2  # US equities trade 6.5 h on 5 of 7 days: about 19 % of wall time
+
+
+class FiftyTwoWeek(BaseModel):
+    # Twelve Data documents its numbers as JSON strings ("103.10"); non-numeric text is refused.
+    low: Decimal = Field(gt=0)
+    high: Decimal = Field(gt=0)
+
+
+class Quote(BaseModel):
+    """`GET /quote` for one symbol (numbers arrive as strings)."""
+
+    symbol: str
+    name: str | None = None
+    timestamp: int
+    close: Decimal
+    previous_close: Decimal | None = None
+    fifty_two_week: FiftyTwoWeek | None = None
+
+
+class Logo(BaseModel):
+    """`GET /logo`: `url` is empty when the vendor has no logo."""
+
+    url: str | None = None
+
+
+class Bar(BaseModel):
+    datetime: str
+    close: Decimal
+    volume: Decimal | None = None
+
+
+class TimeSeries(BaseModel):
+    """`GET /time_series`: `values` newest first unless `order=asc`."""
+
+    values: list[Bar]
+
+
+def _check(data: Any, what: str) -> Any:
+    """Vendor errors come as `{"code", "message", "status": "error"}`, often with HTTP 200."""
+    if isinstance(data, dict) and data.get("status") == "error":
+        code, message = data.get("code"), str(data.get("message", ""))
+        if code == 429:
+            raise ProviderError("rate_limited", f"twelvedata {what}: {message}")
+        if code in (401, 403):
+            raise ProviderError("unauthorized", f"twelvedata {what}: {message}")
+        if isinstance(code, int) and code >= 500:
+            raise ProviderError("http_5xx", f"twelvedata {what}: {message}")
+        raise BadPayload("unknown_symbol" if code in (400, 404) else "vendor_error",
+                         f"{what}: {message}")  # fmt: skip
+    return data
+
+
+def pick_interval(window: timedelta) -> tuple[str, int]:
+    """The finest bar size whose bars over `window` fit in one call."""
+    for name, seconds in INTERVALS:
+        if window.total_seconds() * TRADING_FRACTION / seconds <= MAX_POINTS:
+            return name, seconds
+    return INTERVALS[-1]
+
+
+class TwelveDataProvider(Provider):
+    """Free tier: 8 credits a minute, 800 a day; one credit per symbol per call."""
+
+    name = "twelvedata"
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = "https://api.twelvedata.com",
+        rate_limit: int = 8,
+        rate_period: float = 60.0,
+        concurrency: int = 4,
+        timeout: float = 10.0,
+    ) -> None:
+        self.http = VendorClient(
+            "twelvedata", base_url, {"Authorization": f"apikey {api_key}"},
+            rate_limit, rate_period, concurrency, timeout,
+        )  # fmt: skip
+        self._last: dict[str, Quote] = {}
+        self._last_ts: dict[str, int] = {}
+
+    async def _quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        chunk = max(1, min(MAX_BATCH, self.http.rate_limit))
+        found: dict[str, Quote] = {}
+        for i in range(0, len(symbols), chunk):
+            part = list(symbols[i : i + chunk])
+            try:
+                data = _check(
+                    await self.http.get_json(
+                        "/quote", {"symbol": ",".join(part), "interval": "1min"}, cost=len(part)
+                    ),
+                    "quote",
+                )
+            except BadPayload as exc:
+                self.dropped(exc.kind, f"{','.join(part)}: {exc}")
+                continue
+            # One symbol answers with the quote itself, several with an object keyed by symbol.
+            items = {part[0]: data} if len(part) == 1 else data
+            if not isinstance(items, dict):
+                self.dropped("invalid_fields", "quote: expected an object")
+                continue
+            for symbol in part:
+                try:
+                    quote = validate(Quote, _check(items.get(symbol), symbol), f"quote {symbol}")
+                except BadPayload as exc:
+                    self.dropped(exc.kind, f"{symbol}: {exc}")
+                    continue
+                found[symbol] = self._last[symbol] = quote
+        return found
+
+    async def quotes(self, symbols: Sequence[str]) -> list[Tick]:
+        ticks = []
+        for symbol, quote in (await self._quotes(symbols)).items():
+            if self._last_ts.get(symbol) == quote.timestamp:
+                continue  # same bar as last round: nothing new
+            self._last_ts[symbol] = quote.timestamp
+            ticks.append(Tick(symbol, datetime.fromtimestamp(quote.timestamp, UTC), quote.close))
+        return ticks
+
+    async def _cached(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Latest quotes, fetching only those no price round has brought yet (credits are few)."""
+        missing = [s for s in symbols if s not in self._last]
+        if missing:
+            await self._quotes(missing)
+        return {s: self._last[s] for s in symbols if s in self._last}
+
+    async def _logo(self, symbol: str) -> str:
+        data = _check(await self.http.get_json("/logo", {"symbol": symbol}), f"logo {symbol}")
+        return validate(Logo, data, f"logo {symbol}").url or logo_data_uri(symbol)
+
+    async def profiles(self, symbols: Sequence[str]) -> list[Profile]:
+        quotes = await self._cached(symbols)
+        logos = dict(
+            await gather_per_symbol(
+                list(quotes), lambda s: self._with_symbol(s, self._logo(s)), self.dropped
+            )
+        )
+        return [Profile(s, q.name, logos.get(s) or logo_data_uri(s)) for s, q in quotes.items()]
+
+    @staticmethod
+    async def _with_symbol(symbol: str, value: Any) -> tuple[str, str]:
+        return symbol, await value
+
+    async def week52(self, symbols: Sequence[str]) -> list[Week52]:
+        result = []
+        for symbol, quote in (await self._cached(symbols)).items():
+            if quote.fifty_two_week is None:
+                self.dropped("invalid_fields", f"{symbol}: no fifty_two_week")
+                continue
+            w = quote.fifty_two_week
+            result.append(Week52(symbol, w.high, w.low, quote.previous_close))
+        return result
+
+    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
+        interval, _ = pick_interval(end - start)
+        fmt = "%Y-%m-%d %H:%M:%S"
+        params = {
+            "symbol": symbol, "interval": interval, "timezone": "UTC", "order": "asc",
+            "start_date": start.astimezone(UTC).strftime(fmt),
+            "end_date": end.astimezone(UTC).strftime(fmt), "outputsize": str(MAX_POINTS),
+        }  # fmt: skip
+        try:
+            data = _check(await self.http.get_json("/time_series", params), f"history {symbol}")
+        except BadPayload as exc:
+            if exc.kind == "unknown_symbol" and "no data" in str(exc).lower():
+                return []  # e.g. a weekend: nothing traded in the window
+            raise
+        ticks = []
+        for bar in validate(TimeSeries, data, f"history {symbol}").values:
+            try:
+                ts = datetime.fromisoformat(bar.datetime).replace(tzinfo=UTC)
+            except ValueError:
+                self.dropped("invalid_fields", f"history {symbol}: bad datetime")
+                continue
+            if start <= ts < end:
+                volume = int(bar.volume) if bar.volume is not None and bar.volume >= 0 else None
+                ticks.append(Tick(symbol, ts, bar.close, volume))
+        return sorted(ticks, key=lambda t: t.ts)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
