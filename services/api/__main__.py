@@ -1,0 +1,36 @@
+"""Run the API: `python -m services.api` (settings from env and `.env`)."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from services.api.app import create_app
+from services.api.config import ApiSettings
+from services.common.logging import setup_logging
+
+
+def main() -> int:
+    try:
+        settings = ApiSettings()
+    except ValidationError as exc:
+        print(f"stockstreamer api: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,  # keep our structured logging
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.api_shutdown_timeout) or 1,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

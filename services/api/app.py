@@ -1,0 +1,66 @@
+"""The FastAPI application: routers, middleware, and what lives for the process (pool, listener)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from services.api import errors
+from services.api.config import ApiSettings
+from services.api.listener import Broadcaster
+from services.api.metrics import ApiMetrics, TimingMiddleware
+from services.api.routes import health, prices, stocks, stream
+from services.common.db import create_pool, redact_url
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """A new application; nothing connects until it starts."""
+    settings = settings or ApiSettings()
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        role = settings.api_db_role or None
+        # min_size=0: the API starts (and says "not ready") while the database is down.
+        app.state.pool = await create_pool(
+            settings.database_url, role, min_size=0, max_size=settings.api_pool_size
+        )
+        app.state.broadcaster = broadcaster = Broadcaster(settings.database_url, role, metrics)
+        broadcaster.start()
+        log.info("api started", extra={"database": redact_url(settings.database_url)})
+        try:
+            yield
+        finally:
+            await broadcaster.stop()
+            try:
+                await asyncio.wait_for(app.state.pool.close(), 2.0)
+            except TimeoutError:
+                app.state.pool.terminate()
+
+    app = FastAPI(
+        title="stockstreamer API",
+        version="1.0.0",
+        summary="Stock prices over REST and Server-Sent Events.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    for router in (stocks.router, prices.router, stream.router, health.router):
+        app.include_router(router)
+    errors.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET"],
+            allow_headers=["Last-Event-ID"],
+        )
+    app.add_middleware(TimingMiddleware, metrics=metrics)
+    return app

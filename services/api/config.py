@@ -1,0 +1,46 @@
+"""API settings, from the environment and `.env`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from services.common.config import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    """Every `STOCKSTREAMER_*` setting the API reads."""
+
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(8000, ge=0, le=65535, description="Port the API listens on (0: random).")
+    api_db_role: str = Field(
+        "stockstreamer_reader", description="Role the API switches to; empty to stay as is."
+    )
+    api_pool_size: int = Field(10, ge=1, le=100, description="Most pooled database connections.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins allowed by CORS (e.g. http://localhost:5006).",
+    )
+    api_stream_heartbeat: float = Field(
+        15.0, gt=0, le=300, description="Seconds between `: heartbeat` comments on streams."
+    )
+    api_stream_queue_size: int = Field(
+        256, ge=1, le=100_000, description="Undelivered batches a stream may hold before it is cut."
+    )
+    api_stream_replay_limit: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most ticks replayed on resume; beyond: `reset`."
+    )
+    api_shutdown_timeout: float = Field(
+        5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> list[str]:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        if isinstance(value, list | tuple):
+            return [str(o).strip().rstrip("/") for o in value if str(o).strip()]
+        raise ValueError("expected a comma-separated list of origins")

@@ -1,0 +1,128 @@
+"""Dependencies and parameter parsing shared by the routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, cast
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from fastapi import Depends, HTTPException, Path, Query, Request, status
+
+from services.api import queries
+from services.api.config import ApiSettings
+from services.api.listener import Broadcaster
+from services.api.metrics import ApiMetrics
+from services.common.symbols import InvalidSymbolError, normalize_symbol, parse_symbols
+
+MAX_SYMBOLS = 50
+ACQUIRE_TIMEOUT = 5.0  # seconds; longer and a client is better off with a 503 and a retry
+
+
+class InvalidParameter(HTTPException):
+    """A 422 whose message names the parameter at fault."""
+
+    def __init__(self, where: str, name: str, message: str) -> None:
+        super().__init__(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{where} '{name}': {message}")
+
+
+async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """One pooled connection for the duration of a request."""
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        yield cast(asyncpg.Connection, conn)  # a proxy with the connection's interface
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+def get_broadcaster(request: Request) -> Broadcaster:
+    broadcaster: Broadcaster = request.app.state.broadcaster
+    return broadcaster
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = request.app.state.metrics
+    return metrics
+
+
+def symbol_path(
+    symbol: Annotated[
+        str,
+        Path(max_length=32, description="A ticker such as AAPL or BRK.B (case-insensitive)."),
+    ],
+) -> str:
+    """The path's symbol, upper-cased and checked against the shared pattern."""
+    try:
+        return normalize_symbol(symbol)
+    except InvalidSymbolError as exc:
+        raise InvalidParameter("path parameter", "symbol", str(exc)) from exc
+
+
+def symbols_query(
+    symbols: Annotated[
+        str | None,
+        Query(
+            max_length=1000,
+            description=f"Comma-separated tickers (at most {MAX_SYMBOLS}); all tracked if omitted.",
+        ),
+    ] = None,
+) -> list[str] | None:
+    """The requested symbols, or None for every tracked stock."""
+    if symbols is None or not symbols.strip():
+        return None
+    try:
+        parsed = parse_symbols(symbols)
+    except InvalidSymbolError as exc:
+        raise InvalidParameter("query parameter", "symbols", str(exc)) from exc
+    if len(parsed) > MAX_SYMBOLS:
+        raise InvalidParameter(
+            "query parameter", "symbols", f"{len(parsed)} symbols given, at most {MAX_SYMBOLS}"
+        )
+    return parsed or None
+
+
+def parse_time(name: str, value: str) -> datetime:
+    """ISO 8601 (a naive time is UTC) or integer epoch milliseconds, as an aware datetime."""
+    text = value.strip()
+    try:
+        if text.lstrip("-").isdigit() and text.isascii():
+            return datetime.fromtimestamp(int(text) / 1000, UTC)
+        parsed = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidParameter(
+            "query parameter", name,
+            f"{value[:40]!r} is not an ISO 8601 time (e.g. 2026-01-02T15:30:00Z) "
+            "or epoch milliseconds",
+        ) from None  # fmt: skip
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+async def known_symbols(
+    conn: asyncpg.Connection | PoolConnectionProxy, symbols: list[str] | None
+) -> list[str]:
+    """`symbols` if every one is tracked (else 404 naming the others); None means all tracked."""
+    if symbols is None:
+        return [r["symbol"] for r in await conn.fetch(queries.ALL_SYMBOLS)]
+    found = {r["symbol"] for r in await conn.fetch(queries.KNOWN_SYMBOLS, symbols)}
+    unknown = [s for s in symbols if s not in found]
+    if unknown:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown symbol(s): {', '.join(unknown)}")
+    return symbols
+
+
+ConnDep = Annotated[asyncpg.Connection, Depends(get_conn)]
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+SymbolDep = Annotated[str, Depends(symbol_path)]
+SymbolsDep = Annotated[list[str] | None, Depends(symbols_query)]

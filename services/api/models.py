@@ -1,0 +1,110 @@
+"""Response models: the JSON shapes the dashboard relies on (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def _number(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+class Problem(BaseModel):
+    """An error: `detail` says what is wrong, naming the parameter."""
+
+    detail: str = Field(examples=["query parameter 'max_points': must be at most 10000"])
+
+
+class Stock(BaseModel):
+    """A tracked stock with its metadata, last price and change."""
+
+    symbol: str
+    name: str | None
+    logo_url: str | None
+    week52_high: float | None
+    week52_low: float | None
+    previous_close: float | None
+    metadata_updated_at: datetime | None
+    last_price: float | None
+    last_ts: datetime | None
+    change: float | None = Field(
+        description="last_price minus previous_close, else minus the day's first price (New York)."
+    )
+    change_pct: float | None = Field(description="change as a percentage of its reference.")
+
+    @classmethod
+    def from_row(cls, row: Any) -> Stock:
+        """A Stock from a row of queries.STOCKS."""
+        last, reference = row["last_price"], row["reference"]
+        change = change_pct = None
+        if last is not None and reference:
+            change = float(last - reference)
+            change_pct = round(float((last - reference) / reference * 100), 4)
+        return cls(
+            symbol=row["symbol"],
+            name=row["name"],
+            logo_url=row["logo_url"],
+            week52_high=_number(row["week52_high"]),
+            week52_low=_number(row["week52_low"]),
+            previous_close=_number(row["previous_close"]),
+            metadata_updated_at=row["metadata_updated_at"],
+            last_price=_number(last),
+            last_ts=row["last_ts"],
+            change=change,
+            change_pct=change_pct,
+        )
+
+
+class Logo(BaseModel):
+    """A stock's logo resource."""
+
+    symbol: str
+    logo_url: str | None
+    updated_at: datetime | None
+
+
+class HighLow(BaseModel):
+    """A stock's 52-week high and low."""
+
+    symbol: str
+    week52_high: float | None
+    week52_low: float | None
+    updated_at: datetime | None
+
+
+class Series(BaseModel):
+    """One symbol's history as parallel arrays, oldest first, the newest tick last."""
+
+    symbol: str
+    ts: list[int] = Field(description="Epoch milliseconds (UTC).")
+    price: list[float]
+    downsampled: bool
+    bucket_ms: int | None = Field(description="Bucket width when downsampled (min/max/last each).")
+
+
+class Prices(BaseModel):
+    """History of several symbols over one window."""
+
+    start: int = Field(description="Window start, epoch milliseconds (inclusive).")
+    end: int = Field(description="Window end, epoch milliseconds (inclusive).")
+    max_points: int
+    series: list[Series]
+
+
+class LatestPrice(BaseModel):
+    """The newest tick of a symbol."""
+
+    symbol: str
+    ts: int = Field(description="Epoch milliseconds (UTC).")
+    price: float
+    event_id: int
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: str

@@ -1,0 +1,176 @@
+"""Live prices as Server-Sent Events, resumable with Last-Event-ID."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
+
+from services.api import queries
+from services.api.deps import (
+    ACQUIRE_TIMEOUT,
+    BroadcasterDep,
+    InvalidParameter,
+    MetricsDep,
+    PoolDep,
+    SettingsDep,
+    SymbolsDep,
+    known_symbols,
+)
+from services.api.events import SHUTDOWN, Frame, Subscriber, encode, price_frame
+from services.api.listener import Broadcaster
+from services.api.metrics import ApiMetrics
+from services.api.models import Problem
+
+router = APIRouter(prefix="/api/v1/stream", tags=["stream"])
+
+REPLAY_CHUNK = 1000  # frames per write while replaying
+SHUTDOWN_GRACE = 1.0  # seconds a stream gets to finish its last write on shutdown
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`price` (with `id:`), `stock`, `history` and `reset` events; "
+        "`: heartbeat` comments.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    404: {"model": Problem, "description": "Unknown symbol"},
+    422: {"model": Problem, "description": "Invalid parameter"},
+    503: {"model": Problem, "description": "Database unavailable"},
+}
+
+
+class StreamResponse(EventSourceResponse):
+    """An event stream tied to one subscriber: cut at once when the client falls behind."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        subscriber: Subscriber,
+        broadcaster: Broadcaster,
+        metrics: ApiMetrics,
+        heartbeat: float,
+    ) -> None:
+        self._shutdown = anyio.Event()
+        super().__init__(
+            content,
+            ping=heartbeat,
+            sep="\n",
+            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep="\n"),
+            shutdown_event=self._shutdown,
+            shutdown_grace_period=SHUTDOWN_GRACE,
+        )
+        self.subscriber = subscriber
+        self.broadcaster = broadcaster
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.metrics.open_streams.inc()
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def cut_when_dropped() -> None:
+                    # Its writes are stuck behind a full socket: abandon them rather than wait.
+                    await self.subscriber.dropped.wait()
+                    group.cancel_scope.cancel()
+
+                async def end_on_shutdown() -> None:
+                    await self._shutdown.wait()
+                    self.subscriber.close(SHUTDOWN)
+
+                group.start_soon(cut_when_dropped)
+                group.start_soon(end_on_shutdown)
+                await super().__call__(scope, receive, send)
+                group.cancel_scope.cancel()
+        finally:
+            self.broadcaster.unsubscribe(self.subscriber)
+            self.metrics.open_streams.dec()
+
+
+def resume_point(header: str | None, query: int | None) -> int | None:
+    """The id to resume after: the header (what a reconnecting browser sends) wins."""
+    if header is not None and header.strip():
+        text = header.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
+            raise InvalidParameter("header", "Last-Event-ID", "must be a non-negative integer")
+        return int(text)
+    return query
+
+
+async def _events(
+    sub: Subscriber, first: Sequence[Frame], metrics: ApiMetrics
+) -> AsyncIterator[bytes]:
+    sent: Counter[str] = Counter()
+    for i in range(0, len(first), REPLAY_CHUNK):
+        chunk = first[i : i + REPLAY_CHUNK]
+        for frame in chunk:
+            sent[frame.event] += 1
+        yield b"".join(f.data for f in chunk)
+    while True:
+        for event, count in sent.items():
+            metrics.events_sent.labels(event).inc(count)
+        sent.clear()
+        batch = await sub.next_batch()
+        if batch is None:
+            return
+        data = sub.render(batch, sent)
+        if data:
+            yield data
+
+
+@router.get("", response_class=EventSourceResponse, responses=STREAM_DOC)
+async def stream(
+    pool: PoolDep,
+    broadcaster: BroadcasterDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    symbols: SymbolsDep,
+    last_event_id: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="Resume after this event id.")
+    ] = None,
+    last_event_id_header: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Resume after this id (wins over the query)."),
+    ] = None,
+) -> StreamResponse:
+    """Every tick as a `price` event (all symbols when none are given), live or replayed."""
+    resume = resume_point(last_event_id_header, last_event_id)
+    limit = settings.api_stream_replay_limit
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        await known_symbols(conn, symbols)
+        # Subscribe before reading the database: whatever commits from here on arrives live,
+        # and live events up to what the reads below cover are skipped (no gap, no duplicate).
+        sub = broadcaster.subscribe(
+            frozenset(symbols) if symbols else None, settings.api_stream_queue_size
+        )
+        try:
+            head: int = await conn.fetchval(queries.HEAD_EVENT_ID)
+            first: list[Frame] = []
+            reason = None
+            if resume is None:
+                sub.after = head
+            elif resume > head:
+                reason = "unknown resume point: newer than any event"
+            else:
+                rows = await conn.fetch(queries.REPLAY_AFTER, resume, limit + 1, symbols)
+                if len(rows) > limit:
+                    reason = f"resume point too old: more than {limit} ticks to replay"
+                else:
+                    first = [
+                        price_frame(r["symbol"], r["ts_ms"], float(r["price"]), r["event_id"])
+                        for r in rows
+                    ]
+                    sub.after = rows[-1]["event_id"] if rows else resume
+            if reason is not None:
+                payload = {"reason": reason, "last_event_id": head}
+                first = [Frame("reset", encode("reset", payload, head))]
+                sub.after = head
+        except BaseException:
+            broadcaster.unsubscribe(sub)
+            raise
+    return StreamResponse(
+        _events(sub, first, metrics), sub, broadcaster, metrics, settings.api_stream_heartbeat
+    )

@@ -1,0 +1,32 @@
+"""Fixtures for the API: the app on a free loopback port against the test's database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.utils.api import Market, ThreadedApi
+
+
+@pytest.fixture
+def api(database_url: str) -> Iterator[ThreadedApi]:
+    """The API (reader role, quick heartbeats) serving the test's database."""
+    server = ThreadedApi(database_url, api_stream_heartbeat=0.5).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def client(api: ThreadedApi) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        yield http
+
+
+@pytest.fixture
+def market(db: asyncpg.Connection) -> Market:
+    return Market(db)

@@ -1,0 +1,164 @@
+"""Price history: columnar shape, windows, downsampling bounds, validation; the latest ticks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.utils.api import T0, Market
+
+MS = 1000
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+async def test_raw_series_in_the_window(client: httpx.AsyncClient, market: Market) -> None:
+    await market.stocks("AAPL", "NVDA")
+    await market.ticks([("AAPL", T0 + timedelta(seconds=i), 100 + i) for i in range(5)])
+    await market.ticks([("NVDA", T0, 50.5)])
+    start, end = T0 + timedelta(seconds=1), T0 + timedelta(seconds=3)
+
+    body = (
+        await client.get(
+            "/api/v1/prices", params={"symbols": "AAPL,NVDA", "start": iso(start), "end": iso(end)}
+        )
+    ).json()
+
+    t0 = int(T0.timestamp() * MS)
+    assert body["start"] == t0 + 1000 and body["end"] == t0 + 3000 and body["max_points"] == 1000
+    aapl, nvda = body["series"]
+    assert aapl == {
+        "symbol": "AAPL", "ts": [t0 + 1000, t0 + 2000, t0 + 3000], "price": [101, 102, 103],
+        "downsampled": False, "bucket_ms": None,
+    }  # fmt: skip
+    assert nvda["symbol"] == "NVDA" and nvda["ts"] == [] and nvda["price"] == []
+
+
+async def test_defaults_are_all_symbols_over_the_last_week(
+    client: httpx.AsyncClient, market: Market
+) -> None:
+    now = datetime.now(UTC)
+    await market.stocks("GE", "INTC")
+    await market.ticks([("GE", now - timedelta(days=8), 1), ("GE", now - timedelta(days=6), 2)])
+
+    body = (await client.get("/api/v1/prices")).json()
+
+    assert [s["symbol"] for s in body["series"]] == ["GE", "INTC"]
+    assert body["series"][0]["price"] == [2]
+    assert body["end"] - body["start"] == 7 * 24 * 3600 * MS
+    assert abs(body["end"] - now.timestamp() * MS) < 60_000
+
+
+@pytest.mark.parametrize("max_points", [1, 2, 3, 7, 100, 999])
+async def test_downsampling_never_exceeds_max_points_and_keeps_the_newest(
+    client: httpx.AsyncClient, market: Market, max_points: int
+) -> None:
+    await market.stocks("AMZN")
+    await market.series("AMZN", 1000)
+    newest = T0 + timedelta(seconds=999)
+
+    params = {
+        "symbols": "AMZN", "start": iso(T0 - timedelta(minutes=1)),
+        "end": iso(newest + timedelta(minutes=1)), "max_points": max_points,
+    }  # fmt: skip
+    series = (await client.get("/api/v1/prices", params=params)).json()["series"][0]
+
+    assert series["downsampled"] is True and series["bucket_ms"] > 0
+    assert 0 < len(series["ts"]) <= max_points and len(series["ts"]) == len(series["price"])
+    assert series["ts"] == sorted(series["ts"]) and len(set(series["ts"])) == len(series["ts"])
+    assert series["ts"][-1] == int(newest.timestamp() * MS)
+    assert series["price"][-1] == 100 + (999 % 50) / 10
+    if max_points >= 3:  # the low and high of the window survive as spikes
+        assert min(series["price"]) == 100 and max(series["price"]) == 104.9
+
+
+async def test_exactly_max_points_is_not_downsampled(
+    client: httpx.AsyncClient, market: Market
+) -> None:
+    await market.stocks("AMZN")
+    await market.series("AMZN", 50)
+    params = {"start": iso(T0), "end": iso(T0 + timedelta(hours=1)), "max_points": 50}
+    series = (await client.get("/api/v1/prices", params=params)).json()["series"][0]
+    assert series["downsampled"] is False and len(series["ts"]) == 50
+
+
+async def test_times_accept_naive_utc_zones_and_epoch_ms(
+    client: httpx.AsyncClient, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    expected = int(T0.timestamp() * MS)
+    for start in ("2026-01-05T15:00:00", "2026-01-05T10:00:00-05:00", "2026-01-05T15:00:00Z",
+                  str(expected)):  # fmt: skip
+        params = {"start": start, "end": "2026-01-05T16:00:00Z"}
+        response = await client.get("/api/v1/prices", params=params)
+        assert response.status_code == 200, start
+        assert response.json()["start"] == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "names"),
+    [
+        (
+            {"start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
+            "query parameter 'start'",
+        ),
+        (
+            {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
+            "query parameter 'start'",
+        ),
+        (
+            {"start": "2024-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
+            "query parameter 'start'",
+        ),
+        ({"start": "yesterday"}, "query parameter 'start'"),
+        ({"end": "2026-13-01"}, "query parameter 'end'"),
+        ({"end": "99999999999999999999999"}, "query parameter 'end'"),
+        ({"end": "0001-01-01T00:00:00Z"}, "query parameter 'end'"),
+        ({"max_points": "0"}, "query parameter 'max_points'"),
+        ({"max_points": "10001"}, "query parameter 'max_points'"),
+        ({"max_points": "many"}, "query parameter 'max_points'"),
+        ({"symbols": "AAPL,a$b"}, "query parameter 'symbols'"),
+        ({"symbols": ",".join(f"S{i}" for i in range(51))}, "query parameter 'symbols'"),
+    ],
+)
+async def test_invalid_parameters_are_422_naming_them(
+    client: httpx.AsyncClient, market: Market, params: dict[str, str], names: str
+) -> None:
+    await market.stocks("AAPL")
+    for path in ("/api/v1/prices", "/api/v1/prices/latest"):
+        if path.endswith("latest") and "symbols" not in params:
+            continue
+        response = await client.get(path, params=params)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"].startswith(names), response.text
+
+
+async def test_unknown_symbols_are_404(client: httpx.AsyncClient, market: Market) -> None:
+    await market.stocks("AAPL")
+    for path in ("/api/v1/prices", "/api/v1/prices/latest"):
+        response = await client.get(path, params={"symbols": "AAPL,ZZZ,YYY"})
+        assert response.status_code == 404
+        assert response.json() == {"detail": "unknown symbol(s): ZZZ, YYY"}
+
+
+async def test_latest_is_the_newest_tick_per_symbol(
+    client: httpx.AsyncClient, market: Market
+) -> None:
+    await market.stocks("AAPL", "NVDA", "GE")
+    await market.ticks([("AAPL", T0, 1), ("NVDA", T0, 2)])
+    last = await market.ticks([("AAPL", T0 + timedelta(seconds=5), 3)])
+    await market.history([("AAPL", T0 - timedelta(days=1), 9)])
+
+    body = (await client.get("/api/v1/prices/latest")).json()
+    only = (await client.get("/api/v1/prices/latest", params={"symbols": "nvda"})).json()
+
+    assert body[0] == {
+        "symbol": "AAPL", "ts": int((T0 + timedelta(seconds=5)).timestamp() * MS), "price": 3,
+        "event_id": last,
+    }  # fmt: skip
+    assert [b["symbol"] for b in body] == ["AAPL", "NVDA"]
+    assert [o["symbol"] for o in only] == ["NVDA"]

@@ -1,0 +1,140 @@
+"""API test helpers: the API on a free loopback port, and a market that writes like the fetcher."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import uvicorn
+
+from services.api.app import create_app
+from services.api.config import ApiSettings
+from services.fetcher import queries as fetcher_queries
+
+T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
+
+
+class ThreadedApi:
+    """The real app served by uvicorn on its own thread and event loop, over loopback TCP."""
+
+    def __init__(self, database_url: str, **settings: Any) -> None:
+        self.settings = ApiSettings(database_url=database_url, **settings)
+        self.app = create_app(self.settings)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            self.app, log_config=None, access_log=False, timeout_graceful_shutdown=2, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def start(self) -> ThreadedApi:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "API did not start"
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the stream listener holds its LISTEN connection."""
+        return bool(self.app.state.broadcaster.connected)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.app.state.metrics.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else float(value)
+
+
+class Market:
+    """Writes stocks and ticks with the fetcher's own statements: one transaction per batch."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def stocks(self, *symbols: str) -> None:
+        await self.conn.execute(fetcher_queries.ENSURE_STOCKS, list(symbols))
+
+    async def ticks(self, ticks: Iterable[tuple[str, datetime, float | Decimal]]) -> int:
+        """Insert live ticks and NOTIFY `prices` on commit; returns the batch's highest event id."""
+        rows = list(ticks)
+        async with self.conn.transaction():
+            row = await self.conn.fetchrow(
+                fetcher_queries.INSERT_TICKS,
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [Decimal(str(r[2])) for r in rows],
+                [None] * len(rows),
+            )
+            assert row is not None and row["inserted"] == len(rows)
+            await self.conn.execute(fetcher_queries.NOTIFY, "prices", str(row["max_event_id"]))
+        return int(row["max_event_id"])
+
+    async def series(
+        self, symbol: str, count: int, start: datetime = T0, step: timedelta = timedelta(seconds=1)
+    ) -> list[int]:
+        """`count` ticks of one symbol `step` apart, 500 a batch; returns each batch's max id."""
+        ids = []
+        for first in range(0, count, 500):
+            batch = [
+                (symbol, start + step * i, 100 + (i % 50) / 10)
+                for i in range(first, min(count, first + 500))
+            ]
+            ids.append(await self.ticks(batch))
+        return ids
+
+    async def history(self, ticks: Sequence[tuple[str, datetime, float]]) -> None:
+        """Insert backfilled ticks and NOTIFY `history`, as the fetcher's backfill does."""
+        async with self.conn.transaction():
+            row = await self.conn.fetchrow(
+                fetcher_queries.INSERT_HISTORY,
+                [t[0] for t in ticks],
+                [t[1] for t in ticks],
+                [Decimal(str(t[2])) for t in ticks],
+                [None] * len(ticks),
+            )
+            assert row is not None
+            payload = {
+                "symbols": row["symbols"],
+                "start": int(row["first_ts"].timestamp() * 1000),
+                "end": int(row["last_ts"].timestamp() * 1000),
+            }
+            await self.conn.execute(fetcher_queries.NOTIFY, "history", json.dumps(payload))
+
+    async def week52(
+        self, symbol: str, high: float, low: float, previous_close: float | None = None
+    ) -> None:
+        async with self.conn.transaction():
+            changed = await self.conn.fetch(
+                fetcher_queries.UPSERT_WEEK52,
+                [symbol],
+                [Decimal(str(high))],
+                [Decimal(str(low))],
+                [None if previous_close is None else Decimal(str(previous_close))],
+            )
+            for row in changed:
+                await self.conn.execute(fetcher_queries.NOTIFY, "stocks", row["symbol"])
+
+    async def profile(self, symbol: str, name: str, logo_url: str) -> None:
+        async with self.conn.transaction():
+            changed = await self.conn.fetch(
+                fetcher_queries.UPSERT_PROFILES, [symbol], [name], [logo_url]
+            )
+            for row in changed:
+                await self.conn.execute(fetcher_queries.NOTIFY, "stocks", row["symbol"])
