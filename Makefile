@@ -51,3 +51,14 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Deployment linters that cannot share the project's pins (checkov) get a venv of their own.
+TOOLS := $(VENV)/tools
+
+$(TOOLS)/.installed: deploy/tools.lock
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/tools.lock
+	@touch $@
+
+.PHONY: tools
+tools: $(TOOLS)/.installed

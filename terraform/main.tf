@@ -1,0 +1,388 @@
+provider "aws" {
+  region = var.aws_region
+
+  default_tags {
+    tags = merge({ Project = "stockstreamer", ManagedBy = "terraform" }, var.tags)
+  }
+}
+
+################################################################################
+# Lookups
+################################################################################
+
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  # Graviton families (t4g, m7g, c8g, ...) carry a "g" right after the generation digit.
+  arch = can(regex("^[a-z]+[0-9]+g", var.instance_type)) ? "arm64" : "amd64"
+
+  public_host   = var.domain_name != "" ? var.domain_name : aws_eip.this.public_ip
+  public_origin = var.domain_name != "" ? "https://${var.domain_name}" : "http://${aws_eip.this.public_ip}"
+
+  provider_key_parameter_arn = var.provider_api_key_parameter == "" ? null : "arn:${data.aws_partition.current.partition}:ssm:${var.aws_region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(var.provider_api_key_parameter, "/")}"
+}
+
+# Ubuntu 24.04 LTS, looked up at plan time from Canonical's public SSM parameter (not hard-coded).
+data "aws_ssm_parameter" "ami" {
+  name = "/aws/service/canonical/ubuntu/server/24.04/stable/current/${local.arch}/hvm/ebs-gp3/ami-id"
+}
+
+data "aws_vpc" "default" {
+  count   = var.subnet_id == null ? 1 : 0
+  default = true
+}
+
+data "aws_subnets" "default" {
+  count = var.subnet_id == null ? 1 : 0
+
+  filter {
+    name   = "vpc-id"
+    values = [data.aws_vpc.default[0].id]
+  }
+
+  filter {
+    name   = "default-for-az"
+    values = ["true"]
+  }
+}
+
+data "aws_subnet" "instance" {
+  id = var.subnet_id != null ? var.subnet_id : sort(data.aws_subnets.default[0].ids)[0]
+}
+
+################################################################################
+# Security group: web ports to allowed_cidrs, SSH only to ssh_cidrs
+################################################################################
+
+resource "aws_security_group" "instance" {
+  name_prefix = "${var.name}-"
+  description = "stockstreamer instance: HTTP/HTTPS in, web and database out"
+  vpc_id      = data.aws_subnet.instance.vpc_id
+
+  tags = { Name = var.name }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "http" {
+  #checkov:skip=CKV_AWS_260:A public dashboard serves port 80 to allowed_cidrs (HTTP-01 challenges and the redirect to HTTPS); narrow allowed_cidrs to restrict it.
+  for_each = toset(var.allowed_cidrs)
+
+  security_group_id = aws_security_group.instance.id
+  description       = "HTTP to Caddy (redirects to HTTPS when domain_name is set)"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+}
+
+resource "aws_vpc_security_group_ingress_rule" "https" {
+  for_each = toset(var.allowed_cidrs)
+
+  security_group_id = aws_security_group.instance.id
+  description       = "HTTPS to Caddy (dashboard and API)"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+}
+
+resource "aws_vpc_security_group_ingress_rule" "http3" {
+  for_each = toset(var.allowed_cidrs)
+
+  security_group_id = aws_security_group.instance.id
+  description       = "HTTP/3 (QUIC) to Caddy"
+  cidr_ipv4         = each.value
+  ip_protocol       = "udp"
+  from_port         = 443
+  to_port           = 443
+}
+
+resource "aws_vpc_security_group_ingress_rule" "ssh" {
+  for_each = toset(var.ssh_cidrs)
+
+  security_group_id = aws_security_group.instance.id
+  description       = "SSH from ssh_cidrs only (SSM Session Manager needs none)"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = 22
+  to_port           = 22
+}
+
+# Outbound: packages, images, the market-data vendor, Let's Encrypt and AWS APIs are all on 80/443.
+resource "aws_vpc_security_group_egress_rule" "https" {
+  security_group_id = aws_security_group.instance.id
+  description       = "HTTPS out: images, packages, vendor API, SSM, ACME"
+  cidr_ipv4         = "0.0.0.0/0"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+}
+
+resource "aws_vpc_security_group_egress_rule" "http" {
+  security_group_id = aws_security_group.instance.id
+  description       = "HTTP out: Ubuntu package mirrors"
+  cidr_ipv4         = "0.0.0.0/0"
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+}
+
+resource "aws_vpc_security_group_egress_rule" "postgres" {
+  count = var.use_rds ? 1 : 0
+
+  security_group_id            = aws_security_group.instance.id
+  description                  = "PostgreSQL to the RDS instance"
+  referenced_security_group_id = aws_security_group.rds[0].id
+  ip_protocol                  = "tcp"
+  from_port                    = 5432
+  to_port                      = 5432
+}
+
+################################################################################
+# IAM: SSM Session Manager, and reading exactly the secrets the instance needs
+################################################################################
+
+data "aws_iam_policy_document" "assume_ec2" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "instance" {
+  name_prefix        = "${var.name}-"
+  assume_role_policy = data.aws_iam_policy_document.assume_ec2.json
+}
+
+resource "aws_iam_role_policy_attachment" "ssm" {
+  role       = aws_iam_role.instance.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+data "aws_iam_policy_document" "secrets" {
+  count = local.provider_key_parameter_arn != null || var.use_rds ? 1 : 0
+
+  dynamic "statement" {
+    for_each = local.provider_key_parameter_arn != null ? [local.provider_key_parameter_arn] : []
+
+    content {
+      sid       = "ProviderKey"
+      actions   = ["ssm:GetParameter"]
+      resources = [statement.value]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.use_rds ? [aws_db_instance.this[0].master_user_secret[0].secret_arn] : []
+
+    content {
+      sid       = "DatabaseSecret"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [statement.value]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "secrets" {
+  count = local.provider_key_parameter_arn != null || var.use_rds ? 1 : 0
+
+  name   = "read-stockstreamer-secrets"
+  role   = aws_iam_role.instance.id
+  policy = data.aws_iam_policy_document.secrets[0].json
+}
+
+resource "aws_iam_instance_profile" "instance" {
+  name_prefix = "${var.name}-"
+  role        = aws_iam_role.instance.name
+}
+
+################################################################################
+# EC2 instance and elastic IP
+################################################################################
+
+# The address exists before the instance, so cloud-init can be told its public origin.
+resource "aws_eip" "this" {
+  domain = "vpc"
+  tags   = { Name = var.name }
+}
+
+resource "aws_instance" "this" {
+  #checkov:skip=CKV_AWS_126:Basic 5-minute CloudWatch metrics suffice for one small instance; detailed monitoring is billed extra.
+  ami                    = data.aws_ssm_parameter.ami.insecure_value
+  instance_type          = var.instance_type
+  subnet_id              = data.aws_subnet.instance.id
+  vpc_security_group_ids = [aws_security_group.instance.id]
+  iam_instance_profile   = aws_iam_instance_profile.instance.name
+  key_name               = var.key_name
+  ebs_optimized          = true
+
+  # Reached through the elastic IP only.
+  associate_public_ip_address = false
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required" # IMDSv2 only
+    http_put_response_hop_limit = 1          # containers cannot reach the instance's credentials
+  }
+
+  root_block_device {
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size
+    encrypted             = true
+    delete_on_termination = true
+  }
+
+  # Names and addresses only: secrets are read on the instance at boot (SSM, Secrets Manager).
+  user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
+    region                 = var.aws_region
+    arch                   = local.arch
+    repository_url         = var.repository_url
+    repository_ref         = var.repository_ref
+    site_address           = var.domain_name != "" ? var.domain_name : ":80"
+    public_host            = local.public_host
+    public_origin          = local.public_origin
+    market_data_provider   = var.market_data_provider
+    provider_key_parameter = var.provider_api_key_parameter
+    provider_key_env       = "${upper(var.market_data_provider)}_API_KEY"
+    settings               = var.settings
+    use_rds                = var.use_rds
+    rds_secret_arn         = var.use_rds ? aws_db_instance.this[0].master_user_secret[0].secret_arn : ""
+    rds_address            = var.use_rds ? aws_db_instance.this[0].address : ""
+    rds_port               = var.use_rds ? aws_db_instance.this[0].port : 5432
+    db_name                = "stockstreamer"
+  })
+  user_data_replace_on_change = false
+
+  tags = { Name = var.name }
+
+  # The boot script reads the secrets: the permission must exist first.
+  depends_on = [aws_iam_role_policy.secrets]
+
+  lifecycle {
+    # A newer AMI must not replace a running instance (and its data); rebuild deliberately.
+    ignore_changes = [ami]
+  }
+}
+
+resource "aws_eip_association" "this" {
+  allocation_id = aws_eip.this.id
+  instance_id   = aws_instance.this.id
+}
+
+################################################################################
+# Optional: Amazon RDS for PostgreSQL (use_rds = true)
+################################################################################
+
+data "aws_subnets" "vpc" {
+  count = var.use_rds ? 1 : 0
+
+  filter {
+    name   = "vpc-id"
+    values = [data.aws_subnet.instance.vpc_id]
+  }
+}
+
+resource "aws_security_group" "rds" {
+  count = var.use_rds ? 1 : 0
+
+  name_prefix = "${var.name}-rds-"
+  description = "stockstreamer RDS: PostgreSQL from the instance only"
+  vpc_id      = data.aws_subnet.instance.vpc_id
+
+  tags = { Name = "${var.name}-rds" }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "rds_from_instance" {
+  count = var.use_rds ? 1 : 0
+
+  security_group_id            = aws_security_group.rds[0].id
+  description                  = "PostgreSQL from the stockstreamer instance"
+  referenced_security_group_id = aws_security_group.instance.id
+  ip_protocol                  = "tcp"
+  from_port                    = 5432
+  to_port                      = 5432
+}
+
+resource "aws_db_subnet_group" "this" {
+  count = var.use_rds ? 1 : 0
+
+  name_prefix = "${var.name}-"
+  description = "stockstreamer RDS subnets"
+  subnet_ids  = data.aws_subnets.vpc[0].ids
+}
+
+resource "aws_db_parameter_group" "this" {
+  count = var.use_rds ? 1 : 0
+
+  name_prefix = "${var.name}-"
+  family      = "postgres${var.rds_engine_version}"
+  description = "stockstreamer: TLS only, DDL and slow statements logged"
+
+  parameter {
+    name  = "rds.force_ssl"
+    value = "1"
+  }
+
+  parameter {
+    name  = "log_statement"
+    value = "ddl"
+  }
+
+  parameter {
+    name  = "log_min_duration_statement"
+    value = "1000"
+  }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_db_instance" "this" {
+  #checkov:skip=CKV_AWS_157:Multi-AZ doubles the cost; one instance with automated backups is this deployment's scale.
+  #checkov:skip=CKV_AWS_118:Enhanced monitoring is billed per instance; basic CloudWatch metrics and the exported logs cover one small database.
+  #checkov:skip=CKV_AWS_353:Performance Insights is not offered on every small instance class; enable it for larger classes.
+  #checkov:skip=CKV_AWS_354:Performance Insights is off (see CKV_AWS_353), so it has no key to choose.
+  count = var.use_rds ? 1 : 0
+
+  identifier_prefix = "${var.name}-"
+  engine            = "postgres"
+  engine_version    = var.rds_engine_version
+  instance_class    = var.rds_instance_class
+  allocated_storage = var.rds_allocated_storage
+  storage_type      = "gp3"
+  storage_encrypted = true
+  db_name           = "stockstreamer"
+  username          = "stockstreamer"
+
+  # RDS generates the password and keeps it in Secrets Manager; it never appears in user_data.
+  manage_master_user_password = true
+
+  db_subnet_group_name   = aws_db_subnet_group.this[0].name
+  vpc_security_group_ids = [aws_security_group.rds[0].id]
+  parameter_group_name   = aws_db_parameter_group.this[0].name
+  publicly_accessible    = false
+
+  backup_retention_period             = var.rds_backup_retention_days
+  copy_tags_to_snapshot               = true
+  deletion_protection                 = var.rds_deletion_protection
+  skip_final_snapshot                 = false
+  final_snapshot_identifier           = "${var.name}-final"
+  auto_minor_version_upgrade          = true
+  iam_database_authentication_enabled = true
+  enabled_cloudwatch_logs_exports     = ["postgresql", "upgrade"]
+
+  tags = { Name = var.name }
+}

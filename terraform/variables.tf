@@ -1,0 +1,181 @@
+################################################################################
+# Placement
+################################################################################
+
+variable "aws_region" {
+  description = "AWS region to deploy into."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "name" {
+  description = "Name prefix of every resource (and the Name tag)."
+  type        = string
+  default     = "stockstreamer"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
+    error_message = "name must be 2-31 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags for every resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "subnet_id" {
+  description = "Public subnet of the instance; null picks a default subnet of the default VPC."
+  type        = string
+  default     = null
+}
+
+################################################################################
+# Instance
+################################################################################
+
+variable "instance_type" {
+  description = "EC2 instance type; Graviton types (t4g, m7g, ...) get the arm64 image."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "root_volume_size" {
+  description = "Size of the encrypted root volume in GiB (images, and the database unless use_rds)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.root_volume_size >= 12
+    error_message = "root_volume_size must be at least 12 GiB."
+  }
+}
+
+variable "key_name" {
+  description = "EC2 key pair for SSH; null (the default) leaves SSH to SSM Session Manager."
+  type        = string
+  default     = null
+}
+
+################################################################################
+# Network access
+################################################################################
+
+variable "allowed_cidrs" {
+  description = "IPv4 CIDRs that may reach the dashboard and API (HTTP and HTTPS)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = alltrue([for c in var.allowed_cidrs : can(cidrhost(c, 0))])
+    error_message = "allowed_cidrs must be IPv4 CIDR blocks."
+  }
+}
+
+variable "ssh_cidrs" {
+  description = "IPv4 CIDRs allowed SSH (port 22); empty (the default) opens no SSH at all."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.ssh_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "ssh_cidrs must be IPv4 CIDR blocks, and not the whole internet."
+  }
+}
+
+variable "domain_name" {
+  description = "DNS name pointing at the elastic IP; set it for automatic HTTPS (Let's Encrypt). Empty: plain HTTP by IP."
+  type        = string
+  default     = ""
+}
+
+################################################################################
+# Application
+################################################################################
+
+variable "repository_url" {
+  description = "HTTPS URL of the stockstreamer git repository the instance clones."
+  type        = string
+
+  validation {
+    condition     = can(regex("^https://", var.repository_url))
+    error_message = "repository_url must be an https:// URL."
+  }
+}
+
+variable "repository_ref" {
+  description = "Branch, tag or commit to deploy."
+  type        = string
+  default     = "main"
+}
+
+variable "market_data_provider" {
+  description = "Value of STOCKSTREAMER_PROVIDER: simulated needs no key."
+  type        = string
+  default     = "simulated"
+}
+
+variable "provider_api_key_parameter" {
+  description = "Name of an SSM SecureString holding the provider's API key, read at boot; empty for none."
+  type        = string
+  default     = ""
+}
+
+variable "settings" {
+  description = "Extra non-secret stockstreamer settings for the instance's .env, e.g. { STOCKSTREAMER_SYMBOLS = \"AAPL,MSFT\" }."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for k, v in var.settings : can(regex("^[A-Z][A-Z0-9_]*$", k)) && !can(regex("(KEY|PASSWORD|SECRET|TOKEN|DATABASE_URL)", k)) && !can(regex("[\\n$]", v))
+    ])
+    error_message = "settings keys must be UPPER_CASE names of non-secret settings (secrets go through SSM), values one line without $."
+  }
+}
+
+################################################################################
+# Optional: Amazon RDS for PostgreSQL
+################################################################################
+
+variable "use_rds" {
+  description = "Put the database on Amazon RDS for PostgreSQL instead of the postgres container."
+  type        = bool
+  default     = false
+}
+
+variable "rds_instance_class" {
+  description = "RDS instance class (use_rds only)."
+  type        = string
+  default     = "db.t4g.micro"
+}
+
+variable "rds_engine_version" {
+  description = "PostgreSQL major version on RDS (use_rds only)."
+  type        = string
+  default     = "17"
+}
+
+variable "rds_allocated_storage" {
+  description = "RDS storage in GiB (use_rds only)."
+  type        = number
+  default     = 20
+}
+
+variable "rds_backup_retention_days" {
+  description = "Days of automated RDS backups (use_rds only)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.rds_backup_retention_days >= 1 && var.rds_backup_retention_days <= 35
+    error_message = "rds_backup_retention_days must be 1-35: backups stay on."
+  }
+}
+
+variable "rds_deletion_protection" {
+  description = "Refuse to delete the RDS instance; set false before `terraform destroy`."
+  type        = bool
+  default     = true
+}
