@@ -1,0 +1,123 @@
+"""A small, real HTTP server speaking the API contract (REST + SSE), driven by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from services.common.embedded_db import free_port
+
+
+@dataclass
+class StreamEvent:
+    event: str
+    data: dict[str, Any]
+    id: int | None = None
+
+    def encode(self) -> str:
+        head = f"event: {self.event}\n" + (f"id: {self.id}\n" if self.id is not None else "")
+        return head + f"data: {json.dumps(self.data)}\n\n"
+
+
+@dataclass
+class FakeApi:
+    """Canned stocks and prices, an SSE stream fed by `push`, and a log of what was asked."""
+
+    stocks: list[dict[str, Any]] = field(default_factory=list)
+    series: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[StreamEvent] = field(default_factory=list)
+    stream_requests: list[str | None] = field(default_factory=list)
+    price_requests: list[dict[str, str]] = field(default_factory=list)
+    fail_prices: bool = False
+    port: int = field(default_factory=free_port)
+    _drops: int = 0
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def push(self, event: str, data: dict[str, Any], id: int | None = None) -> None:  # noqa: A002
+        self.events.append(StreamEvent(event, data, id))
+
+    def drop_streams(self) -> None:
+        """End every open stream, as an API restart behind a proxy would."""
+        self._drops += 1
+
+    # -- the app -----------------------------------------------------------------------------
+    async def _stocks(self, request: Request) -> Response:
+        return JSONResponse(self.stocks)
+
+    async def _prices(self, request: Request) -> Response:
+        self.price_requests.append(dict(request.query_params))
+        if self.fail_prices:
+            return JSONResponse({"detail": "boom"}, status_code=503)
+        symbols = request.query_params.get("symbols", "").split(",")
+        series = [
+            self.series.get(s, {"symbol": s, "ts": [], "price": [], "downsampled": False,
+                                "bucket_ms": None})
+            for s in symbols
+        ]  # fmt: skip
+        return JSONResponse({"start": 0, "end": 0, "max_points": 0, "series": series})
+
+    async def _stream(self, request: Request) -> Response:
+        last = request.headers.get("last-event-id")
+        self.stream_requests.append(last)
+        drops = self._drops
+        after = int(last) if last else None
+
+        async def body() -> AsyncIterator[str]:
+            # A fresh connection sees only new events; a resumed one gets the replay after its id.
+            cursor = 0 if after is not None else len(self.events)
+            while self._drops == drops and not (self._server and self._server.should_exit):
+                while cursor < len(self.events):
+                    event = self.events[cursor]
+                    cursor += 1
+                    if after is None or event.id is None or event.id > after:
+                        yield event.encode()
+                await asyncio.sleep(0.01)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/api/v1/stocks", self._stocks),
+                Route("/api/v1/prices", self._prices),
+                Route("/api/v1/stream", self._stream),
+            ]
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> FakeApi:
+        config = uvicorn.Config(
+            self.app(), host="127.0.0.1", port=self.port, log_level="warning",
+            timeout_graceful_shutdown=1, lifespan="off",
+        )  # fmt: skip
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake API did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+            self._server = self._thread = None

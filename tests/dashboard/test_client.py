@@ -1,0 +1,46 @@
+"""The REST client against a real HTTP server speaking the API contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.embedded_db import free_port
+from services.dashboard.client import ApiClient, ApiError
+from services.dashboard.metrics import DashboardMetrics
+from tests.dashboard.conftest import T0
+from tests.dashboard.fake_api import FakeApi
+
+
+async def test_prices_sends_the_window_and_reads_the_series(
+    fake_api: FakeApi, metrics: DashboardMetrics
+) -> None:
+    client = ApiClient(fake_api.url + "/", 2.0, metrics)
+    try:
+        data = await client.prices(["AAPL", "INTC"], T0 - 3_600_000, None, 500)
+        stocks = await client.stocks()
+    finally:
+        await client.aclose()
+    assert fake_api.price_requests == [
+        {"symbols": "AAPL,INTC", "start": str(T0 - 3_600_000), "max_points": "500"}
+    ]
+    assert [s["symbol"] for s in data["series"]] == ["AAPL", "INTC"]
+    assert [s["symbol"] for s in stocks] == ["AAPL", "INTC"]
+    ok = metrics.registry.get_sample_value(
+        "stockstreamer_dashboard_api_requests_total",
+        {"endpoint": "/api/v1/prices", "outcome": "ok"},
+    )
+    assert ok == 1
+
+
+async def test_errors_become_api_errors(fake_api: FakeApi, metrics: DashboardMetrics) -> None:
+    fake_api.fail_prices = True
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    down = ApiClient(f"http://127.0.0.1:{free_port()}", 2.0, metrics)
+    try:
+        with pytest.raises(ApiError, match="503"):
+            await client.prices(["AAPL"], T0, T0 + 1, 10)
+        with pytest.raises(ApiError, match="ConnectError"):
+            await down.stocks()
+    finally:
+        await client.aclose()
+        await down.aclose()

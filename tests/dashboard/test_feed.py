@@ -1,0 +1,140 @@
+"""The feed against a real HTTP server speaking the API contract."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from services.dashboard.client import ApiClient
+from services.dashboard.feed import (
+    Event,
+    Feed,
+    PriceEvent,
+    ReloadEvent,
+    Status,
+    StatusEvent,
+    StockEvent,
+)
+from services.dashboard.metrics import DashboardMetrics
+from services.dashboard.shaping import Point
+from tests.dashboard.conftest import T0
+from tests.dashboard.fake_api import FakeApi
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def feed(
+    fake_api: FakeApi, metrics: DashboardMetrics
+) -> AsyncIterator[tuple[Feed, list[Event]]]:
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    feed = Feed(client, metrics, reconnect_max=0.2)
+    events: list[Event] = []
+    feed.subscribe(events.append)
+    feed.start()
+    try:
+        yield feed, events
+    finally:
+        await feed.stop()
+
+
+def prices(events: list[Event]) -> list[PriceEvent]:
+    return [e for e in events if isinstance(e, PriceEvent)]
+
+
+async def test_fans_out_stocks_then_live_then_prices(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    fake_api.push("price", {"symbol": "AAPL", "ts": T0 + 5000, "price": 272.5}, id=7)
+    await until(lambda: len(prices(events)) == 1)
+
+    kinds = [type(e) for e in events]
+    assert kinds[:4] == [StockEvent, StockEvent, StatusEvent, ReloadEvent]  # fresh: reload
+    assert prices(events) == [PriceEvent("AAPL", Point(T0 + 5000, 272.5))]
+    assert f.last_event_id == "7"
+    assert f.stocks["AAPL"]["last_price"] == 272.5
+    assert fake_api.stream_requests == [None]
+
+
+async def test_resumes_with_last_event_id_after_a_drop(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    fake_api.push("price", {"symbol": "AAPL", "ts": T0 + 1, "price": 1.0}, id=1)
+    await until(lambda: len(prices(events)) == 1)
+    fake_api.drop_streams()
+    fake_api.push("price", {"symbol": "AAPL", "ts": T0 + 2, "price": 2.0}, id=2)  # while away
+    await until(lambda: len(fake_api.stream_requests) == 2 and f.status is Status.LIVE)
+    await until(lambda: len(prices(events)) == 2)
+
+    assert fake_api.stream_requests == [None, "1"]
+    assert [p.point.price for p in prices(events)] == [1.0, 2.0]  # nothing missed, no repeats
+    statuses = [e.status for e in events if isinstance(e, StatusEvent)]
+    assert statuses == [Status.LIVE, Status.RECONNECTING, Status.LIVE]
+    assert sum(isinstance(e, ReloadEvent) for e in events) == 1  # resumed: no reload needed
+
+
+async def test_unreachable_while_down_then_live_again(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    fake_api.stop()
+    await until(lambda: f.status is Status.UNREACHABLE)
+    fake_api.start()
+    await until(lambda: f.status is Status.LIVE)
+    statuses = [e.status for e in events if isinstance(e, StatusEvent)]
+    assert statuses[-3:] == [Status.RECONNECTING, Status.UNREACHABLE, Status.LIVE] or statuses[
+        -2:
+    ] == [Status.UNREACHABLE, Status.LIVE]
+
+
+async def test_stock_history_and_reset_events(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    fake_api.push("stock", {"symbol": "AAPL", "week52_high": 400.0, "logo_url": "data:new"})
+    fake_api.push("price", {"symbol": "AAPL"}, id=3)  # malformed: skipped, stream survives
+    fake_api.push("history", {"symbols": ["INTC"], "start": T0, "end": T0 + 10})
+    fake_api.push("reset", {"reason": "too old", "last_event_id": 99})
+    await until(lambda: sum(isinstance(e, ReloadEvent) for e in events) == 3)
+
+    changed = [e.stock for e in events if isinstance(e, StockEvent)][-1]
+    assert changed["week52_high"] == 400.0 and changed["logo_url"] == "data:new"
+    assert changed["name"] == "AAPL Inc."  # a partial update keeps the rest
+    reloads = [e for e in events if isinstance(e, ReloadEvent)]
+    assert reloads[1] == ReloadEvent(frozenset({"INTC"}), T0, T0 + 10)
+    assert reloads[2] == ReloadEvent(None)
+    assert f.last_event_id == "99"
+    assert f.status is Status.LIVE and not prices(events)
+
+
+def test_backoff_grows_and_stays_bounded() -> None:
+    waits = [Feed.backoff(n, 5.0) for n in range(12)]
+    assert all(0 < w <= 5.0 for w in waits)
+    assert waits[0] <= 0.25 and waits[-1] >= 2.5
+
+
+async def test_unsubscribed_sessions_get_nothing(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    late: list[Event] = []
+    f.subscribe(late.append)
+    f.unsubscribe(late.append)
+    fake_api.push("price", {"symbol": "INTC", "ts": T0 + 9, "price": 39.0}, id=4)
+    await until(lambda: len(prices(events)) == 1)
+    assert late == []

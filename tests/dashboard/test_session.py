@@ -1,0 +1,169 @@
+"""One tab's document: history load, live ticks, stock events, status and controls."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+
+import pytest
+from bokeh.document import Document
+from bokeh.document.events import (
+    ColumnsPatchedEvent,
+    ColumnsStreamedEvent,
+    DocumentChangedEvent,
+)
+
+from services.dashboard.client import ApiClient
+from services.dashboard.config import DashboardSettings
+from services.dashboard.feed import Feed, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
+from services.dashboard.metrics import DashboardMetrics
+from services.dashboard.runtime import Runtime
+from services.dashboard.session import DashboardSession
+from services.dashboard.shaping import DAY_MS, Point
+from tests.dashboard.conftest import T0, stock
+from tests.dashboard.fake_api import FakeApi
+
+
+async def drain(doc: Document) -> None:
+    """Run the document's queued callbacks as the server's event loop would."""
+    for _ in range(50):
+        callbacks = list(doc.session_callbacks)
+        if not callbacks:
+            return
+        for cb in callbacks:
+            doc.remove_next_tick_callback(cb)
+            result = cb.callback()
+            if inspect.isawaitable(result):
+                await result
+    raise AssertionError("callbacks keep coming")
+
+
+@pytest.fixture
+async def session(fake_api: FakeApi, metrics: DashboardMetrics) -> AsyncIterator[DashboardSession]:
+    settings = DashboardSettings(api_url=fake_api.url, dashboard_max_points=50)
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    feed = Feed(client, metrics, 1.0)
+    feed.stocks = {s["symbol"]: s for s in fake_api.stocks}
+    doc = Document()
+    s = DashboardSession(doc, Runtime(settings, metrics, client, feed))
+    await drain(doc)
+    yield s
+    await client.aclose()
+
+
+def data(s: DashboardSession, symbol: str) -> dict[str, list[float]]:
+    return {k: list(v) for k, v in s.chart.lines[symbol].source.data.items()}
+
+
+async def test_history_fills_lines_bands_logos_and_table(session: DashboardSession) -> None:
+    assert data(session, "AAPL")["ts"] == [T0, T0 + 1000]
+    assert data(session, "INTC")["price"] == [38.0]
+    assert list(session.chart.bands.data["symbol"]) == ["AAPL", "INTC"]
+    assert list(session.chart.logos.data["ts"]) == [T0, T0]
+    assert list(session.table_source.data["symbol"]) == ["AAPL", "INTC"]
+    assert session.table_rows.indices == [0, 1]
+    assert "connecting" in session.status.text
+
+
+async def test_ticks_are_streamed_or_patched_never_resent(session: DashboardSession) -> None:
+    changes: list[DocumentChangedEvent] = []
+    session.doc.on_change(changes.append)
+    bucket = session.bucket
+    for i in range(1, 301):  # far more than the 50 points a line may keep
+        session.deliver(PriceEvent("AAPL", Point(T0 + 1000 + i * bucket, 270.0 + i)))
+        session.deliver(PriceEvent("INTC", Point(T0 + 1000 + i * bucket // 2, 38.0)))
+        if i % 25 == 0:
+            await drain(session.doc)
+    await drain(session.doc)
+
+    line_sources = {line.source for line in session.chart.lines.values()}
+    touched = [c for c in changes if getattr(c, "model", None) in line_sources]
+    assert touched and all(
+        isinstance(c, ColumnsStreamedEvent | ColumnsPatchedEvent) for c in touched
+    )
+    aapl = data(session, "AAPL")
+    assert len(aapl["ts"]) == session.rollover == 50  # memory stays bounded
+    assert aapl["price"][-1] == 570.0
+    assert aapl["ts"] == sorted(aapl["ts"])
+    assert session.table_source.data["price"][0] == 570.0
+    assert list(session.chart.logos.data["ts"])[0] == aapl["ts"][0]  # logo follows the rollover
+
+
+async def test_an_older_tick_is_never_drawn(session: DashboardSession) -> None:
+    session.deliver(PriceEvent("AAPL", Point(T0 + 500, 1.0)))
+    await drain(session.doc)
+    assert data(session, "AAPL")["price"] == [270.0, 271.0]
+
+
+async def test_ticks_during_a_reload_wait_for_the_history(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
+    fake_api.series["AAPL"]["ts"].append(T0 + 60_000)
+    fake_api.series["AAPL"]["price"].append(280.0)
+    session.deliver(ReloadEvent(None))
+    session.deliver(PriceEvent("AAPL", Point(T0 + 30_000, 1.0)))  # older than the new history
+    session.deliver(PriceEvent("AAPL", Point(T0 + 90_000, 290.0)))
+    await drain(session.doc)
+    assert data(session, "AAPL")["price"] == [270.0, 271.0, 280.0, 290.0]
+    assert len(fake_api.price_requests) == 2
+
+
+async def test_stock_events_update_bands_logos_and_add_stocks(session: DashboardSession) -> None:
+    session.deliver(StockEvent(stock("AAPL", 270.0, week52_high=999.0, logo_url="data:new")))
+    session.deliver(StockEvent(stock("NVDA", 185.0)))
+    await drain(session.doc)
+    assert list(session.chart.bands.data["high"])[0] == 999.0
+    assert list(session.chart.logos.data["url"])[0] == "data:new"
+    assert list(session.chart.lines) == ["AAPL", "INTC", "NVDA"]
+    assert session.picker.value == ["AAPL", "INTC", "NVDA"]
+
+
+async def test_status_and_recovery_after_a_failed_load(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
+    fake_api.fail_prices = True
+    session.deliver(StatusEvent(Status.UNREACHABLE))
+    session.deliver(ReloadEvent(frozenset({"AAPL"}), start=T0, end=None))
+    await drain(session.doc)
+    assert 'data-status="unreachable"' in session.status.text
+    assert session.needs_reload
+    fake_api.fail_prices = False
+    session.deliver(StatusEvent(Status.LIVE))
+    await drain(session.doc)
+    assert 'data-status="live"' in session.status.text and not session.needs_reload
+    assert len(fake_api.price_requests) == 3
+
+
+async def test_unrelated_history_is_not_reloaded(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
+    session.deliver(ReloadEvent(frozenset({"ZZZ"})))
+    session.deliver(ReloadEvent(frozenset({"AAPL"}), start=0, end=1))  # long before the window
+    await drain(session.doc)
+    assert len(fake_api.price_requests) == 1
+
+
+async def test_window_mode_and_stock_controls(session: DashboardSession, fake_api: FakeApi) -> None:
+    session.window_buttons.active = 1  # 1 day
+    await drain(session.doc)
+    first, second = (int(r["start"]) for r in fake_api.price_requests)
+    assert second - first == pytest.approx(-(DAY_MS - 3_600_000), abs=60_000)
+    assert session.chart.x_range.follow_interval == DAY_MS
+    assert "1 day" in session.chart.title_model.text
+
+    session.mode_buttons.active = 1
+    line = session.chart.lines["AAPL"]
+    assert line.path.glyph.y == "pct" and line.band.glyph.y0 == "low_pct"
+    assert session.chart.figure.yaxis[0].formatter.format == "+0.0%"
+
+    session.picker.value = ["INTC"]
+    assert not line.path.visible and not line.legend_item.visible
+    assert session.chart.lines["INTC"].path.visible
+    assert session.table_rows.indices == [1]
+
+
+async def test_closing_the_tab_unsubscribes(session: DashboardSession) -> None:
+    feed = session.runtime.feed
+    assert session.deliver in feed._subscribers
+    session._closed(None)
+    assert session.deliver not in feed._subscribers
