@@ -1,0 +1,44 @@
+"""Fetchers wired to the fake vendors in tests/fakes, with fast retries and no backfill."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from services.fetcher.config import FetcherSettings
+from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.providers import create_provider
+from services.fetcher.service import Fetcher
+from tests.fakes.finnhub import FakeFinnhub
+from tests.fakes.twelvedata import FakeTwelveData
+
+FAST = {"price_interval": 0.05, "retry_wait_initial": 0.01, "retry_wait_max": 0.05, "backfill": 0}
+
+
+def finnhub_settings(url: str, fake: FakeFinnhub, **overrides: Any) -> FetcherSettings:
+    values = {
+        "database_url": url, "provider": "finnhub", "symbols": "AAPL,NVDA",
+        "finnhub_api_key": fake.key, "finnhub_base_url": fake.base_url,
+        "finnhub_ws_url": fake.ws_url, "finnhub_stream": False, "finnhub_reconnect_max": 0.2,
+        **FAST, **overrides,
+    }  # fmt: skip
+    return FetcherSettings(**values)
+
+
+def twelvedata_settings(url: str, fake: FakeTwelveData, **overrides: Any) -> FetcherSettings:
+    values = {
+        "database_url": url, "provider": "twelvedata", "symbols": "AAPL,NVDA",
+        "twelvedata_api_key": fake.key, "twelvedata_base_url": fake.base_url,
+        "twelvedata_rate_limit": 100, "twelvedata_rate_period": 1.0, **FAST, **overrides,
+    }  # fmt: skip
+    return FetcherSettings(**values)
+
+
+def make_fetcher(settings: FetcherSettings) -> Fetcher:
+    return Fetcher(settings, create_provider(settings), FetcherMetrics(CollectorRegistry()))
+
+
+def sample(fetcher: Fetcher, name: str, **labels: str) -> float:
+    value = fetcher.metrics.registry.get_sample_value(f"stockstreamer_fetcher_{name}", labels)
+    return value or 0.0
