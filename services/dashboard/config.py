@@ -25,7 +25,7 @@ class DashboardSettings(CommonSettings):
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the stockstreamer API.")
     dashboard_window: WindowName = Field("1h", description="Window shown when a page opens.")
     dashboard_max_points: int = Field(
-        1000, ge=10, le=20_000, description="Most points per line (history and live)."
+        1000, ge=10, le=10_000, description="Most points per line (history and live)."
     )
     dashboard_reconnect_max: float = Field(
         5.0, gt=0, le=300, description="Longest wait, seconds, between stream reconnects."

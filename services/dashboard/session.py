@@ -208,9 +208,10 @@ class DashboardSession:
         else:
             self.needs_reload = False
             series = {s.get("symbol"): s for s in result["series"] if isinstance(s, dict)}
-            api_bucket = max((s.get("bucket_ms") or 0 for s in series.values()), default=0)
+            # History comes at most max_points per window (downsampled by the API when denser);
+            # live ticks are merged to the same density, so a line keeps about one window.
             window_ms = WINDOWS[self.window]
-            self.bucket = bucket_ms(window_ms, self.max_points, api_bucket or None)
+            self.bucket = bucket_ms(window_ms, self.max_points)
             self.rollover = rollover_for(window_ms, self.bucket, self.max_points)
             for symbol, line in self.chart.lines.items():
                 cols = series_columns(series.get(symbol) or {})

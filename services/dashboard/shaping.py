@@ -60,10 +60,8 @@ def series_columns(series: Mapping[str, Any]) -> Columns:
     return {"ts": ts, "price": price, "pct": pct_change(price, base)}
 
 
-def bucket_ms(window_ms: int, max_points: int, api_bucket_ms: int | None = None) -> int:
-    """Width of one drawn point: the API's bucket when it downsampled, else window / max_points."""
-    if api_bucket_ms:
-        return max(1, int(api_bucket_ms))
+def bucket_ms(window_ms: int, max_points: int) -> int:
+    """Time one drawn point stands for, so a full window holds at most `max_points` points."""
     return max(1, math.ceil(window_ms / max_points))
 
 

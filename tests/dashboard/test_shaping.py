@@ -49,7 +49,7 @@ def test_pct_change_needs_a_base() -> None:
 
 def test_bucket_and_rollover() -> None:
     assert bucket_ms(WINDOWS["1h"], 1000) == 3600
-    assert bucket_ms(WINDOWS["1h"], 1000, api_bucket_ms=60_000) == 60_000
+    assert bucket_ms(WINDOWS["1m"], 1000) == 2_592_000
     assert rollover_for(WINDOWS["1h"], 3600, cap=1000) == 1000
     assert rollover_for(WINDOWS["1h"], 60_000, cap=1000) == 61
 
