@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from http import HTTPStatus
@@ -22,6 +23,9 @@ from tests.fakes.server import FakeVendor, fixture, json_response
 KEY = "fh-test-key-5f2c9a"
 PRICES = {"AAPL": 261.74, "NVDA": 185.0, "MSFT": 490.0, "GE": 290.0}
 NO_LOGO = {"GE"}  # the vendor has no logo for these: the generated badge is used
+# The fake's own protocol log would show the token it receives; only the client's log is on trial.
+FAKE_LOG = logging.getLogger("tests.fakes.finnhub.socket")
+FAKE_LOG.setLevel(logging.WARNING)
 
 
 class FakeFinnhub:
@@ -139,7 +143,9 @@ class FakeFinnhub:
 
     async def start(self) -> FakeFinnhub:
         await self.http.start()
-        self._ws = await serve(self._socket, "127.0.0.1", 0, process_request=self._handshake)
+        self._ws = await serve(
+            self._socket, "127.0.0.1", 0, process_request=self._handshake, logger=FAKE_LOG
+        )
         port = next(iter(self._ws.sockets)).getsockname()[1]
         self.ws_url = f"ws://127.0.0.1:{port}"
         return self
