@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import uvicorn
@@ -28,6 +29,10 @@ def main() -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.api_shutdown_timeout) or 1,
     )
+    # uvicorn re-raises the signal it shut down for once it is done; by then the shutdown was
+    # graceful, so the process ends with 0 like the other services rather than dying by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run()
     return 0
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import httpx
 import uvicorn
 
 from services.api.app import create_app
@@ -24,10 +28,13 @@ T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
 class ThreadedApi:
     """The real app served by uvicorn on its own thread and event loop, over loopback TCP."""
 
-    def __init__(self, database_url: str, **settings: Any) -> None:
+    def __init__(self, database_url: str, send_buffer: int | None = None, **settings: Any) -> None:
         self.settings = ApiSettings(database_url=database_url, **settings)
         self.app = create_app(self.settings)
         self.sock = socket.socket()
+        if send_buffer:
+            # Accepted sockets inherit it: a stalled reader fills it in kilobytes, not megabytes.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         self.sock.bind(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -138,3 +145,73 @@ class Market:
             )
             for row in changed:
                 await self.conn.execute(fetcher_queries.NOTIFY, "stocks", row["symbol"])
+
+
+@dataclass
+class Event:
+    """One received Server-Sent Event."""
+
+    event: str
+    data: Any
+    id: str | None
+
+
+class EventReader:
+    """Parses a streaming response into events, keeping the comments it skips."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.comments: list[str] = []
+        self._lines = response.aiter_lines()
+
+    async def next(self, timeout: float = 5.0) -> Event:
+        """The next event; fails after `timeout` seconds without one."""
+        async with asyncio.timeout(timeout):
+            fields: dict[str, str] = {}
+            async for line in self._lines:
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                elif line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                elif fields:
+                    data = json.loads(fields["data"]) if "data" in fields else None
+                    return Event(fields.get("event", "message"), data, fields.get("id"))
+            raise EOFError("stream ended")
+
+    async def comment(self, timeout: float = 5.0) -> str:
+        """The next comment line (a heartbeat), skipping nothing else: events would fail it."""
+        async with asyncio.timeout(timeout):
+            async for line in self._lines:
+                if line.startswith(":"):
+                    return line[1:].strip()
+                assert not line, f"expected a comment, got {line!r}"
+            raise EOFError("stream ended")
+
+    async def take(self, count: int, timeout: float = 5.0) -> list[Event]:
+        return [await self.next(timeout) for _ in range(count)]
+
+    async def prices(self, count: int, timeout: float = 5.0) -> list[Event]:
+        """The next `count` price events, skipping others."""
+        found: list[Event] = []
+        while len(found) < count:
+            event = await self.next(timeout)
+            if event.event == "price":
+                found.append(event)
+        return found
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, params: dict[str, str] | None = None, **headers: str
+) -> AsyncIterator[EventReader]:
+    """GET /api/v1/stream, checked to be an event stream."""
+    headers = {k.replace("_", "-"): v for k, v in headers.items()}
+    async with client.stream("GET", "/api/v1/stream", params=params, headers=headers) as response:
+        assert response.status_code == 200, (await response.aread()).decode()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield EventReader(response)
+
+
+def ids(events: Iterable[Event]) -> list[int]:
+    return [int(e.id) for e in events if e.id is not None]

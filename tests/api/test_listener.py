@@ -1,0 +1,118 @@
+"""The shared listener: slow clients are cut, others unaffected; a lost database is survived."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+
+from tests.utils.api import T0, Market, ThreadedApi, ids, open_stream
+from tests.utils.postgres import with_database
+from tests.utils.waiting import eventually
+
+BATCHES = 20
+BATCH = 500
+
+
+def slow_client(port: int) -> socket.socket:
+    """A stream client with a tiny receive buffer that then stops reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /api/v1/stream HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_slow_client_is_cut_while_a_fast_one_keeps_receiving(
+    database_url: str, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    api = ThreadedApi(database_url, send_buffer=16384, api_stream_queue_size=4).start()
+    slow = slow_client(api.port)
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            async with open_stream(client) as fast:
+                await eventually(lambda: api.metric("stockstreamer_api_open_streams") == 2)
+                received: list[int] = []
+
+                async def read_all() -> None:
+                    while len(received) < BATCHES * BATCH:
+                        received.extend(ids(await fast.take(BATCH)))
+
+                reader = asyncio.create_task(read_all())
+                for b in range(BATCHES):
+                    start = T0 + timedelta(seconds=b * BATCH)
+                    await market.series("AAPL", BATCH, start=start)
+                    await asyncio.sleep(0.01)
+                await asyncio.wait_for(reader, 20)
+        slow_bytes = await asyncio.to_thread(read_to_end, slow)
+    finally:
+        slow.close()
+        api.stop()
+    assert received == list(range(received[0], received[0] + BATCHES * BATCH))
+    assert api.metric("stockstreamer_api_slow_client_disconnects_total") == 1
+    # The slow client got a prefix of the stream, then the connection closed.
+    slow_ids = [
+        int(line[4:]) for line in slow_bytes.decode().splitlines() if line.startswith("id: ")
+    ]
+    assert len(slow_ids) < BATCHES * BATCH
+    assert slow_ids == received[: len(slow_ids)]
+
+
+async def _outage(database_url: str, keep: asyncpg.Connection, allow: bool) -> None:
+    """Refuse (or allow again) new connections to the test database and cut all but `keep`."""
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(with_database(database_url, "postgres"))
+    try:
+        ident = await admin.fetchval("SELECT quote_ident($1)", name)
+        await admin.execute(f"ALTER DATABASE {ident} ALLOW_CONNECTIONS {str(allow).lower()}")
+        if not allow:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> $2",
+                name,
+                keep.get_server_pid(),
+            )
+    finally:
+        await admin.close()
+
+
+async def test_database_outage_is_503_then_the_stream_catches_up(
+    api: ThreadedApi,
+    client: httpx.AsyncClient,
+    market: Market,
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    await market.stocks("AAPL")
+    async with open_stream(client) as stream:
+        first = await stream.prices(1) if await market.ticks([("AAPL", T0, 1)]) else []
+        await _outage(database_url, db, allow=False)
+        await eventually(lambda: not api.listening, message="listener did not notice")
+        for i in range(1, 6):  # written while the API cannot read them
+            await market.ticks([("AAPL", T0 + timedelta(seconds=i), 1 + i)])
+        assert (await client.get("/readyz")).status_code == 503
+        for path in ("/api/v1/stocks", "/api/v1/prices", "/api/v1/stream"):
+            response = await client.get(path)
+            assert response.status_code == 503, path
+            assert response.json() == {"detail": "database unavailable, try again shortly"}
+        assert (await client.get("/healthz")).status_code == 200
+        await _outage(database_url, db, allow=True)
+        rest = await stream.prices(5, timeout=10)
+        await market.ticks([("AAPL", T0 + timedelta(seconds=9), 9)])
+        rest += await stream.prices(1)
+    assert ids(first + rest) == list(range(int(first[0].id or 0), int(first[0].id or 0) + 7))
+    assert api.metric("stockstreamer_api_listener_reconnects_total") >= 1
+    assert (await client.get("/readyz")).status_code == 200
