@@ -74,7 +74,9 @@ class FakeFinnhub:
             return json_response({})
         profile = fixture("finnhub/profile2.json")
         profile.update(ticker=symbol, name=f"{symbol} Inc")
-        profile["logo"] = "" if symbol in NO_LOGO else f"https://static.finnhub.io/logo/{symbol}.png"
+        profile["logo"] = (
+            "" if symbol in NO_LOGO else f"https://static.finnhub.io/logo/{symbol}.png"
+        )
         return json_response(profile)
 
     def _metric(self, request: Request) -> Response:

@@ -103,6 +103,7 @@ class TwelveDataProvider(Provider):
         )  # fmt: skip
         self._last: dict[str, Quote] = {}
         self._last_ts: dict[str, int] = {}
+        self._unknown: set[str] = set()
 
     async def _quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         chunk = max(1, min(MAX_BATCH, self.http.rate_limit))
@@ -128,6 +129,11 @@ class TwelveDataProvider(Provider):
                 try:
                     quote = validate(Quote, _check(items.get(symbol), symbol), f"quote {symbol}")
                 except BadPayload as exc:
+                    if exc.kind == "unknown_symbol" and symbol not in self._unknown:
+                        self._unknown.add(symbol)
+                        log.warning(
+                            "twelvedata does not know this symbol", extra={"symbol": symbol}
+                        )
                     self.dropped(exc.kind, f"{symbol}: {exc}")
                     continue
                 found[symbol] = self._last[symbol] = quote
@@ -144,7 +150,7 @@ class TwelveDataProvider(Provider):
 
     async def _cached(self, symbols: Sequence[str]) -> dict[str, Quote]:
         """Latest quotes, fetching only those no price round has brought yet (credits are few)."""
-        missing = [s for s in symbols if s not in self._last]
+        missing = [s for s in symbols if s not in self._last and s not in self._unknown]
         if missing:
             await self._quotes(missing)
         return {s: self._last[s] for s in symbols if s in self._last}
@@ -186,12 +192,13 @@ class TwelveDataProvider(Provider):
         }  # fmt: skip
         try:
             data = _check(await self.http.get_json("/time_series", params), f"history {symbol}")
+            bars = validate(TimeSeries, data, f"history {symbol}").values
         except BadPayload as exc:
-            if exc.kind == "unknown_symbol" and "no data" in str(exc).lower():
-                return []  # e.g. a weekend: nothing traded in the window
-            raise
+            if "no data" not in str(exc).lower():  # "no data": e.g. nothing traded that weekend
+                self.dropped(exc.kind, f"{symbol}: {exc}")
+            return []
         ticks = []
-        for bar in validate(TimeSeries, data, f"history {symbol}").values:
+        for bar in bars:
             try:
                 ts = datetime.fromisoformat(bar.datetime).replace(tzinfo=UTC)
             except ValueError:

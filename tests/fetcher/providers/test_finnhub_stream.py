@@ -1,4 +1,4 @@
-"""Finnhub's trade WebSocket (a fake on a loopback port): trades, drops, reconnects, REST fallback."""
+"""Finnhub's trade WebSocket (a loopback fake): trades, drops, reconnects, REST fallback."""
 
 from __future__ import annotations
 
@@ -89,7 +89,9 @@ async def _newer(db: asyncpg.Connection, ts: object) -> bool:
 
 def test_messages_become_ticks_pings_are_ignored_junk_is_counted() -> None:
     drops: Counter[str] = Counter()
-    stream = FinnhubStream("ws://x", "unit-test-key-1", ["AAPL"], lambda kind, _d: drops.update([kind]))
+    stream = FinnhubStream(
+        "ws://x", "unit-test-key-1", ["AAPL"], lambda kind, _d: drops.update([kind])
+    )
     [tick] = stream.parse(json.dumps(fixture("finnhub/ws_trade.json")))
     assert (tick.symbol, str(tick.price), tick.volume) == ("BINANCE:BTCUSDT", "7296.89", 0)
     assert tick.ts.timestamp() == 1575526691.134

@@ -1,0 +1,138 @@
+"""Twelve Data over real HTTP (a fake on a loopback port) into the real database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from services.fetcher.providers.twelvedata import pick_interval
+from services.fetcher.service import Fetcher
+from tests.fakes.server import Fault, fixture
+from tests.fakes.twelvedata import FakeTwelveData
+from tests.utils.vendors import make_fetcher, sample, twelvedata_settings
+
+
+@pytest.fixture
+async def fetcher(database_url: str, twelvedata: FakeTwelveData) -> AsyncIterator[Fetcher]:
+    fetcher = make_fetcher(twelvedata_settings(database_url, twelvedata, symbols="AAPL,GE,ZZZZ"))
+    yield fetcher
+    await fetcher.writer.close()
+    await fetcher.provider.aclose()
+
+
+async def one_round(fetcher: Fetcher) -> None:
+    await fetcher.fetch_prices_once()
+    await fetcher.writer.flush_once()
+
+
+async def test_batched_quotes_logos_and_ranges_reach_the_database(
+    fetcher: Fetcher, twelvedata: FakeTwelveData, db: asyncpg.Connection
+) -> None:
+    await one_round(fetcher)
+    assert await fetcher.refresh_metadata_once() is True
+    [quote_call] = twelvedata.http.calls("/quote")  # one call for all symbols, names reused
+    assert quote_call.params["symbol"] == "AAPL,GE,ZZZZ"
+    assert quote_call.headers["authorization"] == f"apikey {twelvedata.key}"
+    assert "apikey" not in quote_call.params
+    rows = await db.fetch("SELECT symbol FROM ticks ORDER BY symbol")
+    assert [r["symbol"] for r in rows] == ["AAPL", "GE"]  # ZZZZ is unknown to the vendor
+    assert sample(fetcher, "provider_dropped_total", kind="unknown_symbol") >= 1
+    stocks = {r["symbol"]: r for r in await db.fetch("SELECT * FROM stocks")}
+    assert stocks["AAPL"]["name"] == "AAPL Inc"
+    assert stocks["AAPL"]["logo_url"] == "https://api.twelvedata.com/logo/AAPL.com"
+    assert stocks["GE"]["logo_url"].startswith("data:image/svg+xml;base64,")  # no vendor logo
+    week = fixture("twelvedata/quote.json")["fifty_two_week"]
+    assert str(stocks["AAPL"]["week52_high"]) == week["high"]
+    assert str(stocks["AAPL"]["week52_low"]) == week["low"]
+    assert (
+        str(stocks["AAPL"]["previous_close"]) == fixture("twelvedata/quote.json")["previous_close"]
+    )
+    assert stocks["ZZZZ"]["name"] is None
+
+
+async def test_the_same_bar_twice_writes_nothing_new(
+    fetcher: Fetcher, db: asyncpg.Connection
+) -> None:
+    await one_round(fetcher)
+    await one_round(fetcher)  # same minute: same bar
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 2
+
+
+async def test_out_of_credits_with_http_200_is_a_rate_limit(
+    fetcher: Fetcher, twelvedata: FakeTwelveData, db: asyncpg.Connection
+) -> None:
+    out = Fault.json(fixture("twelvedata/error_credits.json"))
+    twelvedata.http.script("/quote", out, out, out)
+    await one_round(fetcher)
+    assert sample(fetcher, "provider_errors_total", kind="rate_limited") == 3
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 0
+
+
+async def test_429_with_an_http_date_is_honoured(
+    fetcher: Fetcher, twelvedata: FakeTwelveData, db: asyncpg.Connection
+) -> None:
+    from email.utils import formatdate
+    from time import time
+
+    twelvedata.http.script(
+        "/quote", Fault(429, "", headers={"Retry-After": formatdate(time() + 2, usegmt=True)})
+    )
+    await one_round(fetcher)
+    first, second = twelvedata.http.calls("/quote")
+    assert second.at - first.at >= 0.9  # an HTTP date has one-second resolution
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ({**fixture("twelvedata/quote.json"), "close": "N/A"}, "invalid_fields"),
+        ({**fixture("twelvedata/quote.json"), "timestamp": None}, "invalid_fields"),
+        ({"symbol": "AAPL"}, "invalid_fields"),
+    ],
+)
+async def test_bad_items_in_a_batch_are_dropped_alone(
+    fetcher: Fetcher, twelvedata: FakeTwelveData, db: asyncpg.Connection, body: object, kind: str
+) -> None:
+    good = {**fixture("twelvedata/quote.json"), "symbol": "GE"}
+    twelvedata.http.script("/quote", Fault.json({"AAPL": body, "GE": good, "ZZZZ": body}))
+    await one_round(fetcher)
+    assert [r["symbol"] for r in await db.fetch("SELECT symbol FROM ticks")] == ["GE"]
+    assert sample(fetcher, "provider_dropped_total", kind=kind) == 2
+
+
+async def test_an_html_page_is_dropped(
+    fetcher: Fetcher, twelvedata: FakeTwelveData, db: asyncpg.Connection
+) -> None:
+    twelvedata.http.script("/quote", Fault.html(200))
+    await one_round(fetcher)
+    assert await db.fetchval("SELECT count(*) FROM ticks") == 0
+    assert sample(fetcher, "provider_dropped_total", kind="html_body") == 1
+
+
+async def test_the_limiter_counts_credits_per_symbol(
+    database_url: str, twelvedata: FakeTwelveData
+) -> None:
+    # 4 symbols at 4 credits/s: each round costs a whole second's budget
+    settings = twelvedata_settings(
+        database_url, twelvedata, symbols="AAPL,NVDA,MSFT,GE",
+        twelvedata_rate_limit=4, twelvedata_rate_period=1.0,
+    )  # fmt: skip
+    fetcher = make_fetcher(settings)
+    try:
+        for _ in range(4):
+            await fetcher.fetch_prices_once()
+    finally:
+        await fetcher.provider.aclose()
+    calls = twelvedata.http.calls("/quote")
+    assert len(calls) == 4
+    assert calls[-1].at - calls[0].at >= 2.8  # the first is free (a full bucket), then 1 per s
+
+
+def test_history_resolution_fits_one_call() -> None:
+    assert pick_interval(timedelta(days=7)) == ("1min", 60)
+    assert pick_interval(timedelta(days=30))[0] == "5min"
+    assert pick_interval(timedelta(days=20_000))[0] == "1day"
