@@ -269,6 +269,11 @@ resource "aws_instance" "this" {
   lifecycle {
     # A newer AMI must not replace a running instance (and its data); rebuild deliberately.
     ignore_changes = [ami]
+
+    precondition {
+      condition     = var.market_data_provider == "simulated" || var.provider_api_key_parameter != ""
+      error_message = "market_data_provider ${var.market_data_provider} needs provider_api_key_parameter (an SSM SecureString)."
+    }
   }
 }
 

@@ -111,9 +111,14 @@ variable "repository_ref" {
 }
 
 variable "market_data_provider" {
-  description = "Value of STOCKSTREAMER_PROVIDER: simulated needs no key."
+  description = "Value of STOCKSTREAMER_PROVIDER: simulated needs no key; finnhub and twelvedata need provider_api_key_parameter."
   type        = string
   default     = "simulated"
+
+  validation {
+    condition     = contains(["simulated", "finnhub", "twelvedata"], var.market_data_provider)
+    error_message = "market_data_provider must be simulated, finnhub or twelvedata."
+  }
 }
 
 variable "provider_api_key_parameter" {
