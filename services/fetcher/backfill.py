@@ -80,9 +80,7 @@ class Backfill:
             try:
                 ticks = await self.call("history", self._fetch(provider, symbol, start, until))
             except HistoryUnavailable as exc:
-                log.info(
-                    "no history backfill", extra={"provider": provider.name, "reason": str(exc)}
-                )
+                log.info("no history backfill: %s", exc, extra={"provider": provider.name})
                 return total
             if ticks:
                 total += await self._write(self.accept(ticks))
