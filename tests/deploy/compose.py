@@ -17,6 +17,7 @@ from services.runner.settings_doc import SETTINGS_CLASSES, load
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 RDS_OVERRIDE = ROOT / "deploy" / "compose.rds.yaml"
+SERVER_OVERRIDE = ROOT / "deploy" / "compose.server.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 # compose service → the settings-doc service whose class it runs (migrate is `make migrate`).

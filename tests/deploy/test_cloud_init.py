@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -77,6 +78,11 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
     assert "ExecStart=/usr/bin/docker compose up -d" in unit
     assert "WantedBy=multi-user.target" in unit
     assert "STOCKSTREAMER_SYMBOLS=AAPL,MSFT" in files(config)["/etc/stockstreamer/settings.env"]
+    # The compose files the instance stacks exist in the repository it clones.
+    script = files(config)["/usr/local/sbin/stockstreamer-env"]
+    for name in re.findall(r"[\w/.-]+\.ya?ml", script):
+        assert (ROOT / name).is_file(), name
+    assert "deploy/compose.server.yaml" in script and "deploy/compose.rds.yaml" in script
 
 
 def test_scripts_are_valid_bash(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from tests.deploy.compose import (
     ENV_EXAMPLE,
     RDS_OVERRIDE,
     ROOT,
+    SERVER_OVERRIDE,
     SERVICE_SETTINGS,
     MissingVariable,
     all_setting_names,
@@ -84,12 +85,15 @@ def test_compose_file_matches_the_compose_spec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_rds_override_matches_the_compose_spec() -> None:
+@pytest.mark.parametrize("override", [RDS_OVERRIDE, SERVER_OVERRIDE], ids=lambda p: p.name)
+def test_overrides_match_the_compose_spec(override: Path) -> None:
     schema_file = files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
     schema = json.loads(schema_file.read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = [e.message for e in validator.iter_errors(load_yaml(RDS_OVERRIDE))]
+    errors = [e.message for e in validator.iter_errors(load_yaml(override))]
     assert not errors
+    base = load_yaml(COMPOSE_FILE)["services"]
+    assert set(load_yaml(override)["services"]) - set(base) <= {"rds-roles"}
 
 
 def test_copied_env_example_is_enough(raw: dict[str, Any], example_env: dict[str, str]) -> None:
@@ -182,6 +186,9 @@ def test_only_dashboard_and_api_are_published(compose: dict[str, Any]) -> None:
     default = {n for n, s in compose["services"].items() if "profiles" not in s}
     assert {n for n in default if compose["services"][n].get("ports")} == set(PUBLISHED)
     assert compose["services"]["proxy"]["profiles"] == ["proxy"]
+    # On a server only the proxy is published.
+    server = load_yaml(SERVER_OVERRIDE)["services"]
+    assert {n for n, s in server.items() if s.get("ports") == []} == set(PUBLISHED)
 
 
 def test_startup_order_and_database(compose: dict[str, Any], raw: dict[str, Any]) -> None:
@@ -206,7 +213,7 @@ def test_env_example_documents_every_setting_and_variable() -> None:
     names = documented(ENV_EXAMPLE.read_text())
     missing_settings = all_setting_names() - names
     assert not missing_settings, f".env.example lacks {sorted(missing_settings)}"
-    compose_vars = variables_used(COMPOSE_FILE) | variables_used(RDS_OVERRIDE)
+    compose_vars = set().union(*map(variables_used, (COMPOSE_FILE, RDS_OVERRIDE, SERVER_OVERRIDE)))
     assert not compose_vars - names - {"DATABASE_URL"}
     unknown = names - all_setting_names() - compose_vars - {"COMPOSE_PROFILES", "COMPOSE_FILE"}
     assert not unknown, f".env.example names {unknown}, which nothing reads"
@@ -231,9 +238,10 @@ def test_caddy_routes_to_the_container_ports(compose: dict[str, Any]) -> None:
     proxy = compose["services"]["proxy"]
     placeholders = set(re.findall(r"\{\$(\w+)", caddyfile))
     assert placeholders <= set(proxy["environment"])
-    for service in PUBLISHED:
-        port = compose["services"][service]["environment"][LISTEN_PORT[service]]
-        assert f"reverse_proxy {service}:{port}" in caddyfile
+    api_port = compose["services"]["api"]["environment"][LISTEN_PORT["api"]]
+    dashboard_port = compose["services"]["dashboard"]["environment"][LISTEN_PORT["dashboard"]]
+    assert f"dynamic a api {api_port} {{" in caddyfile, "every API replica is an upstream"
+    assert f"reverse_proxy dashboard:{dashboard_port}" in caddyfile
     assert re.search(r"@metrics path /metrics", caddyfile), "keep /metrics off the internet"
     mounted = [v.split(":")[0] for v in proxy["volumes"]]
     assert "./deploy/Caddyfile" in mounted
