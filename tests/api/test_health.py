@@ -1,0 +1,91 @@
+"""Health, readiness, Prometheus metrics, CORS and the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+import httpx
+
+from tests.utils.api import T0, Market, ThreadedApi, open_stream
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_metrics_by_route_and_status(
+    api: ThreadedApi, client: httpx.AsyncClient, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    await client.get("/api/v1/stocks/AAPL")
+    await client.get("/api/v1/stocks/ZZZ")
+    await client.get("/no/such/path")
+    async with open_stream(client) as stream:
+        await market.ticks([("AAPL", T0, 1), ("AAPL", T0 + timedelta(seconds=1), 2)])
+        await stream.prices(2)
+        text = (await client.get("/metrics")).text
+    assert (
+        'stockstreamer_api_request_seconds_count{method="GET",route="/api/v1/stocks/{symbol}",'
+        'status="200"} 1.0' in text
+    )
+    assert 'route="/api/v1/stocks/{symbol}",status="404"} 1.0' in text
+    assert 'route="unmatched",status="404"} 1.0' in text
+    assert "stockstreamer_api_open_streams 1.0" in text
+    assert 'stockstreamer_api_events_sent_total{event="price"} 2.0' in text
+    assert "stockstreamer_api_slow_client_disconnects_total 0.0" in text
+    assert "stockstreamer_api_listener_up 1.0" in text
+    assert 'stockstreamer_api_notifications_total{channel="prices"}' in text
+    assert api.metric("stockstreamer_api_open_streams") == 0
+
+
+async def test_api_reads_as_the_reader_role(api: ThreadedApi) -> None:
+    async def probe() -> tuple[str, str]:
+        async with api.app.state.pool.acquire() as conn:
+            user = await conn.fetchval("SELECT current_user")
+            try:
+                await conn.execute("INSERT INTO stocks (symbol) VALUES ('NOPE')")
+            except asyncpg.InsufficientPrivilegeError as exc:
+                return user, type(exc).__name__
+            return user, "wrote"
+
+    assert api.run(probe()) == ("stockstreamer_reader", "InsufficientPrivilegeError")
+
+
+async def test_cors_allow_list(database_url: str) -> None:
+    api = ThreadedApi(
+        database_url, cors_origins="http://localhost:5006, https://ticker.example/"
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url) as client:
+            allowed = await client.get("/healthz", headers={"Origin": "https://ticker.example"})
+            other = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+            preflight = await client.options(
+                "/api/v1/stream",
+                headers={
+                    "Origin": "http://localhost:5006",
+                    "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "last-event-id",
+                },
+            )
+    finally:
+        api.stop()
+    assert allowed.headers["access-control-allow-origin"] == "https://ticker.example"
+    assert "access-control-allow-origin" not in other.headers
+    assert preflight.status_code == 200
+    assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()
+
+
+async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert set(spec["paths"]) == {
+        "/api/v1/stocks", "/api/v1/stocks/{symbol}", "/api/v1/stocks/{symbol}/logo",
+        "/api/v1/stocks/{symbol}/highlow", "/api/v1/prices", "/api/v1/prices/latest",
+        "/api/v1/stream", "/healthz", "/readyz", "/metrics",
+    }  # fmt: skip
+    stream = spec["paths"]["/api/v1/stream"]["get"]["responses"]["200"]["content"]
+    assert "text/event-stream" in stream
+    prices = spec["paths"]["/api/v1/prices"]["get"]["responses"]
+    assert prices["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
