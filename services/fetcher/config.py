@@ -91,6 +91,9 @@ class FetcherSettings(CommonSettings):
     twelvedata_rate_period: float = Field(
         60.0, gt=0, description="Twelve Data rate period, seconds."
     )
+    twelvedata_daily_limit: int = Field(
+        800, ge=0, description="Twelve Data credits per day, spread evenly (0: no daily cap)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -50,6 +50,7 @@ def create_provider(settings: FetcherSettings) -> Provider:
             base_url=s.twelvedata_base_url,
             rate_limit=s.twelvedata_rate_limit,
             rate_period=s.twelvedata_rate_period,
+            daily_limit=s.twelvedata_daily_limit or None,
             concurrency=s.provider_concurrency,
             timeout=s.provider_timeout,
         )

@@ -64,6 +64,7 @@ class VendorClient:
         rate_period: float,
         concurrency: int,
         timeout: float,
+        daily_limit: int | None = None,
     ) -> None:
         self.name = name
         self.rate_limit = rate_limit
@@ -74,6 +75,8 @@ class VendorClient:
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._limiter = AsyncLimiter(rate_limit, rate_period)
+        # A day's quota as a second, slower bucket: spread out rather than spent by noon.
+        self._daily = AsyncLimiter(daily_limit, 86_400) if daily_limit else None
         self._slots = asyncio.Semaphore(concurrency)
         self._paused_until = 0.0  # monotonic time before which a 429's Retry-After forbids calls
 
@@ -85,6 +88,8 @@ class VendorClient:
         """The decoded JSON body; ProviderError for transport/HTTP failures, BadPayload for junk."""
         async with self._slots:
             await self._honour_pause()
+            if self._daily is not None:
+                await self._daily.acquire(min(cost, self._daily.max_rate))
             await self._limiter.acquire(cost)
             try:
                 response = await self._client.get(path, params=params)

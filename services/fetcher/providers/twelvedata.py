@@ -96,10 +96,11 @@ class TwelveDataProvider(Provider):
         rate_period: float = 60.0,
         concurrency: int = 4,
         timeout: float = 10.0,
+        daily_limit: int | None = 800,
     ) -> None:
         self.http = VendorClient(
             "twelvedata", base_url, {"Authorization": f"apikey {api_key}"},
-            rate_limit, rate_period, concurrency, timeout,
+            rate_limit, rate_period, concurrency, timeout, daily_limit,
         )  # fmt: skip
         self._last: dict[str, Quote] = {}
         self._last_ts: dict[str, int] = {}
