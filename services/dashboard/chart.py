@@ -63,9 +63,11 @@ class PriceChart:
             sizing_mode="stretch_width",
             height=480,
             min_width=600,
+            toolbar_location="above",
             title=self.title_model,
         )
         p = self.figure
+        p.toolbar.logo = None
         p.yaxis.formatter = NumeralTickFormatter(format=PRICE_FORMAT)
         p.yaxis.axis_label = "Price (USD)"
         p.add_layout(Title(text=BAND_CAPTION, text_font_style="italic", name="caption"), "below")
@@ -107,8 +109,8 @@ class PriceChart:
             y1="high" if y == "price" else "high_pct",
             source=self.bands,
             view=CDSView(filter=GroupFilter(column_name="symbol", group=symbol)),
-            fill_color=colour, fill_alpha=0.08, line_color=colour, line_alpha=0.25,
-            line_dash="dotted", name=f"band_{symbol}",
+            fill_color=colour, fill_alpha=0.06, line_color=colour, line_alpha=0.55,
+            line_dash="dotted", name=f"band_{symbol}", level="underlay",
         )  # fmt: skip
         line = p.line(
             "ts", y, source=source, line_color=colour, line_width=2, name=f"line_{symbol}"
@@ -151,6 +153,12 @@ class PriceChart:
             format=PCT_FORMAT if pct else PRICE_FORMAT
         )
         self.figure.yaxis.axis_label = "Change since window start" if pct else "Price (USD)"
+
+    def set_marker_size(self, points: int) -> None:
+        """Smaller markers when a line is dense, so the line stays readable."""
+        size = 6 if points <= 120 else 4 if points <= 400 else 2.5
+        for line in self.lines.values():
+            line.markers.glyph.size = size
 
     def set_visible(self, symbols: set[str]) -> None:
         for symbol, line in self.lines.items():

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Events queued for a tab that is not keeping up; past this we drop them and reload instead.
 MAX_PENDING = 20_000
+TABLE_HEADER_PX, TABLE_ROW_PX = 32, 26
 
 
 class DashboardSession:
@@ -217,6 +218,9 @@ class DashboardSession:
                 cols = series_columns(series.get(symbol) or {})
                 line.source.data = cols
                 self.bases[symbol] = cols["price"][0] if cols["price"] else None
+            self.chart.set_marker_size(
+                max((len(s.get("ts", [])) for s in series.values()), default=0)
+            )
             self._refresh_bands()
             self._place_logos()
         held, self.held = self.held, []
@@ -243,6 +247,7 @@ class DashboardSession:
         self.stocks[symbol] = dict(stock)
         self.chart.add_line(symbol, colour_for(len(self.chart.lines)))
         self.rows[symbol] = len(self.rows)
+        self.table.height = TABLE_HEADER_PX + TABLE_ROW_PX * len(self.rows)
         self.table_source.stream({k: [v] for k, v in table_row(stock).items()})
         self.picker.options = [*self.picker.options, symbol]
         self.picker.value = [*self.picker.value, symbol]

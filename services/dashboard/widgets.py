@@ -98,7 +98,7 @@ def latest_table() -> tuple[DataTable, ColumnDataSource, IndexFilter]:
     shown = IndexFilter(indices=[])
     table = DataTable(
         source=source, columns=columns, view=CDSView(filter=shown),
-        name="latest", index_position=None, height=260, sizing_mode="stretch_width",
+        name="latest", index_position=None, height=60, sizing_mode="stretch_width",
         sortable=True, reorderable=False,
     )  # fmt: skip
     return table, source, shown
