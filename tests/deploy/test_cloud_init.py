@@ -66,7 +66,10 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
     assert text.startswith("#cloud-config\n")
     config = yaml.safe_load(text)
     assert {"docker-ce", "docker-compose-plugin", "docker-buildx-plugin"} <= set(config["packages"])
-    assert "arch=arm64" in config["apt"]["sources"]["docker.list"]["source"]
+    docker_repo = config["apt"]["sources"]["docker.list"]
+    assert "arch=arm64" in docker_repo["source"]
+    # Egress is 80/443 only, so every URL the instance fetches must use one of them.
+    assert docker_repo["keyserver"].endswith(":80")
     runcmd = [" ".join(map(str, c)) for c in config["runcmd"]]
     assert any("https://git.example.com/stockstreamer.git" in c for c in runcmd)
     assert any("fetch -q --depth 1 origin v1.2.3" in c for c in runcmd)
