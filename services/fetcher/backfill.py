@@ -41,6 +41,9 @@ class Backfill:
         self.call = call  # the fetcher's retrying provider call
         self.accept = accept  # the fetcher's validation: bad ticks are counted and dropped
         self.role = role or None
+        # Set once the gaps are known: until then this run's first live ticks (which may carry
+        # an old vendor time when the market is closed) could be mistaken for stored history.
+        self.planned = asyncio.Event()
 
     async def stored_until(self, until: datetime) -> dict[str, datetime | None]:
         """Each symbol's latest stored tick before `until`, waiting out database outages."""
@@ -73,8 +76,12 @@ class Backfill:
     async def run(self, provider: Provider, until: datetime) -> int:
         """Backfill every gap up to `until` (the start of live ticks); returns rows stored."""
         if self.window <= timedelta(0):
+            self.planned.set()
             return 0
-        gaps = self.gaps(await self.stored_until(until), until)
+        try:
+            gaps = self.gaps(await self.stored_until(until), until)
+        finally:
+            self.planned.set()
         total = 0
         for symbol, start in gaps:
             try:

@@ -45,6 +45,8 @@ class Fetcher:
             self.writer, self.symbols, settings.backfill, self._call, self._accept,
             settings.fetcher_db_role,
         )  # fmt: skip
+        # Live ticks wait in the buffer until the backfill has read where history ends.
+        self.writer.hold = self.backfill.planned
         self.stream: TradeStream | None = None
         self._stop = asyncio.Event()
 

@@ -62,6 +62,7 @@ class BatchWriter:
         self._backoff = 0.1
         # Backfilled chunks wait here; each is written in a transaction of its own.
         self._history: deque[tuple[list[Tick], asyncio.Future[int]]] = deque()
+        self.hold: asyncio.Event | None = None  # when given, `run` starts writing once it is set
 
     @property
     def connected(self) -> bool:
@@ -77,6 +78,8 @@ class BatchWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop` is set and the buffer is empty (the caller bounds the wait)."""
+        while self.hold is not None and not (self.hold.is_set() or stop.is_set()):
+            await asyncio.sleep(0.02)
         while not (stop.is_set() and len(self.buffer) == 0):
             if self._history and not stop.is_set():
                 # Live ticks go first: history delays them by one chunk's write at most.

@@ -190,3 +190,27 @@ async def test_finnhub_says_its_free_tier_has_no_history(
         await fake.stop()
     assert "no candles" in caplog.text
     assert await db.fetchval("SELECT count(*) FROM ticks") == 0
+
+
+async def test_a_stale_first_quote_does_not_shrink_the_backfill(
+    database_url: str, db: asyncpg.Connection, twelvedata: FakeTwelveData
+) -> None:
+    # After hours the first quote carries the last bar's time, well before the fetcher started;
+    # it must not be taken for history that is already stored.
+    from tests.fakes.server import fixture
+
+    stale = int(datetime.now(UTC).timestamp()) // 60 * 60 - 600
+    quotes = {s: {**fixture("twelvedata/quote.json"), "symbol": s, "timestamp": stale}
+              for s in ("AAPL", "NVDA")}  # fmt: skip
+    twelvedata.http.script("/quote", *[Fault.json(quotes)] * 50)
+    fetcher = make_fetcher(twelvedata_settings(database_url, twelvedata, backfill="1h"))
+    task = asyncio.create_task(fetcher.run())
+    try:
+        await eventually(lambda: sample(fetcher, "ticks_backfilled_total") >= 2 * 59)
+    finally:
+        fetcher.stop()
+        await asyncio.wait_for(task, 10)
+    oldest = await db.fetchval("SELECT min(ts) FROM ticks WHERE backfilled")
+    assert oldest < datetime.now(UTC) - timedelta(minutes=55)
+    live = await db.fetchval("SELECT count(*) FROM ticks WHERE NOT backfilled")
+    assert live == 2  # the stale quote, once per symbol
