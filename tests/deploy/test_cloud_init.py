@@ -70,6 +70,13 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
     assert "arch=arm64" in docker_repo["source"]
     # Egress is 80/443 only, so every URL the instance fetches must use one of them.
     assert docker_repo["keyserver"].endswith(":80")
+    wait = config["bootcmd"][0]
+    assert wait[:2] == ["bash", "-c"] and "meta-data/public-ipv4" in wait[2]
+    assert "X-aws-ec2-metadata-token:" in wait[2], "IMDSv2 needs the session token"
+    check = subprocess.run(  # noqa: S603
+        [shutil.which("bash") or "bash", "-n", "-c", wait[2]], capture_output=True, check=False
+    )
+    assert check.returncode == 0, check.stderr
     runcmd = [" ".join(map(str, c)) for c in config["runcmd"]]
     assert any("https://git.example.com/stockstreamer.git" in c for c in runcmd)
     assert any("fetch -q --depth 1 origin v1.2.3" in c for c in runcmd)
