@@ -1,0 +1,49 @@
+"""`python -m services.dashboard` as a real process: pages, health, metrics and SIGTERM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+
+from services.common.embedded_db import free_port
+from tests.dashboard.fake_api import FakeApi
+from tests.utils.processes import ROOT, ServiceProcess
+
+
+def test_serves_the_page_health_and_metrics_then_stops_on_sigterm(fake_api: FakeApi) -> None:
+    port = free_port()
+    env = {"STOCKSTREAMER_API_URL": fake_api.url, "STOCKSTREAMER_DASHBOARD_PORT": str(port)}
+    with ServiceProcess("services.dashboard", env) as dashboard:
+        base = f"http://127.0.0.1:{port}"
+        dashboard.wait_http(f"{base}/healthz")
+        page = httpx.get(f"{base}/", timeout=10)
+        assert page.status_code == 200
+        assert "<title>stockstreamer · live stock prices</title>" in page.text
+        dashboard.wait_http(f"{base}/readyz")
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{base}/readyz", timeout=5).json()["feed"] != "live":
+            assert time.monotonic() < deadline, "the feed never went live"
+            time.sleep(0.05)
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert "stockstreamer_dashboard_feed_live" in metrics
+        assert httpx.get(f"{base}/nope", timeout=5).status_code == 404
+        assert fake_api.stream_requests == [None]  # one stream per process, opened at start
+        dashboard.signal()
+        assert dashboard.wait(15) == 0
+    assert "dashboard stopped" in dashboard.output
+
+
+def test_invalid_settings_exit_with_a_message() -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "services.dashboard"],
+        cwd=ROOT,
+        env={"STOCKSTREAMER_DASHBOARD_WINDOW": "2h", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "dashboard_window" in result.stderr
