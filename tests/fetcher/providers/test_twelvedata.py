@@ -116,10 +116,10 @@ async def test_an_html_page_is_dropped(
 async def test_the_limiter_counts_credits_per_symbol(
     database_url: str, twelvedata: FakeTwelveData
 ) -> None:
-    # 4 symbols at 4 credits/s: each round costs a whole second's budget
+    # 4 symbols at 4 credits per 0.5 s: each round costs a whole period's budget
     settings = twelvedata_settings(
         database_url, twelvedata, symbols="AAPL,NVDA,MSFT,GE",
-        twelvedata_rate_limit=4, twelvedata_rate_period=1.0,
+        twelvedata_rate_limit=4, twelvedata_rate_period=0.5,
     )  # fmt: skip
     fetcher = make_fetcher(settings)
     try:
@@ -129,7 +129,7 @@ async def test_the_limiter_counts_credits_per_symbol(
         await fetcher.provider.aclose()
     calls = twelvedata.http.calls("/quote")
     assert len(calls) == 4
-    assert calls[-1].at - calls[0].at >= 2.8  # the first is free (a full bucket), then 1 per s
+    assert calls[-1].at - calls[0].at >= 1.4  # the first is free (a full bucket), then 1 per period
 
 
 def test_history_resolution_fits_one_call() -> None:
