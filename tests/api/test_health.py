@@ -8,6 +8,7 @@ import asyncpg
 import httpx
 
 from tests.utils.api import T0, Market, ThreadedApi, open_stream
+from tests.utils.waiting import eventually
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
@@ -38,7 +39,7 @@ async def test_metrics_by_route_and_status(
     assert "stockstreamer_api_slow_client_disconnects_total 0.0" in text
     assert "stockstreamer_api_listener_up 1.0" in text
     assert 'stockstreamer_api_notifications_total{channel="prices"}' in text
-    assert api.metric("stockstreamer_api_open_streams") == 0
+    await eventually(lambda: api.metric("stockstreamer_api_open_streams") == 0)
 
 
 async def test_api_reads_as_the_reader_role(api: ThreadedApi) -> None:

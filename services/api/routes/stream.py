@@ -103,20 +103,17 @@ def resume_point(header: str | None, query: int | None) -> int | None:
 async def _events(
     sub: Subscriber, first: Sequence[Frame], metrics: ApiMetrics
 ) -> AsyncIterator[bytes]:
-    sent: Counter[str] = Counter()
     for i in range(0, len(first), REPLAY_CHUNK):
         chunk = first[i : i + REPLAY_CHUNK]
         for frame in chunk:
-            sent[frame.event] += 1
+            metrics.events_sent.labels(frame.event).inc()
         yield b"".join(f.data for f in chunk)
-    while True:
+    sent: Counter[str] = Counter()
+    while (batch := await sub.next_batch()) is not None:
+        data = sub.render(batch, sent)
         for event, count in sent.items():
             metrics.events_sent.labels(event).inc(count)
         sent.clear()
-        batch = await sub.next_batch()
-        if batch is None:
-            return
-        data = sub.render(batch, sent)
         if data:
             yield data
 
