@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.common.config import CommonSettings
@@ -35,6 +36,15 @@ class ApiSettings(CommonSettings):
     api_shutdown_timeout: float = Field(
         5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_role_means_login_user(cls, data: Any) -> Any:
+        """STOCKSTREAMER_API_DB_ROLE set but empty keeps the login user."""
+        # Empty values are otherwise ignored (env_ignore_empty), which would restore the default.
+        if isinstance(data, dict) and os.environ.get("STOCKSTREAMER_API_DB_ROLE") == "":
+            data = {**data, "api_db_role": ""}
+        return data
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = ApiSettings()
     assert settings.api_port == 8100 and settings.api_stream_queue_size == 8
     assert settings.cors_origins == ["http://localhost:5006", "https://a.example"]
-    assert settings.api_db_role == "stockstreamer_reader"  # empty is ignored by CommonSettings
+    assert settings.api_db_role == ""  # set but empty: stay the login user
 
 
 @pytest.mark.parametrize(
