@@ -1,0 +1,1 @@
+"""Fake market-data vendors: real loopback servers answering as the vendors document."""

@@ -1,0 +1,1 @@
+"""Vendor providers against fake vendor servers."""
