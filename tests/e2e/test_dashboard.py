@@ -72,6 +72,30 @@ PIXELS_JS = """
 }
 """
 
+# Page coordinates of one data point, through the plot view's own scales.
+POINT_JS = """
+([symbol, index]) => {
+  const doc = Bokeh.documents[0];
+  const view = Bokeh.index.find_one(doc.get_model_by_name('chart'));
+  const data = doc.get_model_by_name('source_' + symbol).data;
+  const box = view.canvas.el.getBoundingClientRect();
+  return [box.left + view.frame.x_scale.compute(data.ts[index]),
+          box.top + view.frame.y_scale.compute(data.price[index])];
+}
+"""
+
+# Page coordinates of a legend entry (Bokeh lays legends out as DOM elements).
+LEGEND_JS = """
+(label) => {
+  const legend = Bokeh.documents[0].get_model_by_name('legend');
+  const entry = Bokeh.index.find_one(legend).entries.find((e) => e.label === label);
+  const box = entry.el.getBoundingClientRect();
+  return [box.left + box.width / 2, box.top + box.height / 2];
+}
+"""
+
+VISIBLE_JS = "(name) => Bokeh.documents[0].get_model_by_name(name).visible"
+
 State = dict[str, Any]
 
 
@@ -166,7 +190,11 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
     stack.start_api()
     back = wait_for(
         page,
-        lambda s: status_of(s) == "live" and newest(s) > restarted_at + 500,
+        # every line: Bokeh sends each source's update as its own message
+        lambda s: (
+            status_of(s) == "live"
+            and all(ts[-1] > restarted_at + 500 for ts in s["lines"].values())
+        ),
         "live again after the API restart",
         timeout=20,
     )
@@ -195,6 +223,31 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
     wait_for(page, lambda s: "pct" in s["yfield"] and -1 < s["y"][0] < 0 < s["y"][1] < 1, "% mode")
     click(page, "Price")
     wait_for(page, lambda s: "price" in s["yfield"] and s["y"][1] > 30, "price mode")
+
+    # -- a legend click hides a stock, a second one shows it again ------------------------
+    intc = [rgb(PALETTE[SYMBOLS.index("INTC")])]
+    shown = page.evaluate(PIXELS_JS, intc)[0]
+    page.mouse.click(*page.evaluate(LEGEND_JS, "INTC"))
+    page.wait_for_function(f"() => !({VISIBLE_JS})('line_INTC')")
+    page.wait_for_timeout(300)
+    hidden = page.evaluate(PIXELS_JS, intc)[0]
+    assert hidden < shown / 5, (shown, hidden)
+    page.mouse.click(*page.evaluate(LEGEND_JS, "INTC"))
+    page.wait_for_function(f"() => ({VISIBLE_JS})('line_INTC')")
+
+    # -- hovering a point names the stock, its time, price and change ---------------------
+    page.evaluate("() => document.activeElement?.blur()")  # no focus ring in the picture
+    count = len(state(page)["lines"]["INTC"])
+    page.mouse.move(*page.evaluate(POINT_JS, ["INTC", count // 2]))
+    tooltip = page.get_by_text("since window start")
+    tooltip.wait_for(state="visible", timeout=5000)
+    text = page.evaluate(
+        "() => { const walk = (root) => [...root.querySelectorAll('*')].flatMap((el) =>"
+        " el.shadowRoot ? walk(el.shadowRoot) : [el]);"
+        " return walk(document).filter((el) => el.classList.contains('bk-tooltip-content'))"
+        ".map((el) => el.innerText).join(' | '); }"
+    )
+    assert "INTC" in text and "$" in text and "%" in text, text
 
     # -- a picture for the docs -----------------------------------------------------------
     page.wait_for_timeout(800)
