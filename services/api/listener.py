@@ -57,6 +57,7 @@ class Broadcaster:
         self._history_due: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         self._backoff = 0.1
+        self._lost_at: datetime | None = None  # when the listener last lost its connection
 
     def subscribe(self, symbols: frozenset[str] | None, capacity: int) -> Subscriber:
         sub = Subscriber(symbols, capacity)
@@ -110,23 +111,23 @@ class Broadcaster:
         self._wake.set()
 
     async def _run(self) -> None:
-        lost_at: datetime | None = None
         while True:
             try:
-                await self._session(lost_at)
+                await self._session()
             except OUTAGE_ERRORS as exc:
-                if lost_at is None:
-                    lost_at = datetime.now(UTC)
+                if self._lost_at is None:
                     log.warning(
                         "stream listener lost the database; reconnecting",
                         extra={"url": redact_url(self.url), "error": str(exc) or repr(exc)},
                     )
-            else:
-                lost_at = None
+            except Exception:
+                # A bug must not silence every stream for the life of the process: start over.
+                log.exception("stream listener failed; restarting it")
+            self._lost_at = self._lost_at or datetime.now(UTC)
             await asyncio.sleep(self._backoff)
             self._backoff = min(self._backoff * 2, 2.0)
 
-    async def _session(self, lost_at: datetime | None) -> None:
+    async def _session(self) -> None:
         """Listen on one connection until it fails; raises the failure."""
         conn = await connect(self.url, self.role)
         lost = asyncio.Event()
@@ -144,13 +145,15 @@ class Broadcaster:
                 # Streams that started before the first connection must miss nothing either.
                 afters = [s.after for s in self.subscribers if s.after is not None]
                 self.last_seen = min([head, *afters])
-            if lost_at is not None:
+            if self._lost_at is not None:
                 self.metrics.listener_reconnects.inc()
-                rows = await conn.fetch(queries.STOCKS_CHANGED_SINCE, lost_at - SKEW_MARGIN)
+                since = self._lost_at - SKEW_MARGIN
+                rows = await conn.fetch(queries.STOCKS_CHANGED_SINCE, since)
                 self._stocks_due.update((r["symbol"], None) for r in rows)
                 log.info(
                     "stream listener reconnected; catching up", extra={"after": self.last_seen}
                 )
+                self._lost_at = None
             self._prices_due = True  # whatever committed while we were not listening
             self.connected = True
             self.metrics.listener_up.set(1)
