@@ -50,9 +50,10 @@ async def _count(url: str) -> int:
 async def test_outage_loses_nothing_and_stores_everything_once(
     own_server: EmbeddedPostgres,
 ) -> None:
+    # 6 symbols x 50 rounds/s; no backfill, so every stored tick is one the test saw produced
     settings = FetcherSettings(
-        database_url=own_server.url, price_interval=0.02, batch_size=50
-    )  # 6 symbols x 50 rounds/s
+        database_url=own_server.url, price_interval=0.02, batch_size=50, backfill=0
+    )
     provider = RecordingProvider(step_seconds=0.02)
     metrics = FetcherMetrics(CollectorRegistry())
     fetcher = Fetcher(settings, provider, metrics)
