@@ -1,0 +1,156 @@
+"""Live delivery to many clients: per-client polling (the original design) vs LISTEN + fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import httpx
+from httpx_sse import aconnect_sse
+
+from services.common.embedded_db import free_port
+from services.fetcher import queries
+
+SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
+CLIENTS = 50
+BATCHES = 30  # of one tick per symbol, like one fetcher round
+RATE = 10.0  # batches per second
+POLL_SECONDS = 1.0
+POLL = "SELECT symbol, ts, price, event_id FROM ticks WHERE event_id > $1 ORDER BY event_id"
+
+
+async def _write(conn: asyncpg.Connection, offset: int, committed: dict[int, float]) -> None:
+    """BATCHES rounds at RATE per second, as the fetcher writes them; records commit times."""
+    t0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC) + timedelta(hours=offset)
+    for b in range(BATCHES):
+        ts = t0 + timedelta(seconds=b)
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                queries.INSERT_TICKS, SYMBOLS, [ts] * 6, [Decimal("100.5")] * 6, [None] * 6
+            )
+            assert row is not None
+            await conn.execute(queries.NOTIFY, "prices", str(row["max_event_id"]))
+        now = time.time()
+        for event_id in range(row["max_event_id"] - 5, row["max_event_id"] + 1):
+            committed[event_id] = now
+        await asyncio.sleep(1 / RATE)
+
+
+def _summary(latencies: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+async def _polling(url: str) -> tuple[float, float, float]:
+    """Each client asks the database for new ticks once a second."""
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=CLIENTS, max_size=CLIENTS)
+    start = await conn.fetchval("SELECT coalesce(max(event_id), 0) FROM ticks")
+    committed: dict[int, float] = {}
+    seen: list[tuple[int, float]] = []
+    polls = 0
+    stop = asyncio.Event()
+
+    async def client(i: int) -> None:
+        nonlocal polls
+        last = start
+        await asyncio.sleep(POLL_SECONDS * i / CLIENTS)  # spread out, as real clients would be
+        while not stop.is_set():
+            rows = await pool.fetch(POLL, last)
+            polls += 1
+            now = time.time()
+            seen.extend((r["event_id"], now) for r in rows)
+            last = rows[-1]["event_id"] if rows else last
+            await asyncio.sleep(POLL_SECONDS)
+
+    tasks = [asyncio.create_task(client(i)) for i in range(CLIENTS)]
+    started = time.monotonic()
+    await _write(conn, 0, committed)
+    await asyncio.sleep(POLL_SECONDS * 1.5)
+    stop.set()
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    await pool.close()
+    await conn.close()
+    p50, p99 = _summary([t - committed[i] for i, t in seen])
+    return p50, p99, polls / elapsed
+
+
+async def _streaming(url: str) -> tuple[float, float, float]:
+    """Each client holds an SSE stream of one API process."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": url, "STOCKSTREAMER_API_PORT": str(port),
+           "STOCKSTREAMER_LOG_LEVEL": "WARNING"}  # fmt: skip
+    api = subprocess.Popen([sys.executable, "-m", "services.api"], env=env)  # noqa: S603
+    base = f"http://127.0.0.1:{port}"
+    conn = await asyncpg.connect(url)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            for _ in range(100):
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            committed: dict[int, float] = {}
+            seen: list[tuple[int, float]] = []
+            ready = asyncio.Barrier(CLIENTS + 1)
+
+            async def client() -> None:
+                async with aconnect_sse(http, "GET", "/api/v1/stream") as source:
+                    await ready.wait()
+                    count = 0
+                    async for event in source.aiter_sse():
+                        seen.append((int(event.id), time.time()))
+                        count += 1
+                        if count == BATCHES * len(SYMBOLS):
+                            return
+
+            tasks = [asyncio.create_task(client()) for _ in range(CLIENTS)]
+            await ready.wait()
+            started = time.monotonic()
+            before = await _fetches(http)
+            await _write(conn, 1, committed)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+            queries_per_s = (await _fetches(http) - before) / (time.monotonic() - started)
+    finally:
+        await conn.close()
+        api.terminate()
+        api.wait(15)
+    p50, p99 = _summary([t - committed[i] for i, t in seen])
+    return p50, p99, queries_per_s
+
+
+async def _fetches(http: httpx.AsyncClient) -> float:
+    """Queries the API ran for notifications so far (one per fetch)."""
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line.startswith("stockstreamer_api_stream_fetch_seconds_count"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def _both(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    await conn.execute(queries.ENSURE_STOCKS, SYMBOLS)
+    await conn.close()
+    poll50, poll99, poll_qps = await _polling(url)
+    sse50, sse99, sse_qps = await _streaming(url)
+    return [
+        f"| api: commit-to-client latency p50 / p99, {CLIENTS} clients (polling each 1 s vs "
+        f"LISTEN + fan-out) | {poll50:.0f} / {poll99:.0f} ms | {sse50:.1f} / {sse99:.1f} ms "
+        f"| {poll50 / sse50:.0f}x |",
+        f"| api: database queries per second, {CLIENTS} clients, {RATE:.0f} batches/s "
+        f"| {poll_qps:.0f}/s | {sse_qps:.1f}/s | {poll_qps / max(sse_qps, 0.1):.1f}x |",
+    ]
+
+
+def run(url: str) -> list[str]:
+    return asyncio.run(_both(url))
