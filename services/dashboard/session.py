@@ -7,7 +7,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from bokeh.document import Document, without_document_lock
 from bokeh.layouts import column, row
@@ -23,6 +23,7 @@ from services.dashboard.shaping import (
     band_columns,
     bucket_ms,
     colour_for,
+    logo_anchor,
     logo_columns,
     merge_ticks,
     rollover_for,
@@ -163,10 +164,8 @@ class DashboardSession:
                     "price": [p.price for p in merge.append],
                     "pct": [p.price / base - 1 for p in merge.append],
                 }
-                rolled = len(data["ts"]) + len(merge.append) > self.rollover or last_ts is None
                 line.source.stream(new, rollover=self.rollover)
-                if rolled:
-                    self._move_logo(symbol)
+                self._move_logo(symbol)
             latest = merge.append[-1] if merge.append else merge.replace_last
             if latest is not None:
                 self._patch_row(symbol, latest.price)
@@ -274,27 +273,34 @@ class DashboardSession:
     def _refresh_bands(self) -> None:
         self.chart.bands.data = band_columns(self._ordered(), self.bases)
 
-    def _starts(self) -> dict[str, Point | None]:
-        starts: dict[str, Point | None] = {}
-        for symbol, line in self.chart.lines.items():
-            data = line.source.data
-            starts[symbol] = Point(data["ts"][0], data["price"][0]) if len(data["ts"]) else None
-        return starts
+    def _points(self, symbol: str) -> tuple[Sequence[int], Sequence[float]]:
+        data = self.chart.lines[symbol].source.data
+        return cast(Sequence[int], data["ts"]), cast(Sequence[float], data["price"])
+
+    def _anchors(self) -> dict[str, Point | None]:
+        window_ms = WINDOWS[self.window]
+        return {
+            symbol: logo_anchor(*self._points(symbol), window_ms) for symbol in self.chart.lines
+        }
 
     def _place_logos(self) -> None:
-        self.chart.logos.data = logo_columns(self._ordered(), self._starts(), self.bases)
+        self.chart.logos.data = logo_columns(self._ordered(), self._anchors(), self.bases)
 
     def _move_logo(self, symbol: str) -> None:
-        """Keep a logo on its line's first point once old points roll off."""
+        """Keep a logo where its line visibly starts as the window slides (a one-row patch)."""
+        anchor = logo_anchor(*self._points(symbol), WINDOWS[self.window])
         symbols = list(self.chart.logos.data["symbol"])
-        start = self._starts()[symbol]
-        if symbol not in symbols or start is None:
-            self._place_logos()
+        if anchor is None or symbol not in symbols:
+            if anchor is not None and self.stocks[symbol].get("logo_url"):
+                self._place_logos()  # its first point: the logo appears
             return
-        i, base = symbols.index(symbol), self.bases.get(symbol)
-        pct = start.price / base - 1 if base else 0.0
+        i = symbols.index(symbol)
+        if self.chart.logos.data["ts"][i] == anchor.ts:
+            return
+        base = self.bases.get(symbol)
+        pct = anchor.price / base - 1 if base else 0.0
         self.chart.logos.patch(
-            {"ts": [(i, start.ts)], "price": [(i, start.price)], "pct": [(i, pct)]}
+            {"ts": [(i, anchor.ts)], "price": [(i, anchor.price)], "pct": [(i, pct)]}
         )
 
     # -- widgets -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,9 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 WINDOWS: dict[str, int] = {"1h": HOUR_MS, "1d": DAY_MS, "1w": 7 * DAY_MS, "1m": 30 * DAY_MS}
 WINDOW_LABELS: dict[str, str] = {"1h": "1 hour", "1d": "1 day", "1w": "1 week", "1m": "1 month"}
+
+# A logo sits this far (as a fraction of the window) inside the left edge, so it is never clipped.
+LOGO_INSET = 0.03
 
 # Okabe-Ito, ordered so the hardest-to-see yellow comes last on a white background.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
@@ -111,12 +115,20 @@ def band_columns(stocks: Sequence[Mapping[str, Any]], bases: Mapping[str, float 
     return cols
 
 
+def logo_anchor(ts: Sequence[int], price: Sequence[float], window_ms: int) -> Point | None:
+    """Where a line visibly starts: its first point inside the window that ends at its last."""
+    if not len(ts):
+        return None
+    i = bisect_left(ts, ts[-1] - window_ms * (1 - LOGO_INSET))
+    return Point(int(ts[i]), float(price[i]))
+
+
 def logo_columns(
     stocks: Sequence[Mapping[str, Any]],
     starts: Mapping[str, Point | None],
     bases: Mapping[str, float | None],
 ) -> Columns:
-    """Where each company's logo goes: the first point of its line (none for empty lines)."""
+    """Each company's logo at the start of its line (none for empty lines)."""
     cols: Columns = {k: [] for k in ("symbol", "url", "ts", "price", "pct")}
     for stock in stocks:
         start = starts.get(stock["symbol"])

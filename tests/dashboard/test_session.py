@@ -19,7 +19,7 @@ from services.dashboard.feed import Feed, PriceEvent, ReloadEvent, Status, Statu
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.runtime import Runtime
 from services.dashboard.session import DashboardSession
-from services.dashboard.shaping import DAY_MS, Point
+from services.dashboard.shaping import DAY_MS, HOUR_MS, Point, logo_anchor
 from tests.dashboard.conftest import T0, stock
 from tests.dashboard.fake_api import FakeApi
 
@@ -86,7 +86,10 @@ async def test_ticks_are_streamed_or_patched_never_resent(session: DashboardSess
     assert aapl["price"][-1] == 570.0
     assert aapl["ts"] == sorted(aapl["ts"])
     assert session.table_source.data["price"][0] == 570.0
-    assert list(session.chart.logos.data["ts"])[0] == aapl["ts"][0]  # logo follows the rollover
+    # the logo rides the line's visible start as the window slides
+    start = logo_anchor(aapl["ts"], aapl["price"], HOUR_MS)
+    assert start is not None and aapl["ts"][-1] - start.ts <= HOUR_MS
+    assert list(session.chart.logos.data["ts"])[0] == start.ts
 
 
 async def test_an_older_tick_is_never_drawn(session: DashboardSession) -> None:

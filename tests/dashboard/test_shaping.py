@@ -17,6 +17,7 @@ from services.dashboard.shaping import (
     bucket_ms,
     colour_for,
     day_change,
+    logo_anchor,
     logo_columns,
     merge_ticks,
     pct_change,
@@ -111,6 +112,15 @@ def test_logos_sit_on_the_first_point() -> None:
     cols = logo_columns(stocks, starts, {"A": 100.0})
     assert cols["symbol"] == ["A"] and cols["ts"] == [T0] and cols["price"] == [110.0]
     assert cols["pct"] == pytest.approx([0.1])
+
+
+def test_logo_anchor_is_the_first_point_well_inside_the_window() -> None:
+    ts = [0, 100, 500, 980, 1000]
+    price = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert logo_anchor(ts, price, window_ms=1000) == Point(100, 2.0)  # 0 is at the very edge
+    assert logo_anchor(ts, price, window_ms=10_000) == Point(0, 1.0)  # all of it is visible
+    assert logo_anchor(ts, price, window_ms=10) == Point(1000, 5.0)
+    assert logo_anchor([], [], 1000) is None
 
 
 def test_table_rows_and_day_change() -> None:
