@@ -256,6 +256,7 @@ class DashboardSession:
         symbol = str(stock["symbol"])
         if symbol not in self.stocks:
             self._add_stock(stock)
+            self.reload()  # its history, too (coalesced with any load already under way)
             return
         old, self.stocks[symbol] = self.stocks[symbol], dict(stock)
         i = self.rows[symbol]

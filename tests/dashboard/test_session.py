@@ -111,7 +111,9 @@ async def test_ticks_during_a_reload_wait_for_the_history(
     assert len(fake_api.price_requests) == 2
 
 
-async def test_stock_events_update_bands_logos_and_add_stocks(session: DashboardSession) -> None:
+async def test_stock_events_update_bands_logos_and_add_stocks(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
     session.deliver(StockEvent(stock("AAPL", 270.0, week52_high=999.0, logo_url="data:new")))
     session.deliver(StockEvent(stock("NVDA", 185.0)))
     await drain(session.doc)
@@ -119,6 +121,7 @@ async def test_stock_events_update_bands_logos_and_add_stocks(session: Dashboard
     assert list(session.chart.logos.data["url"])[0] == "data:new"
     assert list(session.chart.lines) == ["AAPL", "INTC", "NVDA"]
     assert session.picker.value == ["AAPL", "INTC", "NVDA"]
+    assert fake_api.price_requests[-1]["symbols"] == "AAPL,INTC,NVDA"
 
 
 async def test_status_and_recovery_after_a_failed_load(
