@@ -10,8 +10,6 @@ from functools import partial
 from typing import Any, cast
 
 from bokeh.document import Document, without_document_lock
-from bokeh.layouts import column, row
-from bokeh.models.widgets.markups import Div
 
 from services.dashboard.chart import PriceChart
 from services.dashboard.client import ApiError
@@ -30,22 +28,12 @@ from services.dashboard.shaping import (
     series_columns,
     table_row,
 )
-from services.dashboard.widgets import (
-    MODES,
-    WINDOW_NAMES,
-    latest_table,
-    mode_toggle,
-    status_div,
-    status_html,
-    stock_picker,
-    window_selector,
-)
+from services.dashboard.widgets import MODES, WINDOW_NAMES, Controls, status_html
 
 log = logging.getLogger(__name__)
 
 # Events queued for a tab that is not keeping up; past this we drop them and reload instead.
 MAX_PENDING = 20_000
-TABLE_HEADER_PX, TABLE_ROW_PX = 32, 26
 
 
 class DashboardSession:
@@ -54,9 +42,8 @@ class DashboardSession:
     def __init__(self, doc: Document, runtime: Runtime) -> None:
         self.doc = doc
         self.runtime = runtime
-        settings = runtime.settings
-        self.window: str = settings.dashboard_window
-        self.max_points = settings.dashboard_max_points
+        self.window: str = runtime.settings.dashboard_window
+        self.max_points = runtime.settings.dashboard_max_points
         self.bucket = bucket_ms(WINDOWS[self.window], self.max_points)
         self.rollover = rollover_for(WINDOWS[self.window], self.bucket, self.max_points)
         self.stocks: dict[str, dict[str, Any]] = {}
@@ -71,24 +58,11 @@ class DashboardSession:
         self.generation = 0
 
         self.chart = PriceChart(self.window)
-        self.window_buttons = window_selector(self.window)
-        self.mode_buttons = mode_toggle()
-        self.picker = stock_picker()
-        self.status = status_div()
-        self.table, self.table_source, self.table_rows = latest_table()
-        self.window_buttons.on_change("active", self._on_window)
-        self.mode_buttons.on_change("active", self._on_mode)
-        self.picker.on_change("value", self._on_pick)
-        header = row(
-            Div(text="<h2 style='margin:0'>stockstreamer</h2>", name="heading"), self.status,
-            sizing_mode="stretch_width",
-        )  # fmt: skip
-        controls = row(
-            self.window_buttons, self.mode_buttons, self.picker, sizing_mode="stretch_width"
-        )
-        doc.add_root(
-            column(header, controls, self.chart.figure, self.table, sizing_mode="stretch_width")
-        )
+        self.ui = Controls.build(self.window)
+        self.ui.window.on_change("active", self._on_window)
+        self.ui.mode.on_change("active", self._on_mode)
+        self.ui.picker.on_change("value", self._on_pick)
+        doc.add_root(self.ui.page(self.chart.figure))
         doc.title = "stockstreamer · live stock prices"
 
         feed = runtime.feed
@@ -103,8 +77,9 @@ class DashboardSession:
     def deliver(self, event: Event) -> None:
         """Queue an event and make sure one flush is scheduled; never touches models."""
         if len(self.pending) >= MAX_PENDING:
-            self.pending.clear()
-            event = ReloadEvent(None)
+            # This tab fell far behind: drop its queued ticks and reload the window instead.
+            self.pending = deque(e for e in self.pending if not isinstance(e, PriceEvent))
+            self.pending.append(ReloadEvent(None))
         self.pending.append(event)
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -122,6 +97,9 @@ class DashboardSession:
         for event in events:
             if isinstance(event, PriceEvent):
                 if self.loading:
+                    if len(self.held) >= MAX_PENDING:
+                        self.held.clear()  # the load will be followed by another one
+                        self.reload_again = True
                     self.held.append(event)
                 else:
                     ticks[event.symbol].append(event.point)
@@ -246,10 +224,10 @@ class DashboardSession:
         self.stocks[symbol] = dict(stock)
         self.chart.add_line(symbol, colour_for(len(self.chart.lines)))
         self.rows[symbol] = len(self.rows)
-        self.table.height = TABLE_HEADER_PX + TABLE_ROW_PX * len(self.rows)
-        self.table_source.stream({k: [v] for k, v in table_row(stock).items()})
-        self.picker.options = [*self.picker.options, symbol]
-        self.picker.value = [*self.picker.value, symbol]
+        self.ui.fit_table(len(self.rows))
+        self.ui.table_source.stream({k: [v] for k, v in table_row(stock).items()})
+        self.ui.picker.options = [*self.ui.picker.options, symbol]
+        self.ui.picker.value = [*self.ui.picker.value, symbol]
         self._refresh_bands()
 
     def _update_stock(self, stock: dict[str, Any]) -> None:
@@ -260,7 +238,7 @@ class DashboardSession:
             return
         old, self.stocks[symbol] = self.stocks[symbol], dict(stock)
         i = self.rows[symbol]
-        self.table_source.patch({k: [(i, v)] for k, v in table_row(stock).items()})
+        self.ui.table_source.patch({k: [(i, v)] for k, v in table_row(stock).items()})
         if any(old.get(k) != stock.get(k) for k in ("week52_low", "week52_high")):
             self._refresh_bands()
         if old.get("logo_url") != stock.get("logo_url"):
@@ -269,7 +247,7 @@ class DashboardSession:
     def _patch_row(self, symbol: str, price: float) -> None:
         row_ = table_row(self.stocks[symbol], price)
         i = self.rows[symbol]
-        self.table_source.patch({k: [(i, row_[k])] for k in ("price", "change", "change_pct")})
+        self.ui.table_source.patch({k: [(i, row_[k])] for k in ("price", "change", "change_pct")})
 
     def _refresh_bands(self) -> None:
         self.chart.bands.data = band_columns(self._ordered(), self.bases)
@@ -306,7 +284,7 @@ class DashboardSession:
 
     # -- widgets -----------------------------------------------------------------------------
     def _show_status(self, status: Status) -> None:
-        self.status.text = status_html(status)
+        self.ui.status.text = status_html(status)
 
     def _on_window(self, _attr: str, _old: int, new: int) -> None:
         self.window = WINDOW_NAMES[new]
@@ -319,4 +297,4 @@ class DashboardSession:
 
     def _on_pick(self, _attr: str, _old: list[str], new: list[str]) -> None:
         self.chart.set_visible(set(new))
-        self.table_rows.indices = sorted(self.rows[s] for s in new if s in self.rows)
+        self.ui.table_rows.indices = sorted(self.rows[s] for s in new if s in self.rows)

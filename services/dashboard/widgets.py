@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from bokeh.layouts import column, row
 from bokeh.models.filters import IndexFilter
+from bokeh.models.layouts import Column
+from bokeh.models.plots import Plot
 from bokeh.models.sources import CDSView, ColumnDataSource
 from bokeh.models.widgets.groups import RadioButtonGroup
 from bokeh.models.widgets.inputs import MultiChoice
@@ -19,6 +24,7 @@ from services.dashboard.shaping import DOWN_COLOUR, UP_COLOUR, WINDOW_LABELS, WI
 
 WINDOW_NAMES = list(WINDOWS)
 MODES = ["price", "pct"]
+TABLE_HEADER_PX, TABLE_ROW_PX = 32, 26
 STATUS_TEXT = {
     Status.CONNECTING: ("connecting", "#56B4E9", "Connecting to the API…"),
     Status.LIVE: ("live", "#009E73", "Live"),
@@ -102,3 +108,44 @@ def latest_table() -> tuple[DataTable, ColumnDataSource, IndexFilter]:
         sortable=True, reorderable=False,
     )  # fmt: skip
     return table, source, shown
+
+
+@dataclass
+class Controls:
+    """Everything on the page around the chart."""
+
+    window: RadioButtonGroup
+    mode: RadioButtonGroup
+    picker: MultiChoice
+    status: Div
+    table: DataTable
+    table_source: ColumnDataSource
+    table_rows: IndexFilter
+
+    @classmethod
+    def build(cls, window: str) -> Controls:
+        table, source, rows = latest_table()
+        return cls(
+            window_selector(window),
+            mode_toggle(),
+            stock_picker(),
+            status_div(),
+            table,
+            source,
+            rows,
+        )
+
+    def fit_table(self, rows: int) -> None:
+        """As tall as its rows, no scrolling for a handful of stocks."""
+        self.table.height = TABLE_HEADER_PX + TABLE_ROW_PX * rows
+
+    def page(self, chart: Plot) -> Column:
+        """Title and indicator, controls, the chart, then the table."""
+        heading = Div(text="<h2 style='margin:0'>stockstreamer</h2>", name="heading")
+        return column(
+            row(heading, self.status, sizing_mode="stretch_width"),
+            row(self.window, self.mode, self.picker, sizing_mode="stretch_width"),
+            chart,
+            self.table,
+            sizing_mode="stretch_width",
+        )

@@ -60,9 +60,9 @@ async def test_history_fills_lines_bands_logos_and_table(session: DashboardSessi
     assert data(session, "INTC")["price"] == [38.0]
     assert list(session.chart.bands.data["symbol"]) == ["AAPL", "INTC"]
     assert list(session.chart.logos.data["ts"]) == [T0, T0]
-    assert list(session.table_source.data["symbol"]) == ["AAPL", "INTC"]
-    assert session.table_rows.indices == [0, 1]
-    assert "connecting" in session.status.text
+    assert list(session.ui.table_source.data["symbol"]) == ["AAPL", "INTC"]
+    assert session.ui.table_rows.indices == [0, 1]
+    assert "connecting" in session.ui.status.text
 
 
 async def test_ticks_are_streamed_or_patched_never_resent(session: DashboardSession) -> None:
@@ -85,7 +85,7 @@ async def test_ticks_are_streamed_or_patched_never_resent(session: DashboardSess
     assert len(aapl["ts"]) == session.rollover == 50  # memory stays bounded
     assert aapl["price"][-1] == 570.0
     assert aapl["ts"] == sorted(aapl["ts"])
-    assert session.table_source.data["price"][0] == 570.0
+    assert session.ui.table_source.data["price"][0] == 570.0
     # the logo rides the line's visible start as the window slides
     start = logo_anchor(aapl["ts"], aapl["price"], HOUR_MS)
     assert start is not None and aapl["ts"][-1] - start.ts <= HOUR_MS
@@ -120,7 +120,7 @@ async def test_stock_events_update_bands_logos_and_add_stocks(
     assert list(session.chart.bands.data["high"])[0] == 999.0
     assert list(session.chart.logos.data["url"])[0] == "data:new"
     assert list(session.chart.lines) == ["AAPL", "INTC", "NVDA"]
-    assert session.picker.value == ["AAPL", "INTC", "NVDA"]
+    assert session.ui.picker.value == ["AAPL", "INTC", "NVDA"]
     assert fake_api.price_requests[-1]["symbols"] == "AAPL,INTC,NVDA"
 
 
@@ -131,12 +131,12 @@ async def test_status_and_recovery_after_a_failed_load(
     session.deliver(StatusEvent(Status.UNREACHABLE))
     session.deliver(ReloadEvent(frozenset({"AAPL"}), start=T0, end=None))
     await drain(session.doc)
-    assert 'data-status="unreachable"' in session.status.text
+    assert 'data-status="unreachable"' in session.ui.status.text
     assert session.needs_reload
     fake_api.fail_prices = False
     session.deliver(StatusEvent(Status.LIVE))
     await drain(session.doc)
-    assert 'data-status="live"' in session.status.text and not session.needs_reload
+    assert 'data-status="live"' in session.ui.status.text and not session.needs_reload
     assert len(fake_api.price_requests) == 3
 
 
@@ -150,22 +150,22 @@ async def test_unrelated_history_is_not_reloaded(
 
 
 async def test_window_mode_and_stock_controls(session: DashboardSession, fake_api: FakeApi) -> None:
-    session.window_buttons.active = 1  # 1 day
+    session.ui.window.active = 1  # 1 day
     await drain(session.doc)
     first, second = (int(r["start"]) for r in fake_api.price_requests)
     assert second - first == pytest.approx(-(DAY_MS - 3_600_000), abs=60_000)
     assert session.chart.x_range.follow_interval == DAY_MS
     assert "1 day" in session.chart.title_model.text
 
-    session.mode_buttons.active = 1
+    session.ui.mode.active = 1
     line = session.chart.lines["AAPL"]
     assert line.path.glyph.y == "pct" and line.band.glyph.y0 == "low_pct"
     assert session.chart.figure.yaxis[0].formatter.format == "+0.0%"
 
-    session.picker.value = ["INTC"]
+    session.ui.picker.value = ["INTC"]
     assert not line.path.visible and not line.legend_item.visible
     assert session.chart.lines["INTC"].path.visible
-    assert session.table_rows.indices == [1]
+    assert session.ui.table_rows.indices == [1]
 
 
 async def test_closing_the_tab_unsubscribes(session: DashboardSession) -> None:
