@@ -103,6 +103,7 @@ async def test_database_outage_is_503_then_the_stream_catches_up(
         await eventually(lambda: not api.listening, message="listener did not notice")
         for i in range(1, 6):  # written while the API cannot read them
             await market.ticks([("AAPL", T0 + timedelta(seconds=i), 1 + i)])
+        await market.profile("AAPL", "Apple", "https://logo.example/aapl.png")  # missed NOTIFY
         assert (await client.get("/readyz")).status_code == 503
         for path in ("/api/v1/stocks", "/api/v1/prices", "/api/v1/stream"):
             response = await client.get(path)
@@ -110,9 +111,11 @@ async def test_database_outage_is_503_then_the_stream_catches_up(
             assert response.json() == {"detail": "database unavailable, try again shortly"}
         assert (await client.get("/healthz")).status_code == 200
         await _outage(database_url, db, allow=True)
-        rest = await stream.prices(5, timeout=10)
+        caught_up = await stream.take(6, timeout=10)
         await market.ticks([("AAPL", T0 + timedelta(seconds=9), 9)])
-        rest += await stream.prices(1)
+        rest = [e for e in caught_up if e.event == "price"] + await stream.prices(1)
+    (stock,) = [e for e in caught_up if e.event == "stock"]  # re-announced after the outage
+    assert stock.data["name"] == "Apple"
     assert ids(first + rest) == list(range(int(first[0].id or 0), int(first[0].id or 0) + 7))
     assert api.metric("stockstreamer_api_listener_reconnects_total") >= 1
     assert (await client.get("/readyz")).status_code == 200
