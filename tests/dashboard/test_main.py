@@ -27,10 +27,12 @@ def test_serves_the_page_health_and_metrics_then_stops_on_sigterm(fake_api: Fake
         while httpx.get(f"{base}/readyz", timeout=5).json()["feed"] != "live":
             assert time.monotonic() < deadline, "the feed never went live"
             time.sleep(0.05)
+        assert httpx.get(f"{base}/", timeout=10).status_code == 200  # a second tab
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
-        assert "stockstreamer_dashboard_feed_live" in metrics
+        assert "stockstreamer_dashboard_feed_live 1.0" in metrics
+        assert "stockstreamer_dashboard_sessions 2.0" in metrics
         assert httpx.get(f"{base}/nope", timeout=5).status_code == 404
-        assert fake_api.stream_requests == [None]  # one stream per process, opened at start
+        assert fake_api.stream_requests == [None]  # one stream for the process, not one per tab
         dashboard.signal()
         assert dashboard.wait(15) == 0
     assert "dashboard stopped" in dashboard.output

@@ -18,7 +18,7 @@ from services.dashboard.config import DashboardSettings
 from services.dashboard.feed import Feed, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.runtime import Runtime
-from services.dashboard.session import DashboardSession
+from services.dashboard.session import MAX_PENDING, DashboardSession
 from services.dashboard.shaping import DAY_MS, HOUR_MS, Point, logo_anchor
 from tests.dashboard.conftest import T0, stock
 from tests.dashboard.fake_api import FakeApi
@@ -173,3 +173,15 @@ async def test_closing_the_tab_unsubscribes(session: DashboardSession) -> None:
     assert session.deliver in feed._subscribers
     session._closed(None)
     assert session.deliver not in feed._subscribers
+
+
+async def test_a_tab_that_falls_behind_reloads_instead_of_queueing(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
+    for i in range(MAX_PENDING + 10):
+        session.deliver(PriceEvent("AAPL", Point(T0 + 2000 + i, 1.0)))
+    session.deliver(StatusEvent(Status.LIVE))
+    assert len(session.pending) <= 12
+    await drain(session.doc)
+    assert len(fake_api.price_requests) == 2  # it reloaded the window
+    assert 'data-status="live"' in session.ui.status.text
