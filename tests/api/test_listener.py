@@ -14,7 +14,7 @@ from tests.utils.api import T0, Market, ThreadedApi, ids, open_stream
 from tests.utils.postgres import with_database
 from tests.utils.waiting import eventually
 
-BATCHES = 20
+BATCHES = 40
 BATCH = 500
 
 
@@ -39,7 +39,7 @@ async def test_slow_client_is_cut_while_a_fast_one_keeps_receiving(
     database_url: str, market: Market
 ) -> None:
     await market.stocks("AAPL")
-    api = ThreadedApi(database_url, send_buffer=16384, api_stream_queue_size=4).start()
+    api = ThreadedApi(database_url, send_buffer=16384, api_stream_queue_size=16).start()
     slow = slow_client(api.port)
     try:
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
