@@ -27,7 +27,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        role = settings.api_db_role or None
+        role = settings.api_db_role
         # min_size=0: the API starts (and says "not ready") while the database is down.
         app.state.pool = await create_pool(
             settings.database_url, role, min_size=0, max_size=settings.api_pool_size

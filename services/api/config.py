@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from services.common.config import CommonSettings
+from services.common.config import CommonSettings, DbRole
 
 
 class ApiSettings(CommonSettings):
@@ -16,8 +15,9 @@ class ApiSettings(CommonSettings):
 
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(8000, ge=0, le=65535, description="Port the API listens on (0: random).")
-    api_db_role: str = Field(
-        "stockstreamer_reader", description="Role the API switches to; empty to stay as is."
+    api_db_role: DbRole = Field(
+        "stockstreamer_reader",
+        description="Role the API switches to on connect; `none` keeps the login user.",
     )
     api_pool_size: int = Field(10, ge=1, le=100, description="Most pooled database connections.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -36,15 +36,6 @@ class ApiSettings(CommonSettings):
     api_shutdown_timeout: float = Field(
         5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_role_means_login_user(cls, data: Any) -> Any:
-        """STOCKSTREAMER_API_DB_ROLE set but empty keeps the login user."""
-        # Empty values are otherwise ignored (env_ignore_empty), which would restore the default.
-        if isinstance(data, dict) and os.environ.get("STOCKSTREAMER_API_DB_ROLE") == "":
-            data = {**data, "api_db_role": ""}
-        return data
 
     @field_validator("cors_origins", mode="before")
     @classmethod

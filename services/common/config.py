@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _no_role(value: object) -> object:
+    # `none` (or an explicit empty value) means "stay the login user"; empty env values are
+    # otherwise ignored, which would silently restore the default role.
+    if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return None
+    return value
+
+
+DbRole = Annotated[str | None, BeforeValidator(_no_role)]
+"""A database role a service switches to on connect; None (`none`) keeps the login user."""
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/stockstreamer?sslmode=disable"
 

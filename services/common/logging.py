@@ -9,7 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has; anything else passed through `extra=` is structured context.
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message`, a copy of the message with terminal colour codes.
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {
+    "message", "asctime", "taskName", "color_message",
+}  # fmt: skip
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:

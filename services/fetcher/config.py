@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from services.common.config import CommonSettings, read_secret
+from services.common.config import CommonSettings, DbRole, read_secret
 from services.common.symbols import parse_symbols
 
 DEFAULT_SYMBOLS = "GE,AMZN,NVDA,INTC,AAPL,NFLX"
@@ -53,8 +53,9 @@ class FetcherSettings(CommonSettings):
     fetcher_metrics_port: int = Field(
         9101, ge=0, le=65535, description="Port of /metrics (0: random)."
     )
-    fetcher_db_role: str = Field(
-        "stockstreamer_writer", description="Role the fetcher switches to; empty to stay as is."
+    fetcher_db_role: DbRole = Field(
+        "stockstreamer_writer",
+        description="Role the fetcher switches to on connect; `none` keeps the login user.",
     )
 
     backfill: timedelta = Field(

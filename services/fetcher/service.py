@@ -198,7 +198,7 @@ class Fetcher:
         week52 = [w for w in week52 if w.symbol in tracked and 0 < w.low <= w.high]
         if not profiles and not week52:
             return
-        conn = await connect(self.settings.database_url, self.settings.fetcher_db_role or None)
+        conn = await connect(self.settings.database_url, self.settings.fetcher_db_role)
         try:
             async with conn.transaction():
                 changed: set[str] = set()

@@ -20,11 +20,11 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STOCKSTREAMER_API_PORT", "8100")
     monkeypatch.setenv("STOCKSTREAMER_CORS_ORIGINS", "http://localhost:5006/, https://a.example")
     monkeypatch.setenv("STOCKSTREAMER_API_STREAM_QUEUE_SIZE", "8")
-    monkeypatch.setenv("STOCKSTREAMER_API_DB_ROLE", "")
+    monkeypatch.setenv("STOCKSTREAMER_API_DB_ROLE", "none")
     settings = ApiSettings()
     assert settings.api_port == 8100 and settings.api_stream_queue_size == 8
     assert settings.cors_origins == ["http://localhost:5006", "https://a.example"]
-    assert settings.api_db_role == ""  # set but empty: stay the login user
+    assert settings.api_db_role is None  # `none`: stay the login user
 
 
 @pytest.mark.parametrize(

@@ -59,3 +59,12 @@ def test_invalid_symbol_is_a_clear_startup_error() -> None:
     assert result.returncode == 2
     assert "invalid symbol 'no good'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("value", "role"), [("none", None), ("NONE", None), ("me", "me")])
+def test_db_role_none_keeps_the_login_user(
+    monkeypatch: pytest.MonkeyPatch, value: str, role: str | None
+) -> None:
+    monkeypatch.setenv("STOCKSTREAMER_FETCHER_DB_ROLE", value)
+    assert FetcherSettings().fetcher_db_role == role
+    assert FetcherSettings(fetcher_db_role="").fetcher_db_role is None
