@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -46,25 +45,3 @@ async def create_pool(
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0
     )
-
-
-async def wait_for_database(url: str, timeout: float | None = None, interval: float = 1.0) -> None:
-    """Block until the database accepts connections (or `timeout` seconds pass)."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    warned = False
-    while True:
-        try:
-            conn = await asyncpg.connect(url, timeout=interval * 2)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            if deadline is not None and loop.time() >= deadline:
-                raise
-            if not warned:
-                log.warning(
-                    "waiting for the database", extra={"url": redact_url(url), "error": str(exc)}
-                )
-                warned = True
-            await asyncio.sleep(interval)
-        else:
-            await conn.close()
-            return

@@ -1,12 +1,11 @@
-"""Database helpers: redacted URLs, role switching, waiting for a server."""
+"""Database helpers: redacted URLs and role switching."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from services.common.db import connect, create_pool, redact_url, wait_for_database
-from services.common.embedded_db import free_port
+from services.common.db import connect, create_pool, redact_url
 
 
 def test_redact_url_hides_only_the_password() -> None:
@@ -33,13 +32,3 @@ async def test_pool_connections_all_switch_role(database_url: str) -> None:
                 assert await conn.fetchval("SELECT current_user") == "stockstreamer_reader"
     finally:
         await pool.close()
-
-
-async def test_wait_for_database_gives_up_after_its_timeout() -> None:
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x?sslmode=disable"
-    with pytest.raises(OSError):
-        await wait_for_database(url, timeout=0.3, interval=0.1)
-
-
-async def test_wait_for_database_returns_when_reachable(database_url: str) -> None:
-    await wait_for_database(database_url, timeout=5)
