@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 
 from services.fetcher.providers.simulated import SimulatedProvider, logo_data_uri
 
@@ -58,3 +59,14 @@ async def test_profiles_have_names_and_svg_badges() -> None:
 def test_logo_shows_the_ticker() -> None:
     svg = base64.b64decode(logo_data_uri("NVDA").split(",", 1)[1]).decode()
     assert svg.startswith("<svg") and ">NVDA</text>" in svg
+
+
+async def test_a_month_of_history_stays_inside_the_52_week_band() -> None:
+    # NVDA starts at its simulated 52-week low, so an unbounded walk back would leave the band
+    provider = SimulatedProvider()
+    end = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
+    for symbol in SYMBOLS:
+        (w,) = await provider.week52([symbol])
+        history = await provider.history(symbol, end - timedelta(days=30), end)
+        prices = [t.price for t in history]
+        assert w.low <= min(prices) and max(prices) <= w.high, symbol

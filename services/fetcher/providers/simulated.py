@@ -150,7 +150,8 @@ class SimulatedProvider(Provider):
         # Points sit on whole minutes, so a second run produces the same (symbol, ts) keys.
         anchor = math.ceil(end.timestamp() / step) * step - step
         rng = random.Random(f"{self.seed}:{symbol}:history")  # noqa: S311 - a simulation
-        price = self._new_path(symbol).price  # where the live path starts
+        origin = self._new_path(symbol)  # where the live path starts, and its 52-week range
+        price, low, high = origin.price, origin.low, origin.high
         dt = step / TRADING_SECONDS_PER_YEAR
         sigma = self.volatility
         ticks = []
@@ -167,6 +168,11 @@ class SimulatedProvider(Provider):
             # Undo one GBM step: the same law as live ticks, run backwards in time.
             growth = (self.drift - 0.5 * sigma**2) * dt + sigma * math.sqrt(dt) * rng.gauss(0, 1)
             price /= math.exp(growth)
+            # Reflect off the 52-week range (in log space), so history never leaves its band.
+            if price < low:
+                price = low * low / price
+            elif price > high:
+                price = high * high / price
             ts -= step
         ticks.reverse()
         return ticks
