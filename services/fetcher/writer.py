@@ -101,7 +101,8 @@ class BatchWriter:
             conn = await self._connection()
             await self._write(conn, batch)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the batch must not be lost
-            if not isinstance(exc, OUTAGE_ERRORS):
+            if not isinstance(exc, OUTAGE_ERRORS) and self._outage_since is None:
+                # once per streak: a schema mismatch would otherwise log a traceback per retry
                 log.exception("unexpected error writing a batch; it will be retried")
             evicted = self.buffer.requeue(batch)
             self._on_outage(exc, evicted)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from pydantic import Field
@@ -53,6 +54,39 @@ def banner(settings: RunnerSettings, url: str) -> str:
     return "\n".join(lines)
 
 
+def exec_procfile(directory: Path) -> Path:
+    """The Procfile with `exec` before each command, so SIGTERM reaches the service, not a shell."""
+    lines = []
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep:
+            lines.append(f"{name}: exec {command.strip()}")
+    path = directory / "Procfile"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_services(settings: RunnerSettings, url: str) -> int:
+    """Every Procfile service under honcho until Ctrl-C or SIGTERM."""
+    # Procfile commands say `python`: make it this interpreter, wherever make was run from.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "DATABASE_URL": url, "PATH": path}
+    # The dashboard follows the API wherever STOCKSTREAMER_API_PORT moved it.
+    env.setdefault("STOCKSTREAMER_API_URL", f"http://127.0.0.1:{settings.api_port}")
+    with tempfile.TemporaryDirectory(prefix="stockstreamer-") as tmp:
+        procfile = exec_procfile(Path(tmp))
+        honcho = [sys.executable, "-m", "honcho", "start", "-f", str(procfile), "-d", str(ROOT)]
+        proc = subprocess.Popen(honcho, cwd=ROOT, env=env)  # noqa: S603
+        signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # A terminal sends SIGINT to honcho too; from elsewhere it may not have had it.
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m services.runner", description=__doc__)
     parser.add_argument(
@@ -72,21 +106,7 @@ def main() -> int:
         if args.command == "migrate":
             return 0
         print(banner(settings, url), flush=True)
-        # Procfile commands say `python`: make it this interpreter, wherever make was run from.
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        env = {**os.environ, "DATABASE_URL": url, "PATH": path}
-        # The dashboard follows the API wherever STOCKSTREAMER_API_PORT moved it.
-        env.setdefault("STOCKSTREAMER_API_URL", f"http://127.0.0.1:{settings.api_port}")
-        honcho = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile")]
-        proc = subprocess.Popen(honcho, cwd=ROOT, env=env)  # noqa: S603
-        signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            # A terminal sends SIGINT to honcho too; from elsewhere it may not have had it.
-            proc.send_signal(signal.SIGINT)
-            proc.wait()
-            return 0
+        return run_services(settings, url)
     finally:
         if pg is not None and args.command not in ("url", "psql"):
             print("stopping embedded PostgreSQL", flush=True)
