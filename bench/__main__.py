@@ -20,8 +20,6 @@ def main() -> int:
     )
     server.start()
     try:
-        asyncio.run(server.create_database())
-        migrate(server.url)
         print("| benchmark | baseline | stockstreamer | ratio |")
         print("|---|---|---|---|")
         package = Path(__file__).parent
@@ -29,7 +27,10 @@ def main() -> int:
             if not info.name.startswith("bench_") or (only and info.name not in only):
                 continue
             module = importlib.import_module(f"bench.{info.name}")
-            for row in module.run(server.url):
+            # each benchmark gets a fresh database, so none sees another's rows
+            url = asyncio.run(server.create_database(info.name))
+            migrate(url)
+            for row in module.run(url):
                 print(row, flush=True)
     finally:
         server.destroy()

@@ -40,8 +40,12 @@ class CommonSettings(BaseSettings):
         repr=False,  # may carry a password
         description="PostgreSQL URL; DATABASE_URL_FILE names a file holding it instead.",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Least severe log level written."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` for people, `json` for one JSON object per line."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,55 @@
+"""The README stays true: its settings table, its links, and no paths of a developer machine."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from services.runner import settings_doc
+from tests.utils.processes import ROOT
+
+README = ROOT / "README.md"
+
+
+def test_settings_table_is_current() -> None:
+    text = README.read_text()
+    table = text[text.index(settings_doc.BEGIN) + len(settings_doc.BEGIN) : text.index(
+        settings_doc.END)].strip()  # fmt: skip
+    assert table == settings_doc.markdown(), (
+        "README settings table is stale: run `python -m services.runner.settings_doc --update`"
+    )
+
+
+def test_every_setting_has_a_meaning() -> None:
+    assert all(meaning for *_, meaning in settings_doc.rows())
+
+
+def test_local_links_resolve() -> None:
+    for doc in [README, *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#]+)\)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_readme_shows_the_two_commands() -> None:
+    text = README.read_text()
+    assert "make run" in text and "make test" in text
+
+
+def test_no_paths_of_a_developer_machine_are_committed() -> None:
+    files = subprocess.run(  # noqa: S603
+        ["git", "ls-files"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,  # noqa: S607
+    ).stdout.split()
+    pattern = re.compile(r"/work/|/farm/|/tmp/bash_jobs|/root/\.pyenv")
+    offenders = [
+        name for name in files
+        if not name.endswith((".png", ".lock"))
+        and pattern.search((ROOT / name).read_text(errors="ignore"))
+        and name != "tests/test_docs.py"
+    ]  # fmt: skip
+    assert not offenders
