@@ -6,19 +6,15 @@ import signal
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.common.config import load_settings
 from services.common.logging import setup_logging
 
 
 def main() -> int:
-    try:
-        settings = ApiSettings()
-    except ValidationError as exc:
-        print(f"stockstreamer api: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+    settings = load_settings(ApiSettings, "api")
     setup_logging(settings.log_level, settings.log_format)
     config = uvicorn.Config(
         create_app(settings),

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import Field, field_validator
-from pydantic_settings import NoDecode
 
-from services.common.config import CommonSettings, DbRole
+from services.common.config import CommaList, CommonSettings, DbRole
 
 
 class ApiSettings(CommonSettings):
@@ -20,7 +17,7 @@ class ApiSettings(CommonSettings):
         description="Role the API switches to on connect; `none` keeps the login user.",
     )
     api_pool_size: int = Field(10, ge=1, le=100, description="Most pooled database connections.")
-    cors_origins: Annotated[list[str], NoDecode] = Field(
+    cors_origins: CommaList = Field(
         default_factory=list,
         description="Comma-separated origins allowed by CORS (e.g. http://localhost:5006).",
     )
@@ -37,11 +34,8 @@ class ApiSettings(CommonSettings):
         5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
     )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins")
     @classmethod
-    def _split_origins(cls, value: object) -> list[str]:
-        if isinstance(value, str):
-            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
-        if isinstance(value, list | tuple):
-            return [str(o).strip().rstrip("/") for o in value if str(o).strip()]
-        raise ValueError("expected a comma-separated list of origins")
+    def _without_trailing_slash(cls, value: list[str]) -> list[str]:
+        # browsers send Origin without a path; "https://a.example/" would never match
+        return [origin.rstrip("/") for origin in value]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, BeforeValidator, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _no_role(value: object) -> object:
@@ -20,6 +21,29 @@ def _no_role(value: object) -> object:
 
 DbRole = Annotated[str | None, BeforeValidator(_no_role)]
 """A database role a service switches to on connect; None (`none`) keeps the login user."""
+
+
+def _split_commas(value: object) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a comma-separated list")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+"""A list setting written as `a,b,c` in the environment (not as JSON)."""
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_cls: type[S], service: str) -> S:
+    """A service's settings, or exit 2 with a message naming each bad setting (no traceback)."""
+    try:
+        return settings_cls()
+    except ValidationError as exc:
+        print(f"stockstreamer {service}: invalid settings:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/stockstreamer?sslmode=disable"
 

@@ -13,9 +13,9 @@ from bokeh.application.handlers.directory import DirectoryHandler
 from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import MISSING_RENDERERS
 from bokeh.server.server import Server
-from pydantic import ValidationError
 from tornado.ioloop import IOLoop
 
+from services.common.config import load_settings
 from services.common.logging import setup_logging
 from services.dashboard.config import DashboardSettings
 from services.dashboard.metrics import DashboardMetrics, HealthHandler, MetricsHandler, ReadyHandler
@@ -66,11 +66,7 @@ async def serve(settings: DashboardSettings) -> None:
 
 
 def main() -> int:
-    try:
-        settings = DashboardSettings()
-    except ValidationError as exc:
-        print(f"stockstreamer dashboard: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+    settings = load_settings(DashboardSettings, "dashboard")
     setup_logging(settings.log_level, settings.log_format)
     # Bokeh installs its own handler; route its records through ours, in our format.
     bokeh_log = logging.getLogger("bokeh")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode
 
-from services.common.config import CommonSettings
+from services.common.config import CommaList, CommonSettings
 
 WindowName = Literal["1h", "1d", "1w", "1m"]
 
@@ -17,7 +16,7 @@ class DashboardSettings(CommonSettings):
 
     dashboard_host: str = Field("127.0.0.1", description="Address the Bokeh server listens on.")
     dashboard_port: int = Field(5006, ge=0, le=65535, description="Port of the Bokeh server.")
-    allowed_origins: Annotated[list[str], NoDecode] = Field(
+    allowed_origins: CommaList = Field(
         default_factory=list,
         description="Comma-separated host[:port] allowed to open the websocket "
         "(default: localhost and 127.0.0.1 on the dashboard port).",
@@ -33,15 +32,6 @@ class DashboardSettings(CommonSettings):
     dashboard_api_timeout: float = Field(
         5.0, gt=0, le=120, description="Seconds before a REST call to the API gives up."
     )
-
-    @field_validator("allowed_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> list[str]:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        if isinstance(value, list | tuple):
-            return [str(item) for item in value]
-        raise ValueError("expected a comma-separated list of host[:port]")
 
     @field_validator("api_url")
     @classmethod

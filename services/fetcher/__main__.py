@@ -7,8 +7,7 @@ import logging
 import signal
 import sys
 
-from pydantic import ValidationError
-
+from services.common.config import load_settings
 from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
 from services.fetcher.config import FetcherSettings
@@ -41,11 +40,7 @@ async def serve(settings: FetcherSettings) -> None:
 
 
 def main() -> int:
-    try:
-        settings = FetcherSettings()
-    except ValidationError as exc:
-        print(f"stockstreamer fetcher: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+    settings = load_settings(FetcherSettings, "fetcher")
     setup_logging(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
