@@ -20,7 +20,7 @@ $(BIN)/python:
 # Installs from the pinned lock file; re-runs when the pins or the project metadata change.
 $(STAMP): $(BIN)/python requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[local,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
