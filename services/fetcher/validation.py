@@ -13,6 +13,7 @@ from services.common.models import Tick
 log = logging.getLogger(__name__)
 
 MAX_CLOCK_SKEW = timedelta(minutes=1)
+MAX_VOLUME = 2**63 - 1  # the `volume bigint` column: more would fail the whole batch's insert
 
 
 class DropReason(StrEnum):
@@ -37,6 +38,8 @@ def check_tick(tick: Tick, tracked: Collection[str], now: datetime) -> DropReaso
         return DropReason.NON_POSITIVE
     if tick.ts.tzinfo is None or tick.ts - now > MAX_CLOCK_SKEW:
         return DropReason.FUTURE if tick.ts.tzinfo is not None else DropReason.MALFORMED
+    if tick.volume is not None and not 0 <= tick.volume <= MAX_VOLUME:
+        return DropReason.MALFORMED
     return None
 
 

@@ -30,6 +30,8 @@ def tick(price: str = "100", symbol: str = "AAPL", ts: datetime = NOW) -> Tick:
         (tick(ts=NOW + timedelta(minutes=2)), DropReason.FUTURE),
         (tick(symbol="MSFT"), DropReason.UNTRACKED),
         (tick(ts=NOW.replace(tzinfo=None)), DropReason.MALFORMED),
+        (Tick("AAPL", NOW, Decimal(1), volume=-1), DropReason.MALFORMED),
+        (Tick("AAPL", NOW, Decimal(1), volume=2**63), DropReason.MALFORMED),
     ],
 )
 def test_each_kind_of_bad_tick_is_dropped(bad: Tick, reason: DropReason) -> None:

@@ -6,7 +6,9 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Annotated, Protocol
+
+from pydantic import Field
 
 from services.common.models import Profile, Tick, Week52
 
@@ -15,6 +17,12 @@ log = logging.getLogger(__name__)
 # Receives (kind, detail) for every response or item a provider had to throw away.
 DropSink = Callable[[str, str], None]
 TickSink = Callable[[list[Tick]], None]
+
+# The last second `datetime` can hold (9999-12-31): a vendor time beyond it is malformed data,
+# refused by validation, rather than an OverflowError that would end a round or the stream.
+MAX_EPOCH_SECONDS = 253_402_300_799
+EpochSeconds = Annotated[int, Field(ge=0, le=MAX_EPOCH_SECONDS)]
+EpochMillis = Annotated[int, Field(ge=0, le=MAX_EPOCH_SECONDS * 1000)]
 
 
 class ProviderError(Exception):

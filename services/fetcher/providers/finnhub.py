@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.models import Profile, Tick, Week52
 from services.fetcher.providers.base import (
+    EpochSeconds,
     HistoryUnavailable,
     Provider,
     ProviderError,
@@ -41,7 +42,7 @@ class Quote(BaseModel):
     l: float  # noqa: E741 - Finnhub's field name
     o: float
     pc: float
-    t: int
+    t: EpochSeconds
 
 
 class CompanyProfile(BaseModel):

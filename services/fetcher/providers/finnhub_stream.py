@@ -12,11 +12,11 @@ from decimal import Decimal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from websockets.asyncio.client import connect
 
 from services.common.models import Tick
-from services.fetcher.providers.base import TickSink
+from services.fetcher.providers.base import EpochMillis, TickSink
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ class Trade(BaseModel):
     model_config = ConfigDict(strict=True)
     s: str
     p: float
-    t: int  # epoch milliseconds
-    v: float | None = None
+    t: EpochMillis
+    v: float | None = Field(None, ge=0, allow_inf_nan=False)
     c: list[str] | None = None
 
 
@@ -102,6 +102,9 @@ class FinnhubStream:
                 await self._session(sink)
                 reason = "closed by the server"
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                reason = type(exc).__name__
+            except Exception as exc:  # a bug or an unforeseen message must not end the stream
+                log.exception("trade stream failed")
                 reason = type(exc).__name__
             if self._was_healthy:
                 delay = self._initial

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from services.common.models import Profile, Tick, Week52
-from services.fetcher.providers.base import Provider, ProviderError
+from services.fetcher.providers.base import EpochSeconds, Provider, ProviderError
 from services.fetcher.providers.http import BadPayload, VendorClient, gather_per_symbol, validate
 from services.fetcher.providers.simulated import logo_data_uri
 
@@ -36,7 +36,7 @@ class Quote(BaseModel):
 
     symbol: str
     name: str | None = None
-    timestamp: int
+    timestamp: EpochSeconds
     close: Decimal
     previous_close: Decimal | None = None
     fifty_two_week: FiftyTwoWeek | None = None

@@ -150,6 +150,7 @@ QUOTE = fixture("finnhub/quote.json")
         (Fault.json({"c": 261.74}), "invalid_fields"),  # fields missing
         (Fault.json([QUOTE]), "invalid_fields"),  # wrong shape
         (Fault.json({**QUOTE, "t": "yesterday"}), "invalid_fields"),
+        (Fault.json({**QUOTE, "t": 10**15}), "invalid_fields"),  # past what a datetime holds
     ],
 )
 async def test_malformed_responses_are_dropped_counted_never_written(

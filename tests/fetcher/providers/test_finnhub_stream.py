@@ -100,7 +100,11 @@ def test_messages_become_ticks_pings_are_ignored_junk_is_counted() -> None:
     assert stream.parse('{"type": "trade", "data": [{"s": "AAPL", "p": "1.5", "t": 1}]}') == []
     assert stream.parse('{"type": "error", "msg": "Subscribing to too many symbols"}') == []
     assert stream.parse('{"type": "news"}') == []
-    assert drops == {"malformed_json": 1, "invalid_fields": 2, "vendor_error": 1}
+    # a time past what a datetime holds, or an infinite volume: dropped, never a crash
+    trade = '{"type": "trade", "data": [{"s": "AAPL", "p": 1.5, %s}]}'
+    assert stream.parse(trade % '"t": 100000000000000000000') == []
+    assert stream.parse(trade % '"t": 1, "v": Infinity') == []
+    assert drops == {"malformed_json": 1, "invalid_fields": 4, "vendor_error": 1}
 
 
 def test_trades_in_the_same_millisecond_become_one_tick() -> None:
