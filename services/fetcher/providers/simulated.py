@@ -106,7 +106,8 @@ class SimulatedProvider(Provider):
         return path.price
 
     async def quotes(self, symbols: Sequence[str]) -> list[Tick]:
-        now = datetime.now(UTC).replace(microsecond=datetime.now(UTC).microsecond // 1000 * 1000)
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # whole ms, as clients see it
         ticks = []
         for symbol in symbols:
             path = self._path(symbol)
