@@ -7,7 +7,9 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 
@@ -37,6 +39,8 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
 )
+
+WriteFn = Callable[[asyncpg.Connection, list[Tick]], Awaitable[int]]
 
 
 class BatchWriter:
@@ -100,6 +104,9 @@ class BatchWriter:
         try:
             conn = await self._connection()
             await self._write(conn, batch)
+        except asyncio.CancelledError:
+            self.buffer.requeue(batch)  # shutdown ran out of time: reported as unflushed, not lost
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the batch must not be lost
             if not isinstance(exc, OUTAGE_ERRORS) and self._outage_since is None:
                 # once per streak: a schema mismatch would otherwise log a traceback per retry
@@ -155,53 +162,45 @@ class BatchWriter:
             self._recovered()
 
     async def _write_history(self, conn: asyncpg.Connection, ticks: list[Tick]) -> int:
-        started = time.perf_counter()
-        async with conn.transaction():
-            row = await conn.fetchrow(
-                queries.INSERT_HISTORY,
-                [t.symbol for t in ticks],
-                [t.ts for t in ticks],
-                [t.price for t in ticks],
-                [t.volume for t in ticks],
-            )
-            assert row is not None  # noqa: S101 - an aggregate always returns a row
-            inserted = int(row["inserted"])
-            if inserted:
-                # History is announced as a window to reload, never as live `prices`.
-                payload = {"symbols": list(row["symbols"]), "start": _ms(row["first_ts"]),
-                           "end": _ms(row["last_ts"])}  # fmt: skip
-                await conn.execute(queries.NOTIFY, "history", json.dumps(payload))
-        self.metrics.batch_write_seconds.observe(time.perf_counter() - started)
-        self.metrics.ticks_written.inc(inserted)
-        self.metrics.ticks_backfilled.inc(inserted)
-        self.metrics.last_write.set(time.time())
-        return inserted
-
-    async def _write(self, conn: asyncpg.Connection, batch: list[Tick]) -> None:
+        """Insert past ticks in one transaction; count the new ones."""
         started = time.perf_counter()
         try:
             async with conn.transaction():
-                row = await conn.fetchrow(
-                    queries.INSERT_TICKS,
-                    [t.symbol for t in batch],
-                    [t.ts for t in batch],
-                    [t.price for t in batch],
-                    [t.volume for t in batch],
-                )
+                row = await conn.fetchrow(queries.INSERT_HISTORY, *_columns(ticks))
+                assert row is not None  # noqa: S101 - an aggregate always returns a row
+                if row["inserted"]:
+                    # History is announced as a window to reload, never as live `prices`.
+                    payload = {"symbols": list(row["symbols"]), "start": _ms(row["first_ts"]),
+                               "end": _ms(row["last_ts"])}  # fmt: skip
+                    await conn.execute(queries.NOTIFY, "history", json.dumps(payload))
+        except DATA_ERRORS as exc:
+            return await self._isolate(conn, ticks, exc, self._write_history)
+        self.metrics.ticks_backfilled.inc(row["inserted"])
+        return self._written(started, row["inserted"])
+
+    async def _write(self, conn: asyncpg.Connection, batch: list[Tick]) -> int:
+        """Insert live ticks in one transaction and announce them; count the new ones."""
+        started = time.perf_counter()
+        try:
+            async with conn.transaction():
+                row = await conn.fetchrow(queries.INSERT_TICKS, *_columns(batch))
                 assert row is not None  # noqa: S101 - an aggregate always returns a row
                 if row["inserted"]:
                     # Delivered on commit, with the highest id the readers may now fetch up to.
                     await conn.execute(queries.NOTIFY, "prices", str(row["max_event_id"]))
         except DATA_ERRORS as exc:
-            await self._write_isolating(conn, batch, exc)
-            return
-        self.metrics.batch_write_seconds.observe(time.perf_counter() - started)
-        self.metrics.ticks_written.inc(row["inserted"])
-        self.metrics.last_write.set(time.time())
+            return await self._isolate(conn, batch, exc, self._write)
+        return self._written(started, row["inserted"])
 
-    async def _write_isolating(
-        self, conn: asyncpg.Connection, batch: list[Tick], exc: BaseException
-    ) -> None:
+    def _written(self, started: float, inserted: int) -> int:
+        self.metrics.batch_write_seconds.observe(time.perf_counter() - started)
+        self.metrics.ticks_written.inc(inserted)
+        self.metrics.last_write.set(time.time())
+        return inserted
+
+    async def _isolate(
+        self, conn: asyncpg.Connection, batch: list[Tick], exc: BaseException, write: WriteFn
+    ) -> int:
         """Split a batch the database refused until only the bad ticks are left, and drop those."""
         if len(batch) == 1:
             self.metrics.ticks_dropped.labels(DropReason.REJECTED).inc()
@@ -209,10 +208,9 @@ class BatchWriter:
                 "database refused a tick; dropped",
                 extra={"symbol": batch[0].symbol, "ts": batch[0].ts.isoformat(), "error": str(exc)},
             )
-            return
+            return 0
         mid = len(batch) // 2
-        for half in (batch[:mid], batch[mid:]):
-            await self._write(conn, half)
+        return await write(conn, batch[:mid]) + await write(conn, batch[mid:])
 
     def _on_outage(self, exc: BaseException, evicted: int) -> None:
         self.metrics.database_up.set(0)
@@ -237,6 +235,16 @@ class BatchWriter:
                 await asyncio.wait_for(conn.close(), 1.0)
             except Exception:  # noqa: BLE001 - the connection is already broken
                 conn.terminate()
+
+
+def _columns(
+    ticks: list[Tick],
+) -> tuple[list[str], list[datetime], list[Decimal], list[int | None]]:
+    """The ticks as the column arrays the insert statements unnest."""
+    return (
+        [t.symbol for t in ticks], [t.ts for t in ticks],
+        [t.price for t in ticks], [t.volume for t in ticks],
+    )  # fmt: skip
 
 
 def _ms(ts: datetime) -> int:
