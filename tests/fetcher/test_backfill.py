@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -20,10 +19,9 @@ from services.fetcher.service import Fetcher
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.server import Fault
 from tests.fakes.twelvedata import FakeTwelveData
+from tests.fetcher.notifications import Notifications
 from tests.utils.vendors import finnhub_settings, make_fetcher, sample, twelvedata_settings
 from tests.utils.waiting import eventually
-
-Notes = asyncio.Queue[tuple[str, str]]
 
 
 def sim_fetcher(url: str, **overrides: object) -> Fetcher:
@@ -31,26 +29,6 @@ def sim_fetcher(url: str, **overrides: object) -> Fetcher:
                                  "price_interval": 0.05, **overrides}  # fmt: skip
     settings = FetcherSettings(**values)  # type: ignore[arg-type]
     return Fetcher(settings, SimulatedProvider(seed=5), FetcherMetrics(CollectorRegistry()))
-
-
-@pytest.fixture
-async def notes(database_url: str) -> AsyncIterator[Notes]:
-    conn = await asyncpg.connect(database_url)
-    queue: Notes = asyncio.Queue()
-    for channel in ("prices", "history"):
-        await conn.add_listener(
-            channel, lambda _c, _p, ch, payload: queue.put_nowait((ch, payload))
-        )
-    yield queue
-    await conn.close()
-
-
-async def drain(queue: Notes) -> list[tuple[str, str]]:
-    await asyncio.sleep(0.1)  # notifications arrive just after the commit
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
 
 
 async def backfill_once(fetcher: Fetcher, until: datetime) -> int:
@@ -81,7 +59,7 @@ async def test_simulated_history_is_reproducible_and_ends_at_the_start_price() -
 
 
 async def test_backfill_is_stored_as_history_and_announced_once(
-    database_url: str, db: asyncpg.Connection, notes: Notes
+    database_url: str, db: asyncpg.Connection, notes: Notifications
 ) -> None:
     fetcher = sim_fetcher(database_url)
     until = datetime.now(UTC)
@@ -89,7 +67,7 @@ async def test_backfill_is_stored_as_history_and_announced_once(
     rows = await db.fetch("SELECT symbol, ts, backfilled FROM ticks ORDER BY ts")
     assert len(rows) == 240 and all(r["backfilled"] for r in rows)
     assert sample(fetcher, "ticks_backfilled_total") == 240
-    received = await drain(notes)
+    received = await notes.drain()
     assert {channel for channel, _ in received} == {"history"}  # never as live prices
     windows = [json.loads(payload) for _, payload in received]
     assert {s for w in windows for s in w["symbols"]} == {"AAPL", "NVDA"}
@@ -106,7 +84,7 @@ async def test_backfill_is_stored_as_history_and_announced_once(
     await writer
     await again.writer.close()
     assert await db.fetchval("SELECT count(*) FROM ticks") == 240
-    assert await drain(notes) == []
+    assert await notes.drain() == []
 
 
 async def test_after_downtime_only_the_gap_is_filled(
@@ -123,7 +101,7 @@ async def test_after_downtime_only_the_gap_is_filled(
 
 
 async def test_live_ticks_are_not_held_up_by_a_week_of_history(
-    database_url: str, db: asyncpg.Connection, notes: Notes
+    database_url: str, db: asyncpg.Connection, notes: Notifications
 ) -> None:
     fetcher = sim_fetcher(database_url, backfill="7d", batch_size=2000)
     task = asyncio.create_task(fetcher.run())
@@ -138,19 +116,12 @@ async def test_live_ticks_are_not_held_up_by_a_week_of_history(
     newest_history = await db.fetchval("SELECT max(ts) FROM ticks WHERE backfilled")
     oldest_live = await db.fetchval("SELECT min(ts) FROM ticks WHERE NOT backfilled")
     assert newest_history < oldest_live  # history ends where the live ticks begin
-    for channel, payload in await drain(notes):
+    for channel, payload in await notes.drain():
         if channel == "prices":  # every announced id belongs to a live tick
             row = await db.fetchval(
                 "SELECT backfilled FROM ticks WHERE event_id = $1", int(payload)
             )
             assert row is False
-
-
-@pytest.fixture
-async def twelvedata() -> AsyncIterator[FakeTwelveData]:
-    fake = await FakeTwelveData().start()
-    yield fake
-    await fake.stop()
 
 
 async def test_twelve_data_history_comes_from_time_series(
@@ -179,15 +150,14 @@ async def test_a_failing_history_call_skips_that_symbol_only(
 
 
 async def test_finnhub_says_its_free_tier_has_no_history(
-    database_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+    database_url: str,
+    db: asyncpg.Connection,
+    finnhub: FakeFinnhub,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fake = await FakeFinnhub().start()
-    try:
-        fetcher = make_fetcher(finnhub_settings(database_url, fake, backfill="7d"))
-        with caplog.at_level(logging.INFO):
-            assert await backfill_once(fetcher, datetime.now(UTC)) == 0
-    finally:
-        await fake.stop()
+    fetcher = make_fetcher(finnhub_settings(database_url, finnhub, backfill="7d"))
+    with caplog.at_level(logging.INFO):
+        assert await backfill_once(fetcher, datetime.now(UTC)) == 0
     assert "no candles" in caplog.text
     assert await db.fetchval("SELECT count(*) FROM ticks") == 0
 

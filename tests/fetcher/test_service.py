@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
-import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.embedded_db import free_port
@@ -17,6 +15,7 @@ from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError
 from services.fetcher.service import Fetcher
+from tests.fetcher.notifications import Notifications
 from tests.fetcher.scripted import ScriptedProvider
 from tests.utils.waiting import eventually
 
@@ -40,22 +39,8 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-@pytest.fixture
-async def listener(database_url: str) -> AsyncIterator[asyncio.Queue[tuple[str, str]]]:
-    conn = await asyncpg.connect(database_url)
-    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-
-    def on_notify(_c: object, _pid: int, channel: str, payload: str) -> None:
-        queue.put_nowait((channel, payload))
-
-    for channel in ("prices", "stocks"):
-        await conn.add_listener(channel, on_notify)
-    yield queue
-    await conn.close()
-
-
 async def test_a_round_is_written_in_one_batch_and_notified(
-    database_url: str, db: asyncpg.Connection, listener: asyncio.Queue[tuple[str, str]]
+    database_url: str, db: asyncpg.Connection, notes: Notifications
 ) -> None:
     t = now()
     ticks = [Tick("AAPL", t, Decimal("270.5"), 10), Tick("NVDA", t, Decimal("185.25"))]
@@ -69,7 +54,7 @@ async def test_a_round_is_written_in_one_batch_and_notified(
         ("AAPL", t, Decimal("270.5"), 10),
         ("NVDA", t, Decimal("185.25"), None),
     ]
-    channel, payload = await asyncio.wait_for(listener.get(), 5)
+    channel, payload = await notes.next()
     assert channel == "prices"
     assert int(payload) == max(r["event_id"] for r in rows)
     assert sample(fetcher, "ticks_written_total") == 2
@@ -77,7 +62,7 @@ async def test_a_round_is_written_in_one_batch_and_notified(
 
 
 async def test_a_tick_delivered_twice_is_stored_once(
-    database_url: str, db: asyncpg.Connection, listener: asyncio.Queue[tuple[str, str]]
+    database_url: str, db: asyncpg.Connection, notes: Notifications
 ) -> None:
     tick = Tick("AAPL", now(), Decimal("1.5"))
     fetcher = make_fetcher(database_url, ScriptedProvider([[tick], [tick]]))
@@ -88,7 +73,7 @@ async def test_a_tick_delivered_twice_is_stored_once(
     assert await db.fetchval("SELECT count(*) FROM ticks") == 1
     assert sample(fetcher, "ticks_written_total") == 1
     # a batch that stored nothing new announces nothing
-    assert listener.qsize() == 1
+    assert [channel for channel, _ in await notes.drain()] == ["prices"]
 
 
 async def test_bad_data_is_dropped_counted_and_never_written(
@@ -162,7 +147,7 @@ async def test_an_unexpected_provider_bug_does_not_stop_the_loop(database_url: s
 
 
 async def test_metadata_is_upserted_and_changes_are_notified(
-    database_url: str, db: asyncpg.Connection, listener: asyncio.Queue[tuple[str, str]]
+    database_url: str, db: asyncpg.Connection, notes: Notifications
 ) -> None:
     provider = ScriptedProvider()
     provider.profile_list = [Profile("AAPL", "Apple Inc.", "https://logo/aapl.svg")]
@@ -175,18 +160,17 @@ async def test_metadata_is_upserted_and_changes_are_notified(
     assert row is not None
     assert (row["name"], row["logo_url"]) == ("Apple Inc.", "https://logo/aapl.svg")
     assert (row["week52_high"], row["week52_low"], row["previous_close"]) == (300, 150, 270)
-    assert await asyncio.wait_for(listener.get(), 5) == ("stocks", "AAPL")
+    assert await notes.next() == ("stocks", "AAPL")
 
     # the same values again: refreshed time, but no change to announce
     first_update = row["metadata_updated_at"]
     assert await fetcher.refresh_metadata_once()
     assert await db.fetchval("SELECT metadata_updated_at FROM stocks") > first_update
-    await asyncio.sleep(0.2)
-    assert listener.empty()
+    assert await notes.drain() == []
 
     provider.week52_list = [Week52("AAPL", Decimal("310"), Decimal("150"))]
     assert await fetcher.refresh_metadata_once()
-    assert await asyncio.wait_for(listener.get(), 5) == ("stocks", "AAPL")
+    assert await notes.next() == ("stocks", "AAPL")
     # a missing previous close does not erase the known one
     assert await db.fetchval("SELECT previous_close FROM stocks") == 270
 

@@ -1,4 +1,4 @@
-"""Fake vendors on loopback ports, and fetchers pointed at them."""
+"""Fixtures of the fetcher's tests: fake vendors on loopback ports, and a listening connection."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.twelvedata import FakeTwelveData
+from tests.fetcher.notifications import Notifications
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +35,13 @@ async def twelvedata() -> AsyncIterator[FakeTwelveData]:
         yield fake
     finally:
         await fake.stop()
+
+
+@pytest.fixture
+async def notes(database_url: str) -> AsyncIterator[Notifications]:
+    """NOTIFY prices/stocks/history as received by another connection."""
+    listening = await Notifications.listen(database_url)
+    try:
+        yield listening
+    finally:
+        await listening.close()
