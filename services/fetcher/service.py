@@ -18,7 +18,7 @@ from services.fetcher.buffer import TickBuffer
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError, TradeStream
-from services.fetcher.validation import DropLog, DropReason, split_valid
+from services.fetcher.validation import DropLog, DropReason, split_valid, usable_week52
 from services.fetcher.writer import OUTAGE_ERRORS, BatchWriter
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,11 @@ class Fetcher:
     async def _store_metadata(self, profiles: Sequence[Profile], week52: Sequence[Week52]) -> None:
         tracked = set(self.symbols)
         profiles = [p for p in profiles if p.symbol in tracked]
-        week52 = [w for w in week52 if w.symbol in tracked and 0 < w.low <= w.high]
+        usable = [(w, usable_week52(w)) for w in week52 if w.symbol in tracked]
+        for given, kept in usable:
+            if kept is not given:  # left out, or kept without its previous close
+                self._provider_dropped("invalid_fields", f"52-week range {given}")
+        week52 = [kept for _, kept in usable if kept is not None]
         if not profiles and not week52:
             return
         conn = await connect(self.settings.database_url, self.settings.fetcher_db_role)

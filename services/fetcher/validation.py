@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Collection, Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
-from services.common.models import Tick
+from services.common.models import Tick, Week52
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +74,16 @@ def split_valid(
             dropped[reason] += 1
             drops.record(reason, f"{tick.symbol} {tick.price} at {tick.ts.isoformat()}")
     return good, dropped
+
+
+def _positive(value: Decimal) -> bool:
+    return value.is_finite() and value > 0
+
+
+def usable_week52(week52: Week52) -> Week52 | None:
+    """The range as the table's checks accept it (an unusable previous close left out), or None."""
+    if not (_positive(week52.low) and _positive(week52.high) and week52.low <= week52.high):
+        return None
+    if week52.previous_close is not None and not _positive(week52.previous_close):
+        return replace(week52, previous_close=None)
+    return week52

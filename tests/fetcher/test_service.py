@@ -223,3 +223,24 @@ async def test_a_full_buffer_drops_the_oldest_and_counts_them() -> None:
     await fetcher.fetch_prices_once()
     assert len(fetcher.buffer) == 5
     assert sample(fetcher, "ticks_dropped_total", reason="buffer_full") == 3
+
+
+async def test_an_impossible_52_week_range_is_dropped_and_counted(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    provider = ScriptedProvider()
+    provider.profile_list = [Profile("AAPL", "Apple", None), Profile("NVDA", "NVIDIA", None)]
+    provider.week52_list = [
+        Week52("AAPL", Decimal("300"), Decimal("150"), Decimal("0")),  # the close is unusable
+        Week52("NVDA", Decimal("100"), Decimal("200")),  # low above high
+    ]
+    fetcher = make_fetcher(database_url, provider)
+    assert await fetcher.refresh_metadata_once()  # the rest is stored, not retried forever
+    rows = await db.fetch(
+        "SELECT symbol, name, week52_high, previous_close FROM stocks ORDER BY symbol"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("AAPL", "Apple", 300, None),
+        ("NVDA", "NVIDIA", None, None),
+    ]
+    assert sample(fetcher, "provider_dropped_total", kind="invalid_fields") == 2
