@@ -104,7 +104,12 @@ class FetcherSettings(CommonSettings):
             return data
         for field, file_var in _KEY_FILES.items():
             direct = data.get(field) or data.get(field.upper())
-            secret = read_secret(direct, os.environ.get(file_var)) if not direct else None
+            try:
+                secret = read_secret(direct, os.environ.get(file_var)) if not direct else None
+            except OSError as exc:  # a clear settings error, not a traceback
+                raise ValueError(
+                    f"{file_var}: cannot read {exc.filename}: {exc.strerror}"
+                ) from None
             if secret:
                 data = {**data, field: secret}
         return data

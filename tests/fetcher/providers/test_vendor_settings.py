@@ -80,6 +80,14 @@ def test_the_key_file_is_used_only_without_a_direct_key(
     assert FetcherSettings().finnhub_api_key.get_secret_value() == "direct"  # type: ignore[union-attr]
 
 
+def test_an_unreadable_key_file_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TWELVEDATA_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValidationError, match="TWELVEDATA_API_KEY_FILE: cannot read"):
+        FetcherSettings()
+
+
 def test_the_provider_setting_picks_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(create_provider(FetcherSettings()), SimulatedProvider)
     monkeypatch.setenv("FINNHUB_API_KEY", "k1")
