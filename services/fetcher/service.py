@@ -84,11 +84,14 @@ class Fetcher:
         if self.stream is not None:
             loops.append(asyncio.create_task(self.stream.run(self._accept_live), name="stream"))
         await self._stop.wait()
+        # One budget for the whole shutdown: closing a trade socket may take part of it.
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + self.settings.shutdown_timeout
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         try:
-            await asyncio.wait_for(writer, self.settings.shutdown_timeout)
+            await asyncio.wait_for(writer, max(deadline - clock(), 0))
         except TimeoutError:
             log.error("shutdown: ticks not flushed in time", extra={"lost": len(self.buffer)})
         await self.writer.close()
