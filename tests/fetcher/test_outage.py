@@ -65,7 +65,7 @@ async def test_outage_loses_nothing_and_stores_everything_once(
     produced_at_stop = len(provider.produced)
     await eventually(lambda: len(provider.produced) > produced_at_stop + 300)
     assert len(fetcher.buffer) > 0
-    assert metrics.database_up._value.get() == 0
+    assert metrics.registry.get_sample_value("stockstreamer_fetcher_database_up") == 0
 
     await asyncio.to_thread(own_server.start)
     await eventually(lambda: len(fetcher.buffer) == 0, timeout=20, message="buffer not flushed")
