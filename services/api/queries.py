@@ -53,17 +53,41 @@ CROSS JOIN LATERAL (
 ORDER BY s.symbol, w.ts
 """
 
-# One row per symbol and time bucket of width $4 aligned on $2: the bucket's lowest, highest and
-# last tick, each as [price, epoch seconds] (last as [epoch seconds, price]) so spikes survive.
+# One row per symbol and non-empty time bucket: the bucket's lowest, highest and last tick, each as
+# [price, epoch seconds] (last as [epoch seconds, price]) so spikes survive. Buckets are $4
+# microseconds wide (fixed length whatever the session's time zone), $5 of them from $2. Each bucket
+# is read with index-only scans of (symbol, ts) INCLUDE (price): no sort of the whole window.
 DOWNSAMPLED_WINDOW = """
-SELECT t.symbol,
-       min(ARRAY[t.price, extract(epoch FROM t.ts)]) AS low,
-       max(ARRAY[t.price, extract(epoch FROM t.ts)]) AS high,
-       max(ARRAY[extract(epoch FROM t.ts), t.price]) AS last
-FROM ticks t
-WHERE t.symbol = ANY($1::text[]) AND t.ts >= $2 AND t.ts <= $3
-GROUP BY t.symbol, date_bin($4::interval, t.ts, $2)
-ORDER BY t.symbol, date_bin($4::interval, t.ts, $2)
+SELECT s.symbol,
+       ARRAY[g.low, extract(epoch FROM lo.ts)] AS low,
+       ARRAY[g.high, extract(epoch FROM hi.ts)] AS high,
+       ARRAY[extract(epoch FROM g.last_ts), la.price] AS last
+FROM unnest($1::text[]) AS s(symbol)
+CROSS JOIN generate_series(0, $5::bigint - 1) AS n(i)
+CROSS JOIN LATERAL (
+    SELECT $2::timestamptz + (n.i * $4::bigint) * interval '1 microsecond' AS since,
+           $2::timestamptz + ((n.i + 1) * $4::bigint) * interval '1 microsecond' AS until
+) b
+CROSS JOIN LATERAL (
+    SELECT min(t.price) AS low, max(t.price) AS high, max(t.ts) AS last_ts
+    FROM ticks t
+    WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts < b.until AND t.ts <= $3
+    HAVING count(*) > 0
+) g
+CROSS JOIN LATERAL (  -- the earliest tick at the low
+    SELECT t.ts FROM ticks t
+    WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts <= g.last_ts AND t.price = g.low
+    ORDER BY t.ts LIMIT 1
+) lo
+CROSS JOIN LATERAL (  -- the latest tick at the high
+    SELECT t.ts FROM ticks t
+    WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts <= g.last_ts AND t.price = g.high
+    ORDER BY t.ts DESC LIMIT 1
+) hi
+CROSS JOIN LATERAL (
+    SELECT t.price FROM ticks t WHERE t.symbol = s.symbol AND t.ts = g.last_ts
+) la
+ORDER BY s.symbol, n.i
 """
 
 LATEST = """

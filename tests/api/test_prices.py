@@ -163,3 +163,25 @@ async def test_latest_is_the_newest_tick_per_symbol(
     }  # fmt: skip
     assert [b["symbol"] for b in body] == ["AAPL", "NVDA"]
     assert [o["symbol"] for o in only] == ["NVDA"]
+
+
+async def test_downsampled_points_are_real_ticks_and_a_spike_keeps_its_time(
+    client: httpx.AsyncClient, market: Market
+) -> None:
+    await market.stocks("NFLX")
+    # hourly over 30 days: buckets several days wide; one spike up and one down mid-bucket
+    ticks = {T0 + timedelta(hours=h): 100 + (h % 7) / 10 for h in range(720)}
+    high_at, low_at = T0 + timedelta(days=4, hours=5), T0 + timedelta(days=17, hours=13)
+    ticks[high_at], ticks[low_at] = 250.0, 20.0
+    await market.ticks([("NFLX", ts, price) for ts, price in ticks.items()])
+    stored = {int(ts.timestamp() * MS): price for ts, price in ticks.items()}
+    params = {"start": iso(T0), "end": iso(T0 + timedelta(days=30)), "max_points": 30}
+
+    series = (await client.get("/api/v1/prices", params=params)).json()["series"][0]
+
+    assert series["downsampled"] is True and series["bucket_ms"] > 2 * 24 * 3600 * MS
+    points = dict(zip(series["ts"], series["price"], strict=True))
+    assert all(stored[ts] == price for ts, price in points.items())
+    assert points[int(high_at.timestamp() * MS)] == 250.0
+    assert points[int(low_at.timestamp() * MS)] == 20.0
+    assert series["ts"][-1] == int((T0 + timedelta(hours=719)).timestamp() * MS)

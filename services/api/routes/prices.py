@@ -84,7 +84,12 @@ async def get_prices(
     if too_many:
         for symbol in too_many:
             by_symbol[symbol] = []
-        for row in await conn.fetch(queries.DOWNSAMPLED_WINDOW, too_many, since, until, stride):
+        stride_us = stride // timedelta(microseconds=1)
+        buckets = (until - since) // stride + 1
+        rows = await conn.fetch(
+            queries.DOWNSAMPLED_WINDOW, too_many, since, until, stride_us, buckets
+        )
+        for row in rows:
             picks = [row["low"], row["high"]] if per_bucket == 3 else []
             picks.append(row["last"][::-1])  # as [price, epoch seconds]; last, so it wins ties
             bucket = {epoch_ms(epoch): float(price) for price, epoch in picks}
