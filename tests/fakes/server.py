@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.utils.waiting import eventually
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -92,8 +94,8 @@ class FakeVendor:
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            await asyncio.sleep(0.01)
+        server = self._server
+        await eventually(lambda: server.started, timeout=10, message="fake vendor did not start")
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self
