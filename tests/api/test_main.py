@@ -88,7 +88,7 @@ async def test_sigterm_ends_open_streams_and_exits_promptly(
 
 
 async def test_without_a_database_it_is_alive_but_not_ready() -> None:
-    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/stockstreamer?sslmode=disable"
+    dead = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/stockstreamer?sslmode=disable"
     with api_process(dead) as (proc, url):
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
