@@ -23,6 +23,9 @@ BAND_CAPTION = (
 )
 PRICE_FORMAT = "$0,0.00"
 PCT_FORMAT = "+0.0%"
+LOGO_PX = 24
+# Fainter in % mode, where every band spans the whole chart and they all overlap.
+BAND_ALPHA = {"price": 0.035, "pct": 0.015}
 
 
 @dataclass
@@ -34,11 +37,13 @@ class Line:
     band: GlyphRenderer[Any]
     path: GlyphRenderer[Any]
     markers: GlyphRenderer[Any]
+    frame: GlyphRenderer[Any]
     logo: GlyphRenderer[Any]
     legend_item: LegendItem
 
     @property
     def renderers(self) -> list[GlyphRenderer[Any]]:
+        """What the legend entry draws and hides (the logo's frame follows the line)."""
         return [self.band, self.path, self.markers, self.logo]
 
 
@@ -50,7 +55,7 @@ class PriceChart:
             follow="end", follow_interval=WINDOWS[window], range_padding=0.03, only_visible=True,
             renderers=[],
         )  # fmt: skip
-        self.y_range = DataRange1d(range_padding=0.08, only_visible=True, renderers=[])
+        self.y_range = DataRange1d(range_padding=0.12, only_visible=True, renderers=[])
         self.ranged: list[GlyphRenderer[Any]] = []
         self.title_model = Title(text=self.title(window), name="title")
         self.figure = figure(
@@ -90,6 +95,7 @@ class PriceChart:
             ],
             formatters={"@ts": "datetime"},
             mode="mouse",
+            limit=1,  # dense lines put many points under the cursor: name the nearest only
         )
         p.add_tools(self.hover)
         self.lines: dict[str, Line] = {}
@@ -109,7 +115,7 @@ class PriceChart:
             y1="high" if y == "price" else "high_pct",
             source=self.bands,
             view=CDSView(filter=GroupFilter(column_name="symbol", group=symbol)),
-            fill_color=colour, fill_alpha=0.06, line_color=colour, line_alpha=0.55,
+            fill_color=colour, fill_alpha=BAND_ALPHA[y], line_color=colour, line_alpha=0.5,
             line_dash="dotted", name=f"band_{symbol}", level="underlay",
         )  # fmt: skip
         line = p.line(
@@ -119,18 +125,23 @@ class PriceChart:
             "ts", y, source=source, size=5, fill_color="white", line_color=colour,
             line_width=1.5, name=symbol,
         )  # fmt: skip
-        logo = p.image_url(
-            url="url", x="ts", y=y, w=26, h=26, w_units="screen", h_units="screen",
-            anchor="center", source=self.logos,
-            view=CDSView(filter=GroupFilter(column_name="symbol", group=symbol)),
-            name=f"logo_{symbol}",
+        logo_view = CDSView(filter=GroupFilter(column_name="symbol", group=symbol))
+        # A frame in the line's colour ties a logo (whatever its own colours) to its line.
+        frame = p.scatter(
+            "ts", y, source=self.logos, view=logo_view, marker="square", size=LOGO_PX + 6,
+            fill_color="white", line_color=colour, line_width=2.5, name=f"frame_{symbol}",
         )  # fmt: skip
+        logo = p.image_url(
+            url="url", x="ts", y=y, w=LOGO_PX, h=LOGO_PX, w_units="screen", h_units="screen",
+            anchor="center", source=self.logos, view=logo_view, name=f"logo_{symbol}",
+        )  # fmt: skip
+        line.js_link("visible", frame, "visible")  # a legend click hides the frame too
         # Bands may lie far from today's prices: keep the axes on the lines themselves.
         self.ranged.append(line)
         self.x_range.renderers = self.y_range.renderers = list(self.ranged)
         self.hover.renderers = [*self.hover.renderers, markers]
         item = LegendItem(label=symbol, name=f"legend_{symbol}")
-        entry = Line(symbol, source, band, line, markers, logo, item)
+        entry = Line(symbol, source, band, line, markers, frame, logo, item)
         item.renderers = entry.renderers
         self.legend.items = [*self.legend.items, item]
         self.lines[symbol] = entry
@@ -148,7 +159,9 @@ class PriceChart:
             line.band.glyph.y0, line.band.glyph.y1 = (
                 ("low_pct", "high_pct") if pct else ("low", "high")
             )
-            line.path.glyph.y = line.markers.glyph.y = line.logo.glyph.y = mode
+            line.band.glyph.fill_alpha = BAND_ALPHA[mode]
+            for renderer in (line.path, line.markers, line.frame, line.logo):
+                renderer.glyph.y = mode
         self.figure.yaxis.formatter = NumeralTickFormatter(
             format=PCT_FORMAT if pct else PRICE_FORMAT
         )
@@ -162,6 +175,6 @@ class PriceChart:
 
     def set_visible(self, symbols: set[str]) -> None:
         for symbol, line in self.lines.items():
-            for renderer in line.renderers:
+            for renderer in (*line.renderers, line.frame):
                 renderer.visible = symbol in symbols
             line.legend_item.visible = symbol in symbols

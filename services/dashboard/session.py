@@ -252,22 +252,18 @@ class DashboardSession:
     def _refresh_bands(self) -> None:
         self.chart.bands.data = band_columns(self._ordered(), self.bases)
 
-    def _points(self, symbol: str) -> tuple[Sequence[int], Sequence[float]]:
+    def _anchor(self, symbol: str, slot: int) -> Point | None:
         data = self.chart.lines[symbol].source.data
-        return cast(Sequence[int], data["ts"]), cast(Sequence[float], data["price"])
-
-    def _anchors(self) -> dict[str, Point | None]:
-        window_ms = WINDOWS[self.window]
-        return {
-            symbol: logo_anchor(*self._points(symbol), window_ms) for symbol in self.chart.lines
-        }
+        ts, price = cast(Sequence[int], data["ts"]), cast(Sequence[float], data["price"])
+        return logo_anchor(ts, price, WINDOWS[self.window], slot)
 
     def _place_logos(self) -> None:
-        self.chart.logos.data = logo_columns(self._ordered(), self._anchors(), self.bases)
+        anchors = {s: self._anchor(s, slot) for slot, s in enumerate(self.chart.lines)}
+        self.chart.logos.data = logo_columns(self._ordered(), anchors, self.bases)
 
     def _move_logo(self, symbol: str) -> None:
         """Keep a logo where its line visibly starts as the window slides (a one-row patch)."""
-        anchor = logo_anchor(*self._points(symbol), WINDOWS[self.window])
+        anchor = self._anchor(symbol, list(self.chart.lines).index(symbol))
         symbols = list(self.chart.logos.data["symbol"])
         if anchor is None or symbol not in symbols:
             if anchor is not None and self.stocks[symbol].get("logo_url"):

@@ -13,8 +13,11 @@ DAY_MS = 24 * HOUR_MS
 WINDOWS: dict[str, int] = {"1h": HOUR_MS, "1d": DAY_MS, "1w": 7 * DAY_MS, "1m": 30 * DAY_MS}
 WINDOW_LABELS: dict[str, str] = {"1h": "1 hour", "1d": "1 day", "1w": "1 week", "1m": "1 month"}
 
-# A logo sits this far (as a fraction of the window) inside the left edge, so it is never clipped.
-LOGO_INSET = 0.03
+# A logo sits this far (as a fraction of the window) inside the left edge, so it is never clipped;
+# each further line's logo one step more, so lines that start together (all of them, in % mode)
+# do not pile their logos on top of each other.
+LOGO_INSET = 0.045
+LOGO_STEP = 0.035
 
 # Okabe-Ito, ordered so the hardest-to-see yellow comes last on a white background.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
@@ -115,11 +118,15 @@ def band_columns(stocks: Sequence[Mapping[str, Any]], bases: Mapping[str, float 
     return cols
 
 
-def logo_anchor(ts: Sequence[int], price: Sequence[float], window_ms: int) -> Point | None:
-    """Where a line visibly starts: its first point inside the window that ends at its last."""
+def logo_anchor(
+    ts: Sequence[int], price: Sequence[float], window_ms: int, slot: int = 0
+) -> Point | None:
+    """Where the `slot`-th line's logo goes: near its visible start, staggered by slot."""
     if not len(ts):
         return None
-    i = bisect_left(ts, ts[-1] - window_ms * (1 - LOGO_INSET))
+    edge = max(int(ts[0]), ts[-1] - window_ms * (1 - LOGO_INSET))
+    drawn = min(window_ms, ts[-1] - ts[0])
+    i = min(len(ts) - 1, bisect_left(ts, edge + slot * LOGO_STEP * drawn))
     return Point(int(ts[i]), float(price[i]))
 
 

@@ -87,18 +87,28 @@ def latest_table() -> tuple[DataTable, ColumnDataSource, IndexFilter]:
         {k: [] for k in ("symbol", "name", "price", "change", "change_pct", "range")},
         name="latest_source",
     )
+    # Widths are proportions of the table's width: numbers get no more room than they need.
     columns = [
         TableColumn(field="symbol", title="Symbol", width=70),
-        TableColumn(field="name", title="Company", width=200),
-        TableColumn(field="price", title="Price", formatter=NumberFormatter(format="$0,0.00")),
+        TableColumn(field="name", title="Company", width=210),
         TableColumn(
-            field="change", title="Day change", formatter=_change_formatter("value.toFixed(2)")
+            field="price",
+            title="Price",
+            width=100,
+            formatter=NumberFormatter(format="$0,0.00", font_style="bold"),
+        ),
+        TableColumn(
+            field="change",
+            title="Day change",
+            width=100,
+            formatter=_change_formatter("value.toFixed(2)"),
         ),
         TableColumn(
             field="change_pct",
             title="Day %",
+            width=100,
             formatter=_change_formatter("(value * 100).toFixed(2) + '%'"),
-        ),  # fmt: skip
+        ),
         TableColumn(field="range", title="52-week range", width=170),
     ]
     shown = IndexFilter(indices=[])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -121,6 +122,17 @@ def test_logo_anchor_is_the_first_point_well_inside_the_window() -> None:
     assert logo_anchor(ts, price, window_ms=10_000) == Point(0, 1.0)  # all of it is visible
     assert logo_anchor(ts, price, window_ms=10) == Point(1000, 5.0)
     assert logo_anchor([], [], 1000) is None
+
+
+def test_logos_of_lines_that_start_together_are_staggered() -> None:
+    ts = list(range(0, 1001, 10))
+    price = [float(t) for t in ts]
+    anchors = [logo_anchor(ts, price, window_ms=1000, slot=k) for k in range(8)]
+    xs = [a.ts for a in anchors if a is not None]
+    assert xs == sorted(xs) and len(set(xs)) == 8  # one place per line, left to right
+    assert all(b - a >= 30 for a, b in itertools.pairwise(xs))  # a logo's width apart
+    short = logo_anchor(ts[:11], price[:11], window_ms=10_000, slot=3)  # a line just begun
+    assert short is not None and 0 < short.ts < 100
 
 
 def test_table_rows_and_day_change() -> None:

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import math
 import os
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from services.common.embedded_db import free_port
+from services.common.symbols import parse_symbols
+from services.fetcher.config import DEFAULT_SYMBOLS
 from tests.utils.processes import ServiceProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
-SYMBOLS = ["AAPL", "GE", "INTC", "NVDA"]
-LEVELS = {"AAPL": 270.0, "GE": 290.0, "INTC": 38.0, "NVDA": 185.0}  # the simulator's start levels
-SEED_HOURS = 23
-SEED_STEP = timedelta(minutes=2)
+# The stocks a default install shows, in the order the dashboard draws them (alphabetical).
+SYMBOLS = sorted(parse_symbols(DEFAULT_SYMBOLS))
 
 
 @dataclass
@@ -46,31 +41,6 @@ class Stack:
         self.api.wait_http(f"http://127.0.0.1:{self.api_port}/readyz")
 
 
-async def seed_history(url: str) -> None:
-    """A day of earlier, backfilled ticks ending near the simulator's levels: a longer window
-    then has more to show than a short one."""
-    rng = random.Random(7)
-    now = datetime.now(UTC)
-    steps = int(timedelta(hours=SEED_HOURS) / SEED_STEP)
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.executemany(
-            "INSERT INTO stocks (symbol) VALUES ($1) ON CONFLICT DO NOTHING",
-            [(s,) for s in SYMBOLS],
-        )
-        rows = []
-        for symbol in SYMBOLS:
-            price = LEVELS[symbol]
-            for i in range(1, steps + 1):  # walk backwards from the level the live ticks start at
-                rows.append((symbol, now - i * SEED_STEP, round(price, 2)))
-                price *= math.exp(rng.gauss(0, 0.004))
-        await conn.executemany(
-            "INSERT INTO ticks (symbol, ts, price, backfilled) VALUES ($1, $2, $3, true)", rows
-        )
-    finally:
-        await conn.close()
-
-
 def require_chromium() -> None:
     if CHROMIUM.exists():
         return
@@ -83,7 +53,6 @@ def require_chromium() -> None:
 @pytest.fixture
 def stack(database_url: str) -> Iterator[Stack]:
     require_chromium()
-    asyncio.run(seed_history(database_url))
     api_port, dashboard_port = free_port(), free_port()
     fetcher = ServiceProcess(
         "services.fetcher",
@@ -92,6 +61,8 @@ def stack(database_url: str) -> Iterator[Stack]:
             "STOCKSTREAMER_SYMBOLS": ",".join(SYMBOLS),
             "STOCKSTREAMER_PRICE_INTERVAL": "0.25",
             "STOCKSTREAMER_FETCHER_METRICS_PORT": "0",
+            # the simulator's history: more than the day window needs, less to write than a week
+            "STOCKSTREAMER_BACKFILL": "26h",
         },
     )
     dashboard = ServiceProcess(

@@ -94,6 +94,12 @@ LEGEND_JS = """
 }
 """
 
+LINE_COLOUR_JS = """
+(s) => {
+  const colour = Bokeh.documents[0].get_model_by_name('line_' + s).glyph.line_color;
+  return typeof colour === 'string' ? colour : colour.value;
+}
+"""
 VISIBLE_JS = "(name) => Bokeh.documents[0].get_model_by_name(name).visible"
 
 State = dict[str, Any]
@@ -225,7 +231,7 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
     wait_for(page, lambda s: "price" in s["yfield"] and s["y"][1] > 30, "price mode")
 
     # -- a legend click hides a stock, a second one shows it again ------------------------
-    intc = [rgb(PALETTE[SYMBOLS.index("INTC")])]
+    intc = [rgb(page.evaluate(f"() => ({LINE_COLOUR_JS})('INTC')"))]
     shown = page.evaluate(PIXELS_JS, intc)[0]
     page.mouse.click(*page.evaluate(LEGEND_JS, "INTC"))
     page.wait_for_function(f"() => !({VISIBLE_JS})('line_INTC')")
