@@ -14,6 +14,7 @@ from services.common.models import Profile, Tick, Week52
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError
+from services.fetcher.providers.simulated import SimulatedProvider
 from services.fetcher.service import Fetcher
 from tests.fetcher.notifications import Notifications
 from tests.fetcher.scripted import ScriptedProvider
@@ -192,8 +193,6 @@ async def test_metadata_is_never_deleted_and_reinserted(
 async def test_run_writes_every_symbol_and_stops_cleanly(
     database_url: str, db: asyncpg.Connection
 ) -> None:
-    from services.fetcher.providers.simulated import SimulatedProvider
-
     fetcher = make_fetcher(database_url, SimulatedProvider(step_seconds=0.05))
     task = asyncio.create_task(fetcher.run())
 
@@ -212,11 +211,9 @@ async def test_run_writes_every_symbol_and_stops_cleanly(
 
 async def test_a_full_buffer_drops_the_oldest_and_counts_them() -> None:
     unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/x?sslmode=disable"
-    fetcher = make_fetcher(unreachable, ScriptedProvider(), buffer_capacity=5)
     t = now()
-    fetcher.provider = ScriptedProvider(
-        [[Tick("AAPL", t + timedelta(seconds=i), Decimal(1)) for i in range(4)] for _ in range(2)]
-    )
+    rounds = [[Tick("AAPL", t + timedelta(seconds=i), Decimal(1)) for i in range(4)]] * 2
+    fetcher = make_fetcher(unreachable, ScriptedProvider(rounds), buffer_capacity=5)
     await fetcher.fetch_prices_once()
     await fetcher.writer.flush_once()  # fails: the batch goes back, nothing lost yet
     assert len(fetcher.buffer) == 4
