@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -37,6 +39,23 @@ def twelvedata_settings(url: str, fake: FakeTwelveData, **overrides: Any) -> Fet
 
 def make_fetcher(settings: FetcherSettings) -> Fetcher:
     return Fetcher(settings, create_provider(settings), FetcherMetrics(CollectorRegistry()))
+
+
+@asynccontextmanager
+async def opened(settings: FetcherSettings) -> AsyncIterator[Fetcher]:
+    """A fetcher whose vendor client and database connection are closed afterwards."""
+    fetcher = make_fetcher(settings)
+    try:
+        yield fetcher
+    finally:
+        await fetcher.writer.close()
+        await fetcher.provider.aclose()
+
+
+async def one_round(fetcher: Fetcher) -> None:
+    """One price round, then one write of what it buffered."""
+    await fetcher.fetch_prices_once()
+    await fetcher.writer.flush_once()
 
 
 def sample(fetcher: Fetcher, name: str, **labels: str) -> float:

@@ -11,32 +11,21 @@ import pytest
 from services.fetcher.service import Fetcher
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.server import Fault, fixture
-from tests.utils.vendors import finnhub_settings, make_fetcher, sample
+from tests.utils.vendors import finnhub_settings, one_round, opened, sample
 
 
 @pytest.fixture
 async def fetcher(database_url: str, finnhub: FakeFinnhub) -> AsyncIterator[Fetcher]:
-    fetcher = make_fetcher(finnhub_settings(database_url, finnhub, symbols="AAPL"))
-    yield fetcher
-    await fetcher.writer.close()
-    await fetcher.provider.aclose()
-
-
-async def one_round(fetcher: Fetcher) -> None:
-    await fetcher.fetch_prices_once()
-    await fetcher.writer.flush_once()
+    async with opened(finnhub_settings(database_url, finnhub, symbols="AAPL")) as fetcher:
+        yield fetcher
 
 
 async def test_quotes_profiles_and_52_week_ranges_reach_the_database(
     database_url: str, db: asyncpg.Connection, finnhub: FakeFinnhub
 ) -> None:
-    fetcher = make_fetcher(finnhub_settings(database_url, finnhub, symbols="AAPL,GE"))
-    try:
+    async with opened(finnhub_settings(database_url, finnhub, symbols="AAPL,GE")) as fetcher:
         await one_round(fetcher)
         assert await fetcher.refresh_metadata_once()
-    finally:
-        await fetcher.provider.aclose()
-        await fetcher.writer.close()
     ticks = await db.fetch("SELECT symbol, price, ts, backfilled FROM ticks ORDER BY symbol")
     assert [t["symbol"] for t in ticks] == ["AAPL", "GE"]
     assert all(t["price"] > 0 and not t["backfilled"] for t in ticks)
@@ -70,14 +59,10 @@ async def test_an_unknown_symbol_is_dropped_and_said_once(
     finnhub: FakeFinnhub,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fetcher = make_fetcher(finnhub_settings(database_url, finnhub, symbols="AAPL,ZZZZ"))
-    try:
+    async with opened(finnhub_settings(database_url, finnhub, symbols="AAPL,ZZZZ")) as fetcher:
         with caplog.at_level(logging.WARNING):
             for _ in range(3):
                 await one_round(fetcher)
-    finally:
-        await fetcher.provider.aclose()
-        await fetcher.writer.close()
     assert await db.fetchval("SELECT count(*) FROM ticks WHERE symbol = 'ZZZZ'") == 0
     assert await db.fetchval("SELECT count(*) FROM ticks WHERE symbol = 'AAPL'") >= 1
     assert sample(fetcher, "provider_dropped_total", kind="unknown_symbol") == 3
@@ -111,13 +96,9 @@ async def test_5xx_is_retried_then_the_round_is_skipped(
 async def test_one_failing_symbol_does_not_cost_the_others(
     database_url: str, db: asyncpg.Connection, finnhub: FakeFinnhub
 ) -> None:
-    fetcher = make_fetcher(finnhub_settings(database_url, finnhub, provider_concurrency=1))
     finnhub.http.script("/api/v1/quote", Fault(500, "oops"))
-    try:
+    async with opened(finnhub_settings(database_url, finnhub, provider_concurrency=1)) as fetcher:
         await one_round(fetcher)
-    finally:
-        await fetcher.provider.aclose()
-        await fetcher.writer.close()
     assert await db.fetchval("SELECT count(*) FROM ticks") == 1
     assert sample(fetcher, "provider_dropped_total", kind="http_5xx") == 1
 
@@ -126,13 +107,9 @@ async def test_a_timeout_is_retried(
     database_url: str, db: asyncpg.Connection, finnhub: FakeFinnhub
 ) -> None:
     settings = finnhub_settings(database_url, finnhub, symbols="AAPL", provider_timeout=0.2)
-    fetcher = make_fetcher(settings)
     finnhub.http.script("/api/v1/quote", Fault.json({}, delay=1.0))
-    try:
+    async with opened(settings) as fetcher:
         await one_round(fetcher)
-    finally:
-        await fetcher.provider.aclose()
-        await fetcher.writer.close()
     assert sample(fetcher, "provider_errors_total", kind="timeout") == 1
     assert await db.fetchval("SELECT count(*) FROM ticks") == 1
 
@@ -177,10 +154,7 @@ async def test_a_wrong_key_is_an_unauthorized_error(
     database_url: str, finnhub: FakeFinnhub
 ) -> None:
     settings = finnhub_settings(database_url, finnhub, finnhub_api_key="not-the-key")
-    fetcher = make_fetcher(settings)
-    try:
+    async with opened(settings) as fetcher:
         await fetcher.fetch_prices_once()
-    finally:
-        await fetcher.provider.aclose()
     assert sample(fetcher, "provider_errors_total", kind="unauthorized") >= 1
     assert len(fetcher.buffer) == 0

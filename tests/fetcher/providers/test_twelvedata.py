@@ -12,20 +12,15 @@ from services.fetcher.providers.twelvedata import pick_interval
 from services.fetcher.service import Fetcher
 from tests.fakes.server import Fault, fixture
 from tests.fakes.twelvedata import FakeTwelveData
-from tests.utils.vendors import make_fetcher, sample, twelvedata_settings
+from tests.utils.vendors import one_round, opened, sample, twelvedata_settings
 
 
 @pytest.fixture
 async def fetcher(database_url: str, twelvedata: FakeTwelveData) -> AsyncIterator[Fetcher]:
-    fetcher = make_fetcher(twelvedata_settings(database_url, twelvedata, symbols="AAPL,GE,ZZZZ"))
-    yield fetcher
-    await fetcher.writer.close()
-    await fetcher.provider.aclose()
-
-
-async def one_round(fetcher: Fetcher) -> None:
-    await fetcher.fetch_prices_once()
-    await fetcher.writer.flush_once()
+    async with opened(
+        twelvedata_settings(database_url, twelvedata, symbols="AAPL,GE,ZZZZ")
+    ) as fetcher:
+        yield fetcher
 
 
 async def test_batched_quotes_logos_and_ranges_reach_the_database(
@@ -121,12 +116,9 @@ async def test_the_limiter_counts_credits_per_symbol(
         database_url, twelvedata, symbols="AAPL,NVDA,MSFT,GE",
         twelvedata_rate_limit=4, twelvedata_rate_period=0.5,
     )  # fmt: skip
-    fetcher = make_fetcher(settings)
-    try:
+    async with opened(settings) as fetcher:
         for _ in range(4):
             await fetcher.fetch_prices_once()
-    finally:
-        await fetcher.provider.aclose()
     calls = twelvedata.http.calls("/quote")
     assert len(calls) == 4
     assert calls[-1].at - calls[0].at >= 1.4  # the first is free (a full bucket), then 1 per period
