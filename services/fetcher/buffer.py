@@ -16,7 +16,6 @@ class TickBuffer:
         self.capacity = capacity
         self._items: deque[Tick] = deque()
         self._nonempty = asyncio.Event()
-        self.dropped = 0  # oldest ticks evicted because the buffer was full
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,7 +53,6 @@ class TickBuffer:
         while len(self._items) > self.capacity:
             self._items.popleft()
             evicted += 1
-        self.dropped += evicted
         if self._items:
             self._nonempty.set()
         return evicted

@@ -134,10 +134,6 @@ class FakeFinnhub:
                 await conn.send(json.dumps({"data": data, "type": "trade"}))
                 self.trades_sent += len(data)
 
-    async def broadcast(self, raw: str) -> None:
-        for conn in list(self.connections):
-            await conn.send(raw)
-
     async def drop_connections(self) -> None:
         """Close every socket abruptly, as a vendor restart or network cut would."""
         for conn in list(self.connections):

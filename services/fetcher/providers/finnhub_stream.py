@@ -87,7 +87,6 @@ class FinnhubStream:
         self._max = reconnect_max
         self._connected = False
         self._was_healthy = False
-        self.connects = 0
         _redact.secrets.add(api_key)
 
     @property
@@ -125,7 +124,6 @@ class FinnhubStream:
                     await ws.send(json.dumps({"type": "subscribe", "symbol": symbol}))
                 self._connected = True
                 self._was_healthy = True
-                self.connects += 1
                 log.info(
                     "trade stream connected",
                     extra={"url": self.safe_url, "symbols": len(self.symbols)},
