@@ -49,7 +49,9 @@ class ApiClient:
         data = await self._get("/api/v1/stocks")
         if not isinstance(data, list):
             raise ApiError("GET /api/v1/stocks: expected a list")
-        return [item for item in data if isinstance(item, dict) and "symbol" in item]
+        return [
+            item for item in data if isinstance(item, dict) and isinstance(item.get("symbol"), str)
+        ]
 
     async def prices(
         self, symbols: Sequence[str], start_ms: int, end_ms: int | None, max_points: int

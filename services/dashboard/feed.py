@@ -120,6 +120,9 @@ class Feed:
                 status, error = Status.UNREACHABLE, repr(e)
             except (httpx.HTTPError, SSEError) as exc:
                 status, error = Status.RECONNECTING, repr(exc)
+            except Exception as exc:  # a surprise must not end live updates for every tab
+                log.exception("stream consumer failed")
+                status, error = Status.RECONNECTING, repr(exc)
             else:
                 error = "stream closed by the API"
             # Say why once per change of state, not on every attempt of a long outage.

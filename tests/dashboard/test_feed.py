@@ -138,3 +138,15 @@ async def test_unsubscribed_sessions_get_nothing(
     fake_api.push("price", {"symbol": "INTC", "ts": T0 + 9, "price": 39.0}, id=4)
     await until(lambda: len(prices(events)) == 1)
     assert late == []
+
+
+async def test_malformed_stocks_are_skipped_and_the_feed_goes_live(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, _events = feed
+    await until(lambda: f.status is Status.LIVE)
+    fake_api.stocks = [{"symbol": ["AAPL"]}, {"name": "no symbol"}, *fake_api.stocks]
+    fake_api.drop_streams()  # reconnect: the stocks are read again
+    await until(lambda: len(fake_api.stream_requests) == 2 and f.status is Status.LIVE)
+    assert sorted(f.stocks) == ["AAPL", "INTC"]
+    assert f._task is not None and not f._task.done()
