@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 
 from services.common.embedded_db import free_port
+from services.common.models import Tick
 from services.fetcher.providers.finnhub_stream import FinnhubStream, collapse
 from services.fetcher.service import Fetcher
 from tests.fakes.finnhub import FakeFinnhub, settings_env
@@ -81,6 +83,31 @@ async def test_a_dropped_socket_reconnects_resubscribes_and_rest_fills_the_gap(
     assert finnhub.trades_sent > sent
     last_ts = await db.fetchval("SELECT max(ts) FROM ticks")
     await eventually(lambda: _newer(db, last_ts), message="no ticks after the reconnect")
+
+
+async def test_an_unexpected_error_reconnects_instead_of_ending_the_stream(
+    finnhub: FakeFinnhub,
+) -> None:
+    stream = FinnhubStream(
+        finnhub.ws_url, finnhub.key, ["AAPL"], lambda *_: None, reconnect_initial=0.01
+    )
+    delivered: list[Tick] = []
+    failed: list[bool] = []
+
+    def sink(ticks: list[Tick]) -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a bug in whatever consumes the trades")
+        delivered.extend(ticks)
+
+    task = asyncio.create_task(stream.run(sink))
+    try:
+        await eventually(lambda: len(delivered) > 3, message="the stream ended after an error")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert finnhub.ws_connects == 2
 
 
 async def _newer(db: asyncpg.Connection, ts: object) -> bool:
