@@ -192,7 +192,11 @@ class DashboardSession:
             self.bucket = bucket_ms(window_ms, self.max_points)
             self.rollover = rollover_for(window_ms, self.bucket, self.max_points)
             for symbol, line in self.chart.lines.items():
-                cols = series_columns(series.get(symbol) or {})
+                try:
+                    cols = series_columns(series.get(symbol) or {})
+                except (ValueError, TypeError) as exc:  # one bad series must not stop the rest
+                    log.warning("bad history series", extra={"symbol": symbol, "error": repr(exc)})
+                    cols = series_columns({})
                 line.source.data = cols
                 self.bases[symbol] = cols["price"][0] if cols["price"] else None
             self.chart.set_marker_size(

@@ -185,3 +185,15 @@ async def test_a_tab_that_falls_behind_reloads_instead_of_queueing(
     await drain(session.doc)
     assert len(fake_api.price_requests) == 2  # it reloaded the window
     assert 'data-status="live"' in session.ui.status.text
+
+
+async def test_a_malformed_series_leaves_that_line_empty_and_draws_the_rest(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
+    fake_api.series["AAPL"]["price"] = [270.0]  # two times, one price
+    fake_api.series["INTC"]["price"] = [39.0]
+    session.deliver(ReloadEvent(None))
+    await drain(session.doc)
+    assert data(session, "AAPL")["ts"] == []
+    assert data(session, "INTC")["price"] == [39.0]
+    assert not session.loading
