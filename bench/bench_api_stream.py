@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +14,7 @@ from httpx_sse import aconnect_sse
 
 from services.common.embedded_db import free_port
 from services.fetcher import queries
+from tests.utils.processes import ServiceProcess
 
 SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
 CLIENTS = 50
@@ -85,21 +83,10 @@ async def _polling(url: str) -> tuple[float, float, float]:
 
 async def _streaming(url: str) -> tuple[float, float, float]:
     """Each client holds an SSE stream of one API process."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": url, "STOCKSTREAMER_API_PORT": str(port),
-           "STOCKSTREAMER_LOG_LEVEL": "WARNING"}  # fmt: skip
-    api = subprocess.Popen([sys.executable, "-m", "services.api"], env=env)  # noqa: S603
-    base = f"http://127.0.0.1:{port}"
+    api, base = await start_api(url)
     conn = await asyncpg.connect(url)
     try:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            for _ in range(100):
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
             committed: dict[int, float] = {}
             seen: list[tuple[int, float]] = []
             ready = asyncio.Barrier(CLIENTS + 1)
@@ -123,10 +110,24 @@ async def _streaming(url: str) -> tuple[float, float, float]:
             queries_per_s = (await _fetches(http) - before) / (time.monotonic() - started)
     finally:
         await conn.close()
-        api.terminate()
-        api.wait(15)
+        api.stop()
     p50, p99 = _summary([t - committed[i] for i, t in seen])
     return p50, p99, queries_per_s
+
+
+async def start_api(url: str) -> tuple[ServiceProcess, str]:
+    """`python -m services.api` against `url` on a free port, once ready; and its base URL."""
+    port = free_port()
+    env = {"DATABASE_URL": url, "STOCKSTREAMER_API_PORT": str(port),
+           "STOCKSTREAMER_LOG_LEVEL": "WARNING"}  # fmt: skip
+    api = ServiceProcess("services.api", env).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(api.wait_http, f"{base}/readyz")
+    except BaseException:
+        api.stop()
+        raise
+    return api, base
 
 
 async def _fetches(http: httpx.AsyncClient) -> float:
