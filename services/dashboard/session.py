@@ -62,12 +62,15 @@ class DashboardSession:
         self.ui.window.on_change("active", self._on_window)
         self.ui.mode.on_change("active", self._on_mode)
         self.ui.picker.on_change("value", self._on_pick)
-        doc.add_root(self.ui.page(self.chart.figure))
         doc.title = "stockstreamer · live stock prices"
 
         feed = runtime.feed
-        for stock in sorted(feed.stocks.values(), key=lambda s: str(s["symbol"])):
-            self._add_stock(stock)
+        # One model-graph recomputation for the whole page instead of one per property set
+        # (which made a page take seconds to open).
+        with doc.models.freeze():
+            doc.add_root(self.ui.page(self.chart.figure))
+            for stock in sorted(feed.stocks.values(), key=lambda s: str(s["symbol"])):
+                self._add_stock(stock)
         self._show_status(feed.status)
         feed.subscribe(self.deliver)
         doc.on_session_destroyed(self._closed)
@@ -237,7 +240,8 @@ class DashboardSession:
     def _update_stock(self, stock: dict[str, Any]) -> None:
         symbol = str(stock["symbol"])
         if symbol not in self.stocks:
-            self._add_stock(stock)
+            with self.doc.models.freeze():
+                self._add_stock(stock)
             self.reload()  # its history, too (coalesced with any load already under way)
             return
         old, self.stocks[symbol] = self.stocks[symbol], dict(stock)
