@@ -56,7 +56,7 @@ ORDER BY s.symbol, w.ts
 # One row per symbol and non-empty time bucket: the bucket's lowest, highest and last tick, each as
 # [price, epoch seconds] (last as [epoch seconds, price]) so spikes survive. Buckets are $4
 # microseconds wide (fixed length whatever the session's time zone), $5 of them from $2. Each bucket
-# is read with index-only scans of (symbol, ts) INCLUDE (price): no sort of the whole window.
+# is read with index-only scans of the primary key (symbol, ts) INCLUDE (price): no full sort.
 DOWNSAMPLED_WINDOW = """
 SELECT s.symbol,
        ARRAY[g.low, extract(epoch FROM lo.ts)] AS low,
