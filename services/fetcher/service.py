@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 METADATA_RETRY_SECONDS = 30.0
+RANGE_FLUSH_SECONDS = 5.0  # how soon a broken 52-week high or low reaches the database
 
 
 class Fetcher:
@@ -34,6 +35,8 @@ class Fetcher:
         self.settings = settings
         self.metrics = metrics
         self.drops = DropLog()
+        self._ranges: dict[str, Week52] = {}  # the 52-week range last stored, per symbol
+        self._broken: dict[str, Week52] = {}  # ranges live prices extended, not yet stored
         self.provider = provider
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.buffer_capacity)
@@ -79,6 +82,7 @@ class Fetcher:
         loops = [
             asyncio.create_task(self._price_loop(), name="prices"),
             asyncio.create_task(self._metadata_loop(), name="metadata"),
+            asyncio.create_task(self._range_loop(), name="ranges"),
             asyncio.create_task(self._backfill(live_from), name="backfill"),
         ]
         if self.stream is not None:
@@ -150,11 +154,39 @@ class Fetcher:
 
     def _accept_live(self, ticks: list[Tick]) -> None:
         """Validate ticks (from a round or the trade stream) and queue them for the writer."""
-        evicted = self.buffer.put(self._accept(ticks))
+        good = self._accept(ticks)
+        self._extend_ranges(good)
+        evicted = self.buffer.put(good)
         if evicted:
             self.metrics.ticks_dropped.labels(DropReason.BUFFER_FULL).inc(evicted)
             self.drops.record(DropReason.BUFFER_FULL, f"{evicted} oldest ticks evicted")
         self.metrics.buffer_depth.set(len(self.buffer))
+
+    def _extend_ranges(self, ticks: list[Tick]) -> None:
+        """A live price outside the stored 52-week range is its new high or low."""
+        for tick in ticks:
+            known = self._ranges.get(tick.symbol)
+            if known is not None and not known.low <= tick.price <= known.high:
+                known = Week52(tick.symbol, max(known.high, tick.price), min(known.low, tick.price))
+                self._ranges[tick.symbol] = self._broken[tick.symbol] = known
+
+    async def flush_ranges_once(self) -> None:
+        """Store the 52-week ranges live prices broke through (announced as `stocks` changes)."""
+        if not self._broken:
+            return
+        pending, self._broken = self._broken, {}
+        try:
+            await self._store_metadata([], list(pending.values()))
+        except OUTAGE_ERRORS:
+            self._broken = {**pending, **self._broken}  # kept for the next try
+
+    async def _range_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RANGE_FLUSH_SECONDS)
+            try:
+                await self.flush_ranges_once()
+            except Exception:
+                log.exception("52-week range update failed")
 
     async def _price_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -230,6 +262,7 @@ class Fetcher:
                     await conn.execute(queries.NOTIFY, "stocks", symbol)
         finally:
             await conn.close()
+        self._ranges.update((w.symbol, w) for w in week52)
 
     async def _metadata_loop(self) -> None:
         while True:

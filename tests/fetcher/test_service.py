@@ -241,3 +241,41 @@ async def test_an_impossible_52_week_range_is_dropped_and_counted(
         ("NVDA", "NVIDIA", None, None),
     ]
     assert sample(fetcher, "provider_dropped_total", kind="invalid_fields") == 2
+
+
+async def test_live_prices_beyond_the_52_week_range_extend_it(
+    database_url: str, db: asyncpg.Connection, notes: Notifications
+) -> None:
+    t = now()
+    provider = ScriptedProvider(
+        [
+            [Tick("AAPL", t, Decimal("200"))],  # inside: nothing to store
+            [Tick("AAPL", t + timedelta(seconds=1), Decimal("312.5"))],  # a new high
+            [Tick("AAPL", t + timedelta(seconds=2), Decimal("140"))],  # a new low
+        ]
+    )
+    provider.week52_list = [Week52("AAPL", Decimal("300"), Decimal("150"), Decimal("270"))]
+    fetcher = make_fetcher(database_url, provider)
+    await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
+    assert await fetcher.refresh_metadata_once()
+    assert await notes.next() == ("stocks", "AAPL")
+
+    async def stored() -> tuple[Decimal, Decimal, Decimal]:
+        row = await db.fetchrow("SELECT week52_high, week52_low, previous_close FROM stocks")
+        assert row is not None
+        return row["week52_high"], row["week52_low"], row["previous_close"]
+
+    await fetcher.fetch_prices_once()
+    await fetcher.flush_ranges_once()
+    assert await stored() == (300, 150, 270)
+    assert await notes.drain() == []
+
+    await fetcher.fetch_prices_once()
+    await fetcher.flush_ranges_once()
+    assert await stored() == (Decimal("312.5"), 150, 270)
+    assert await notes.next() == ("stocks", "AAPL")
+
+    await fetcher.fetch_prices_once()
+    await fetcher.flush_ranges_once()
+    assert await stored() == (Decimal("312.5"), 140, 270)  # the previous close is kept
+    assert await notes.next() == ("stocks", "AAPL")
