@@ -9,8 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from services.common.embedded_db import EmbeddedPostgres, free_port
 from services.common.migrations import migrate
+from services.runner.embedded_db import EmbeddedPostgres, free_port
 
 
 def main() -> int:

@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
-from services.common.embedded_db import free_port
 from services.fetcher import queries
+from services.runner.embedded_db import free_port
 from tests.utils.processes import ServiceProcess
 
 SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.common.embedded_db import EmbeddedPostgres, free_port
 from services.common.migrations import migrate
+from services.runner.embedded_db import EmbeddedPostgres, free_port
 from tests.utils.postgres import TEMPLATE, create_database, drop_database, with_database
 
 

@@ -15,8 +15,8 @@ from pydantic import Field
 
 from services.common.config import CommonSettings
 from services.common.db import redact_url
-from services.common.embedded_db import EmbeddedPostgres, postgres_bin_dir
 from services.common.migrations import migrate
+from services.runner.embedded_db import EmbeddedPostgres, postgres_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

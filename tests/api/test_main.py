@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import httpx
 
-from services.common.embedded_db import free_port
+from services.runner.embedded_db import free_port
 from tests.utils.api import T0, Market, ids, open_stream
 from tests.utils.processes import ServiceProcess
 

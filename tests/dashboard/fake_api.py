@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from services.common.embedded_db import free_port
+from services.runner.embedded_db import free_port
 
 
 @dataclass

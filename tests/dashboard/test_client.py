@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.embedded_db import free_port
 from services.dashboard.client import ApiClient, ApiError
 from services.dashboard.metrics import DashboardMetrics
+from services.runner.embedded_db import free_port
 from tests.dashboard.conftest import T0
 from tests.dashboard.fake_api import FakeApi
 

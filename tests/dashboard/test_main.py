@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from services.common.embedded_db import free_port
+from services.runner.embedded_db import free_port
 from tests.dashboard.fake_api import FakeApi
 from tests.utils.processes import ROOT, ServiceProcess
 

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.common.embedded_db import free_port
+from services.runner.embedded_db import free_port
 from tests.deploy.compose import COMPOSE_FILE, ENV_EXAMPLE, dotenv, interpolate_all, load_yaml
 from tests.utils.postgres import create_database, drop_database
 from tests.utils.processes import ServiceProcess

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.embedded_db import free_port
 from services.common.symbols import parse_symbols
 from services.fetcher.config import DEFAULT_SYMBOLS
+from services.runner.embedded_db import free_port
 from tests.utils.processes import ServiceProcess
 
 CHROMIUM = Path("/usr/bin/chromium")

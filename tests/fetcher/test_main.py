@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
-from services.common.embedded_db import EmbeddedPostgres, free_port
 from services.common.migrations import migrate
+from services.runner.embedded_db import EmbeddedPostgres, free_port
 from tests.utils.processes import ServiceProcess
 from tests.utils.waiting import eventually
 

@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.embedded_db import EmbeddedPostgres, free_port
 from services.common.migrations import migrate
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.service import Fetcher
+from services.runner.embedded_db import EmbeddedPostgres, free_port
 from tests.fetcher.scripted import RecordingProvider
 from tests.utils.waiting import eventually
 

@@ -9,13 +9,13 @@ from decimal import Decimal
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from services.common.embedded_db import free_port
 from services.common.models import Profile, Tick, Week52
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError
 from services.fetcher.providers.simulated import SimulatedProvider
 from services.fetcher.service import Fetcher
+from services.runner.embedded_db import free_port
 from tests.fetcher.notifications import Notifications
 from tests.fetcher.scripted import ScriptedProvider
 from tests.utils.waiting import eventually

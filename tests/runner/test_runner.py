@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from services.common.embedded_db import EmbeddedPostgres, free_port
+from services.runner.embedded_db import EmbeddedPostgres, free_port
 from tests.utils.processes import ServiceProcess
 from tests.utils.waiting import eventually
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from services.common.embedded_db import free_port
 from services.common.models import Tick
 from services.fetcher.providers.finnhub_stream import FinnhubStream, collapse
 from services.fetcher.service import Fetcher
+from services.runner.embedded_db import free_port
 from tests.fakes.finnhub import FakeFinnhub, settings_env
 from tests.fakes.server import fixture
 from tests.utils.processes import ServiceProcess

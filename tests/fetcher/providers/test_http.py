@@ -34,7 +34,7 @@ async def test_the_limiter_holds_the_configured_rate(finnhub: FakeFinnhub) -> No
 
 
 async def test_a_refused_connection_is_a_provider_error() -> None:
-    from services.common.embedded_db import free_port
+    from services.runner.embedded_db import free_port
 
     client = VendorClient("x", f"http://127.0.0.1:{free_port()}", {}, 10, 1.0, 2, 1.0)
     try:
