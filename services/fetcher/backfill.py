@@ -8,9 +8,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from services.common.db import connect
 from services.common.models import Tick
-from services.fetcher import queries
 from services.fetcher.providers.base import HistoryUnavailable, Provider
 from services.fetcher.writer import OUTAGE_ERRORS, BatchWriter
 
@@ -33,14 +31,12 @@ class Backfill:
         window: timedelta,
         call: CallFn,
         accept: Callable[[list[Tick]], list[Tick]],
-        role: str | None = None,
     ) -> None:
         self.writer = writer
         self.symbols = list(symbols)
         self.window = window
         self.call = call  # the fetcher's retrying provider call
         self.accept = accept  # the fetcher's validation: bad ticks are counted and dropped
-        self.role = role or None
         # Set once the gaps are known: until then this run's first live ticks (which may carry
         # an old vendor time when the market is closed) could be mistaken for stored history.
         self.planned = asyncio.Event()
@@ -50,12 +46,8 @@ class Backfill:
         delay = 0.2
         while True:
             try:
-                conn = await connect(self.writer.url, self.role)
-                try:
-                    rows = await conn.fetch(queries.LAST_TICK_BEFORE, self.symbols, until)
-                finally:
-                    await conn.close()
-                return {r["symbol"]: r["last_ts"] for r in rows}
+                async with self.writer.use() as store:
+                    return await store.stored_until(self.symbols, until)
             except OUTAGE_ERRORS:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -59,8 +59,16 @@ class FetcherSettings(CommonSettings):
     )
 
     backfill: timedelta = Field(
-        timedelta(days=7),
+        timedelta(days=365),
         description="History to fill on start: seconds, 7d/12h/30m, or ISO 8601 (P7D); 0 disables.",
+    )
+    retention: timedelta = Field(
+        timedelta(days=30),
+        description="How long raw ticks (and 10 s bars) are kept; older ones go a day at a time.",
+    )
+    retention_minute: timedelta = Field(
+        timedelta(days=400),
+        description="How long 1 to 15 minute bars are kept (hourly and daily bars: forever).",
     )
     provider_timeout: float = Field(10.0, gt=0, le=120, description="Seconds per vendor request.")
     provider_concurrency: int = Field(4, ge=1, le=64, description="Vendor requests in flight.")
@@ -124,9 +132,9 @@ class FetcherSettings(CommonSettings):
             )
         return self
 
-    @field_validator("backfill", mode="before")
+    @field_validator("backfill", "retention", "retention_minute", mode="before")
     @classmethod
-    def _parse_backfill(cls, value: object) -> object:
+    def _parse_duration(cls, value: object) -> object:
         if isinstance(value, str) and (match := _SHORT_DURATION.match(value)):
             return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower() or "s"])
         return value
@@ -137,6 +145,19 @@ class FetcherSettings(CommonSettings):
         if value < timedelta(0):
             raise ValueError("backfill window must not be negative")
         return value
+
+    @field_validator("retention", "retention_minute")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("must be at least 1 day (data is dropped a whole day at a time)")
+        return value
+
+    @model_validator(mode="after")
+    def _minute_bars_outlive_ticks(self) -> FetcherSettings:
+        if self.retention_minute < self.retention:
+            raise ValueError("retention_minute must not be shorter than retention")
+        return self
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -16,7 +16,11 @@ class FetcherMetrics:
             namespace=ns, registry=registry,
         )  # fmt: skip
         self.ticks_written = Counter(
-            "ticks_written", "Ticks newly stored (duplicates excluded).",
+            "ticks_written", "Raw ticks newly stored (duplicates excluded).",
+            namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.ticks_as_bars = Counter(
+            "ticks_as_bars", "History older than the raw retention, stored as minute bars only.",
             namespace=ns, registry=registry,
         )  # fmt: skip
         self.ticks_dropped = Counter(
@@ -32,7 +36,7 @@ class FetcherMetrics:
             ["kind"], namespace=ns, registry=registry,
         )  # fmt: skip
         self.ticks_backfilled = Counter(
-            "ticks_backfilled", "Backfilled (history) ticks newly stored.",
+            "ticks_backfilled", "Backfilled (history) ticks newly stored, raw or as minute bars.",
             namespace=ns, registry=registry,
         )  # fmt: skip
         self.stream_connected = Gauge(
@@ -53,6 +57,10 @@ class FetcherMetrics:
         )
         self.last_write = Gauge(
             "last_write_timestamp_seconds", "Unix time of the last committed batch.",
+            namespace=ns, registry=registry,
+        )  # fmt: skip
+        self.partitions_dropped = Counter(
+            "partitions_dropped", "Partitions dropped by retention (raw ticks and bars).",
             namespace=ns, registry=registry,
         )  # fmt: skip
         self.database_up = Gauge(

@@ -1,22 +1,141 @@
-"""The fetcher's SQL, as named, parameterised statements."""
+"""The fetcher's SQL, as named, parameterised statements.
+
+Bars are written three ways, all to the same result: accumulated from the ticks a statement
+inserted (any batch), accumulated from bars computed in memory (batches copied in without
+conflicts, see rollup.py), and rebuilt from the next finer level (history older than the raw
+retention, which arrives as minute bars). The aggregate fragments below are constants, shared
+so that the three ways cannot drift apart.
+"""
 
 from __future__ import annotations
+
+BAR_COLUMNS = (
+    "width_s, symbol, bucket, open, high, low, close, ticks, open_ts, high_ts, low_ts, close_ts"
+)
+
+# A bar of the rows (symbol, ts, price) of one group; ties at the high or low go to the earliest.
+_BAR_OF_TICKS = """
+    (array_agg(price ORDER BY ts))[1] AS open, max(price) AS high, min(price) AS low,
+    (array_agg(price ORDER BY ts DESC))[1] AS close, count(*) AS ticks,
+    min(ts) AS open_ts, (array_agg(ts ORDER BY price DESC, ts))[1] AS high_ts,
+    (array_agg(ts ORDER BY price, ts))[1] AS low_ts, max(ts) AS close_ts"""
+
+# A bar of the bars of one group (narrower buckets inside a wider one).
+_BAR_OF_BARS = """
+    (array_agg(open ORDER BY open_ts))[1], max(high), min(low),
+    (array_agg(close ORDER BY close_ts DESC))[1], sum(ticks)::bigint,
+    min(open_ts), (array_agg(high_ts ORDER BY high DESC, high_ts))[1],
+    (array_agg(low_ts ORDER BY low, low_ts))[1], max(close_ts)"""
+
+# Merging new ticks' bar into a stored one; exact because a tick is inserted (and counted) once.
+_ACCUMULATE = """
+ON CONFLICT (width_s, symbol, bucket) DO UPDATE SET
+    open = CASE WHEN excluded.open_ts < b.open_ts THEN excluded.open ELSE b.open END,
+    open_ts = least(b.open_ts, excluded.open_ts),
+    high = greatest(b.high, excluded.high),
+    high_ts = CASE WHEN excluded.high > b.high THEN excluded.high_ts
+                   WHEN excluded.high < b.high THEN b.high_ts
+                   ELSE least(b.high_ts, excluded.high_ts) END,
+    low = least(b.low, excluded.low),
+    low_ts = CASE WHEN excluded.low < b.low THEN excluded.low_ts
+                  WHEN excluded.low > b.low THEN b.low_ts
+                  ELSE least(b.low_ts, excluded.low_ts) END,
+    close = CASE WHEN excluded.close_ts > b.close_ts THEN excluded.close ELSE b.close END,
+    close_ts = greatest(b.close_ts, excluded.close_ts),
+    ticks = b.ticks + excluded.ticks"""
+
+# Ticks, then their bars at every level, in one statement: 10 s bars from the ticks actually
+# inserted (a duplicate is skipped, so never counted twice), wider levels ($6: their widths) from
+# those. $5 marks backfilled history. The result says what was new, for the notifications.
+WRITE_TICKS = f"""
+WITH ins AS (
+    INSERT INTO ticks (symbol, ts, price, volume, backfilled)
+    SELECT s, t, p, v, $5
+    FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bigint[]) AS u(s, t, p, v)
+    ON CONFLICT (symbol, ts) DO NOTHING
+    RETURNING symbol, ts, price, event_id
+), fine AS (
+    SELECT 10 AS width_s, symbol, date_bin('10 seconds', ts, 'epoch') AS bucket, {_BAR_OF_TICKS}
+    FROM ins
+    GROUP BY 2, 3
+), wide AS (
+    SELECT w.width_s, symbol, date_bin(make_interval(secs => w.width_s), bucket, 'epoch'),
+           {_BAR_OF_BARS}
+    FROM fine CROSS JOIN unnest($6::int[]) AS w(width_s)
+    GROUP BY 1, 2, 3
+), merged AS (
+    INSERT INTO bars AS b ({BAR_COLUMNS})
+    SELECT * FROM fine UNION ALL SELECT * FROM wide
+    {_ACCUMULATE}
+)
+SELECT count(*) AS inserted, max(event_id) AS max_event_id,
+       array_agg(DISTINCT symbol ORDER BY symbol) AS symbols,
+       min(ts) AS first_ts, max(ts) AS last_ts
+FROM ins
+"""
+
+# Bars computed in memory (rollup.py) for ticks copied in by the same transaction.
+ACCUMULATE_BARS = f"""
+INSERT INTO bars AS b ({BAR_COLUMNS})
+SELECT * FROM unnest($1::int[], $2::text[], $3::timestamptz[], $4::float8[], $5::float8[],
+                     $6::float8[], $7::float8[], $8::bigint[], $9::timestamptz[],
+                     $10::timestamptz[], $11::timestamptz[], $12::timestamptz[])
+{_ACCUMULATE}
+"""
+
+# The event id the copy-in just gave its last row (ids come from one sequence, in row order).
+LAST_EVENT_ID = "SELECT currval('tick_event_id_seq')"
+
+# History older than the raw retention: minute bars only, each stored once (a minute already
+# there is final), for $4 = the minute level's width. Returns the minutes that were new.
+INSERT_MINUTE_BARS = f"""
+WITH input AS (
+    SELECT DISTINCT ON (symbol, ts) *
+    FROM unnest($1::text[], $2::timestamptz[], $3::float8[]) AS u(symbol, ts, price)
+)
+INSERT INTO bars ({BAR_COLUMNS})
+SELECT $4::int, symbol, date_bin(make_interval(secs => $4::int), ts, 'epoch'), {_BAR_OF_TICKS}
+FROM input
+GROUP BY 2, 3
+ON CONFLICT (width_s, symbol, bucket) DO NOTHING
+RETURNING symbol, bucket, ticks
+"""
+
+# The $1-second bars of symbols $3 from $4 to $5, rebuilt from the $2-second bars inside them.
+REBUILD_BARS = f"""
+INSERT INTO bars AS b ({BAR_COLUMNS})
+SELECT $1::int, symbol, date_bin(make_interval(secs => $1::int), bucket, 'epoch'), {_BAR_OF_BARS}
+FROM bars
+WHERE width_s = $2::int AND symbol = ANY($3::text[])
+  AND bucket >= date_bin(make_interval(secs => $1::int), $4::timestamptz, 'epoch')
+  AND bucket < date_bin(make_interval(secs => $1::int), $5::timestamptz, 'epoch')
+               + make_interval(secs => $1::int)
+GROUP BY 2, 3
+ON CONFLICT (width_s, symbol, bucket) DO UPDATE SET
+    open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+    ticks = excluded.ticks, open_ts = excluded.open_ts, high_ts = excluded.high_ts,
+    low_ts = excluded.low_ts, close_ts = excluded.close_ts
+"""
+
+# Each symbol's newest stored tick: a copy-in of later ticks cannot conflict with anything stored.
+NEWEST_TICKS = """
+SELECT s AS symbol, (SELECT max(ts) FROM ticks WHERE symbol = s) AS newest
+FROM unnest($1::text[]) AS s
+"""
+
+# -- Partitions and retention (functions created by the migrations, see db/migrations) ---------
+ENSURE_PARTITION = "SELECT stockstreamer_ensure_partition($1, $2)"
+APPLY_RETENTION = "SELECT stockstreamer_apply_retention($1::interval, $2::interval) AS dropped"
+# Times before which raw ticks (and before which minute bars) are no longer kept.
+CUTOFFS = """
+SELECT parent, greatest(horizon, now() - keep) AS cutoff FROM partition_policy
+WHERE parent IN ('ticks', 'bars_1m')
+"""
 
 ENSURE_STOCKS = """
 INSERT INTO stocks (symbol)
 SELECT unnest($1::text[])
 ON CONFLICT (symbol) DO NOTHING
-"""
-
-# One statement per batch; a tick already stored (same symbol and time) is skipped.
-INSERT_TICKS = """
-WITH inserted AS (
-    INSERT INTO ticks (symbol, ts, price, volume)
-    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::numeric[], $4::bigint[])
-    ON CONFLICT (symbol, ts) DO NOTHING
-    RETURNING event_id
-)
-SELECT count(*) AS inserted, max(event_id) AS max_event_id FROM inserted
 """
 
 NOTIFY = "SELECT pg_notify($1, $2)"
@@ -57,23 +176,6 @@ WITH input AS (
             metadata_updated_at = EXCLUDED.metadata_updated_at
 )
 SELECT symbol FROM changed
-"""
-
-# Backfilled history: stored once, marked so that live streams never send it as news; the
-# result describes what was new, for the `history` notification.
-INSERT_HISTORY = """
-WITH inserted AS (
-    INSERT INTO ticks (symbol, ts, price, volume, backfilled)
-    SELECT s, t, p, v, true
-    FROM unnest($1::text[], $2::timestamptz[], $3::numeric[], $4::bigint[]) AS u(s, t, p, v)
-    ON CONFLICT (symbol, ts) DO NOTHING
-    RETURNING symbol, ts
-)
-SELECT count(*) AS inserted,
-       array_agg(DISTINCT symbol ORDER BY symbol) AS symbols,
-       min(ts) AS first_ts,
-       max(ts) AS last_ts
-FROM inserted
 """
 
 # Where each symbol's stored history ends, ignoring anything from this run onwards.

@@ -10,14 +10,13 @@ from typing import TypeVar
 
 import stamina
 
-from services.common.db import connect
 from services.common.models import Profile, Tick, Week52
-from services.fetcher import queries
 from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError, TradeStream
+from services.fetcher.store import Retention
 from services.fetcher.validation import DropLog, DropReason, split_valid, usable_week52
 from services.fetcher.writer import OUTAGE_ERRORS, BatchWriter
 
@@ -41,13 +40,12 @@ class Fetcher:
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.buffer_capacity)
         self.writer = BatchWriter(
-            settings.database_url, self.symbols, self.buffer, metrics,
-            settings.batch_size, settings.fetcher_db_role,
+            settings.database_url, self.symbols, self.buffer, metrics, settings.batch_size,
+            settings.fetcher_db_role, Retention(settings.retention, settings.retention_minute),
         )  # fmt: skip
         self.backfill = Backfill(
-            self.writer, self.symbols, settings.backfill, self._call, self._accept,
-            settings.fetcher_db_role,
-        )  # fmt: skip
+            self.writer, self.symbols, settings.backfill, self._call, self._accept
+        )
         # Live ticks wait in the buffer until the backfill has read where history ends.
         self.writer.hold = self.backfill.planned
         self.stream: TradeStream | None = None
@@ -237,31 +235,8 @@ class Fetcher:
         week52 = [kept for _, kept in usable if kept is not None]
         if not profiles and not week52:
             return
-        conn = await connect(self.settings.database_url, self.settings.fetcher_db_role)
-        try:
-            async with conn.transaction():
-                changed: set[str] = set()
-                if profiles:
-                    rows = await conn.fetch(
-                        queries.UPSERT_PROFILES,
-                        [p.symbol for p in profiles],
-                        [p.name for p in profiles],
-                        [p.logo_url for p in profiles],
-                    )
-                    changed.update(r["symbol"] for r in rows)
-                if week52:
-                    rows = await conn.fetch(
-                        queries.UPSERT_WEEK52,
-                        [w.symbol for w in week52],
-                        [w.high for w in week52],
-                        [w.low for w in week52],
-                        [w.previous_close for w in week52],
-                    )
-                    changed.update(r["symbol"] for r in rows)
-                for symbol in sorted(changed):
-                    await conn.execute(queries.NOTIFY, "stocks", symbol)
-        finally:
-            await conn.close()
+        async with self.writer.use() as store:
+            await store.upsert_metadata(profiles, week52)
         self._ranges.update((w.symbol, w) for w in week52)
 
     async def _metadata_loop(self) -> None:

@@ -28,6 +28,7 @@ class DropReason(StrEnum):
     MALFORMED = "malformed"
     BUFFER_FULL = "buffer_full"
     REJECTED = "rejected_by_database"
+    EXPIRED = "older_than_retention"
 
 
 def check_tick(tick: Tick, tracked: Collection[str], now: datetime) -> DropReason | None:

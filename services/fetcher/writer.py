@@ -1,23 +1,21 @@
-"""The single writer: drains the buffer in batches, one transaction at a time, in order."""
+"""The single writer: owns the fetcher's one connection and drains the buffer into it, in order."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from decimal import Decimal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 
 from services.common.db import connect, redact_url
 from services.common.models import Tick
-from services.fetcher import queries
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.store import Retention, TickStore, Written
 from services.fetcher.validation import DropReason
 
 log = logging.getLogger(__name__)
@@ -39,12 +37,13 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
 )
+UPKEEP_SECONDS = 3600.0  # retention and tomorrow's partitions, checked hourly (and on connect)
 
-WriteFn = Callable[[asyncpg.Connection, list[Tick]], Awaitable[int]]
+WriteFn = Callable[[TickStore, list[Tick]], Awaitable[Written]]
 
 
 class BatchWriter:
-    """Owns the fetcher's only writing connection; nothing else inserts ticks."""
+    """Owns the fetcher's only database connection; everything the fetcher stores goes here."""
 
     def __init__(
         self,
@@ -54,6 +53,7 @@ class BatchWriter:
         metrics: FetcherMetrics,
         batch_size: int,
         role: str | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.url = url
         self.symbols = symbols
@@ -61,40 +61,67 @@ class BatchWriter:
         self.metrics = metrics
         self.batch_size = batch_size
         self.role = role or None
-        self._conn: asyncpg.Connection | None = None
+        self.retention = retention or Retention()
+        self._store: TickStore | None = None
+        self._lock = asyncio.Lock()  # one user of the connection at a time
         self._outage_since: float | None = None
         self._backoff = 0.1
+        self._upkeep_at = 0.0
         # Backfilled chunks wait here; each is written in a transaction of its own.
         self._history: deque[tuple[list[Tick], asyncio.Future[int]]] = deque()
-        self.hold: asyncio.Event | None = None  # when given, `run` starts writing once it is set
+        self.hold: asyncio.Event | None = None  # when given, live ticks wait until it is set
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
+        return self._store is not None and not self._store.conn.is_closed()
 
-    async def _connection(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self.url, self.role)
-            # Ticks reference stocks; make sure every tracked symbol has its row.
-            await self._conn.execute(queries.ENSURE_STOCKS, self.symbols)
-            self.metrics.database_up.set(1)
-        return self._conn
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[TickStore]:
+        """The connection's store, for one piece of work; an outage closes it and propagates."""
+        async with self._lock:
+            try:
+                if self._store is None or self._store.conn.is_closed():
+                    conn = await connect(self.url, self.role)
+                    try:
+                        self._store = await TickStore.open(conn, self.symbols, self.retention)
+                    except BaseException:
+                        conn.terminate()
+                        raise
+                    self._upkeep_at = time.monotonic() + UPKEEP_SECONDS
+                    self.metrics.database_up.set(1)
+                yield self._store
+            except OUTAGE_ERRORS:
+                await self._close()
+                raise
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop` is set and the buffer is empty (the caller bounds the wait)."""
-        while self.hold is not None and not (self.hold.is_set() or stop.is_set()):
-            await asyncio.sleep(0.02)
         while not (stop.is_set() and len(self.buffer) == 0):
+            held = self.hold is not None and not self.hold.is_set() and not stop.is_set()
             if self._history and not stop.is_set():
                 # Live ticks go first: history delays them by one chunk's write at most.
-                await self.flush_once()
+                if not held:
+                    await self.flush_once()
                 await self.flush_history_once()
-            elif not await self.buffer.wait(timeout=0.2):
-                continue
+            elif held or not await self.buffer.wait(timeout=0.2):
+                await asyncio.sleep(0.02 if held else 0)
             else:
                 await self.flush_once()
+            if time.monotonic() >= self._upkeep_at and self.connected and not stop.is_set():
+                await self.upkeep_once()
             if self._outage_since is not None:
                 await asyncio.sleep(self._backoff)
+
+    async def upkeep_once(self) -> None:
+        """Apply retention and make the coming partitions; a failure waits for the next turn."""
+        self._upkeep_at = time.monotonic() + UPKEEP_SECONDS
+        try:
+            async with self.use() as store:
+                dropped = await store.upkeep()
+        except Exception as exc:  # noqa: BLE001 - upkeep must never stop the writing
+            log.warning("partition upkeep failed; retried later", extra={"error": repr(exc)})
+        else:
+            self.metrics.partitions_dropped.inc(len(dropped))
 
     async def flush_once(self) -> None:
         """Write one batch from the buffer, or put it back if the database is unreachable."""
@@ -102,8 +129,8 @@ class BatchWriter:
         if not batch:
             return
         try:
-            conn = await self._connection()
-            await self._write(conn, batch)
+            async with self.use() as store:
+                await self._write(store, batch)
         except asyncio.CancelledError:
             self.buffer.requeue(batch)  # shutdown ran out of time: reported as unflushed, not lost
             raise
@@ -144,11 +171,10 @@ class BatchWriter:
             self._history.popleft()
             return
         try:
-            conn = await self._connection()
-            inserted = await self._write_history(conn, ticks)
+            async with self.use() as store:
+                inserted = await self._write_history(store, ticks)
         except OUTAGE_ERRORS as exc:
             self._on_outage(exc, 0)
-            await self.close()
         except Exception as exc:  # noqa: BLE001 - bad history must not stop live writing
             log.exception("history chunk not written; dropped")
             self._history.popleft()
@@ -161,56 +187,40 @@ class BatchWriter:
                 future.set_result(inserted)
             self._recovered()
 
-    async def _write_history(self, conn: asyncpg.Connection, ticks: list[Tick]) -> int:
+    async def _write_history(self, store: TickStore, ticks: list[Tick]) -> int:
         """Insert past ticks in one transaction; count the new ones."""
-        started = time.perf_counter()
-        try:
-            async with conn.transaction():
-                row = await conn.fetchrow(queries.INSERT_HISTORY, *_columns(ticks))
-                assert row is not None  # noqa: S101 - an aggregate always returns a row
-                if row["inserted"]:
-                    # History is announced as a window to reload, never as live `prices`.
-                    payload = {"symbols": list(row["symbols"]), "start": _ms(row["first_ts"]),
-                               "end": _ms(row["last_ts"])}  # fmt: skip
-                    await conn.execute(queries.NOTIFY, "history", json.dumps(payload))
-        except DATA_ERRORS as exc:
-            return await self._isolate(conn, ticks, exc, self._write_history)
-        self.metrics.ticks_backfilled.inc(row["inserted"])
-        return self._written(started, row["inserted"])
+        stored = await self._guarded(store, ticks, TickStore.write_history)
+        self.metrics.ticks_backfilled.inc(stored)
+        return stored
 
-    async def _write(self, conn: asyncpg.Connection, batch: list[Tick]) -> int:
+    async def _write(self, store: TickStore, batch: list[Tick]) -> int:
         """Insert live ticks in one transaction and announce them; count the new ones."""
+        return await self._guarded(store, batch, TickStore.write_live)
+
+    async def _guarded(self, store: TickStore, ticks: list[Tick], write: WriteFn) -> int:
+        """`write` the ticks (returns how many were new); split what the database refuses."""
         started = time.perf_counter()
         try:
-            async with conn.transaction():
-                row = await conn.fetchrow(queries.INSERT_TICKS, *_columns(batch))
-                assert row is not None  # noqa: S101 - an aggregate always returns a row
-                if row["inserted"]:
-                    # Delivered on commit, with the highest id the readers may now fetch up to.
-                    await conn.execute(queries.NOTIFY, "prices", str(row["max_event_id"]))
+            written = await write(store, ticks)
         except DATA_ERRORS as exc:
-            return await self._isolate(conn, batch, exc, self._write)
-        return self._written(started, row["inserted"])
-
-    def _written(self, started: float, inserted: int) -> int:
+            if len(ticks) == 1:
+                self.metrics.ticks_dropped.labels(DropReason.REJECTED).inc()
+                log.error(
+                    "database refused a tick; dropped",
+                    extra={"symbol": ticks[0].symbol, "ts": ticks[0].ts.isoformat(),
+                           "error": str(exc)},
+                )  # fmt: skip
+                return 0
+            mid = len(ticks) // 2
+            first = await self._guarded(store, ticks[:mid], write)
+            return first + await self._guarded(store, ticks[mid:], write)
+        if written.expired:
+            self.metrics.ticks_dropped.labels(DropReason.EXPIRED).inc(written.expired)
         self.metrics.batch_write_seconds.observe(time.perf_counter() - started)
-        self.metrics.ticks_written.inc(inserted)
+        self.metrics.ticks_written.inc(written.inserted)
+        self.metrics.ticks_as_bars.inc(written.as_bars)
         self.metrics.last_write.set(time.time())
-        return inserted
-
-    async def _isolate(
-        self, conn: asyncpg.Connection, batch: list[Tick], exc: BaseException, write: WriteFn
-    ) -> int:
-        """Split a batch the database refused until only the bad ticks are left, and drop those."""
-        if len(batch) == 1:
-            self.metrics.ticks_dropped.labels(DropReason.REJECTED).inc()
-            log.error(
-                "database refused a tick; dropped",
-                extra={"symbol": batch[0].symbol, "ts": batch[0].ts.isoformat(), "error": str(exc)},
-            )
-            return 0
-        mid = len(batch) // 2
-        return await write(conn, batch[:mid]) + await write(conn, batch[mid:])
+        return written.stored
 
     def _on_outage(self, exc: BaseException, evicted: int) -> None:
         self.metrics.database_up.set(0)
@@ -229,23 +239,14 @@ class BatchWriter:
         self._backoff = min(self._backoff * 2, 2.0)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
+        if self._store is not None:
+            conn, self._store = self._store.conn, None
+            self.metrics.database_up.set(0)
             try:
                 await asyncio.wait_for(conn.close(), 1.0)
             except Exception:  # noqa: BLE001 - the connection is already broken
                 conn.terminate()
-
-
-def _columns(
-    ticks: list[Tick],
-) -> tuple[list[str], list[datetime], list[Decimal], list[int | None]]:
-    """The ticks as the column arrays the insert statements unnest."""
-    return (
-        [t.symbol for t in ticks], [t.ts for t in ticks],
-        [t.price for t in ticks], [t.volume for t in ticks],
-    )  # fmt: skip
-
-
-def _ms(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)

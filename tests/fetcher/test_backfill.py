@@ -20,6 +20,7 @@ from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.server import Fault
 from tests.fakes.twelvedata import FakeTwelveData
 from tests.fetcher.notifications import Notifications
+from tests.utils.api import Market
 from tests.utils.vendors import finnhub_settings, make_fetcher, sample, twelvedata_settings
 from tests.utils.waiting import eventually
 
@@ -92,8 +93,8 @@ async def test_after_downtime_only_the_gap_is_filled(
 ) -> None:
     until = datetime.now(UTC).replace(second=30)
     last_live = until - timedelta(minutes=30)
-    await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
-    await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', $1, 1)", last_live)
+    await Market(db).stocks("AAPL")
+    await Market(db).ticks([("AAPL", last_live, 1)])
     await backfill_once(sim_fetcher(database_url), until)
     aapl = await db.fetch("SELECT ts FROM ticks WHERE symbol = 'AAPL' AND backfilled")
     assert len(aapl) == 30 and min(r["ts"] for r in aapl) > last_live

@@ -79,7 +79,7 @@ async def test_outage_loses_nothing_and_stores_everything_once(
     finally:
         await conn.close()
     stored = [(r["symbol"], r["ts"], r["price"]) for r in rows]
-    expected = [(t.symbol, t.ts, t.price) for t in provider.produced]
+    expected = [(t.symbol, t.ts, float(t.price)) for t in provider.produced]
     assert len(stored) == len(set(stored))  # exactly once
     assert sorted(stored) == sorted(expected)  # every produced tick, nothing else
     # flushed in order: event ids follow the ticks' own order

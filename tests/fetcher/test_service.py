@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.models import Profile, Tick, Week52
@@ -18,9 +20,21 @@ from services.fetcher.service import Fetcher
 from services.runner.embedded_db import free_port
 from tests.fetcher.notifications import Notifications
 from tests.fetcher.scripted import ScriptedProvider
+from tests.utils.api import Market
 from tests.utils.waiting import eventually
 
 SYMBOLS = "AAPL,NVDA"
+
+
+OPENED: list[Fetcher] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_writers() -> AsyncIterator[None]:
+    """The writer keeps its connection between calls: close every test's when it ends."""
+    yield
+    while OPENED:
+        await OPENED.pop().writer.close()
 
 
 def make_fetcher(url: str, provider: Provider, **overrides: object) -> Fetcher:
@@ -28,7 +42,9 @@ def make_fetcher(url: str, provider: Provider, **overrides: object) -> Fetcher:
         database_url=url, symbols=SYMBOLS, price_interval=0.05,
         retry_wait_initial=0.01, retry_wait_max=0.02, **overrides,  # type: ignore[arg-type]
     )  # fmt: skip
-    return Fetcher(settings, provider, FetcherMetrics(CollectorRegistry()))
+    fetcher = Fetcher(settings, provider, FetcherMetrics(CollectorRegistry()))
+    OPENED.append(fetcher)
+    return fetcher
 
 
 def sample(fetcher: Fetcher, name: str, **labels: str) -> float:
@@ -166,14 +182,15 @@ async def test_metadata_is_upserted_and_changes_are_notified(
     # the same values again: refreshed time, but no change to announce
     first_update = row["metadata_updated_at"]
     assert await fetcher.refresh_metadata_once()
-    assert await db.fetchval("SELECT metadata_updated_at FROM stocks") > first_update
+    updated = "SELECT metadata_updated_at FROM stocks WHERE symbol = 'AAPL'"
+    assert await db.fetchval(updated) > first_update
     assert await notes.drain() == []
 
     provider.week52_list = [Week52("AAPL", Decimal("310"), Decimal("150"))]
     assert await fetcher.refresh_metadata_once()
     assert await notes.next() == ("stocks", "AAPL")
     # a missing previous close does not erase the known one
-    assert await db.fetchval("SELECT previous_close FROM stocks") == 270
+    assert await db.fetchval("SELECT previous_close FROM stocks WHERE symbol = 'AAPL'") == 270
 
 
 async def test_metadata_is_never_deleted_and_reinserted(
@@ -183,7 +200,7 @@ async def test_metadata_is_never_deleted_and_reinserted(
     provider.profile_list = [Profile("AAPL", "Apple", None)]
     fetcher = make_fetcher(database_url, provider)
     await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
-    await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', now(), 1)")
+    await Market(db).ticks([("AAPL", now(), 1)])
     for _ in range(2):
         await fetcher.refresh_metadata_once()
     # a delete would have failed on the tick's foreign key, or cascaded it away
@@ -261,7 +278,9 @@ async def test_live_prices_beyond_the_52_week_range_extend_it(
     assert await notes.next() == ("stocks", "AAPL")
 
     async def stored() -> tuple[Decimal, Decimal, Decimal]:
-        row = await db.fetchrow("SELECT week52_high, week52_low, previous_close FROM stocks")
+        row = await db.fetchrow(
+            "SELECT week52_high, week52_low, previous_close FROM stocks WHERE symbol = 'AAPL'"
+        )
         assert row is not None
         return row["week52_high"], row["week52_low"], row["previous_close"]
 

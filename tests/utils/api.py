@@ -20,7 +20,9 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.common.models import Tick
 from services.fetcher import queries as fetcher_queries
+from services.fetcher.store import Retention, TickStore
 
 T = TypeVar("T")
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
@@ -79,28 +81,31 @@ class ThreadedApi:
 
 
 class Market:
-    """Writes stocks and ticks with the fetcher's own statements: one transaction per batch."""
+    """Writes stocks and ticks through the fetcher's own store: one transaction per batch.
+
+    Its retention is ten years, so the fixed dates the tests use are kept as raw ticks.
+    """
+
+    RETENTION = Retention(timedelta(days=3650), timedelta(days=3650))
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self._store: TickStore | None = None
+
+    async def store(self) -> TickStore:
+        if self._store is None:
+            self._store = await TickStore.open(self.conn, [], self.RETENTION)
+        return self._store
 
     async def stocks(self, *symbols: str) -> None:
         await self.conn.execute(fetcher_queries.ENSURE_STOCKS, list(symbols))
 
     async def ticks(self, ticks: Iterable[tuple[str, datetime, float | Decimal]]) -> int:
         """Insert live ticks and NOTIFY `prices` on commit; returns the batch's highest event id."""
-        rows = list(ticks)
-        async with self.conn.transaction():
-            row = await self.conn.fetchrow(
-                fetcher_queries.INSERT_TICKS,
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                [Decimal(str(r[2])) for r in rows],
-                [None] * len(rows),
-            )
-            assert row is not None and row["inserted"] == len(rows)
-            await self.conn.execute(fetcher_queries.NOTIFY, "prices", str(row["max_event_id"]))
-        return int(row["max_event_id"])
+        rows = [Tick(r[0], r[1], Decimal(str(r[2]))) for r in ticks]
+        written = await (await self.store()).write_live(rows)
+        assert written.inserted == len(rows) and written.max_event_id is not None
+        return written.max_event_id
 
     async def series(
         self, symbol: str, count: int, start: datetime = T0, step: timedelta = timedelta(seconds=1)
@@ -117,21 +122,8 @@ class Market:
 
     async def history(self, ticks: Sequence[tuple[str, datetime, float]]) -> None:
         """Insert backfilled ticks and NOTIFY `history`, as the fetcher's backfill does."""
-        async with self.conn.transaction():
-            row = await self.conn.fetchrow(
-                fetcher_queries.INSERT_HISTORY,
-                [t[0] for t in ticks],
-                [t[1] for t in ticks],
-                [Decimal(str(t[2])) for t in ticks],
-                [None] * len(ticks),
-            )
-            assert row is not None
-            payload = {
-                "symbols": row["symbols"],
-                "start": int(row["first_ts"].timestamp() * 1000),
-                "end": int(row["last_ts"].timestamp() * 1000),
-            }
-            await self.conn.execute(fetcher_queries.NOTIFY, "history", json.dumps(payload))
+        rows = [Tick(t[0], t[1], Decimal(str(t[2]))) for t in ticks]
+        await (await self.store()).write_history(rows)
 
     async def week52(
         self, symbol: str, high: float, low: float, previous_close: float | None = None

@@ -1,4 +1,4 @@
-"""Fetchers wired to the fake vendors in tests/fakes, with fast retries and no backfill."""
+"""Fetchers wired to the fake vendors in tests/fakes: fast retries, no backfill, long retention."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from services.fetcher.service import Fetcher
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.twelvedata import FakeTwelveData
 
-FAST = {"price_interval": 0.05, "retry_wait_initial": 0.01, "retry_wait_max": 0.05, "backfill": 0}
+FAST = {"price_interval": 0.05, "retry_wait_initial": 0.01, "retry_wait_max": 0.05, "backfill": 0,
+        # the vendors' documented examples date from 2021: keep them as raw ticks
+        "retention": "3650d", "retention_minute": "3650d"}  # fmt: skip
 
 
 def finnhub_settings(url: str, fake: FakeFinnhub, **overrides: Any) -> FetcherSettings:

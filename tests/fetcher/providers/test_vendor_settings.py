@@ -35,8 +35,8 @@ def test_backfill_windows(monkeypatch: pytest.MonkeyPatch, value: str, expected:
     assert FetcherSettings().backfill == expected
 
 
-def test_backfill_defaults_to_a_week_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert FetcherSettings().backfill == timedelta(days=7)
+def test_backfill_defaults_to_a_year_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert FetcherSettings().backfill == timedelta(days=365)
     for bad in ("-1", "a week", "7y"):
         monkeypatch.setenv("STOCKSTREAMER_BACKFILL", bad)
         with pytest.raises(ValidationError, match="backfill"):

@@ -1,0 +1,297 @@
+"""The writer's work on its connection: ticks with their bars, partitions and retention."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+
+from services.common.bars import DAILY, LEVELS, MINUTE, MONTHLY
+from services.common.models import Profile, Tick, Week52
+from services.fetcher import queries
+from services.fetcher.rollup import columns, rollup
+
+log = logging.getLogger(__name__)
+
+COPY_COLUMNS = ("symbol", "ts", "price", "volume")
+WIDER = [level.seconds for level in LEVELS[1:]]
+# Minute bars are the finest level kept for history older than raw ticks; each wider level is
+# rebuilt from the one below it.
+REBUILT = [(wide.seconds, fine.seconds) for fine, wide in zip(LEVELS[1:], LEVELS[2:], strict=False)]
+LOCK_TIMEOUT = "2s"  # partition DDL waits this long for readers, then the write is retried
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long raw ticks (and 10 s bars) and minute bars are kept."""
+
+    raw: timedelta = timedelta(days=30)
+    minute: timedelta = timedelta(days=400)
+
+
+@dataclass(slots=True)
+class Written:
+    """What one write stored."""
+
+    inserted: int = 0  # raw ticks newly stored
+    as_bars: int = 0  # ticks older than the raw retention, newly stored as minute bars only
+    max_event_id: int | None = None
+    symbols: set[str] = field(default_factory=set)
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
+    expired: int = 0  # older than every retention: not stored
+
+    @property
+    def stored(self) -> int:
+        return self.inserted + self.as_bars
+
+    def add(
+        self, count: int, symbols: list[str], first: datetime, last: datetime, raw: bool = True
+    ) -> None:
+        if count:
+            if raw:
+                self.inserted += count
+            else:
+                self.as_bars += count
+            self.symbols.update(symbols)
+            self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
+            self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
+
+    def history_payload(self) -> str:
+        """The `history` notification: which symbols and window to reload."""
+        assert self.first_ts is not None and self.last_ts is not None  # noqa: S101
+        return json.dumps(
+            {"symbols": sorted(self.symbols), "start": _ms(self.first_ts), "end": _ms(self.last_ts)}
+        )
+
+
+class TickStore:
+    """Writes through one connection; build one with `open` for each new connection."""
+
+    def __init__(self, conn: asyncpg.Connection, retention: Retention) -> None:
+        self.conn = conn
+        self.retention = retention
+        self.raw_cutoff = NEVER  # older ticks are kept as minute bars only
+        self.minute_cutoff = NEVER  # older ticks are not kept at all
+        self._newest: dict[str, datetime] = {}
+        self._partitions: set[tuple[str, date]] = set()
+
+    @classmethod
+    async def open(
+        cls, conn: asyncpg.Connection, symbols: list[str], retention: Retention
+    ) -> TickStore:
+        """Ready to write: tracked stocks exist, retention applied, today's partitions made."""
+        store = cls(conn, retention)
+        # Ticks reference stocks; make sure every tracked symbol has its row.
+        await conn.execute(queries.ENSURE_STOCKS, symbols)
+        await store.upkeep()
+        rows = await conn.fetch(queries.NEWEST_TICKS, symbols)
+        store._newest = {r["symbol"]: r["newest"] for r in rows if r["newest"] is not None}
+        return store
+
+    # -- upkeep ------------------------------------------------------------------------------
+    async def upkeep(self) -> list[str]:
+        """Drop expired partitions, then make sure today's and tomorrow's exist."""
+        rows = await self.conn.fetch(
+            queries.APPLY_RETENTION, self.retention.raw, self.retention.minute
+        )
+        dropped = [r["dropped"] for r in rows]
+        if dropped:
+            self._partitions.clear()
+            log.info("retention: partitions dropped", extra={"dropped": ",".join(dropped)})
+        cutoffs = {r["parent"]: r["cutoff"] for r in await self.conn.fetch(queries.CUTOFFS)}
+        self.raw_cutoff = cutoffs.get("ticks", NEVER)
+        self.minute_cutoff = cutoffs.get(MINUTE.table, NEVER)
+        now = datetime.now(UTC)
+        await self._ensure(now, now + timedelta(days=1), DAILY + MONTHLY)
+        return dropped
+
+    async def _ensure(self, first: datetime, last: datetime, parents: tuple[str, ...]) -> None:
+        """Partitions of `parents` for every day (or month) from `first` to `last`."""
+        missing = [
+            (parent, start)
+            for parent in parents
+            for start in _periods(first, last, monthly=parent in MONTHLY)
+            if (parent, start) not in self._partitions
+        ]
+        if missing:
+            await create_partitions(self.conn, missing)
+            self._partitions.update(missing)
+
+    # -- writes ------------------------------------------------------------------------------
+    async def write_live(self, ticks: list[Tick]) -> Written:
+        """Store live ticks and their bars in one transaction; NOTIFY `prices` on commit."""
+        written, raw = await self._prepare(ticks)
+        async with self.conn.transaction():
+            if raw:
+                await self._write_raw(raw, written, backfilled=False)
+            await self._write_minutes(ticks, written)
+            if written.max_event_id is not None:
+                # Delivered on commit, with the highest id the readers may now fetch up to.
+                await self.conn.execute(queries.NOTIFY, "prices", str(written.max_event_id))
+        self._advance(raw)
+        return written
+
+    async def write_history(self, ticks: list[Tick]) -> Written:
+        """Store past ticks (marked backfilled) and their bars; NOTIFY `history` on commit."""
+        written, raw = await self._prepare(ticks)
+        async with self.conn.transaction():
+            if raw:
+                await self._write_raw(raw, written, backfilled=True)
+            await self._write_minutes(ticks, written)
+            if written.stored:
+                # History is announced as a window to reload, never as live `prices`.
+                await self.conn.execute(queries.NOTIFY, "history", written.history_payload())
+        self._advance(raw)
+        return written
+
+    async def _prepare(self, ticks: list[Tick]) -> tuple[Written, list[Tick]]:
+        """The ticks kept raw (their partitions made); the rest are counted as expired."""
+        written = Written()
+        raw = [t for t in ticks if t.ts >= self.raw_cutoff]
+        written.expired = sum(1 for t in ticks if t.ts < self.minute_cutoff)
+        if raw:
+            await self._ensure(min(t.ts for t in raw), max(t.ts for t in raw), DAILY + MONTHLY)
+        if len(raw) + written.expired < len(ticks):
+            old = [t.ts for t in ticks if self.minute_cutoff <= t.ts < self.raw_cutoff]
+            await self._ensure(min(old), max(old), MONTHLY)
+        return written, raw
+
+    async def _write_raw(self, ticks: list[Tick], written: Written, backfilled: bool) -> None:
+        if not backfilled and self._copyable(ticks):
+            try:
+                async with self.conn.transaction():  # a savepoint: the slower way can follow
+                    await self._copy(ticks, written)
+                return
+            except asyncpg.UniqueViolationError:
+                pass  # stored by someone else meanwhile: let ON CONFLICT sort it out
+        row = await self.conn.fetchrow(
+            queries.WRITE_TICKS, *_columns(ticks), backfilled, WIDER
+        )  # fmt: skip
+        assert row is not None  # noqa: S101 - an aggregate always returns a row
+        written.max_event_id = row["max_event_id"]
+        written.add(row["inserted"], row["symbols"] or [], row["first_ts"], row["last_ts"])
+
+    async def _copy(self, ticks: list[Tick], written: Written) -> None:
+        """The fast way for ticks later than anything stored: COPY, and bars made in memory."""
+        records = [(t.symbol, t.ts, float(t.price), t.volume) for t in ticks]
+        await self.conn.copy_records_to_table("ticks", records=records, columns=COPY_COLUMNS)
+        written.max_event_id = await self.conn.fetchval(queries.LAST_EVENT_ID)
+        bars = rollup((r[0], r[1], r[2]) for r in records)
+        await self.conn.execute(queries.ACCUMULATE_BARS, *columns(bars))
+        times = [r[1] for r in records]
+        written.add(len(records), list({r[0] for r in records}), min(times), max(times))
+
+    def _copyable(self, ticks: list[Tick]) -> bool:
+        """Whether each tick is later than its symbol's newest stored one (so none can conflict)."""
+        newest = dict(self._newest)
+        for tick in ticks:
+            last = newest.get(tick.symbol)
+            if last is not None and tick.ts <= last:
+                return False
+            newest[tick.symbol] = tick.ts
+        return True
+
+    def _advance(self, ticks: list[Tick]) -> None:
+        """Remember each symbol's newest stored tick, once the transaction has committed."""
+        for tick in ticks:
+            last = self._newest.get(tick.symbol)
+            if last is None or tick.ts > last:
+                self._newest[tick.symbol] = tick.ts
+
+    async def upsert_metadata(self, profiles: list[Profile], week52: list[Week52]) -> None:
+        """Names, logos and 52-week ranges; NOTIFY `stocks` for each symbol whose values changed."""
+        changed: set[str] = set()
+        async with self.conn.transaction():
+            if profiles:
+                rows = await self.conn.fetch(
+                    queries.UPSERT_PROFILES,
+                    [p.symbol for p in profiles],
+                    [p.name for p in profiles],
+                    [p.logo_url for p in profiles],
+                )
+                changed.update(r["symbol"] for r in rows)
+            if week52:
+                rows = await self.conn.fetch(
+                    queries.UPSERT_WEEK52,
+                    [w.symbol for w in week52],
+                    [w.high for w in week52],
+                    [w.low for w in week52],
+                    [w.previous_close for w in week52],
+                )
+                changed.update(r["symbol"] for r in rows)
+            for symbol in sorted(changed):
+                await self.conn.execute(queries.NOTIFY, "stocks", symbol)
+
+    async def stored_until(self, symbols: list[str], until: datetime) -> dict[str, datetime | None]:
+        """Each symbol's latest stored tick before `until`."""
+        rows = await self.conn.fetch(queries.LAST_TICK_BEFORE, symbols, until)
+        return {r["symbol"]: r["last_ts"] for r in rows}
+
+    async def _write_minutes(self, ticks: list[Tick], written: Written) -> None:
+        """Ticks older than the raw retention, as minute bars; wider levels rebuilt from them."""
+        old = [t for t in ticks if self.minute_cutoff <= t.ts < self.raw_cutoff]
+        if not old:
+            return
+        symbols, times, prices, _ = _columns(old)
+        rows = await self.conn.fetch(
+            queries.INSERT_MINUTE_BARS, symbols, times, prices, MINUTE.seconds
+        )
+        if not rows:
+            return
+        changed = sorted({r["symbol"] for r in rows})
+        first, last = min(r["bucket"] for r in rows), max(r["bucket"] for r in rows)
+        for width, finer in REBUILT:
+            await self.conn.execute(queries.REBUILD_BARS, width, finer, changed, first, last)
+        written.add(sum(r["ticks"] for r in rows), changed, min(times), max(times), raw=False)
+
+
+async def create_partitions(
+    conn: asyncpg.Connection, partitions: list[tuple[str, date]]
+) -> None:
+    """Make sure each (table, first day) partition exists, in one short transaction."""
+    async with conn.transaction():
+        # Creating a partition locks its parent: wait briefly for readers, never for long.
+        await conn.execute("SELECT set_config('lock_timeout', $1, true)", LOCK_TIMEOUT)
+        for parent, start in partitions:
+            at = datetime(start.year, start.month, start.day, tzinfo=UTC)
+            await conn.fetchval(queries.ENSURE_PARTITION, parent, at)
+
+
+def partitions_for(first: datetime, last: datetime) -> list[tuple[str, date]]:
+    """Every partition that ticks from `first` to `last`, and their bars, are stored in."""
+    return [
+        (parent, start)
+        for parent in DAILY + MONTHLY
+        for start in _periods(first, last, monthly=parent in MONTHLY)
+    ]
+
+
+def _columns(
+    ticks: list[Tick],
+) -> tuple[list[str], list[datetime], list[float], list[int | None]]:
+    """The ticks as the column arrays the statements unnest."""
+    return (
+        [t.symbol for t in ticks], [t.ts for t in ticks],
+        [float(t.price) for t in ticks], [t.volume for t in ticks],
+    )  # fmt: skip
+
+
+def _periods(first: datetime, last: datetime, monthly: bool) -> list[date]:
+    """The first day of every UTC day (or month) from `first` to `last`."""
+    day, end = first.astimezone(UTC).date(), last.astimezone(UTC).date()
+    if monthly:
+        day, end = day.replace(day=1), end.replace(day=1)
+    periods = []
+    while day <= end:
+        periods.append(day)
+        day = (day + timedelta(days=32)).replace(day=1) if monthly else day + timedelta(days=1)
+    return periods
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
