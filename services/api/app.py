@@ -14,7 +14,7 @@ from services.api import errors
 from services.api.config import ApiSettings
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics, TimingMiddleware
-from services.api.routes import health, prices, stocks, stream
+from services.api.routes import bars, health, prices, stocks, stream
 from services.common.db import create_pool, redact_url
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         role = settings.api_db_role
         # min_size=0: the API starts (and says "not ready") while the database is down.
         app.state.pool = await create_pool(
-            settings.database_url, role, min_size=0, max_size=settings.api_pool_size
-        )
+            settings.database_url, role, min_size=0, max_size=settings.api_pool_size,
+            statement_timeout=settings.api_statement_timeout,
+        )  # fmt: skip
         app.state.broadcaster = broadcaster = Broadcaster(settings.database_url, role, metrics)
         broadcaster.start()
         log.info("api started", extra={"database": redact_url(settings.database_url)})
@@ -52,7 +53,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    for router in (stocks.router, prices.router, stream.router, health.router):
+    app.state.history_slots = asyncio.Semaphore(settings.api_history_concurrency)
+    for router in (stocks.router, prices.router, bars.router, stream.router, health.router):
         app.include_router(router)
     errors.install(app)
     if settings.cors_origins:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, cast
@@ -18,6 +20,7 @@ from services.common.symbols import InvalidSymbolError, normalize_symbol, parse_
 
 MAX_SYMBOLS = 50
 ACQUIRE_TIMEOUT = 5.0  # seconds; longer and a client is better off with a 503 and a retry
+HISTORY_WAIT = 0.25  # seconds a history request may wait for a free slot before its 503
 
 
 class InvalidParameter(HTTPException):
@@ -32,6 +35,30 @@ async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
     pool: asyncpg.Pool = request.app.state.pool
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         yield cast(asyncpg.Connection, conn)  # a proxy with the connection's interface
+
+
+class Busy(HTTPException):
+    """A 503 that tells the client when to come back."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": str(retry_after)}
+        )
+
+
+async def history_slot(request: Request) -> AsyncIterator[None]:
+    """One of the process's few concurrent history reads; a 503 when all are taken."""
+    slots: asyncio.Semaphore = request.app.state.history_slots
+    metrics: ApiMetrics = request.app.state.metrics
+    try:
+        await asyncio.wait_for(slots.acquire(), HISTORY_WAIT)
+    except TimeoutError:
+        metrics.history_refused.inc()
+        raise Busy("too many history requests at once, try again shortly") from None
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def get_pool(request: Request) -> asyncpg.Pool:
@@ -90,6 +117,11 @@ def symbols_query(
     return parsed or None
 
 
+def epoch_ms(value: datetime) -> int:
+    """Epoch milliseconds, floored."""
+    return math.floor(value.timestamp() * 1000)
+
+
 def parse_time(name: str, value: str) -> datetime:
     """ISO 8601 (a naive time is UTC) or integer epoch milliseconds, as an aware datetime."""
     text = value.strip()
@@ -126,3 +158,4 @@ BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 SymbolDep = Annotated[str, Depends(symbol_path)]
 SymbolsDep = Annotated[list[str] | None, Depends(symbols_query)]
+HistorySlotDep = Annotated[None, Depends(history_slot)]

@@ -43,9 +43,19 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
+async def query_timeout(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("query cancelled by statement_timeout", extra={"path": request.url.path})
+    return JSONResponse(
+        {"detail": "the query took too long and was cancelled; try a shorter window or later"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
     app.add_exception_handler(RequestValidationError, validation_error)
     # Connection failures, pool timeouts and server errors all mean "not now", not "your fault".
     for outage in (OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
         app.add_exception_handler(outage, database_unavailable)
+    app.add_exception_handler(asyncpg.QueryCanceledError, query_timeout)

@@ -52,6 +52,15 @@ class ApiMetrics:
             "listener_reconnects", "Times the LISTEN connection was re-established.",
             namespace=ns, registry=registry,
         )  # fmt: skip
+        self.history_seconds = Histogram(
+            "history_query_seconds", "Time to read one history window (prices or bars).",
+            ["route"], namespace=ns, registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )  # fmt: skip
+        self.history_refused = Counter(
+            "history_refused", "History requests refused (503) because all slots were busy.",
+            namespace=ns, registry=registry,
+        )  # fmt: skip
         self.stream_lag = Histogram(
             "stream_fetch_seconds", "Time to fetch and fan out the ticks of one notification.",
             namespace=ns, registry=registry,

@@ -95,6 +95,28 @@ class Prices(BaseModel):
     series: list[Series]
 
 
+class BarSeries(BaseModel):
+    """One symbol's bars as parallel arrays, oldest first."""
+
+    symbol: str
+    ts: list[int] = Field(description="Start of each bar, epoch milliseconds (UTC).")
+    open: list[float]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    ticks: list[int] = Field(description="Ticks summarised by each bar.")
+
+
+class Bars(BaseModel):
+    """Open/high/low/close bars of several symbols over one window, at one interval."""
+
+    start: int = Field(description="Window start, epoch milliseconds (inclusive).")
+    end: int = Field(description="Window end, epoch milliseconds (inclusive).")
+    interval: str = Field(description="The bar width served, e.g. 1m, 1h, 1d.")
+    interval_ms: int
+    series: list[BarSeries]
+
+
 class LatestPrice(BaseModel):
     """The newest tick of a symbol."""
 

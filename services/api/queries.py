@@ -39,6 +39,13 @@ SELECT symbol, logo_url, week52_high, week52_low, metadata_updated_at AS updated
 FROM stocks WHERE symbol = $1
 """
 
+# Where each storage level begins: raw ticks (and 10 s bars) from the `ticks` cutoff, minute bars
+# from the `bars_1m` one (see the partition_policy table).
+HORIZONS = """
+SELECT parent, greatest(horizon, now() - keep) AS cutoff FROM partition_policy
+WHERE parent IN ('ticks', 'bars_1m')
+"""
+
 # Up to $4 newest ticks per symbol in [$2, $3]; $4 = max_points + 1 tells "more than fits".
 RAW_WINDOW = """
 SELECT s.symbol, w.ts_ms, w.price
@@ -53,15 +60,16 @@ CROSS JOIN LATERAL (
 ORDER BY s.symbol, w.ts
 """
 
-# One row per symbol and non-empty time bucket: the bucket's lowest, highest and last tick, each as
-# [price, epoch seconds] (last as [epoch seconds, price]) so spikes survive. Buckets are $4
-# microseconds wide (fixed length whatever the session's time zone), $5 of them from $2. Each bucket
-# is read with index-only scans of the primary key (symbol, ts) INCLUDE (price): no full sort.
+# For windows narrower than the finest bars: one row per symbol and non-empty bucket of raw ticks,
+# with the bucket's lowest and highest tick as [price, epoch ms] (the earliest at each; the high's
+# time negated, as in BARS_WINDOW) and its last as [epoch ms, price], so spikes survive. Buckets
+# are $4 microseconds wide (fixed length whatever the session's time zone), $5 of them from $2;
+# each is read from the primary key (symbol, ts) INCLUDE (price) alone.
 DOWNSAMPLED_WINDOW = """
 SELECT s.symbol,
-       ARRAY[g.low, extract(epoch FROM lo.ts)] AS low,
-       ARRAY[g.high, extract(epoch FROM hi.ts)] AS high,
-       ARRAY[extract(epoch FROM g.last_ts), la.price] AS last
+       ARRAY[g.low, floor(extract(epoch FROM lo.ts) * 1000)] AS low,
+       ARRAY[g.high, -floor(extract(epoch FROM hi.ts) * 1000)] AS high,
+       ARRAY[floor(extract(epoch FROM g.last_ts) * 1000), la.price] AS last
 FROM unnest($1::text[]) AS s(symbol)
 CROSS JOIN generate_series(0, $5::bigint - 1) AS n(i)
 CROSS JOIN LATERAL (
@@ -74,20 +82,73 @@ CROSS JOIN LATERAL (
     WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts < b.until AND t.ts <= $3
     HAVING count(*) > 0
 ) g
-CROSS JOIN LATERAL (  -- the earliest tick at the low
+CROSS JOIN LATERAL (
     SELECT t.ts FROM ticks t
     WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts <= g.last_ts AND t.price = g.low
     ORDER BY t.ts LIMIT 1
 ) lo
-CROSS JOIN LATERAL (  -- the latest tick at the high
+CROSS JOIN LATERAL (
     SELECT t.ts FROM ticks t
     WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts <= g.last_ts AND t.price = g.high
-    ORDER BY t.ts DESC LIMIT 1
+    ORDER BY t.ts LIMIT 1
 ) hi
 CROSS JOIN LATERAL (
     SELECT t.price FROM ticks t WHERE t.symbol = s.symbol AND t.ts = g.last_ts
 ) la
 ORDER BY s.symbol, n.i
+"""
+
+# Everything else: the $2-second bars of the window, regrouped into buckets $5 seconds wide
+# (a whole number of bars, aligned to the epoch). Per bucket: how many ticks its bars hold (an
+# upper bound for the window, whose edge bars may reach past it), the lowest and the highest
+# point as [price, epoch ms] (the earliest at each; the high's time negated so that max() picks
+# it) and the last as [epoch ms, price] — each a real tick inside the window [$3, $4].
+BARS_WINDOW = """
+WITH b AS (
+    SELECT symbol, date_bin(make_interval(secs => $5::int), bucket, 'epoch') AS slot, ticks,
+           low, floor(extract(epoch FROM low_ts) * 1000) AS low_ms, low_ts,
+           high, floor(extract(epoch FROM high_ts) * 1000) AS high_ms, high_ts,
+           close, floor(extract(epoch FROM close_ts) * 1000) AS close_ms, close_ts
+    FROM bars
+    WHERE width_s = $2::int AND symbol = ANY($1::text[])
+      AND bucket > $3::timestamptz - make_interval(secs => $2::int) AND bucket <= $4
+)
+SELECT symbol, sum(ticks) AS ticks,
+       min(ARRAY[low, low_ms]) FILTER (WHERE low_ts >= $3 AND low_ts <= $4) AS low,
+       max(ARRAY[high, -high_ms]) FILTER (WHERE high_ts >= $3 AND high_ts <= $4) AS high,
+       max(ARRAY[close_ms, close]) FILTER (WHERE close_ts >= $3 AND close_ts <= $4) AS last
+FROM b
+GROUP BY symbol, slot
+ORDER BY symbol, slot
+"""
+
+# The newest tick in [$2, $3] per symbol: from raw ticks when they are kept there ($4), else the
+# close of the last minute bar that ends inside the window.
+NEWEST_IN_WINDOW = """
+SELECT s.symbol, coalesce(t.ts_ms, b.ts_ms) AS ts_ms, coalesce(t.price, b.price) AS price
+FROM unnest($1::text[]) AS s(symbol)
+LEFT JOIN LATERAL (
+    SELECT floor(extract(epoch FROM ts) * 1000)::bigint AS ts_ms, price FROM ticks
+    WHERE $4 AND symbol = s.symbol AND ts >= $2 AND ts <= $3
+    ORDER BY ts DESC LIMIT 1
+) t ON true
+LEFT JOIN LATERAL (
+    SELECT floor(extract(epoch FROM close_ts) * 1000)::bigint AS ts_ms, close AS price FROM bars
+    WHERE NOT $4 AND width_s = 60 AND symbol = s.symbol
+      AND bucket > $2::timestamptz - interval '1 minute' AND bucket <= $3
+      AND close_ts >= $2 AND close_ts <= $3
+    ORDER BY bucket DESC LIMIT 1
+) b ON true
+"""
+
+# Whole bars of one level whose bucket meets [$3, $4], for candlesticks; bucket start as epoch ms.
+BARS = """
+SELECT symbol, floor(extract(epoch FROM bucket) * 1000)::bigint AS ts_ms,
+       open, high, low, close, ticks
+FROM bars
+WHERE width_s = $2::int AND symbol = ANY($1::text[])
+  AND bucket > $3::timestamptz - make_interval(secs => $2::int) AND bucket <= $4
+ORDER BY symbol, bucket
 """
 
 LATEST = """

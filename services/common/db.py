@@ -39,9 +39,18 @@ async def connect(url: str, role: str | None = None, timeout: float = 5.0) -> as
 
 
 async def create_pool(
-    url: str, role: str | None = None, min_size: int = 1, max_size: int = 10
+    url: str,
+    role: str | None = None,
+    min_size: int = 1,
+    max_size: int = 10,
+    statement_timeout: float | None = None,
 ) -> asyncpg.Pool:
     """A pool whose connections all act as `role` (e.g. the read-only role for the API)."""
+    settings = {}
+    if statement_timeout is not None:
+        # the server cancels a runaway query itself, even if this client has gone away
+        settings["statement_timeout"] = str(round(statement_timeout * 1000))
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0
-    )
+        url, min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0,
+        server_settings=settings,
+    )  # fmt: skip

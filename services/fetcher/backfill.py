@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 
 from services.common.models import Tick
@@ -98,14 +98,33 @@ class Backfill:
         return lambda: provider.history(symbol, start, until)
 
     async def _write(self, ticks: list[Tick]) -> int:
-        size = self.writer.batch_size
         pending: deque[asyncio.Future[int]] = deque()
         stored = 0
-        for i in range(0, len(ticks), size):
-            pending.append(self.writer.submit_history(ticks[i : i + size]))
-            while len(pending) >= IN_FLIGHT or (pending and i + size >= len(ticks)):
+        chunks = list(whole_minutes(ticks, self.writer.batch_size))
+        for n, chunk in enumerate(chunks, 1):
+            pending.append(self.writer.submit_history(chunk))
+            while len(pending) >= IN_FLIGHT or (pending and n == len(chunks)):
                 try:
                     stored += await pending.popleft()
                 except Exception:  # noqa: BLE001 - one chunk lost is no reason to stop
                     log.warning("history chunk not stored", extra={"symbols": len(self.symbols)})
         return stored
+
+
+def whole_minutes(ticks: list[Tick], size: int) -> Iterator[list[Tick]]:
+    """Chunks of about `size` time-ordered ticks that never split a minute between two writes.
+
+    History older than the raw retention is kept as minute bars, each final once written.
+    """
+    chunk: list[Tick] = []
+    for tick in sorted(ticks, key=lambda t: t.ts):
+        if len(chunk) >= size and _minute(tick) != _minute(chunk[-1]):
+            yield chunk
+            chunk = []
+        chunk.append(tick)
+    if chunk:
+        yield chunk
+
+
+def _minute(tick: Tick) -> int:
+    return int(tick.ts.timestamp()) // 60

@@ -178,9 +178,15 @@ WITH input AS (
 SELECT symbol FROM changed
 """
 
-# Where each symbol's stored history ends, ignoring anything from this run onwards.
-# One backwards index probe per symbol, however many ticks are stored.
+# Where each symbol's stored history ends, ignoring anything from this run onwards: its newest
+# raw tick, or when raw ticks have all expired, the close of its newest minute bar. A backwards
+# index probe or two per symbol, however much is stored.
 LAST_TICK_BEFORE = """
-SELECT s AS symbol, (SELECT max(ts) FROM ticks WHERE symbol = s AND ts < $2) AS last_ts
+SELECT s AS symbol,
+       coalesce(
+           (SELECT max(ts) FROM ticks WHERE symbol = s AND ts < $2),
+           (SELECT max(close_ts) FROM bars
+            WHERE width_s = 60 AND symbol = s AND bucket < $2 AND close_ts < $2)
+       ) AS last_ts
 FROM unnest($1::text[]) AS s
 """

@@ -250,9 +250,7 @@ class TickStore:
         written.add(sum(r["ticks"] for r in rows), changed, min(times), max(times), raw=False)
 
 
-async def create_partitions(
-    conn: asyncpg.Connection, partitions: list[tuple[str, date]]
-) -> None:
+async def create_partitions(conn: asyncpg.Connection, partitions: list[tuple[str, date]]) -> None:
     """Make sure each (table, first day) partition exists, in one short transaction."""
     async with conn.transaction():
         # Creating a partition locks its parent: wait briefly for readers, never for long.

@@ -84,7 +84,7 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
     assert set(spec["paths"]) == {
         "/api/v1/stocks", "/api/v1/stocks/{symbol}", "/api/v1/stocks/{symbol}/logo",
         "/api/v1/stocks/{symbol}/highlow", "/api/v1/prices", "/api/v1/prices/latest",
-        "/api/v1/stream", "/healthz", "/readyz", "/metrics",
+        "/api/v1/bars", "/api/v1/stream", "/healthz", "/readyz", "/metrics",
     }  # fmt: skip
     stream = spec["paths"]["/api/v1/stream"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in stream

@@ -110,7 +110,7 @@ INVALID: list[tuple[dict[str, str], str]] = [
         "query parameter 'start'",
     ),
     (
-        {"start": "2024-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
+        {"start": "2014-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
         "query parameter 'start'",
     ),
     ({"start": "yesterday"}, "query parameter 'start'"),

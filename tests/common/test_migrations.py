@@ -1,56 +1,159 @@
-"""Migrations apply, roll back and apply again; the schema enforces the rules."""
+"""Migrations apply, roll back and apply again, also over stored data; the schema enforces rules."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-from decimal import Decimal
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from services.common.migrations import MIGRATIONS_DIR, dbmate, migrate
+from services.fetcher.store import create_partitions, partitions_for
 from tests.utils.postgres import create_database, drop_database
 
 TS = datetime(2026, 1, 2, 15, 30, tzinfo=UTC)
+TABLES = {"stocks", "ticks", "bars", "partition_policy"}
+PARTITIONING = "20261126000000_partitioned_ticks_and_bars.sql"
 
 
 async def _tables(url: str) -> set[str]:
+    """Tables that are not partitions of another."""
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1",
-            "schema_migrations",
+            "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE nspname = 'public' AND relkind IN ('r', 'p') AND NOT relispartition"
+            " AND relname <> 'schema_migrations'"
         )
     finally:
         await conn.close()
-    return {r["tablename"] for r in rows}
+    return {r["relname"] for r in rows}
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """The test's database, with partitions for the day the tests write to."""
+    conn = await asyncpg.connect(database_url)
+    await create_partitions(conn, partitions_for(TS, TS))
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def test_up_down_up(pg_admin_url: str) -> None:
     url = asyncio.run(create_database(pg_admin_url))
     try:
         migrate(url)
-        assert asyncio.run(_tables(url)) == {"stocks", "ticks"}
+        assert asyncio.run(_tables(url)) == TABLES
         for _ in MIGRATIONS_DIR.glob("*.sql"):  # `down` rolls back one migration at a time
             dbmate(url, "down")
         assert asyncio.run(_tables(url)) == set()
         migrate(url)
-        assert asyncio.run(_tables(url)) == {"stocks", "ticks"}
+        assert asyncio.run(_tables(url)) == TABLES
     finally:
         asyncio.run(drop_database(url))
+
+
+async def _populate(url: str) -> list[asyncpg.Record]:
+    """Ticks over three days in the table as it was before partitioning; returns them."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("INSERT INTO stocks (symbol) VALUES ('AAPL'), ('NVDA')")
+        await conn.execute(
+            "INSERT INTO ticks (symbol, ts, price, backfilled)"
+            " SELECT s, $1::timestamptz + n * interval '37 seconds', 100 + (n % 91) * 0.25, n < 50"
+            " FROM unnest(ARRAY['AAPL', 'NVDA']) AS s, generate_series(0, 7000) AS n",
+            TS,
+        )
+        return await conn.fetch("SELECT * FROM ticks ORDER BY event_id")
+    finally:
+        await conn.close()
+
+
+async def _stored(url: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT symbol, ts, price::float8, volume, event_id, backfilled FROM ticks"
+            " ORDER BY event_id"
+        )
+    finally:
+        await conn.close()
+    return [tuple(r) for r in rows]
+
+
+def test_a_populated_database_converts_in_place_and_back(pg_admin_url: str, tmp_path: Path) -> None:
+    before_dir = tmp_path / "before"
+    before_dir.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name < PARTITIONING:
+            shutil.copy(path, before_dir)
+    url = asyncio.run(create_database(pg_admin_url))
+    try:
+        dbmate(url, "up", migrations_dir=before_dir)
+        original = [
+            (r["symbol"], r["ts"], float(r["price"]), r["volume"], r["event_id"], r["backfilled"])
+            for r in asyncio.run(_populate(url))
+        ]
+
+        migrate(url)  # partitions the table in place and summarises it into bars
+        assert asyncio.run(_stored(url)) == original
+        asyncio.run(_check_converted(url, len(original)))
+
+        dbmate(url, "down")
+        assert asyncio.run(_stored(url)) == original
+        migrate(url)
+        assert asyncio.run(_stored(url)) == original
+    finally:
+        asyncio.run(drop_database(url))
+
+
+async def _check_converted(url: str, count: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        kind = await conn.fetchval("SELECT relkind FROM pg_class WHERE relname = 'ticks'")
+        assert kind == b"p"  # a partitioned table
+        # every level summarises every tick exactly once
+        per_level = await conn.fetch("SELECT width_s, sum(ticks) AS n FROM bars GROUP BY 1")
+        widths = (10, 60, 300, 900, 3600, 14400, 86400)
+        assert {r["width_s"]: r["n"] for r in per_level} == dict.fromkeys(widths, count)
+        day = await conn.fetchrow(
+            "SELECT * FROM bars WHERE width_s = 86400 AND symbol = 'AAPL' AND bucket = $1",
+            TS.replace(hour=0, minute=0),
+        )
+        raw = await conn.fetchrow(
+            "SELECT min(price) AS low, max(price) AS high, count(*) AS n FROM ticks"
+            " WHERE symbol = 'AAPL' AND ts >= $1 AND ts < $1 + interval '1 day'",
+            TS.replace(hour=0, minute=0),
+        )
+        assert (day["low"], day["high"], day["ticks"]) == (raw["low"], raw["high"], raw["n"])
+        # new ticks continue the same event ids, in a partition of their own
+        after = TS + timedelta(days=10)
+        await create_partitions(conn, partitions_for(after, after))
+        new_id = await conn.fetchval(
+            "INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', $1, 1) RETURNING event_id", after
+        )
+        assert new_id == count + 1
+        await conn.execute("DELETE FROM ticks WHERE event_id = $1", new_id)
+    finally:
+        await conn.close()
 
 
 async def test_duplicate_tick_is_stored_once(db: asyncpg.Connection) -> None:
     await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
     insert = "INSERT INTO ticks (symbol, ts, price) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-    await db.execute(insert, "AAPL", TS, Decimal("101.25"))
-    await db.execute(insert, "AAPL", TS, Decimal("101.25"))
+    await db.execute(insert, "AAPL", TS, 101.25)
+    await db.execute(insert, "AAPL", TS, 101.25)
     assert await db.fetchval("SELECT count(*) FROM ticks") == 1
 
 
-@pytest.mark.parametrize("price", [Decimal("0"), Decimal("-1")])
-async def test_price_must_be_positive(db: asyncpg.Connection, price: Decimal) -> None:
+@pytest.mark.parametrize("price", [0.0, -1.0, float("nan"), float("inf")])
+async def test_price_must_be_positive_and_finite(db: asyncpg.Connection, price: float) -> None:
     await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', $1, $2)", TS, price)
@@ -67,6 +170,14 @@ async def test_tick_needs_a_tracked_stock(db: asyncpg.Connection) -> None:
         await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('NOPE', $1, 1)", TS)
 
 
+async def test_a_tick_needs_its_partition(db: asyncpg.Connection) -> None:
+    await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
+    with pytest.raises(asyncpg.CheckViolationError, match="no partition"):
+        await db.execute(
+            "INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', $1, 1)", TS + timedelta(days=3)
+        )
+
+
 async def test_event_ids_increase(db: asyncpg.Connection) -> None:
     await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL'), ('NVDA')")
     for i in range(3):
@@ -81,13 +192,52 @@ async def test_event_ids_increase(db: asyncpg.Connection) -> None:
 async def test_reader_role_cannot_write(db: asyncpg.Connection) -> None:
     await db.execute("SELECT set_config('role', $1, false)", "stockstreamer_reader")
     assert await db.fetchval("SELECT count(*) FROM stocks") == 0
+    assert await db.fetchval("SELECT count(*) FROM bars") == 0
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await db.execute("SELECT stockstreamer_ensure_partition('ticks', now())")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await db.execute("SELECT stockstreamer_apply_retention('1 day', '1 day')")
 
 
-async def test_writer_role_can_write_ticks(db: asyncpg.Connection) -> None:
+async def test_writer_role_writes_but_never_deletes(db: asyncpg.Connection) -> None:
     await db.execute("SELECT set_config('role', $1, false)", "stockstreamer_writer")
     await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
     await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', $1, 1)", TS)
+    # partitions only through the functions the migrations made for it
+    assert await db.fetchval("SELECT stockstreamer_ensure_partition('ticks', $1)", TS) is False
+    later = TS + timedelta(days=1)
+    assert await db.fetchval("SELECT stockstreamer_ensure_partition('ticks', $1)", later) is True
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await db.execute("DELETE FROM ticks")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await db.execute(
+            "CREATE TABLE ticks_x PARTITION OF ticks FOR VALUES FROM (MINVALUE) TO ('2020-01-01')"
+        )
+    with pytest.raises(asyncpg.RaiseError, match="not a time-partitioned table"):
+        await db.execute("SELECT stockstreamer_ensure_partition('stocks', now())")
+
+
+async def test_retention_drops_whole_expired_partitions(db: asyncpg.Connection) -> None:
+    await db.execute("INSERT INTO stocks (symbol) VALUES ('AAPL')")
+    now = datetime.now(UTC)
+    days = [now - timedelta(days=d) for d in (40, 31, 29, 0)]
+    for day in days:
+        await create_partitions(db, partitions_for(day, day))
+        await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', $1, 1)", day)
+
+    dropped = await db.fetch("SELECT stockstreamer_apply_retention('30 days', '400 days') AS d")
+
+    expired = [TS, *days[:2]]  # the fixture's day too
+    assert sorted(r["d"] for r in dropped) == sorted(
+        f"{table}_p{day:%Y%m%d}" for day in expired for table in ("ticks", "bars_10s")
+    )
+    kept = [r["ts"] for r in await db.fetch("SELECT ts FROM ticks ORDER BY ts")]
+    assert kept == days[2:]
+    horizon = await db.fetchval("SELECT horizon FROM partition_policy WHERE parent = 'ticks'")
+    assert abs(horizon - (now - timedelta(days=30))) < timedelta(minutes=1)
+    # a longer retention later never claims the dropped days back
+    await db.fetch("SELECT stockstreamer_apply_retention('90 days', '400 days')")
+    later = await db.fetchval("SELECT horizon FROM partition_policy WHERE parent = 'ticks'")
+    assert later == horizon
