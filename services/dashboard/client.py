@@ -69,6 +69,14 @@ class ApiClient:
             raise ApiError("GET /api/v1/prices: expected an object with a series list")
         return data
 
+    async def bars(self, symbol: str, start_ms: int, max_bars: int) -> dict[str, Any]:
+        """Stored open/high/low/close bars of one stock since `start`, at most `max_bars`."""
+        params = {"symbols": symbol, "start": start_ms, "max_bars": max_bars, "interval": "auto"}
+        data = await self._get("/api/v1/bars", params)
+        if not isinstance(data, dict) or not isinstance(data.get("series"), list):
+            raise ApiError("GET /api/v1/bars: expected an object with a series list")
+        return data
+
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self.http.aclose()

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from services.common.config import CommaList, CommonSettings
 
-WindowName = Literal["1h", "1d", "1w", "1m"]
+WindowName = Literal["1h", "1d", "1w", "1m", "1y"]
 
 
 class DashboardSettings(CommonSettings):

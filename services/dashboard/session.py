@@ -1,16 +1,24 @@
-"""One browser tab: builds the page, loads history, and applies the feed's events to it."""
+"""One browser tab: builds the page, loads history, and applies the feed's events to it.
+
+A session is in one of three phases. WAITING: nothing loaded yet, or the last load failed; it
+loads again as soon as it can. LOADING: one history load is in flight (a newer load cancels it);
+live prices wait for it. SHOWING: history is drawn and live prices stream in.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import Enum
 from functools import partial
 from typing import Any, cast
 
-from bokeh.document import Document, without_document_lock
+from bokeh.document import Document
 
+from services.dashboard.candles import CANDLES, CandleChart, candle_columns
 from services.dashboard.chart import PriceChart
 from services.dashboard.client import ApiError
 from services.dashboard.feed import Event, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
@@ -28,12 +36,43 @@ from services.dashboard.shaping import (
     series_columns,
     table_row,
 )
-from services.dashboard.widgets import MODES, WINDOW_NAMES, Controls, status_html
+from services.dashboard.widgets import MODES, VIEWS, WINDOW_NAMES, Controls, status_html
 
 log = logging.getLogger(__name__)
 
 # Events queued for a tab that is not keeping up; past this we drop them and reload instead.
 MAX_PENDING = 20_000
+
+
+class Phase(Enum):
+    WAITING = "waiting"
+    LOADING = "loading"
+    SHOWING = "showing"
+
+
+class Inbox:
+    """Events from the feed, outside the document lock, until one scheduled flush takes them."""
+
+    def __init__(self, doc: Document, flush: Callable[[list[Event]], None]) -> None:
+        self.doc = doc
+        self.flush = flush
+        self.events: deque[Event] = deque()
+        self.scheduled = False
+
+    def put(self, event: Event) -> None:
+        if len(self.events) >= MAX_PENDING:
+            # This tab fell far behind: drop its queued ticks and reload the window instead.
+            self.events = deque(e for e in self.events if not isinstance(e, PriceEvent))
+            self.events.append(ReloadEvent(None))
+        self.events.append(event)
+        if not self.scheduled:
+            self.scheduled = True
+            self.doc.add_next_tick_callback(self._take)
+
+    def _take(self) -> None:
+        self.scheduled = False
+        events, self.events = list(self.events), deque()
+        self.flush(events)
 
 
 class DashboardSession:
@@ -43,24 +82,25 @@ class DashboardSession:
         self.doc = doc
         self.runtime = runtime
         self.window: str = runtime.settings.dashboard_window
+        self.view = VIEWS[0]
         self.max_points = runtime.settings.dashboard_max_points
         self.bucket = bucket_ms(WINDOWS[self.window], self.max_points)
         self.rollover = rollover_for(WINDOWS[self.window], self.bucket, self.max_points)
         self.stocks: dict[str, dict[str, Any]] = {}
         self.bases: dict[str, float | None] = {}
         self.rows: dict[str, int] = {}
-        self.pending: deque[Event] = deque()
-        self.held: list[PriceEvent] = []
-        self.flush_scheduled = False
-        self.loading = False
-        self.reload_again = False
-        self.needs_reload = False
-        self.generation = 0
+        self.phase = Phase.WAITING
+        self.held: list[PriceEvent] = []  # live prices that arrived while LOADING
+        self.load: asyncio.Task[None] | None = None
+        self.inbox = Inbox(doc, self._flush)
 
         self.chart = PriceChart(self.window)
+        self.candles = CandleChart()
         self.ui = Controls.build(self.window)
         self.ui.window.on_change("active", self._on_window)
         self.ui.mode.on_change("active", self._on_mode)
+        self.ui.view.on_change("active", self._on_view)
+        self.ui.candle_symbol.on_change("value", self._on_candle_symbol)
         self.ui.picker.on_change("value", self._on_pick)
         doc.title = "stockstreamer · live stock prices"
 
@@ -68,7 +108,7 @@ class DashboardSession:
         # One model-graph recomputation for the whole page instead of one per property set
         # (which made a page take seconds to open).
         with doc.models.freeze():
-            doc.add_root(self.ui.page(self.chart.figure))
+            doc.add_root(self.ui.page(self.chart.figure, self.candles.figure))
             for stock in sorted(feed.stocks.values(), key=lambda s: str(s["symbol"])):
                 self._add_stock(stock)
         self._show_status(feed.status)
@@ -78,32 +118,21 @@ class DashboardSession:
 
     # -- from the feed (outside the document lock) -------------------------------------------
     def deliver(self, event: Event) -> None:
-        """Queue an event and make sure one flush is scheduled; never touches models."""
-        if len(self.pending) >= MAX_PENDING:
-            # This tab fell far behind: drop its queued ticks and reload the window instead.
-            self.pending = deque(e for e in self.pending if not isinstance(e, PriceEvent))
-            self.pending.append(ReloadEvent(None))
-        self.pending.append(event)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.doc.add_next_tick_callback(self._flush)
+        """Queue an event for the next flush; never touches models."""
+        self.inbox.put(event)
 
     def _closed(self, _context: object) -> None:
         self.runtime.feed.unsubscribe(self.deliver)
+        if self.load is not None:
+            self.load.cancel()
 
     # -- under the document lock -------------------------------------------------------------
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        events = list(self.pending)
-        self.pending.clear()
+    def _flush(self, events: list[Event]) -> None:
         ticks: dict[str, list[Point]] = defaultdict(list)
         for event in events:
             if isinstance(event, PriceEvent):
-                if self.loading:
-                    if len(self.held) >= MAX_PENDING:
-                        self.held.clear()  # the load will be followed by another one
-                        self.reload_again = True
-                    self.held.append(event)
+                if self.phase is Phase.LOADING:
+                    self._hold(event)
                 else:
                     ticks[event.symbol].append(event.point)
             elif isinstance(event, StockEvent):
@@ -113,14 +142,23 @@ class DashboardSession:
                     self.reload()
             elif isinstance(event, StatusEvent):
                 self._show_status(event.status)
-                if event.status is Status.LIVE and self.needs_reload:
+                if event.status is Status.LIVE and self.phase is Phase.WAITING:
                     self.reload()
         self._apply_ticks(ticks)
         self.runtime.metrics.ticks_delivered.inc(sum(len(points) for points in ticks.values()))
 
+    def _hold(self, event: PriceEvent) -> None:
+        if len(self.held) >= MAX_PENDING:
+            self.held.clear()
+            self.reload()  # far more arrived than a load takes: load again, from now
+        self.held.append(event)
+
     def _apply_ticks(self, ticks: dict[str, list[Point]]) -> None:
         """Stream new points (and move each line's last one); whole arrays are never re-sent."""
         for symbol, points in ticks.items():
+            if self.view == "candles" and symbol == self.ui.candle_symbol.value:
+                for point in points:
+                    self.candles.apply(point.ts, point.price, 2 * CANDLES)
             line = self.chart.lines.get(symbol)
             if line is None or not points:
                 continue
@@ -153,68 +191,85 @@ class DashboardSession:
 
     # -- history -----------------------------------------------------------------------------
     def reload(self) -> None:
-        """Fetch the window's history for every line, off the document lock."""
-        if self.loading:
-            self.reload_again = True
-            return
+        """Load the window's history for every line (and the candles when shown), off the lock.
+
+        A load still in flight is for an older window or older data: it is cancelled.
+        """
+        if self.load is not None:
+            self.load.cancel()
+            self.load = None
         symbols = list(self.chart.lines)
         if not symbols:
-            self.needs_reload = True  # nothing known yet: the first stock events will bring some
+            self.phase = Phase.WAITING  # nothing known yet: the first stock events bring some
             return
-        self.loading = True
-        self.generation += 1
-        generation, window_ms = self.generation, WINDOWS[self.window]
+        self.phase = Phase.LOADING
+        candle = self.ui.candle_symbol.value if self.view == "candles" else None
+        self.load = asyncio.get_running_loop().create_task(
+            self._fetch(symbols, WINDOWS[self.window], candle or None), name="history"
+        )
+
+    async def _fetch(self, symbols: list[str], window_ms: int, candle: str | None) -> None:
         client, max_points = self.runtime.client, self.max_points
+        start = int(time.time() * 1000) - window_ms
+        result: tuple[dict[str, Any], dict[str, Any] | None] | ApiError
+        try:
+            prices = await client.prices(symbols, start, None, max_points)
+            bars = await client.bars(candle, start, CANDLES) if candle else None
+            result = (prices, bars)
+        except ApiError as exc:
+            result = exc
+        task = asyncio.current_task()
+        self.doc.add_next_tick_callback(partial(self._loaded, task, result))
 
-        @without_document_lock
-        async def fetch() -> None:
-            start = int(time.time() * 1000) - window_ms
-            result: dict[str, Any] | ApiError
-            try:
-                result = await client.prices(symbols, start, None, max_points)
-            except ApiError as exc:
-                result = exc
-            self.doc.add_next_tick_callback(partial(self._apply_history, generation, result))
-
-        # Bokeh runs coroutine callbacks too; its type hints only know plain ones.
-        self.doc.add_next_tick_callback(fetch)  # type: ignore[arg-type]
-
-    def _apply_history(self, generation: int, result: dict[str, Any] | ApiError) -> None:
-        if generation != self.generation:
-            return  # the window changed while this was in flight
-        self.loading = False
+    def _loaded(
+        self,
+        task: asyncio.Task[Any] | None,
+        result: tuple[dict[str, Any], dict[str, Any] | None] | ApiError,
+    ) -> None:
+        if task is not self.load:
+            return  # superseded while its result was on its way
+        self.load = None
         if isinstance(result, ApiError):
             log.warning("history not loaded", extra={"error": str(result)})
-            self.needs_reload = True
+            self.phase = Phase.WAITING
         else:
-            self.needs_reload = False
-            series = {s.get("symbol"): s for s in result["series"] if isinstance(s, dict)}
-            # History comes at most max_points per window (downsampled by the API when denser);
-            # live ticks are merged to the same density, so a line keeps about one window.
-            window_ms = WINDOWS[self.window]
-            self.bucket = bucket_ms(window_ms, self.max_points)
-            self.rollover = rollover_for(window_ms, self.bucket, self.max_points)
-            for symbol, line in self.chart.lines.items():
-                try:
-                    cols = series_columns(series.get(symbol) or {})
-                except (ValueError, TypeError) as exc:  # one bad series must not stop the rest
-                    log.warning("bad history series", extra={"symbol": symbol, "error": repr(exc)})
-                    cols = series_columns({})
-                line.source.data = cols
-                self.bases[symbol] = cols["price"][0] if cols["price"] else None
-            self.chart.set_marker_size(
-                max((len(s.get("ts", [])) for s in series.values()), default=0)
-            )
-            self._refresh_bands()
-            self._place_logos()
+            self.phase = Phase.SHOWING
+            self._draw_history(*result)
         held, self.held = self.held, []
         ticks: dict[str, list[Point]] = defaultdict(list)
         for event in held:
             ticks[event.symbol].append(event.point)
         self._apply_ticks(ticks)
-        if self.reload_again:
-            self.reload_again = False
-            self.reload()
+
+    def _draw_history(self, prices: dict[str, Any], bars: dict[str, Any] | None) -> None:
+        series = {s.get("symbol"): s for s in prices["series"] if isinstance(s, dict)}
+        # History comes at most max_points per window (downsampled by the API when denser);
+        # live ticks are merged to the same density, so a line keeps about one window.
+        window_ms = WINDOWS[self.window]
+        self.bucket = bucket_ms(window_ms, self.max_points)
+        self.rollover = rollover_for(window_ms, self.bucket, self.max_points)
+        for symbol, line in self.chart.lines.items():
+            try:
+                cols = series_columns(series.get(symbol) or {})
+            except (ValueError, TypeError) as exc:  # one bad series must not stop the rest
+                log.warning("bad history series", extra={"symbol": symbol, "error": repr(exc)})
+                cols = series_columns({})
+            line.source.data = cols
+            self.bases[symbol] = cols["price"][0] if cols["price"] else None
+        self.chart.set_marker_size(max((len(s.get("ts", [])) for s in series.values()), default=0))
+        self._refresh_bands()
+        self._place_logos()
+        if bars is not None:
+            self._draw_candles(bars)
+
+    def _draw_candles(self, bars: dict[str, Any]) -> None:
+        width = int(bars.get("interval_ms") or 0)
+        first = next((s for s in bars["series"] if isinstance(s, dict)), {})
+        try:
+            self.candles.set_bars(candle_columns(first, width), width)
+        except (ValueError, TypeError) as exc:
+            log.warning("bad bars series", extra={"error": repr(exc)})
+        self.candles.show(first.get("symbol"), self.window, bars.get("interval"))
 
     def _overlaps(self, event: ReloadEvent) -> bool:
         if event.symbols is not None and not event.symbols & self.chart.lines.keys():
@@ -233,8 +288,7 @@ class DashboardSession:
         self.rows[symbol] = len(self.rows)
         self.ui.fit_table(len(self.rows))
         self.ui.table_source.stream({k: [v] for k, v in table_row(stock).items()})
-        self.ui.picker.options = [*self.ui.picker.options, symbol]
-        self.ui.picker.value = [*self.ui.picker.value, symbol]
+        self.ui.add_symbol(symbol)
         self._refresh_bands()
 
     def _update_stock(self, stock: dict[str, Any]) -> None:
@@ -242,7 +296,7 @@ class DashboardSession:
         if symbol not in self.stocks:
             with self.doc.models.freeze():
                 self._add_stock(stock)
-            self.reload()  # its history, too (coalesced with any load already under way)
+            self.reload()  # its history, too (a load under way is superseded)
             return
         old, self.stocks[symbol] = self.stocks[symbol], dict(stock)
         i = self.rows[symbol]
@@ -293,11 +347,24 @@ class DashboardSession:
     def _on_window(self, _attr: str, _old: int, new: int) -> None:
         self.window = WINDOW_NAMES[new]
         self.chart.set_window(self.window)
-        self.loading = False  # a load for the old window is now stale; its result is ignored
+        self.candles.show(self.ui.candle_symbol.value or None, self.window)
         self.reload()
 
     def _on_mode(self, _attr: str, _old: int, new: int) -> None:
         self.chart.set_mode(MODES[new])
+
+    def _on_view(self, _attr: str, _old: int, new: int) -> None:
+        self.view = VIEWS[new]
+        candles = self.view == "candles"
+        self.chart.figure.visible = not candles
+        self.candles.figure.visible = self.ui.candle_symbol.visible = candles
+        self.ui.mode.visible = self.ui.picker.visible = not candles
+        if candles:
+            self.reload()
+
+    def _on_candle_symbol(self, _attr: str, _old: str, _new: str) -> None:
+        if self.view == "candles":
+            self.reload()
 
     def _on_pick(self, _attr: str, _old: list[str], new: list[str]) -> None:
         self.chart.set_visible(set(new))

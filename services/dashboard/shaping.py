@@ -10,8 +10,12 @@ from typing import Any
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-WINDOWS: dict[str, int] = {"1h": HOUR_MS, "1d": DAY_MS, "1w": 7 * DAY_MS, "1m": 30 * DAY_MS}
-WINDOW_LABELS: dict[str, str] = {"1h": "1 hour", "1d": "1 day", "1w": "1 week", "1m": "1 month"}
+WINDOWS: dict[str, int] = {
+    "1h": HOUR_MS, "1d": DAY_MS, "1w": 7 * DAY_MS, "1m": 30 * DAY_MS, "1y": 365 * DAY_MS,
+}  # fmt: skip
+WINDOW_LABELS: dict[str, str] = {
+    "1h": "1 hour", "1d": "1 day", "1w": "1 week", "1m": "1 month", "1y": "1 year",
+}  # fmt: skip
 
 # A logo sits this far (as a fraction of the window) inside the left edge, so it is never clipped;
 # each further line's logo one step more, so lines that start together (all of them, in % mode)

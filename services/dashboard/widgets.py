@@ -10,7 +10,7 @@ from bokeh.models.layouts import Column
 from bokeh.models.plots import Plot
 from bokeh.models.sources import CDSView, ColumnDataSource
 from bokeh.models.widgets.groups import RadioButtonGroup
-from bokeh.models.widgets.inputs import MultiChoice
+from bokeh.models.widgets.inputs import MultiChoice, Select
 from bokeh.models.widgets.markups import Div
 from bokeh.models.widgets.tables import (
     DataTable,
@@ -24,6 +24,7 @@ from services.dashboard.shaping import DOWN_COLOUR, UP_COLOUR, WINDOW_LABELS, WI
 
 WINDOW_NAMES = list(WINDOWS)
 MODES = ["price", "pct"]
+VIEWS = ["lines", "candles"]
 TABLE_HEADER_PX, TABLE_ROW_PX = 32, 26
 STATUS_TEXT = {
     Status.CONNECTING: ("connecting", "#56B4E9", "Connecting to the API…"),
@@ -55,6 +56,14 @@ def window_selector(window: str) -> RadioButtonGroup:
 
 def mode_toggle() -> RadioButtonGroup:
     return RadioButtonGroup(labels=["Price", "% change"], active=0, name="mode")
+
+
+def view_toggle() -> RadioButtonGroup:
+    return RadioButtonGroup(labels=["Lines", "Candles"], active=0, name="view")
+
+
+def candle_picker() -> Select:
+    return Select(options=[], value="", name="candle_symbol", width=110, visible=False)
 
 
 def stock_picker() -> MultiChoice:
@@ -126,6 +135,8 @@ class Controls:
 
     window: RadioButtonGroup
     mode: RadioButtonGroup
+    view: RadioButtonGroup
+    candle_symbol: Select
     picker: MultiChoice
     status: Div
     table: DataTable
@@ -138,6 +149,8 @@ class Controls:
         return cls(
             window_selector(window),
             mode_toggle(),
+            view_toggle(),
+            candle_picker(),
             stock_picker(),
             status_div(),
             table,
@@ -149,13 +162,29 @@ class Controls:
         """As tall as its rows, no scrolling for a handful of stocks."""
         self.table.height = TABLE_HEADER_PX + TABLE_ROW_PX * rows
 
-    def page(self, chart: Plot) -> Column:
-        """Title and indicator, controls, the chart, then the table."""
+    def add_symbol(self, symbol: str) -> None:
+        """A new stock becomes pickable (and picked) in both views."""
+        self.picker.options = [*self.picker.options, symbol]
+        self.picker.value = [*self.picker.value, symbol]
+        self.candle_symbol.options = [*self.candle_symbol.options, symbol]
+        if not self.candle_symbol.value:
+            self.candle_symbol.value = symbol
+
+    def page(self, chart: Plot, candles: Plot) -> Column:
+        """Title and indicator, controls, the chart (lines or candles), then the table."""
         heading = Div(text="<h2 style='margin:0'>stockstreamer</h2>", name="heading")
         return column(
             row(heading, self.status, sizing_mode="stretch_width"),
-            row(self.window, self.mode, self.picker, sizing_mode="stretch_width"),
+            row(
+                self.window,
+                self.mode,
+                self.view,
+                self.candle_symbol,
+                self.picker,
+                sizing_mode="stretch_width",
+            ),  # fmt: skip
             chart,
+            candles,
             self.table,
             sizing_mode="stretch_width",
         )

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 # Gaps shorter than this are not worth a vendor call (history has one point a minute at best).
 MIN_GAP = timedelta(minutes=1)
+# The most recent part of every gap is filled first, for all symbols: the windows people look at
+# first fill within seconds, before the rest of a long history arrives.
+RECENT = timedelta(days=1)
 IN_FLIGHT = 2  # chunks queued at the writer at once: enough to keep it busy, no more
 
 CallFn = Callable[[str, Callable[[], Awaitable[list[Tick]]]], Awaitable[list[Tick] | None]]
@@ -75,9 +78,12 @@ class Backfill:
         finally:
             self.planned.set()
         total = 0
-        for symbol, start in gaps:
+        split = until - RECENT
+        recent = [(symbol, max(start, split), until) for symbol, start in gaps]
+        older = [(symbol, start, split) for symbol, start in gaps if start < split]
+        for symbol, start, end in recent + older:
             try:
-                ticks = await self.call("history", self._fetch(provider, symbol, start, until))
+                ticks = await self.call("history", self._fetch(provider, symbol, start, end))
             except HistoryUnavailable as exc:
                 log.info("no history backfill: %s", exc, extra={"provider": provider.name})
                 return total

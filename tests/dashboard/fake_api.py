@@ -39,7 +39,10 @@ class FakeApi:
     events: list[StreamEvent] = field(default_factory=list)
     stream_requests: list[str | None] = field(default_factory=list)
     price_requests: list[dict[str, str]] = field(default_factory=list)
+    bars: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bar_requests: list[dict[str, str]] = field(default_factory=list)
     fail_prices: bool = False
+    delay: float = 0.0  # seconds every history answer takes
     port: int = field(default_factory=free_port)
     _drops: int = 0
     _server: uvicorn.Server | None = None
@@ -62,6 +65,7 @@ class FakeApi:
 
     async def _prices(self, request: Request) -> Response:
         self.price_requests.append(dict(request.query_params))
+        await asyncio.sleep(self.delay)
         if self.fail_prices:
             return JSONResponse({"detail": "boom"}, status_code=503)
         symbols = request.query_params.get("symbols", "").split(",")
@@ -71,6 +75,14 @@ class FakeApi:
             for s in symbols
         ]  # fmt: skip
         return JSONResponse({"start": 0, "end": 0, "max_points": 0, "series": series})
+
+    async def _bars(self, request: Request) -> Response:
+        self.bar_requests.append(dict(request.query_params))
+        symbols = request.query_params.get("symbols", "").split(",")
+        empty = {"ts": [], "open": [], "high": [], "low": [], "close": [], "ticks": []}
+        series = [self.bars.get(s, {"symbol": s, **empty}) for s in symbols]
+        body = {"start": 0, "end": 0, "interval": "1m", "interval_ms": 60_000, "series": series}
+        return JSONResponse(body)
 
     async def _stream(self, request: Request) -> Response:
         last = request.headers.get("last-event-id")
@@ -96,6 +108,7 @@ class FakeApi:
             routes=[
                 Route("/api/v1/stocks", self._stocks),
                 Route("/api/v1/prices", self._prices),
+                Route("/api/v1/bars", self._bars),
                 Route("/api/v1/stream", self._stream),
             ]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator
 
@@ -18,8 +19,8 @@ from services.dashboard.config import DashboardSettings
 from services.dashboard.feed import Feed, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.runtime import Runtime
-from services.dashboard.session import MAX_PENDING, DashboardSession
-from services.dashboard.shaping import DAY_MS, HOUR_MS, Point, logo_anchor
+from services.dashboard.session import MAX_PENDING, DashboardSession, Phase
+from services.dashboard.shaping import DAY_MS, DOWN_COLOUR, HOUR_MS, UP_COLOUR, Point, logo_anchor
 from tests.dashboard.conftest import T0, stock
 from tests.dashboard.fake_api import FakeApi
 
@@ -38,6 +39,19 @@ async def drain(doc: Document) -> None:
     raise AssertionError("callbacks keep coming")
 
 
+async def settle(s: DashboardSession) -> None:
+    """Until nothing is left to do: queued callbacks, and the history load in flight."""
+    for _ in range(20):
+        await drain(s.doc)
+        if s.load is None or s.load.done():
+            await drain(s.doc)
+            if not s.doc.session_callbacks and (s.load is None or s.load.done()):
+                return
+        else:
+            await asyncio.wait([s.load], timeout=5)
+    raise AssertionError("the session never settles")
+
+
 @pytest.fixture
 async def session(fake_api: FakeApi, metrics: DashboardMetrics) -> AsyncIterator[DashboardSession]:
     settings = DashboardSettings(api_url=fake_api.url, dashboard_max_points=50)
@@ -46,7 +60,7 @@ async def session(fake_api: FakeApi, metrics: DashboardMetrics) -> AsyncIterator
     feed.stocks = {s["symbol"]: s for s in fake_api.stocks}
     doc = Document()
     s = DashboardSession(doc, Runtime(settings, metrics, client, feed))
-    await drain(doc)
+    await settle(s)
     yield s
     await client.aclose()
 
@@ -73,8 +87,8 @@ async def test_ticks_are_streamed_or_patched_never_resent(session: DashboardSess
         session.deliver(PriceEvent("AAPL", Point(T0 + 1000 + i * bucket, 270.0 + i)))
         session.deliver(PriceEvent("INTC", Point(T0 + 1000 + i * bucket // 2, 38.0)))
         if i % 25 == 0:
-            await drain(session.doc)
-    await drain(session.doc)
+            await settle(session)
+    await settle(session)
 
     line_sources = {line.source for line in session.chart.lines.values()}
     touched = [c for c in changes if getattr(c, "model", None) in line_sources]
@@ -94,7 +108,7 @@ async def test_ticks_are_streamed_or_patched_never_resent(session: DashboardSess
 
 async def test_an_older_tick_is_never_drawn(session: DashboardSession) -> None:
     session.deliver(PriceEvent("AAPL", Point(T0 + 500, 1.0)))
-    await drain(session.doc)
+    await settle(session)
     assert data(session, "AAPL")["price"] == [270.0, 271.0]
 
 
@@ -106,7 +120,7 @@ async def test_ticks_during_a_reload_wait_for_the_history(
     session.deliver(ReloadEvent(None))
     session.deliver(PriceEvent("AAPL", Point(T0 + 30_000, 1.0)))  # older than the new history
     session.deliver(PriceEvent("AAPL", Point(T0 + 90_000, 290.0)))
-    await drain(session.doc)
+    await settle(session)
     assert data(session, "AAPL")["price"] == [270.0, 271.0, 280.0, 290.0]
     assert len(fake_api.price_requests) == 2
 
@@ -116,7 +130,7 @@ async def test_stock_events_update_bands_logos_and_add_stocks(
 ) -> None:
     session.deliver(StockEvent(stock("AAPL", 270.0, week52_high=999.0, logo_url="data:new")))
     session.deliver(StockEvent(stock("NVDA", 185.0)))
-    await drain(session.doc)
+    await settle(session)
     assert list(session.chart.bands.data["high"])[0] == 999.0
     assert list(session.chart.logos.data["url"])[0] == "data:new"
     assert list(session.chart.lines) == ["AAPL", "INTC", "NVDA"]
@@ -130,13 +144,13 @@ async def test_status_and_recovery_after_a_failed_load(
     fake_api.fail_prices = True
     session.deliver(StatusEvent(Status.UNREACHABLE))
     session.deliver(ReloadEvent(frozenset({"AAPL"}), start=T0, end=None))
-    await drain(session.doc)
+    await settle(session)
     assert 'data-status="unreachable"' in session.ui.status.text
-    assert session.needs_reload
+    assert session.phase is Phase.WAITING
     fake_api.fail_prices = False
     session.deliver(StatusEvent(Status.LIVE))
-    await drain(session.doc)
-    assert 'data-status="live"' in session.ui.status.text and not session.needs_reload
+    await settle(session)
+    assert 'data-status="live"' in session.ui.status.text and session.phase is Phase.SHOWING
     assert len(fake_api.price_requests) == 3
 
 
@@ -145,13 +159,13 @@ async def test_unrelated_history_is_not_reloaded(
 ) -> None:
     session.deliver(ReloadEvent(frozenset({"ZZZ"})))
     session.deliver(ReloadEvent(frozenset({"AAPL"}), start=0, end=1))  # long before the window
-    await drain(session.doc)
+    await settle(session)
     assert len(fake_api.price_requests) == 1
 
 
 async def test_window_mode_and_stock_controls(session: DashboardSession, fake_api: FakeApi) -> None:
     session.ui.window.active = 1  # 1 day
-    await drain(session.doc)
+    await settle(session)
     first, second = (int(r["start"]) for r in fake_api.price_requests)
     assert second - first == pytest.approx(-(DAY_MS - 3_600_000), abs=60_000)
     assert session.chart.x_range.follow_interval == DAY_MS
@@ -181,8 +195,8 @@ async def test_a_tab_that_falls_behind_reloads_instead_of_queueing(
     for i in range(MAX_PENDING + 10):
         session.deliver(PriceEvent("AAPL", Point(T0 + 2000 + i, 1.0)))
     session.deliver(StatusEvent(Status.LIVE))
-    assert len(session.pending) <= 12
-    await drain(session.doc)
+    assert len(session.inbox.events) <= 12
+    await settle(session)
     assert len(fake_api.price_requests) == 2  # it reloaded the window
     assert 'data-status="live"' in session.ui.status.text
 
@@ -193,7 +207,52 @@ async def test_a_malformed_series_leaves_that_line_empty_and_draws_the_rest(
     fake_api.series["AAPL"]["price"] = [270.0]  # two times, one price
     fake_api.series["INTC"]["price"] = [39.0]
     session.deliver(ReloadEvent(None))
-    await drain(session.doc)
+    await settle(session)
     assert data(session, "AAPL")["ts"] == []
     assert data(session, "INTC")["price"] == [39.0]
-    assert not session.loading
+    assert session.phase is Phase.SHOWING
+
+
+async def test_a_superseded_load_is_cancelled_not_stacked(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
+    fake_api.delay = 0.3
+    loads = []
+    for active in (1, 2, 3, 4):  # the window buttons, clicked in a hurry
+        session.ui.window.active = active
+        loads.append(session.load)
+        await asyncio.sleep(0.05)
+    await settle(session)
+    assert all(load is not None and load.cancelled() for load in loads[:-1])
+    assert loads[-1] is not None and loads[-1].done() and not loads[-1].cancelled()
+    assert session.phase is Phase.SHOWING and session.window == "1y"
+    assert session.chart.x_range.follow_interval == 365 * DAY_MS
+    assert "1 year" in session.chart.title_model.text
+
+
+async def test_the_candle_view_loads_bars_and_keeps_the_last_candle_live(
+    session: DashboardSession, fake_api: FakeApi
+) -> None:
+    fake_api.bars["AAPL"] = {
+        "symbol": "AAPL", "ts": [T0, T0 + 60_000], "open": [270.0, 271.0],
+        "high": [272.0, 273.0], "low": [269.0, 270.5], "close": [271.0, 272.5], "ticks": [60, 12],
+    }  # fmt: skip
+    session.ui.view.active = 1
+    await settle(session)
+    assert session.candles.figure.visible and not session.chart.figure.visible
+    assert fake_api.bar_requests[-1]["symbols"] == "AAPL"
+    candles = session.candles.source.data
+    assert list(candles["close"]) == [271.0, 272.5]
+    assert list(candles["colour"]) == [UP_COLOUR, UP_COLOUR]
+
+    session.deliver(PriceEvent("AAPL", Point(T0 + 90_000, 268.0)))  # inside the last candle
+    session.deliver(PriceEvent("AAPL", Point(T0 + 125_000, 268.5)))  # opens the next one
+    await settle(session)
+    assert list(candles["low"]) == [269.0, 268.0, 268.5]
+    assert list(candles["close"]) == [271.0, 268.0, 268.5]
+    assert candles["colour"][1] == DOWN_COLOUR
+
+    session.ui.candle_symbol.value = "INTC"
+    await settle(session)
+    assert fake_api.bar_requests[-1]["symbols"] == "INTC"
+    assert list(session.candles.source.data["ts"]) == []

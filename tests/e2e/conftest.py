@@ -61,8 +61,8 @@ def stack(database_url: str) -> Iterator[Stack]:
             "STOCKSTREAMER_SYMBOLS": ",".join(SYMBOLS),
             "STOCKSTREAMER_PRICE_INTERVAL": "0.25",
             "STOCKSTREAMER_FETCHER_METRICS_PORT": "0",
-            # the simulator's history: more than the day window needs, less to write than a week
-            "STOCKSTREAMER_BACKFILL": "26h",
+            # the simulator's first-start history: a year (a minute apart over the last week)
+            "STOCKSTREAMER_BACKFILL": "365d",
         },
     )
     dashboard = ServiceProcess(

@@ -140,6 +140,29 @@ def wait_for(page: Page, check: Callable[[State], bool], what: str, timeout: flo
     raise AssertionError(f"timed out waiting for {what}; last state: {summary}")
 
 
+CANDLES_JS = """
+() => {
+  const data = Bokeh.documents[0].get_model_by_name('candle_source').data;
+  const out = {};
+  for (const k of ['ts', 'open', 'high', 'low', 'close']) out[k] = Array.from(data[k]);
+  return out;
+}
+"""
+
+
+def wait_for_candles(
+    page: Page, check: Callable[[State], bool], what: str, timeout: float = 20
+) -> State:
+    deadline = time.monotonic() + timeout
+    current: State = {}
+    while time.monotonic() < deadline:
+        current = page.evaluate(CANDLES_JS)
+        if check(current):
+            return current
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {len(current.get('ts', []))} bars")
+
+
 def status_of(s: State) -> str:
     return str(s["status"]).split('data-status="', 1)[1].split('"', 1)[0]
 
@@ -262,3 +285,46 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
     assert shot.stat().st_size > 20_000
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
+
+    # -- a year of history, from the stored bars -------------------------------------------
+    click(page, "1 year")
+    year = wait_for(
+        page,
+        lambda s: (
+            s["follow"] == 365 * DAY_MS
+            and all(ts and ts[0] < s["now"] - 300 * DAY_MS for ts in s["lines"].values())
+        ),
+        "a year of history",
+        timeout=30,
+    )
+    assert all(len(ts) <= 3600 for ts in year["lines"].values())  # the max_points set above
+
+    # -- candlesticks of one stock, the last one kept live ---------------------------------
+    click(page, "Candles")
+    page.wait_for_function(f"() => ({VISIBLE_JS})('candles') && !({VISIBLE_JS})('chart')")
+    candles = wait_for_candles(page, lambda c: len(c["ts"]) > 50, "a year of candles")
+    assert candles["ts"] == sorted(candles["ts"])
+    assert all(
+        lo <= min(o, c) and max(o, c) <= hi
+        for o, hi, lo, c in zip(
+            candles["open"], candles["high"], candles["low"], candles["close"], strict=True
+        )
+    )
+    click(page, "1 hour")
+    hour_candles = wait_for_candles(
+        page,
+        lambda c: 0 < len(c["ts"]) and c["ts"][0] > time.time() * 1000 - 2 * HOUR_MS,
+        "an hour of candles",
+    )
+    last = (len(hour_candles["ts"]), hour_candles["close"][-1], hour_candles["ts"][-1])
+    wait_for_candles(
+        page,
+        lambda c: (len(c["ts"]), c["close"][-1], c["ts"][-1]) != last,
+        "the last candle moving with live prices",
+    )
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(tmp_path / "candles.png"), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(tmp_path / "candles.png", ROOT / "docs" / "dashboard-candles.png")
+    click(page, "Lines")
+    page.wait_for_function(f"() => ({VISIBLE_JS})('chart') && !({VISIBLE_JS})('candles')")

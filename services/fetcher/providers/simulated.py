@@ -16,9 +16,11 @@ from services.fetcher.providers.base import Provider
 
 TRADING_SECONDS_PER_YEAR = 252 * 6.5 * 3600
 CENT = Decimal("0.01")
-# History: one point a minute, coarser only when a window would need more points than this.
+# History: one point a minute over the last week, one every 15 minutes before that (a year of
+# history is then ~45,000 points per symbol).
 HISTORY_STEP_SECONDS = 60
-HISTORY_MAX_POINTS = 10_080
+HISTORY_FINE_SPAN = timedelta(days=7)
+HISTORY_COARSE_STEP_SECONDS = 900
 
 # Realistic starting levels for well-known tickers; others get a level derived from the seed.
 KNOWN: dict[str, tuple[str, float]] = {
@@ -78,6 +80,7 @@ class SimulatedProvider(Provider):
         self.drift = drift
         self.step_seconds = step_seconds
         self._paths: dict[str, _Path] = {}
+        self._walks: dict[str, _Walk] = {}
 
     def _path(self, symbol: str) -> _Path:
         path = self._paths.get(symbol)
@@ -143,37 +146,75 @@ class SimulatedProvider(Provider):
         return result
 
     async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        """A past ending at this run's start price: a seeded walk backwards, a point a minute."""
-        span = (end - start).total_seconds()
-        if span <= 0:
+        """A past ending at this run's start price: a seeded walk backwards in time.
+
+        Later calls for earlier times continue the same walk, so history asked for in pieces
+        (the most recent first) joins up without a jump.
+        """
+        if end <= start:
             return []
-        step = max(HISTORY_STEP_SECONDS, math.ceil(span / HISTORY_MAX_POINTS / 60) * 60)
-        # Points sit on whole minutes, so a second run produces the same (symbol, ts) keys.
-        anchor = math.ceil(end.timestamp() / step) * step - step
-        rng = random.Random(f"{self.seed}:{symbol}:history")  # noqa: S311 - a simulation
-        origin = self._new_path(symbol)  # where the live path starts, and its 52-week range
-        price, low, high = origin.price, origin.low, origin.high
-        dt = step / TRADING_SECONDS_PER_YEAR
-        sigma = self.volatility
+        walk = self._walks.get(symbol)
+        if walk is None or end.timestamp() > walk.oldest:
+            walk = self._walks[symbol] = self._new_walk(symbol, end.timestamp())
+        # Points sit on whole minutes (quarter hours before the last week), so a second run
+        # produces the same (symbol, ts) keys.
+        fine_from = max(start.timestamp(), walk.anchor - HISTORY_FINE_SPAN.total_seconds())
+        times = _steps(fine_from, end.timestamp(), HISTORY_STEP_SECONDS)
+        if start.timestamp() < fine_from:
+            times += _steps(start.timestamp(), fine_from, HISTORY_COARSE_STEP_SECONDS)
         ticks = []
-        ts = anchor
-        while ts >= start.timestamp():
+        for ts in times:
+            if ts >= walk.oldest:
+                continue  # already produced by an earlier call
+            if walk.fresh:  # the newest point is where the live path starts
+                walk.fresh, walk.oldest = False, ts
+            else:
+                self._walk_back(walk, ts)
             ticks.append(
                 Tick(
                     symbol,
                     datetime.fromtimestamp(ts, UTC),
-                    max(Decimal(repr(price)).quantize(CENT), CENT),
-                    volume=rng.randint(100, 30_000),
+                    max(Decimal(repr(walk.price)).quantize(CENT), CENT),
+                    volume=walk.rng.randint(100, 30_000),
                 )
             )
-            # Undo one GBM step: the same law as live ticks, run backwards in time.
-            growth = (self.drift - 0.5 * sigma**2) * dt + sigma * math.sqrt(dt) * rng.gauss(0, 1)
-            price /= math.exp(growth)
-            # Reflect off the 52-week range (in log space), so history never leaves its band.
-            if price < low:
-                price = low * low / price
-            elif price > high:
-                price = high * high / price
-            ts -= step
         ticks.reverse()
         return ticks
+
+    def _new_walk(self, symbol: str, anchor: float) -> _Walk:
+        origin = self._new_path(symbol)  # where the live path starts, and its 52-week range
+        rng = random.Random(f"{self.seed}:{symbol}:history")  # noqa: S311 - a simulation
+        return _Walk(rng, origin.price, origin.low, origin.high, anchor, anchor)
+
+    def _walk_back(self, walk: _Walk, ts: float) -> None:
+        """Move the walk back to time `ts`: one GBM step, the law of live ticks, reversed."""
+        dt = (walk.oldest - ts) / TRADING_SECONDS_PER_YEAR
+        sigma = self.volatility
+        growth = (self.drift - 0.5 * sigma**2) * dt + sigma * math.sqrt(dt) * walk.rng.gauss(0, 1)
+        walk.price /= math.exp(growth)
+        # Reflect off the 52-week range (in log space), so history never leaves its band.
+        if walk.price < walk.low:
+            walk.price = walk.low * walk.low / walk.price
+        elif walk.price > walk.high:
+            walk.price = walk.high * walk.high / walk.price
+        walk.oldest = ts
+
+
+@dataclass
+class _Walk:
+    """A history walk going back in time from `anchor`; `oldest` is where it has reached."""
+
+    rng: random.Random
+    price: float
+    low: float
+    high: float
+    anchor: float
+    oldest: float
+    fresh: bool = True
+
+
+def _steps(start: float, end: float, step: int) -> list[int]:
+    """Epoch seconds on multiples of `step` in [start, end), newest first."""
+    first = math.ceil(start / step) * step
+    last = math.ceil(end / step) * step - step
+    return list(range(last, first - 1, -step))
