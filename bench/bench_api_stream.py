@@ -12,9 +12,8 @@ import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
+from bench.processes import start_api
 from services.fetcher import queries
-from services.runner.embedded_db import free_port
-from tests.utils.processes import ServiceProcess
 
 SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
 CLIENTS = 50
@@ -115,21 +114,6 @@ async def _streaming(url: str) -> tuple[float, float, float]:
     return p50, p99, queries_per_s
 
 
-async def start_api(url: str) -> tuple[ServiceProcess, str]:
-    """`python -m services.api` against `url` on a free port, once ready; and its base URL."""
-    port = free_port()
-    env = {"DATABASE_URL": url, "STOCKSTREAMER_API_PORT": str(port),
-           "STOCKSTREAMER_LOG_LEVEL": "WARNING"}  # fmt: skip
-    api = ServiceProcess("services.api", env).start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await asyncio.to_thread(api.wait_http, f"{base}/readyz")
-    except BaseException:
-        api.stop()
-        raise
-    return api, base
-
-
 async def _fetches(http: httpx.AsyncClient) -> float:
     """Queries the API ran for notifications so far (one per fetch)."""
     for line in (await http.get("/metrics")).text.splitlines():
@@ -153,5 +137,5 @@ async def _both(url: str) -> list[str]:
     ]
 
 
-def run(url: str) -> list[str]:
+def run(url: str, scale: str = "default") -> list[str]:
     return asyncio.run(_both(url))

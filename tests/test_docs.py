@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from services.runner import settings_doc
-from tests.utils.processes import ROOT
+from services.runner.processes import ROOT
 
 README = ROOT / "README.md"
 

@@ -182,8 +182,12 @@ class Broadcaster:
         started = time.perf_counter()
         while self._prices_due:
             assert self.last_seen is not None  # noqa: S101 - set when the session began
+            # Cleared before the read, never after it: a notification that arrives while the
+            # read is under way sets it again, and its ticks are read by the next round.
+            self._prices_due = False
             rows = await conn.fetch(queries.TICKS_AFTER, self.last_seen, FETCH_LIMIT)
-            self._prices_due = len(rows) == FETCH_LIMIT
+            if len(rows) == FETCH_LIMIT:
+                self._prices_due = True  # more than one read's worth: keep going
             if rows:
                 self.last_seen = rows[-1]["event_id"]
                 self.publish(

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 
+from services.api.listener import Broadcaster
+from services.api.metrics import ApiMetrics
 from tests.utils.api import T0, Market, ThreadedApi, ids, open_stream
 from tests.utils.postgres import with_database
 from tests.utils.waiting import eventually
@@ -119,3 +121,45 @@ async def test_database_outage_is_503_then_the_stream_catches_up(
     assert ids(first + rest) == list(range(int(first[0].id or 0), int(first[0].id or 0) + 7))
     assert api.metric("stockstreamer_api_listener_reconnects_total") >= 1
     assert (await client.get("/readyz")).status_code == 200
+
+
+class PausingConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A real connection whose first read lets the test act while the read is under way."""
+
+    during_first_read: asyncio.Event
+    resume: asyncio.Event
+
+    async def fetch(self, query: str, *args: object, **kwargs: object) -> list[asyncpg.Record]:
+        rows = await super().fetch(query, *args, **kwargs)
+        if not self.during_first_read.is_set():
+            self.during_first_read.set()
+            await self.resume.wait()
+        return rows
+
+
+async def test_ticks_announced_during_a_read_are_read_next(
+    database_url: str, market: Market
+) -> None:
+    """A notification arriving while the listener reads must not be lost (it once was)."""
+    await market.stocks("AAPL")
+    first = await market.ticks([("AAPL", T0, 1)])
+    broadcaster = Broadcaster(database_url, None, ApiMetrics())
+    sub = broadcaster.subscribe(None, 100)
+    broadcaster.last_seen = first - 1
+    conn = await asyncpg.connect(database_url, connection_class=PausingConnection)
+    conn.during_first_read, conn.resume = asyncio.Event(), asyncio.Event()
+    try:
+        broadcaster._on_notification(conn, 0, "prices", str(first))
+        drain = asyncio.create_task(broadcaster._drain(conn))
+        await conn.during_first_read.wait()
+        # The next batch commits and is announced while the first read is still running.
+        second = await market.ticks([("AAPL", T0 + timedelta(seconds=1), 2)])
+        broadcaster._on_notification(conn, 0, "prices", str(second))
+        conn.resume.set()
+        await asyncio.wait_for(drain, 5)
+    finally:
+        await conn.close()
+    delivered = []
+    while sub._batches:
+        delivered += [f.event_id for f in sub._batches.popleft()]
+    assert delivered == [first, second]

@@ -12,8 +12,8 @@ from datetime import timedelta
 import httpx
 
 from services.runner.embedded_db import free_port
+from services.runner.processes import ServiceProcess
 from tests.utils.api import T0, Market, ids, open_stream
-from tests.utils.processes import ServiceProcess
 
 
 @contextmanager

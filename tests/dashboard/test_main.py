@@ -9,8 +9,8 @@ import time
 import httpx
 
 from services.runner.embedded_db import free_port
+from services.runner.processes import ROOT, ServiceProcess
 from tests.dashboard.fake_api import FakeApi
-from tests.utils.processes import ROOT, ServiceProcess
 
 
 def test_serves_the_page_health_and_metrics_then_stops_on_sigterm(fake_api: FakeApi) -> None:

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from services.runner.embedded_db import free_port
+from services.runner.processes import ServiceProcess
 from tests.deploy.compose import COMPOSE_FILE, ENV_EXAMPLE, dotenv, interpolate_all, load_yaml
 from tests.utils.postgres import create_database, drop_database
-from tests.utils.processes import ServiceProcess
 
 PORT_SETTINGS = {
     "fetcher": "STOCKSTREAMER_FETCHER_METRICS_PORT",

@@ -12,7 +12,7 @@ import pytest
 from services.common.symbols import parse_symbols
 from services.fetcher.config import DEFAULT_SYMBOLS
 from services.runner.embedded_db import free_port
-from tests.utils.processes import ServiceProcess
+from services.runner.processes import ServiceProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The stocks a default install shows, in the order the dashboard draws them (alphabetical).

@@ -14,8 +14,8 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from services.dashboard.shaping import DAY_MS, HOUR_MS, PALETTE
+from services.runner.processes import ROOT
 from tests.e2e.conftest import CHROMIUM, SYMBOLS, Stack
-from tests.utils.processes import ROOT
 
 pytestmark = pytest.mark.browser
 

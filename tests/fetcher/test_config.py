@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.fetcher.config import FetcherSettings
-from tests.utils.processes import ROOT
+from services.runner.processes import ROOT
 
 
 def test_defaults() -> None:

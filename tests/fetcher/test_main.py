@@ -16,7 +16,7 @@ import pytest
 
 from services.common.migrations import migrate
 from services.runner.embedded_db import EmbeddedPostgres, free_port
-from tests.utils.processes import ServiceProcess
+from services.runner.processes import ServiceProcess
 from tests.utils.waiting import eventually
 
 DEFAULT_SYMBOLS = {"GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from services.runner.embedded_db import EmbeddedPostgres, free_port
-from tests.utils.processes import ServiceProcess
+from services.runner.processes import ServiceProcess
 from tests.utils.waiting import eventually
 
 

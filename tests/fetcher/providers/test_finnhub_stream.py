@@ -16,9 +16,9 @@ from services.common.models import Tick
 from services.fetcher.providers.finnhub_stream import FinnhubStream, collapse
 from services.fetcher.service import Fetcher
 from services.runner.embedded_db import free_port
+from services.runner.processes import ServiceProcess
 from tests.fakes.finnhub import FakeFinnhub, settings_env
 from tests.fakes.server import fixture
-from tests.utils.processes import ServiceProcess
 from tests.utils.vendors import finnhub_settings, make_fetcher, sample
 from tests.utils.waiting import eventually
 

@@ -1,4 +1,4 @@
-"""Run a stockstreamer service as a real subprocess on free loopback ports, as `make run` does."""
+"""A stockstreamer service as a real subprocess, as `make run` runs it (for tests and bench)."""
 
 from __future__ import annotations
 
@@ -63,13 +63,16 @@ class ServiceProcess:
             time.sleep(0.1)
         raise AssertionError(f"{self.name}: {url} not ready ({last!r}):\n{self.output}")
 
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self.proc
+
     def signal(self, sig: int = signal.SIGTERM) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
+        self._started().send_signal(sig)
 
     def wait(self, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
+        return self._started().wait(timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""

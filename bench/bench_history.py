@@ -1,0 +1,218 @@
+"""History at every window: `/prices` from bars against the raw-tick query it replaced.
+
+Targets (issue #9): p95 < 100 ms for 6 symbols and < 300 ms for 50, every window; the slowest
+window within 3x of the fastest. The run fails loudly if a window served from bars reads raw
+ticks beyond the newest one per symbol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.history_data import SCALES, SYMBOLS, Scale, load, log
+from bench.processes import start_api
+from services.api import history
+
+WINDOWS = {
+    "1 hour": timedelta(hours=1), "1 day": timedelta(days=1), "7 days": timedelta(days=7),
+    "30 days": timedelta(days=30), "1 year": timedelta(days=365),
+}  # fmt: skip
+REQUESTS = 20
+MAX_POINTS = 1000
+BEFORE_TIMEOUT_S = 60
+
+# The raw-tick query `/prices` ran before bars existed (per bucket: low, high and last tick).
+BEFORE = """
+SELECT s.symbol, g.low, g.high, g.last_ts
+FROM unnest($1::text[]) AS s(symbol)
+CROSS JOIN generate_series(0, $5::bigint - 1) AS n(i)
+CROSS JOIN LATERAL (
+    SELECT $2::timestamptz + (n.i * $4::bigint) * interval '1 microsecond' AS since,
+           $2::timestamptz + ((n.i + 1) * $4::bigint) * interval '1 microsecond' AS until
+) b
+CROSS JOIN LATERAL (
+    SELECT min(t.price) AS low, max(t.price) AS high, max(t.ts) AS last_ts
+    FROM ticks t
+    WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts < b.until AND t.ts <= $3
+    HAVING count(*) > 0
+) g
+CROSS JOIN LATERAL (
+    SELECT t.ts FROM ticks t WHERE t.symbol = s.symbol AND t.ts >= b.since
+      AND t.ts <= g.last_ts AND t.price = g.low ORDER BY t.ts LIMIT 1
+) lo
+CROSS JOIN LATERAL (
+    SELECT t.ts FROM ticks t WHERE t.symbol = s.symbol AND t.ts >= b.since
+      AND t.ts <= g.last_ts AND t.price = g.high ORDER BY t.ts DESC LIMIT 1
+) hi
+ORDER BY s.symbol, n.i
+"""
+
+
+class Explaining:
+    """A connection that runs each history query under EXPLAIN ANALYZE and tallies rows read."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.raw_rows = 0
+        self.bar_rows = 0
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        plan = await self.conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args)
+        self._tally(json.loads(plan)[0]["Plan"])
+        return await self.conn.fetch(query, *args)
+
+    def _tally(self, node: dict[str, Any]) -> None:
+        relation = node.get("Relation Name", "")
+        rows = node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
+        if relation.startswith("ticks"):
+            self.raw_rows += rows
+        elif relation.startswith("bars"):
+            self.bar_rows += rows
+        for child in node.get("Plans", []):
+            self._tally(child)
+
+
+def _pct(values: Sequence[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0
+
+
+async def _time_api(base: str, symbols: list[str], now: datetime, span: timedelta) -> list[float]:
+    params = {
+        "symbols": ",".join(symbols), "start": (now - span).isoformat(), "end": now.isoformat(),
+        "max_points": MAX_POINTS,
+    }  # fmt: skip
+    times = []
+    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+        for i in range(REQUESTS + 2):
+            began = time.perf_counter()
+            response = await http.get("/api/v1/prices", params=params)
+            elapsed = time.perf_counter() - began
+            response.raise_for_status()
+            if i >= 2:  # the first two warm the caches
+                times.append(elapsed * 1000)
+    return times
+
+
+async def _before(url: str, symbols: list[str], now: datetime, span: timedelta) -> float | None:
+    """One run of the replaced query, in ms (None: more than BEFORE_TIMEOUT_S)."""
+    conn = await asyncpg.connect(
+        url, server_settings={"statement_timeout": str(BEFORE_TIMEOUT_S * 1000)}
+    )
+    try:
+        buckets = MAX_POINTS // 3
+        step = span // buckets + timedelta(microseconds=1)
+        began = time.perf_counter()
+        await conn.fetch(
+            BEFORE, symbols, now - span, now, step // timedelta(microseconds=1), buckets + 1
+        )
+        return (time.perf_counter() - began) * 1000
+    except asyncpg.QueryCanceledError:
+        return None
+    finally:
+        await conn.close()
+
+
+async def _plan(url: str, symbols: list[str], now: datetime, span: timedelta) -> Explaining:
+    conn = await asyncpg.connect(url)
+    try:
+        explaining = Explaining(conn)
+        await history.load(explaining, symbols, now - span, now, MAX_POINTS)  # type: ignore[arg-type]
+        return explaining
+    finally:
+        await conn.close()
+
+
+async def _run(url: str, scale: Scale) -> list[str]:
+    now = await load(url, scale)
+    api, base = await start_api(url, STOCKSTREAMER_API_STATEMENT_TIMEOUT="60")
+    rows, p95s, failures = [], {}, []
+    try:
+        for count in (6, 50):
+            symbols = SYMBOLS[:count]
+            for name, span in WINDOWS.items():
+                times = await _time_api(base, symbols, now, span)
+                plan = await _plan(url, symbols, now, span)
+                before = await _before(url, symbols, now, span)
+                p50, p95 = _pct(times, 50), _pct(times, 95)
+                p95s[(count, name)] = p95
+                target = 100 if count == 6 else 300
+                if plan.raw_rows > 2 * count:
+                    failures.append(f"{count} symbols, {name}: {plan.raw_rows} raw ticks read")
+                shown = "over 60,000 ms" if before is None else f"{before:,.0f} ms"
+                rows.append(
+                    f"| history: `/prices` {count} symbols, {name} (max_points {MAX_POINTS}; "
+                    f"rows read per symbol: {plan.bar_rows // count:,} bars, "
+                    f"{plan.raw_rows // count:,} raw) | raw-tick query alone: {shown} "
+                    f"| p50 {p50:.0f} ms, p95 {p95:.0f} ms (target < {target}) "
+                    f"| {'ok' if p95 < target else 'MISSED'} |"
+                )
+                log(rows[-1])
+            spread = max(p95s[(count, w)] for w in WINDOWS) / min(p95s[(count, w)] for w in WINDOWS)
+            rows.append(
+                f"| history: slowest / fastest window p95, {count} symbols | — | {spread:.1f}x "
+                f"(target <= 3) | {'ok' if spread <= 3 else 'MISSED'} |"
+            )
+    finally:
+        api.stop()
+    rows += await _disk(url, scale)
+    if failures:
+        problems = "\n".join(failures)
+        raise SystemExit(f"history plans read raw ticks beyond their raw case:\n{problems}")
+    return rows
+
+
+async def _disk(url: str, scale: Scale) -> list[str]:
+    """Bytes per tick (raw and bars), growth a day at the default feed, dropping a partition."""
+    conn = await asyncpg.connect(url)
+    try:
+        raw_bytes = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+            " WHERE inhparent = 'ticks'::regclass"
+        )
+        bar_bytes = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+            " WHERE c.relname LIKE 'bars\\_%' AND c.relkind = 'r'"
+        )
+        # the bars a raw day adds (every level over one day of 1 s ticks)
+        day_bars = await conn.fetchval(
+            "SELECT count(*) FROM bars WHERE bucket >= $1 AND bucket < $1 + interval '1 day'"
+            " AND width_s < 86400",
+            await conn.fetchval("SELECT min(ts) FROM ticks"),
+        )
+        bar_row = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(c.oid))::float / nullif(sum(c.reltuples), 0)"
+            " FROM pg_class c WHERE c.relname LIKE 'bars\\_%' AND c.relkind = 'r'"
+        )
+        per_tick = raw_bytes / scale.raw_rows
+        per_day = 6 * 86_400 * per_tick + day_bars * 6 / scale.symbols * bar_row
+        began = time.perf_counter()
+        dropped = await conn.fetch(
+            "SELECT stockstreamer_apply_retention($1::interval, '400 days') AS d",
+            timedelta(days=scale.raw_days - 1),
+        )
+        drop_ms = (time.perf_counter() - began) * 1000
+    finally:
+        await conn.close()
+    return [
+        f"| disk: bytes per raw tick (table and key) / all bars over {scale.raw_days} days of 1 s "
+        f"ticks | {per_tick:.0f} B | bars: {bar_bytes / scale.raw_rows:.0f} B per tick "
+        f"| {bar_bytes / raw_bytes:.0%} of raw |",
+        f"| disk: growth a day, default feed (6 symbols, 1 tick/s; raw kept 30 days) "
+        f"| {per_day / 1e6:.0f} MB/day raw + bars | ~{per_day * 30 / 1e9:.1f} GB steady state "
+        f"(raw) | — |",
+        f"| disk: dropping {len(dropped)} expired partitions (a day of {scale.symbols} symbols' "
+        f"ticks and 10 s bars) | — | {drop_ms:.0f} ms | — |",
+    ]
+
+
+def run(url: str, scale: str = "default") -> list[str]:
+    return asyncio.run(_run(url, SCALES[scale]))
