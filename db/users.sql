@@ -1,0 +1,46 @@
+-- The services' login users: each is a member of one group role and holds nothing else.
+--   stockstreamer_fetcher  in stockstreamer_writer  (select, insert, update)
+--   stockstreamer_api      in stockstreamer_reader  (select only)
+-- The superuser (RDS: the master user) keeps the schema: it runs the migrations and this file.
+-- Idempotent: run after every migration, and again to change a password. With psql:
+--   psql -v ON_ERROR_STOP=1 -v fetcher_password=... -v api_password=... -f db/users.sql
+--   psql -v ON_ERROR_STOP=1 -v iam=on -f db/users.sql     (Amazon RDS: IAM tokens, no passwords)
+-- Passwords go in as psql variables (quoted by psql, never spliced into SQL by hand).
+
+-- The group roles come from the migrations; created here too for a restore into a new server.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_writer') THEN
+        CREATE ROLE stockstreamer_writer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_reader') THEN
+        CREATE ROLE stockstreamer_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_fetcher') THEN
+        CREATE ROLE stockstreamer_fetcher LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_api') THEN
+        CREATE ROLE stockstreamer_api LOGIN;
+    END IF;
+END
+$$;
+
+-- Whatever they were before: log in, nothing more. A bounded number of connections each.
+ALTER ROLE stockstreamer_fetcher
+    LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 20;
+ALTER ROLE stockstreamer_api
+    LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 200;
+
+GRANT stockstreamer_writer TO stockstreamer_fetcher;
+GRANT stockstreamer_reader TO stockstreamer_api;
+
+-- Objects are created by the superuser alone (PostgreSQL before 15 let every user create them).
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
+\if :{?iam}
+-- Amazon RDS with IAM database authentication: the instance signs a short-lived token instead.
+GRANT rds_iam TO stockstreamer_fetcher, stockstreamer_api;
+\else
+ALTER ROLE stockstreamer_fetcher PASSWORD :'fetcher_password';
+ALTER ROLE stockstreamer_api PASSWORD :'api_password';
+\endif
