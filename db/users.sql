@@ -25,11 +25,11 @@ BEGIN
 END
 $$;
 
--- Whatever they were before: log in, nothing more. A bounded number of connections each.
-ALTER ROLE stockstreamer_fetcher
-    LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 20;
-ALTER ROLE stockstreamer_api
-    LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 200;
+-- Log in, nothing more, a bounded number of connections each. (CREATE ROLE's defaults already
+-- deny SUPERUSER, REPLICATION and BYPASSRLS; naming them would need a true superuser, which
+-- RDS's master user is not.)
+ALTER ROLE stockstreamer_fetcher LOGIN NOCREATEDB NOCREATEROLE CONNECTION LIMIT 20;
+ALTER ROLE stockstreamer_api LOGIN NOCREATEDB NOCREATEROLE CONNECTION LIMIT 200;
 
 GRANT stockstreamer_writer TO stockstreamer_fetcher;
 GRANT stockstreamer_reader TO stockstreamer_api;
