@@ -2,26 +2,21 @@
 --   stockstreamer_fetcher  in stockstreamer_writer  (select, insert, update)
 --   stockstreamer_api      in stockstreamer_reader  (select only)
 -- The superuser (RDS: the master user) keeps the schema: it runs the migrations and this file.
--- Idempotent: run after every migration, and again to change a password. With psql:
+-- Idempotent: run after the migrations (every time), and again to change a password. With psql:
 --   psql -v ON_ERROR_STOP=1 -v fetcher_password=... -v api_password=... -f db/users.sql
 --   psql -v ON_ERROR_STOP=1 -v iam=on -f db/users.sql     (Amazon RDS: IAM tokens, no passwords)
 -- Passwords go in as psql variables (quoted by psql, never spliced into SQL by hand).
 
--- The group roles come from the migrations; created here too for a restore into a new server.
+-- The group roles come from the migrations, which run first.
 DO $$
+DECLARE
+    login text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_writer') THEN
-        CREATE ROLE stockstreamer_writer NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_reader') THEN
-        CREATE ROLE stockstreamer_reader NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_fetcher') THEN
-        CREATE ROLE stockstreamer_fetcher LOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'stockstreamer_api') THEN
-        CREATE ROLE stockstreamer_api LOGIN;
-    END IF;
+    FOREACH login IN ARRAY ARRAY['stockstreamer_fetcher', 'stockstreamer_api'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = login) THEN
+            EXECUTE format('CREATE ROLE %I LOGIN', login);
+        END IF;
+    END LOOP;
 END
 $$;
 

@@ -205,16 +205,23 @@ locals {
   db_login_users = ["stockstreamer_fetcher", "stockstreamer_api"]
 }
 
+# Who may assume each role: the instance (EC2) and the snapshot schedule (DLM).
+locals {
+  assume_role_policy = {
+    for service in ["ec2", "dlm"] : service => jsonencode({
+      Version = "2012-10-17"
+      Statement = [{
+        Effect    = "Allow"
+        Action    = "sts:AssumeRole"
+        Principal = { Service = "${service}.amazonaws.com" }
+      }]
+    })
+  }
+}
+
 resource "aws_iam_role" "instance" {
-  name_prefix = "${var.name}-"
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Action    = "sts:AssumeRole"
-      Principal = { Service = "ec2.amazonaws.com" }
-    }]
-  })
+  name_prefix        = "${var.name}-"
+  assume_role_policy = local.assume_role_policy["ec2"]
 }
 
 resource "aws_iam_role_policy" "instance" {
@@ -333,15 +340,8 @@ resource "aws_volume_attachment" "data" {
 }
 
 resource "aws_iam_role" "snapshots" {
-  name_prefix = "${var.name}-dlm-"
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Action    = "sts:AssumeRole"
-      Principal = { Service = "dlm.amazonaws.com" }
-    }]
-  })
+  name_prefix        = "${var.name}-dlm-"
+  assume_role_policy = local.assume_role_policy["dlm"]
 }
 
 resource "aws_iam_role_policy_attachment" "snapshots" {

@@ -240,7 +240,7 @@ def test_make_secrets_writes_every_file_compose_names(
 def test_users_sql_creates_the_logins_the_urls_name() -> None:
     sql = (ROOT / "db" / "users.sql").read_text()
     for user, role in LOGINS.values():
-        assert f"CREATE ROLE {user} LOGIN" in sql
+        assert f"'{user}'" in sql and "CREATE ROLE %I LOGIN" in sql
         assert f"GRANT {role} TO {user};" in sql
     migrations_sql = "".join(p.read_text() for p in (ROOT / "db" / "migrations").glob("*.sql"))
     for _, role in LOGINS.values():
