@@ -143,60 +143,91 @@ resource "aws_vpc_security_group_egress_rule" "postgres" {
 }
 
 ################################################################################
-# IAM: SSM Session Manager, and reading exactly the secrets the instance needs
+# IAM: Session Manager, and exactly the secrets and database logins the stack uses
 ################################################################################
 
-data "aws_iam_policy_document" "assume_ec2" {
-  statement {
-    actions = ["sts:AssumeRole"]
+locals {
+  account_arn = "${data.aws_partition.current.partition}:%s:${var.aws_region}:${data.aws_caller_identity.current.account_id}"
 
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
-    }
+  # The instance's whole policy (nothing managed is attached): the SSM agent's Session Manager
+  # channels, the vendor key parameter, and with RDS the master secret and the IAM logins of the
+  # services' two database users.
+  instance_policy = {
+    Version = "2012-10-17"
+    Statement = concat(
+      [
+        {
+          Sid      = "SessionManagerAgent"
+          Effect   = "Allow"
+          Action   = ["ssm:UpdateInstanceInformation"]
+          Resource = "arn:${format(local.account_arn, "ec2")}:instance/*"
+        },
+        {
+          Sid    = "SessionManagerChannels"
+          Effect = "Allow"
+          Action = [
+            "ssmmessages:CreateControlChannel",
+            "ssmmessages:CreateDataChannel",
+            "ssmmessages:OpenControlChannel",
+            "ssmmessages:OpenDataChannel",
+          ]
+          Resource = "*" # these actions name no resource
+        },
+      ],
+      [
+        for arn in local.provider_key_parameter_arn == null ? [] : [local.provider_key_parameter_arn] : {
+          Sid      = "ProviderKey"
+          Effect   = "Allow"
+          Action   = ["ssm:GetParameter"]
+          Resource = arn
+        }
+      ],
+      flatten([
+        for db in aws_db_instance.this : [
+          {
+            Sid      = "DatabaseMasterSecret"
+            Effect   = "Allow"
+            Action   = ["secretsmanager:GetSecretValue"]
+            Resource = db.master_user_secret[0].secret_arn
+          },
+          {
+            Sid      = "DatabaseLogins"
+            Effect   = "Allow"
+            Action   = ["rds-db:connect"]
+            Resource = [for user in local.db_login_users : "arn:${format(local.account_arn, "rds-db")}:dbuser:${db.resource_id}/${user}"]
+          },
+        ]
+      ]),
+    )
+  }
+
+  # Created by db/users.sql; on RDS they log in with IAM tokens the instance signs.
+  db_login_users = ["stockstreamer_fetcher", "stockstreamer_api"]
+}
+
+# Who may assume each role: the instance (EC2) and the snapshot schedule (DLM).
+locals {
+  assume_role_policy = {
+    for service in ["ec2", "dlm"] : service => jsonencode({
+      Version = "2012-10-17"
+      Statement = [{
+        Effect    = "Allow"
+        Action    = "sts:AssumeRole"
+        Principal = { Service = "${service}.amazonaws.com" }
+      }]
+    })
   }
 }
 
 resource "aws_iam_role" "instance" {
   name_prefix        = "${var.name}-"
-  assume_role_policy = data.aws_iam_policy_document.assume_ec2.json
+  assume_role_policy = local.assume_role_policy["ec2"]
 }
 
-resource "aws_iam_role_policy_attachment" "ssm" {
-  role       = aws_iam_role.instance.name
-  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
-}
-
-data "aws_iam_policy_document" "secrets" {
-  count = local.provider_key_parameter_arn != null || var.use_rds ? 1 : 0
-
-  dynamic "statement" {
-    for_each = local.provider_key_parameter_arn != null ? [local.provider_key_parameter_arn] : []
-
-    content {
-      sid       = "ProviderKey"
-      actions   = ["ssm:GetParameter"]
-      resources = [statement.value]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = var.use_rds ? [aws_db_instance.this[0].master_user_secret[0].secret_arn] : []
-
-    content {
-      sid       = "DatabaseSecret"
-      actions   = ["secretsmanager:GetSecretValue"]
-      resources = [statement.value]
-    }
-  }
-}
-
-resource "aws_iam_role_policy" "secrets" {
-  count = local.provider_key_parameter_arn != null || var.use_rds ? 1 : 0
-
-  name   = "read-stockstreamer-secrets"
+resource "aws_iam_role_policy" "instance" {
+  name   = "stockstreamer-instance"
   role   = aws_iam_role.instance.id
-  policy = data.aws_iam_policy_document.secrets[0].json
+  policy = jsonencode(local.instance_policy)
 }
 
 resource "aws_iam_instance_profile" "instance" {
@@ -251,8 +282,10 @@ resource "aws_instance" "this" {
     public_origin          = local.public_origin
     market_data_provider   = var.market_data_provider
     provider_key_parameter = var.provider_api_key_parameter
-    provider_key_env       = "${upper(var.market_data_provider)}_API_KEY"
+    provider_key_file      = "${var.market_data_provider}-api-key"
     settings               = var.settings
+    data_device            = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${replace(aws_ebs_volume.data.id, "-", "")}"
+    backup_keep            = var.backup_keep
     use_rds                = var.use_rds
     rds_secret_arn         = var.use_rds ? aws_db_instance.this[0].master_user_secret[0].secret_arn : ""
     rds_address            = var.use_rds ? aws_db_instance.this[0].address : ""
@@ -264,7 +297,7 @@ resource "aws_instance" "this" {
   tags = { Name = var.name }
 
   # The boot script reads the secrets: the permission must exist first.
-  depends_on = [aws_iam_role_policy.secrets]
+  depends_on = [aws_iam_role_policy.instance]
 
   lifecycle {
     # A newer AMI must not replace a running instance (and its data); rebuild deliberately.
@@ -280,6 +313,66 @@ resource "aws_instance" "this" {
 resource "aws_eip_association" "this" {
   allocation_id = aws_eip.this.id
   instance_id   = aws_instance.this.id
+}
+
+################################################################################
+# Data volume: the database, secrets and dumps, apart from the root disk; daily snapshots
+################################################################################
+
+resource "aws_ebs_volume" "data" {
+  #checkov:skip=CKV_AWS_189:Encrypted with the account's AWS-managed EBS key; a customer-managed key adds cost and key administration for one small volume.
+  availability_zone = data.aws_subnet.instance.availability_zone
+  size              = var.data_volume_size
+  type              = "gp3"
+  encrypted         = true
+
+  # The snapshot policy below selects volumes by this tag.
+  tags = { Name = "${var.name}-data", Snapshots = "${var.name}-data" }
+}
+
+resource "aws_volume_attachment" "data" {
+  device_name = "/dev/sdf"
+  volume_id   = aws_ebs_volume.data.id
+  instance_id = aws_instance.this.id
+
+  # Unmounted cleanly (the instance stops first) when the instance is replaced.
+  stop_instance_before_detaching = true
+}
+
+resource "aws_iam_role" "snapshots" {
+  name_prefix        = "${var.name}-dlm-"
+  assume_role_policy = local.assume_role_policy["dlm"]
+}
+
+resource "aws_iam_role_policy_attachment" "snapshots" {
+  role       = aws_iam_role.snapshots.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"
+}
+
+resource "aws_dlm_lifecycle_policy" "data" {
+  description        = "${var.name} daily snapshots of the data volume"
+  execution_role_arn = aws_iam_role.snapshots.arn
+  state              = "ENABLED"
+
+  policy_details {
+    resource_types = ["VOLUME"]
+    target_tags    = { Snapshots = "${var.name}-data" }
+
+    schedule {
+      name      = "daily"
+      copy_tags = true
+
+      create_rule {
+        interval      = 24
+        interval_unit = "HOURS"
+        times         = [var.snapshot_time]
+      }
+
+      retain_rule {
+        count = var.snapshot_retention
+      }
+    }
+  }
 }
 
 ################################################################################

@@ -27,3 +27,8 @@ output "rds_endpoint" {
   description = "Address of the RDS instance (use_rds only), reachable from the instance alone."
   value       = var.use_rds ? aws_db_instance.this[0].address : null
 }
+
+output "data_volume_id" {
+  description = "The EBS volume holding the container database, its dumps and the secret files (snapshotted daily)."
+  value       = aws_ebs_volume.data.id
+}

@@ -42,13 +42,57 @@ variable "instance_type" {
 }
 
 variable "root_volume_size" {
-  description = "Size of the encrypted root volume in GiB (images, and the database unless use_rds)."
+  description = "Size of the encrypted root volume in GiB (system and container images)."
   type        = number
   default     = 20
 
   validation {
     condition     = var.root_volume_size >= 12
     error_message = "root_volume_size must be at least 12 GiB."
+  }
+}
+
+variable "data_volume_size" {
+  description = "Size of the encrypted data volume in GiB: the container database, its dumps and the secret files."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.data_volume_size >= 1
+    error_message = "data_volume_size must be at least 1 GiB."
+  }
+}
+
+variable "snapshot_time" {
+  description = "UTC time (HH:MM) of the daily snapshot of the data volume."
+  type        = string
+  default     = "03:00"
+
+  validation {
+    condition     = can(regex("^([01][0-9]|2[0-3]):[0-5][0-9]$", var.snapshot_time))
+    error_message = "snapshot_time must be HH:MM (UTC)."
+  }
+}
+
+variable "snapshot_retention" {
+  description = "Daily snapshots of the data volume to keep."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.snapshot_retention >= 1 && var.snapshot_retention <= 1000
+    error_message = "snapshot_retention must be 1-1000."
+  }
+}
+
+variable "backup_keep" {
+  description = "Daily pg_dump files of the container database kept on the data volume (not used with RDS, which has its own backups)."
+  type        = number
+  default     = 14
+
+  validation {
+    condition     = var.backup_keep >= 1
+    error_message = "backup_keep must be at least 1."
   }
 }
 
@@ -105,9 +149,13 @@ variable "repository_url" {
 }
 
 variable "repository_ref" {
-  description = "Branch, tag or commit to deploy."
+  description = "Tag or commit to deploy (e.g. v1.2.0): a fixed ref, so a rebuild or a retried first boot gets the same code. Not a moving branch."
   type        = string
-  default     = "main"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._/-]*$", var.repository_ref)) && !contains(["main", "master", "HEAD", "develop", "trunk"], var.repository_ref)
+    error_message = "repository_ref must be a tag or commit (e.g. v1.2.0), not a moving branch such as main."
+  }
 }
 
 variable "market_data_provider" {

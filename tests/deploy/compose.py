@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,24 @@ def setting_names(cls: type[BaseSettings]) -> set[str]:
 
 def all_setting_names() -> set[str]:
     return set().union(*(setting_names(load(path)) for _, path in SETTINGS_CLASSES))
+
+
+def make_secrets(directory: Path) -> Path:
+    """deploy/make-secrets into `directory`, as a user would run it before `compose up`."""
+    result = subprocess.run(  # noqa: S603
+        [str(ROOT / "deploy" / "make-secrets"), str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return directory
+
+
+def secret_paths(compose: dict[str, Any], secrets_dir: Path) -> dict[str, str]:
+    """Where each `/run/secrets/<name>` of a container comes from on the host."""
+    return {
+        f"/run/secrets/{name}": str(secrets_dir / Path(spec["file"]).name)
+        for name, spec in compose["secrets"].items()
+    }

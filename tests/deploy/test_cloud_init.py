@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,13 +26,26 @@ VARS: dict[str, Any] = {
     "public_origin": "https://stocks.example.com",
     "market_data_provider": "finnhub",
     "provider_key_parameter": "/stockstreamer/finnhub-api-key",
-    "provider_key_env": "FINNHUB_API_KEY",
+    "provider_key_file": "finnhub-api-key",
     "settings": {"STOCKSTREAMER_SYMBOLS": "AAPL,MSFT"},
+    "data_device": "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0",
+    "backup_keep": 14,
     "use_rds": True,
     "rds_secret_arn": "arn:aws:secretsmanager:eu-west-1:111122223333:secret:rds!db-1",
     "rds_address": "db.example.internal",
     "rds_port": 5432,
     "db_name": "stockstreamer",
+}
+
+
+WITHOUT_RDS: dict[str, Any] = {
+    "use_rds": False,
+    "rds_secret_arn": "",
+    "rds_address": "",
+    "provider_key_parameter": "",
+    "market_data_provider": "simulated",
+    "provider_key_file": "simulated-api-key",
+    "settings": {},
 }
 
 
@@ -81,18 +95,85 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
     assert any("https://git.example.com/stockstreamer.git" in c for c in runcmd)
     assert any("fetch -q --depth 1 origin v1.2.3" in c for c in runcmd)
     assert runcmd[-2:] == [
-        "systemctl enable --now stockstreamer.service",
-        "systemctl enable --now stockstreamer-refresh.timer",
+        "systemctl enable --now stockstreamer-db-tokens.timer",
+        "systemctl enable --now --no-block stockstreamer.service",
     ]
-    unit = files(config)["/etc/systemd/system/stockstreamer.service"]
-    assert "ExecStart=/usr/bin/docker compose up -d" in unit
-    assert "WantedBy=multi-user.target" in unit
     assert "STOCKSTREAMER_SYMBOLS=AAPL,MSFT" in files(config)["/etc/stockstreamer/settings.env"]
-    # The compose files the instance stacks exist in the repository it clones.
+    # The compose files and scripts the instance uses exist in the repository it clones.
     script = files(config)["/usr/local/sbin/stockstreamer-env"]
-    for name in re.findall(r"[\w/.-]+\.ya?ml", script):
+    for name in re.findall(r"(?:deploy/)[\w.-]+|[\w/.-]+\.ya?ml", script):
         assert (ROOT / name).is_file(), name
     assert "deploy/compose.server.yaml" in script and "deploy/compose.rds.yaml" in script
+
+
+def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
+    """Debian's cloud-init validates both renderings (.ci/run installs it)."""
+    cloud_init = shutil.which("cloud-init")
+    if cloud_init is None:
+        message = "no cloud-init binary (apt-get install cloud-init) for `cloud-init schema`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    for name, overrides in (("rds", {}), ("container", WITHOUT_RDS)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(render(tmp_path, **overrides))
+        result = subprocess.run(  # noqa: S603
+            [cloud_init, "schema", "--config-file", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+        assert "Valid cloud-config" in result.stdout
+
+
+def test_unit_retries_with_back_off_and_prunes_images(tmp_path: Path) -> None:
+    unit = files(yaml.safe_load(render(tmp_path)))["/etc/systemd/system/stockstreamer.service"]
+    lines = set(unit.splitlines())
+    assert "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait" in lines
+    assert {"Restart=on-failure", "StartLimitIntervalSec=0", "RestartSteps=6"} <= lines
+    assert any(line.startswith("RestartMaxDelaySec=") for line in lines), "a back-off"
+    assert "ExecStartPost=/usr/bin/docker image prune --force" in lines
+    assert "RequiresMountsFor=/var/lib/stockstreamer" in lines
+    assert not [line for line in lines if "compose down" in line], "no stop cuts every client"
+    assert "WantedBy=multi-user.target" in lines
+
+
+def test_data_volume_is_formatted_once_and_mounted(tmp_path: Path) -> None:
+    config = yaml.safe_load(render(tmp_path))
+    (fs,) = config["fs_setup"]
+    assert fs["device"] == VARS["data_device"] and fs["overwrite"] is False
+    (mount,) = config["mounts"]
+    assert mount[:2] == [f"LABEL={fs['label']}", "/var/lib/stockstreamer"]
+    assert any(VARS["data_device"] in " ".join(map(str, c)) for c in config["bootcmd"])
+    script = files(config)["/usr/local/sbin/stockstreamer-env"]
+    assert 'mountpoint -q "$data"' in script, "never the root disk by mistake"
+
+
+def test_rds_logins_use_verified_tls_and_renewed_iam_tokens(tmp_path: Path) -> None:
+    config = yaml.safe_load(render(tmp_path))
+    written = files(config)
+    tokens = written["/usr/local/sbin/stockstreamer-db-tokens"]
+    assert "aws rds generate-db-auth-token" in tokens
+    for user in ("stockstreamer_fetcher", "stockstreamer_api"):
+        assert user.split("_")[1] in tokens
+    env = written["/usr/local/sbin/stockstreamer-env"]
+    for script in (tokens, env):
+        assert script.count("sslmode=verify-full&sslrootcert=/etc/ssl/rds-ca.pem") == 1
+    assert "truststore.pki.rds.amazonaws.com" in env
+    timer = written["/etc/systemd/system/stockstreamer-db-tokens.timer"]
+    assert "OnUnitActiveSec=5min" in timer, "renewed well within a token's 15 minutes"
+    assert not [p for p in written if "refresh" in p], "no daily restart"
+
+
+def test_container_database_is_dumped_daily(tmp_path: Path) -> None:
+    written = files(yaml.safe_load(render(tmp_path, **WITHOUT_RDS)))
+    service = written["/etc/systemd/system/stockstreamer-backup.service"]
+    assert "ExecStart=/opt/stockstreamer/deploy/backup /var/lib/stockstreamer/backups" in service
+    assert "STOCKSTREAMER_BACKUP_KEEP=14" in service
+    assert "OnCalendar=" in written["/etc/systemd/system/stockstreamer-backup.timer"]
+    assert "/etc/systemd/system/stockstreamer-db-tokens.timer" not in written
 
 
 def test_scripts_are_valid_bash(tmp_path: Path) -> None:
@@ -107,17 +188,9 @@ def test_scripts_are_valid_bash(tmp_path: Path) -> None:
 
 
 def test_without_rds_or_key_nothing_is_fetched(tmp_path: Path) -> None:
-    text = render(
-        tmp_path,
-        use_rds=False,
-        rds_secret_arn="",
-        rds_address="",
-        provider_key_parameter="",
-        market_data_provider="simulated",
-        settings={},
-    )
+    text = render(tmp_path, **WITHOUT_RDS)
     config = yaml.safe_load(text)
-    assert "stockstreamer-refresh.timer" not in text
+    assert "stockstreamer-db-tokens.timer" not in text
     deploy_env = files(config)["/etc/stockstreamer/deploy.env"]
     assert "PROVIDER_KEY_PARAMETER=\n" in deploy_env and "RDS_SECRET_ARN=\n" in deploy_env
 
@@ -126,12 +199,8 @@ def test_env_writer_names_every_setting_it_writes(tmp_path: Path) -> None:
     """Names the boot script writes into .env are settings or compose variables, as documented."""
     script = files(yaml.safe_load(render(tmp_path)))["/usr/local/sbin/stockstreamer-env"]
     example = (ROOT / ".env.example").read_text()
-    written = {
-        line.split('echo "', 1)[1].split("=", 1)[0]
-        for line in script.splitlines()
-        if 'echo "' in line and "=" in line and not line.strip().startswith('echo "#')
-    }
-    written.discard("$PROVIDER_KEY_ENV")
+    written = set(re.findall(r'"((?:STOCKSTREAMER|COMPOSE)_[A-Z_]+)=', script))
     assert written, script
+    assert "KEY" not in " ".join(written) and "PASSWORD" not in " ".join(written), ".env is shared"
     for name in written:
         assert f"{name}=" in example, f"{name} is written on the instance but not in .env.example"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +18,17 @@ import pytest
 
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
-from tests.deploy.compose import COMPOSE_FILE, ENV_EXAMPLE, dotenv, interpolate_all, load_yaml
+from tests.deploy.compose import (
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    ROOT,
+    dotenv,
+    interpolate_all,
+    load_yaml,
+    make_secrets,
+    secret_paths,
+)
+from tests.deploy.db import as_user, run_native
 from tests.utils.postgres import create_database, drop_database
 
 PORT_SETTINGS = {
@@ -36,15 +48,33 @@ def empty_database(pg_admin_url: str) -> Iterator[str]:
         asyncio.run(drop_database(url))
 
 
+def native(value: str, files: dict[str, str]) -> str:
+    """A container path (`/run/secrets/...`, `/db/...`) as the file beside this test."""
+    for container_path, host_path in files.items():
+        value = value.replace(container_path, host_path)
+    return value
+
+
+def native_files(compose: dict[str, Any], database_url: str, tmp_path: Path) -> dict[str, str]:
+    """The secret files with URLs of the test server, and db/ where compose mounts it."""
+    secrets_dir = make_secrets(tmp_path / "secrets")
+    for path in secrets_dir.glob("*-database-url"):
+        user = urlsplit(path.read_text()).username
+        assert user is not None
+        path.chmod(0o600)
+        # migrate keeps the test server's superuser; the services log in as their own users.
+        path.write_text(database_url if user == "stockstreamer" else as_user(database_url, user))
+    files = secret_paths(compose, secrets_dir)
+    files["/db/users.sql"] = str(ROOT / "db" / "users.sql")
+    return files
+
+
 def container_env(
-    compose: dict[str, Any], service: str, database_url: str, ports: dict[str, int]
+    compose: dict[str, Any], service: str, files: dict[str, str], ports: dict[str, int]
 ) -> dict[str, str]:
     """What the container would see, moved onto loopback: the test server, free ports."""
     env = {**dotenv(ENV_EXAMPLE.read_text()), **compose["services"][service].get("environment", {})}
-    env = {k: str(v) for k, v in env.items()}
-    if "DATABASE_URL" in env:
-        assert urlsplit(env["DATABASE_URL"]).hostname == "postgres"
-        env["DATABASE_URL"] = database_url
+    env = {k: native(str(v), files) for k, v in env.items()}
     for name, value in list(env.items()):
         if name.endswith("_HOST") and value == "0.0.0.0":
             env[name] = "127.0.0.1"
@@ -54,6 +84,16 @@ def container_env(
         assert env["STOCKSTREAMER_API_URL"] == "http://api:8000"
         env["STOCKSTREAMER_API_URL"] = f"http://127.0.0.1:{ports['api']}"
     return env
+
+
+def one_shot(compose: dict[str, Any], service: str, files: dict[str, str], url: str) -> None:
+    """A compose one-shot's entrypoint and command, run here; libpq pointed at the test server."""
+    spec = compose["services"][service]
+    argv = [native(a, files) for a in [*spec.get("entrypoint", []), *spec["command"]]]
+    env = container_env(compose, service, files, {})
+    env = {k: v for k, v in env.items() if not k.startswith("PG")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    run_native(argv, url, env)
 
 
 def module(compose: dict[str, Any], service: str) -> str:
@@ -74,25 +114,20 @@ def healthcheck(compose: dict[str, Any], service: str, port: int, timeout: float
         time.sleep(0.2)
 
 
-async def test_compose_services_come_up_on_the_simulated_market(empty_database: str) -> None:
+async def test_compose_services_come_up_on_the_simulated_market(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """Migrations, login users, then each service as its own login user, with its secret files."""
     compose = interpolate_all(load_yaml(COMPOSE_FILE), dotenv(ENV_EXAMPLE.read_text()))
     ports = {name: free_port() for name in PORT_SETTINGS}
 
-    migrate_cmd = compose["services"]["migrate"]["command"]
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, *migrate_cmd[1:]],
-        env=container_env(compose, "migrate", empty_database, ports),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    files = native_files(compose, empty_database, tmp_path)
+    for service in ("migrate", "db-users"):  # compose's order
+        await asyncio.to_thread(one_shot, compose, service, files, empty_database)
 
     procs = {
         name: ServiceProcess(
-            module(compose, name), container_env(compose, name, empty_database, ports), name=name
+            module(compose, name), container_env(compose, name, files, ports), name=name
         )
         for name in ("fetcher", "api", "dashboard")  # compose's start order
     }
@@ -112,6 +147,16 @@ async def test_compose_services_come_up_on_the_simulated_market(empty_database: 
         assert {row["symbol"] for row in latest} >= {"AAPL", "NVDA"}
         page = httpx.get(f"http://127.0.0.1:{ports['dashboard']}/", timeout=10)
         assert page.status_code == 200
+        # Each service is connected as its own login user, never the superuser.
+        conn = await asyncpg.connect(empty_database)
+        try:
+            sessions = await conn.fetch(
+                "SELECT DISTINCT usename FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        assert {s["usename"] for s in sessions} == {"stockstreamer_fetcher", "stockstreamer_api"}
     finally:
         codes = {name: proc.stop() for name, proc in reversed(procs.items())}
     assert codes == {"dashboard": 0, "api": 0, "fetcher": 0}, {

@@ -1,12 +1,12 @@
-# syntax=docker/dockerfile:1
-# The dashboard: the live Bokeh dashboard, fed only by the API, on port 5006.
-# Build from the repository root: docker build -f services/dashboard/Dockerfile .
+# One image for every stockstreamer service; docker-compose.yml picks each one's command:
+#   python -m services.fetcher | services.api | services.dashboard, and dbmate for the migrations.
+# Build from the repository root: docker build -t stockstreamer .
 
 # -- build: a virtualenv with the runtime dependencies at the project's pinned versions -----------
 FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml requirements.lock ./
-# Only [project].dependencies (no dev extras), constrained by the lock the tests ran against.
+# Only [project].dependencies: the `local` (embedded PostgreSQL, honcho) and `dev` extras stay out.
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" > requirements.in \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c requirements.lock -r requirements.in
@@ -16,13 +16,11 @@ FROM python:3.11.14-slim-bookworm
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin stockstreamer
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+# .dockerignore leaves out services/runner (`make run` and its embedded PostgreSQL).
 COPY services ./services
+COPY db ./db
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    STOCKSTREAMER_DASHBOARD_HOST=0.0.0.0
+    PYTHONDONTWRITEBYTECODE=1
 USER 10001
-EXPOSE 5006
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5006/healthz', timeout=4)"]
-CMD ["python", "-m", "services.dashboard"]
+EXPOSE 8000 5006 9101

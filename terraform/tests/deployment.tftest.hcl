@@ -1,0 +1,204 @@
+# `terraform test`: plans and applies against a mocked AWS provider (no network, no credentials)
+# and checks what the deployment promises: exposure, IMDSv2, encryption, the elastic IP, and an
+# instance policy that reaches only what the stack needs.
+
+mock_provider "aws" {
+  # Values the provider itself validates, where the mock's random strings would not pass.
+  mock_resource "aws_iam_role" {
+    defaults = { arn = "arn:aws:iam::111122223333:role/mock" }
+  }
+
+  override_data {
+    target = data.aws_ssm_parameter.ami
+    values = { insecure_value = "ami-0123456789abcdef0" }
+  }
+  override_data {
+    target = data.aws_subnets.default
+    values = { ids = ["subnet-0a", "subnet-0b"] }
+  }
+  override_data {
+    target = data.aws_subnet.instance
+    values = { vpc_id = "vpc-0123", availability_zone = "us-east-1a" }
+  }
+  override_data {
+    target = data.aws_subnets.vpc
+    values = { ids = ["subnet-0a", "subnet-0b"] }
+  }
+  override_data {
+    target = data.aws_caller_identity.current
+    values = { account_id = "111122223333" }
+  }
+  override_data {
+    target = data.aws_partition.current
+    values = { partition = "aws" }
+  }
+  override_resource {
+    target = aws_db_instance.this
+    values = {
+      address     = "db.example.internal"
+      port        = 5432
+      resource_id = "db-ABCDEFGHIJKLMNOP"
+      master_user_secret = [{
+        secret_arn    = "arn:aws:secretsmanager:us-east-1:111122223333:secret:rds!db-1"
+        kms_key_id    = "alias/aws/secretsmanager"
+        secret_status = "active"
+      }]
+    }
+  }
+}
+
+variables {
+  repository_url = "https://git.example.com/stockstreamer.git"
+  repository_ref = "v1.2.3"
+}
+
+run "default_container_database" {
+  command = apply
+
+  assert {
+    condition = alltrue([
+      for rule in concat(
+        values(aws_vpc_security_group_ingress_rule.http),
+        values(aws_vpc_security_group_ingress_rule.https),
+        values(aws_vpc_security_group_ingress_rule.http3),
+        values(aws_vpc_security_group_ingress_rule.ssh),
+        aws_vpc_security_group_ingress_rule.rds_from_instance,
+      ) : rule.cidr_ipv4 != "0.0.0.0/0" || (rule.from_port == rule.to_port && contains([80, 443], rule.from_port))
+    ])
+    error_message = "Only 80/443 may be open to 0.0.0.0/0."
+  }
+
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.ssh) == 0
+    error_message = "No SSH without ssh_cidrs."
+  }
+
+  assert {
+    condition     = aws_instance.this.metadata_options[0].http_tokens == "required" && aws_instance.this.metadata_options[0].http_put_response_hop_limit == 1
+    error_message = "IMDSv2 must be required, out of the containers' reach."
+  }
+
+  assert {
+    condition     = aws_instance.this.root_block_device[0].encrypted && aws_ebs_volume.data.encrypted
+    error_message = "Every volume must be encrypted."
+  }
+
+  assert {
+    condition     = aws_eip_association.this.instance_id == aws_instance.this.id && aws_eip_association.this.allocation_id == aws_eip.this.id
+    error_message = "The elastic IP must be on the instance."
+  }
+
+  assert {
+    condition     = aws_volume_attachment.data.instance_id == aws_instance.this.id && aws_volume_attachment.data.volume_id == aws_ebs_volume.data.id
+    error_message = "The data volume must be attached to the instance."
+  }
+
+  assert {
+    condition     = aws_dlm_lifecycle_policy.data.policy_details[0].target_tags["Snapshots"] == aws_ebs_volume.data.tags["Snapshots"]
+    error_message = "The snapshot policy must select the data volume."
+  }
+
+  assert {
+    condition     = aws_dlm_lifecycle_policy.data.policy_details[0].schedule[0].retain_rule[0].count == 7
+    error_message = "A week of daily snapshots by default."
+  }
+
+  # Session Manager only: no managed policy, no parameter, no secret, no database login.
+  assert {
+    condition = toset(flatten([for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Action])) == toset([
+      "ssm:UpdateInstanceInformation",
+      "ssmmessages:CreateControlChannel",
+      "ssmmessages:CreateDataChannel",
+      "ssmmessages:OpenControlChannel",
+      "ssmmessages:OpenDataChannel",
+    ])
+    error_message = "Without a vendor key or RDS the instance may only run the Session Manager agent."
+  }
+
+  assert {
+    condition     = alltrue([for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Effect == "Allow" && !can(regex("\\*", join(",", s.Action)))])
+    error_message = "No wildcard actions."
+  }
+
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "stockstreamer-backup.timer") && !strcontains(aws_instance.this.user_data, "stockstreamer-db-tokens.timer")
+    error_message = "The container database is dumped daily; no RDS tokens."
+  }
+}
+
+run "with_rds_a_vendor_key_and_ssh" {
+  command = apply
+
+  variables {
+    use_rds                    = true
+    market_data_provider       = "finnhub"
+    provider_api_key_parameter = "/stockstreamer/finnhub-api-key"
+    ssh_cidrs                  = ["203.0.113.0/24"]
+    domain_name                = "stocks.example.com"
+  }
+
+  assert {
+    condition     = [for rule in values(aws_vpc_security_group_ingress_rule.ssh) : rule.cidr_ipv4] == ["203.0.113.0/24"] && alltrue([for rule in values(aws_vpc_security_group_ingress_rule.ssh) : rule.from_port == 22 && rule.to_port == 22])
+    error_message = "SSH only from ssh_cidrs."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.rds_from_instance[0].referenced_security_group_id == aws_security_group.instance.id && aws_vpc_security_group_ingress_rule.rds_from_instance[0].cidr_ipv4 == null
+    error_message = "PostgreSQL only from the instance's security group."
+  }
+
+  assert {
+    condition     = aws_db_instance.this[0].storage_encrypted && !aws_db_instance.this[0].publicly_accessible && aws_db_instance.this[0].iam_database_authentication_enabled
+    error_message = "RDS: encrypted, private, IAM authentication on."
+  }
+
+  assert {
+    condition = {
+      for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Sid => s.Resource
+      if contains(["ProviderKey", "DatabaseMasterSecret", "DatabaseLogins"], s.Sid)
+      } == {
+      ProviderKey          = "arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/finnhub-api-key"
+      DatabaseMasterSecret = "arn:aws:secretsmanager:us-east-1:111122223333:secret:rds!db-1"
+      DatabaseLogins = [
+        "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_fetcher",
+        "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_api",
+      ]
+    }
+    error_message = "Exactly the one parameter, the master secret and the two database logins."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Action if s.Sid == "ProviderKey"] == [["ssm:GetParameter"]]
+    error_message = "The vendor key: ssm:GetParameter only."
+  }
+
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "stockstreamer-db-tokens.timer") && !strcontains(aws_instance.this.user_data, "stockstreamer-backup.timer")
+    error_message = "RDS: IAM tokens renewed by a timer; RDS keeps its own backups."
+  }
+
+  assert {
+    condition     = output.dashboard_url == "https://stocks.example.com/"
+    error_message = "HTTPS when domain_name is set."
+  }
+}
+
+run "ssh_from_the_internet_is_refused" {
+  command = plan
+
+  variables {
+    ssh_cidrs = ["0.0.0.0/0"]
+  }
+
+  expect_failures = [var.ssh_cidrs]
+}
+
+run "a_moving_branch_is_refused" {
+  command = plan
+
+  variables {
+    repository_ref = "main"
+  }
+
+  expect_failures = [var.repository_ref]
+}
