@@ -36,12 +36,26 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 S = TypeVar("S", bound=BaseSettings)
 
 
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad setting: its name and what is wrong, never the value given.
+
+    pydantic's own message repeats each input, which may be a password or a vendor key.
+    """
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"  {name}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def load_settings(settings_cls: type[S], service: str) -> S:
     """A service's settings, or exit 2 with a message naming each bad setting (no traceback)."""
     try:
         return settings_cls()
     except ValidationError as exc:
-        print(f"stockstreamer {service}: invalid settings:\n{exc}", file=sys.stderr)
+        print(
+            f"stockstreamer {service}: invalid settings:\n{describe_errors(exc)}", file=sys.stderr
+        )
         raise SystemExit(2) from None
 
 
@@ -67,6 +81,12 @@ class CommonSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Least severe log level written."
     )
+    database_url_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL_FILE", "database_url_file"),
+        description="A file holding the PostgreSQL URL (used when DATABASE_URL is not set); "
+        "read again for every new connection, so rotated credentials need no restart.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="`text` for people, `json` for one JSON object per line."
     )
@@ -75,11 +95,36 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _read_secret_files(cls, data: Any) -> Any:
         """Take DATABASE_URL from DATABASE_URL_FILE (Docker secrets) when only the file is given."""
-        if isinstance(data, dict) and not data.get("DATABASE_URL") and not data.get("database_url"):
-            path = os.environ.get("DATABASE_URL_FILE")
-            if path:
-                data = {**data, "database_url": Path(path).read_text().strip()}
+        if not isinstance(data, dict):
+            return data
+        if data.get("DATABASE_URL") or data.get("database_url"):
+            # a URL given directly wins, and then it is the one connections use
+            file_keys = ("DATABASE_URL_FILE", "database_url_file")
+            return {k: v for k, v in data.items() if k not in file_keys}
+        path = data.get("DATABASE_URL_FILE") or data.get("database_url_file")
+        path = path or os.environ.get("DATABASE_URL_FILE")
+        if path:
+            data = {**data, "database_url": _read_url(Path(path)), "database_url_file": path}
         return data
+
+    def database_url_now(self) -> str:
+        """The URL to connect with now: the file's current contents when it is the source."""
+        if self.database_url_file is None:
+            return self.database_url
+        try:
+            return _read_url(self.database_url_file)
+        except ValueError:
+            return self.database_url  # mid-rotation or gone: the last URL that was read
+
+
+def _read_url(path: Path) -> str:
+    try:
+        url = path.read_text().strip()
+    except OSError as exc:  # a clear settings error, not a traceback
+        raise ValueError(f"DATABASE_URL_FILE: cannot read {path}: {exc.strerror}") from None
+    if not url:
+        raise ValueError(f"DATABASE_URL_FILE: {path} is empty")
+    return url
 
 
 def read_secret(value: str | None, file: str | None) -> str | None:

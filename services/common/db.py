@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 log = logging.getLogger(__name__)
+
+# "The database is not reachable right now": wait and try again; never the data's fault.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InvalidAuthorizationSpecificationError,  # e.g. credentials rotated under us
+    # the connection's protocol state is broken after the server vanished mid-statement
+    asyncpg.InternalClientError,
+)
+
+UrlSource = str | Callable[[], str]
+"""A database URL, or how to get the current one (credentials in a file may be rotated)."""
+
+
+def current_url(source: UrlSource) -> str:
+    return source if isinstance(source, str) else source()
+
 
 # set_config() takes its value as a parameter, unlike SET ROLE, so no SQL is built from strings.
 SET_ROLE = "SELECT set_config('role', $1, false)"
@@ -31,15 +54,21 @@ def _init_for(role: str | None) -> Any:
     return init
 
 
-async def connect(url: str, role: str | None = None, timeout: float = 5.0) -> asyncpg.Connection:
+async def connect(
+    url: UrlSource, role: str | None = None, timeout: float = 5.0
+) -> asyncpg.Connection:
     """One connection, switched to `role` when given."""
-    conn = await asyncpg.connect(url, timeout=timeout)
-    await _init_for(role)(conn)
+    conn = await asyncpg.connect(current_url(url), timeout=timeout)
+    try:
+        await _init_for(role)(conn)
+    except BaseException:
+        conn.terminate()
+        raise
     return conn
 
 
 async def create_pool(
-    url: str,
+    url: UrlSource,
     role: str | None = None,
     min_size: int = 1,
     max_size: int = 10,
@@ -50,7 +79,12 @@ async def create_pool(
     if statement_timeout is not None:
         # the server cancels a runaway query itself, even if this client has gone away
         settings["statement_timeout"] = str(round(statement_timeout * 1000))
+
+    async def new_connection(*_dsn: Any, **kwargs: Any) -> asyncpg.Connection:
+        # each new connection reads the URL afresh: rotated credentials work without a restart
+        return await asyncpg.connect(current_url(url), **kwargs)
+
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0,
-        server_settings=settings,
+        min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0,
+        server_settings=settings, connect=new_connection,
     )  # fmt: skip

@@ -8,9 +8,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 
+from services.common.db import OUTAGE_ERRORS
 from services.common.models import Tick
+from services.common.retry import Backoff
 from services.fetcher.providers.base import HistoryUnavailable, Provider
-from services.fetcher.writer import OUTAGE_ERRORS, BatchWriter
+from services.fetcher.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,13 @@ class Backfill:
 
     async def stored_until(self, until: datetime) -> dict[str, datetime | None]:
         """Each symbol's latest stored tick before `until`, waiting out database outages."""
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 async with self.writer.use() as store:
                     return await store.stored_until(self.symbols, until)
             except OUTAGE_ERRORS:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()
 
     def gaps(
         self, stored: dict[str, datetime | None], until: datetime

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import stamina
 
+from services.common.db import OUTAGE_ERRORS
 from services.common.models import Profile, Tick, Week52
 from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
@@ -18,7 +19,7 @@ from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError, TradeStream
 from services.fetcher.store import Retention
 from services.fetcher.validation import DropLog, DropReason, split_valid, usable_week52
-from services.fetcher.writer import OUTAGE_ERRORS, BatchWriter
+from services.fetcher.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +41,7 @@ class Fetcher:
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.buffer_capacity)
         self.writer = BatchWriter(
-            settings.database_url, self.symbols, self.buffer, metrics, settings.batch_size,
+            settings.database_url_now, self.symbols, self.buffer, metrics, settings.batch_size,
             settings.fetcher_db_role, Retention(settings.retention, settings.retention_minute),
         )  # fmt: skip
         self.backfill = Backfill(

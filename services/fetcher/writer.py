@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from services.common.db import connect, redact_url
+from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
 from services.common.models import Tick
+from services.common.retry import Backoff
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.store import Retention, TickStore, Written
@@ -20,18 +21,6 @@ from services.fetcher.validation import DropReason
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the database is not reachable right now": keep the batch and retry.
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    # the connection's protocol state is broken after the server vanished mid-statement
-    asyncpg.InternalClientError,
-)
 # Errors that mean "this data can never be stored": isolate and drop the offending ticks.
 DATA_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DataError,
@@ -47,7 +36,7 @@ class BatchWriter:
 
     def __init__(
         self,
-        url: str,
+        url: UrlSource,
         symbols: list[str],
         buffer: TickBuffer,
         metrics: FetcherMetrics,
@@ -65,7 +54,8 @@ class BatchWriter:
         self._store: TickStore | None = None
         self._lock = asyncio.Lock()  # one user of the connection at a time
         self._outage_since: float | None = None
-        self._backoff = 0.1
+        self._backoff = Backoff(0.1, 2.0)
+        self._wait = 0.0  # before the next attempt, during an outage
         self._upkeep_at = 0.0
         # Backfilled chunks wait here; each is written in a transaction of its own.
         self._history: deque[tuple[list[Tick], asyncio.Future[int]]] = deque()
@@ -110,7 +100,7 @@ class BatchWriter:
             if time.monotonic() >= self._upkeep_at and self.connected and not stop.is_set():
                 await self.upkeep_once()
             if self._outage_since is not None:
-                await asyncio.sleep(self._backoff)
+                await asyncio.sleep(self._wait)
 
     async def upkeep_once(self) -> None:
         """Apply retention and make the coming partitions; a failure waits for the next turn."""
@@ -154,7 +144,7 @@ class BatchWriter:
                        "buffered": len(self.buffer)},
             )  # fmt: skip
             self._outage_since = None
-            self._backoff = 0.1
+            self._backoff.reset()
 
     def submit_history(self, ticks: list[Tick]) -> asyncio.Future[int]:
         """Queue past ticks (at most one batch) for writing; the future says how many were new."""
@@ -234,9 +224,10 @@ class BatchWriter:
             self._outage_since = time.monotonic()
             log.warning(
                 "database unreachable; buffering ticks",
-                extra={"url": redact_url(self.url), "error": str(exc) or type(exc).__name__},
-            )
-        self._backoff = min(self._backoff * 2, 2.0)
+                extra={"url": redact_url(current_url(self.url)),
+                       "error": str(exc) or type(exc).__name__},
+            )  # fmt: skip
+        self._wait = self._backoff.next()
 
     async def close(self) -> None:
         async with self._lock:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from websockets.asyncio.client import connect
 
 from services.common.models import Tick
+from services.common.retry import Backoff
 from services.fetcher.providers.base import EpochMillis, TickSink
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class FinnhubStream:
 
     async def run(self, sink: TickSink) -> None:
         """Stream until cancelled; on any drop wait (exponential, jittered) and reconnect."""
-        delay = self._initial
+        backoff = Backoff(self._initial, self._max)
         while True:
             try:
                 await self._session(sink)
@@ -106,13 +106,13 @@ class FinnhubStream:
                 log.exception("trade stream failed")
                 reason = type(exc).__name__
             if self._was_healthy:
-                delay = self._initial
+                backoff.reset()
+            delay = backoff.next()
             log.warning(
                 "trade stream down; polling REST until it is back",
                 extra={"url": self.safe_url, "reason": reason, "retry_in_s": round(delay, 2)},
             )
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
-            delay = min(delay * 2, self._max)
+            await asyncio.sleep(delay)
 
     async def _session(self, sink: TickSink) -> None:
         self._was_healthy = False
