@@ -97,6 +97,7 @@ class DashboardSession:
         events = list(self.pending)
         self.pending.clear()
         ticks: dict[str, list[Point]] = defaultdict(list)
+        received: list[float] = []
         for event in events:
             if isinstance(event, PriceEvent):
                 if self.loading:
@@ -106,6 +107,7 @@ class DashboardSession:
                     self.held.append(event)
                 else:
                     ticks[event.symbol].append(event.point)
+                    received.append(event.received)
             elif isinstance(event, StockEvent):
                 self._update_stock(event.stock)
             elif isinstance(event, ReloadEvent):
@@ -116,6 +118,9 @@ class DashboardSession:
                 if event.status is Status.LIVE and self.needs_reload:
                     self.reload()
         self._apply_ticks(ticks)
+        pushed = time.monotonic()
+        for arrived in received:
+            self.runtime.metrics.receipt_to_push.observe(pushed - arrived)
         self.runtime.metrics.ticks_delivered.inc(sum(len(points) for points in ticks.values()))
 
     def _apply_ticks(self, ticks: dict[str, list[Point]]) -> None:
