@@ -140,11 +140,12 @@ def test_alerts_cover_the_issue_and_link_their_runbook() -> None:
 
 def test_scrape_jobs_reach_every_service_on_its_compose_port(profile: dict[str, Any]) -> None:
     stack = interpolate_all(load_yaml(COMPOSE_FILE), dotenv(ENV_EXAMPLE.read_text()))
-    ports = {
-        "fetcher": stack["services"]["fetcher"]["environment"]["STOCKSTREAMER_FETCHER_METRICS_PORT"],
-        "api": stack["services"]["api"]["environment"]["STOCKSTREAMER_API_PORT"],
-        "dashboard": stack["services"]["dashboard"]["environment"]["STOCKSTREAMER_DASHBOARD_PORT"],
+    settings = {
+        "fetcher": "STOCKSTREAMER_FETCHER_METRICS_PORT",
+        "api": "STOCKSTREAMER_API_PORT",
+        "dashboard": "STOCKSTREAMER_DASHBOARD_PORT",
     }
+    ports = {name: stack["services"][name]["environment"][s] for name, s in settings.items()}
     jobs = {job["job_name"]: job for job in load(PROMETHEUS_CONFIG)["scrape_configs"]}
     assert set(jobs) == {*ports, "postgres", "prometheus"}
     for service, port in ports.items():
@@ -245,8 +246,8 @@ def test_dashboard_provider_reads_the_mounted_json(profile: dict[str, Any]) -> N
     ]
     target = mount_target(profile, "./grafana/dashboards")
     assert provider["type"] == "file" and provider["options"]["path"] == target
-    home = profile["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert home == f"{target}/{DASHBOARD_JSON.name}"
+    env = profile["services"]["grafana"]["environment"]
+    assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{target}/{DASHBOARD_JSON.name}"
 
 
 def test_dashboard_json_is_well_formed() -> None:
