@@ -147,7 +147,8 @@ def test_grafana_refuses_to_start_without_its_password(engine: str, tmp_path: Pa
     # No Grafana image here: the stack's postgres image stands in to run the entrypoint's check.
     image = load_yaml(COMPOSE_FILE)["services"]["postgres"]["image"]
     override = tmp_path / "override.yaml"
-    override.write_text(json.dumps({"services": {"grafana": {"image": image}}}))
+    # restart "no": with the profile's policy the stand-in would be restarted, never "exited".
+    override.write_text(json.dumps({"services": {"grafana": {"image": image, "restart": "no"}}}))
     project = Project(engine, tmp_path)
     password = Path(project.env["GRAFANA_ADMIN_PASSWORD_FILE"])
 
