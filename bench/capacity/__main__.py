@@ -113,7 +113,7 @@ def run_step(
         "CAPACITY_REST_RATE": "1.0",
         "CAPACITY_SYMBOLS": SYMBOLS,
     }
-    prefix = out / f"rest{step.rest_rate}"
+    prefix = out / f"rest{step.rest_rate}-streams{step.streams}"
     env["CAPACITY_SUMMARY"] = f"{prefix}_rest.json"
     proc = subprocess.Popen(  # noqa: S603
         [
@@ -171,8 +171,12 @@ def main() -> int:
     args = parser.parse_args()
     streams = 100 if args.quick else 1000
     main_seconds, ramp_seconds = (20, 15) if args.quick else (120, 40)
-    steps = [Step(200, main_seconds, streams)] + [
-        Step(rate, ramp_seconds, streams) for rate in (400, 800, 1600)
+    # The run first; then REST alone (what the streams cost); then a ramp to find where
+    # latency breaks and 503s start.
+    steps = [
+        Step(200, main_seconds, streams),
+        Step(200, ramp_seconds, 0),
+        *(Step(rate, ramp_seconds, streams) for rate in (50, 100, 300, 400, 800)),
     ]
     ensure_locust()
     raise_open_files()
@@ -204,8 +208,10 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         api.wait_http(f"{base}/readyz")
 
-        ramp = ["| REST asked | REST achieved | REST p50 ms | REST p99 ms | errors | 503s |",
-                "|---|---|---|---|---|---|"]  # fmt: skip
+        ramp = [
+            "| streams | REST asked | REST achieved | REST p50 ms | REST p99 ms | errors | 503s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for step in steps:
             before = scrape(base)
             stats, rest, failures, warned = run_step(base, step, work)
@@ -217,15 +223,16 @@ def main() -> int:
                   f"{step.seconds} s\n")  # fmt: skip
             print("\n".join(table(stats)))
             print(f"\nAPI commit-to-send lag over the step: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-                  f"streams open mid-step: {rest['open_streams']:,.0f}")  # fmt: skip
+                  f"streams open mid-step: {rest['open_streams']:,.0f}; price events received "
+                  f"by the streams: {rest['events']:,.0f}")  # fmt: skip
             if failures:
                 print("failures: " + "; ".join(f"{e} ×{n}" for e, n in failures.most_common(5)))
             if warned:
                 print(f"locust: {warned}")
             ratio = rest["failures"] / rest["requests"] if rest["requests"] else 0.0
             ramp.append(
-                f"| {step.rest_rate}/s | {rest['rps']:,.0f}/s | {rest['p50']:.0f} "
-                f"| {rest['p99']:.0f} | {ratio:.2%} | {refused:,} |"
+                f"| {step.streams:,} | {step.rest_rate}/s | {rest['rps']:,.0f}/s "
+                f"| {rest['p50']:.0f} | {rest['p99']:.0f} | {ratio:.2%} | {refused:,} |"
             )
         print("\n### Ramp\n")
         print("\n".join(ramp))
