@@ -121,6 +121,8 @@ def run_step(
             "--users", str(users), "--spawn-rate", str(SPAWN_RATE), "--run-time",
             f"{step.seconds}s", "--reset-stats", "--csv", str(prefix), "--only-summary",
             "--stop-timeout", "5", "--loglevel", "WARNING",
+            # Named classes only: with no streams, every user is a REST user.
+            "RestUser", *(["StreamUser"] if step.streams else []),
         ],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
