@@ -218,7 +218,7 @@ def test_mounted_configuration_exists(profile: dict[str, Any]) -> None:
                 assert (OBSERVABILITY / source).exists(), f"{name} mounts missing {source}"
 
 
-# -- Grafana (no Grafana image here: its provisioning is checked as files) ------------------
+# -- Grafana: its provisioning, checked as files without running Grafana -------------------
 def mount_target(profile: dict[str, Any], source: str) -> str:
     for volume in profile["services"]["grafana"]["volumes"]:
         parts = volume.split(":")

@@ -78,7 +78,7 @@ def engine() -> str:
 
 @pytest.fixture(scope="module")
 def stack(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, str]]:
-    """The default stack plus Prometheus and postgres_exporter (Grafana has no image here)."""
+    """The default stack plus Prometheus and postgres_exporter; Grafana is checked as files."""
     ports = {
         "STOCKSTREAMER_API_PORT": free_port(),
         "STOCKSTREAMER_DASHBOARD_PORT": free_port(),
@@ -144,7 +144,7 @@ def test_prometheus_sees_every_target_up_and_loads_the_rules(stack: tuple[Projec
 
 def test_grafana_refuses_to_start_without_its_password(engine: str, tmp_path: Path) -> None:
     """Compose refuses a missing secret file; the entrypoint refuses an empty one."""
-    # No Grafana image here: the stack's postgres image stands in to run the entrypoint's check.
+    # The entrypoint's check runs in the stack's postgres image: no Grafana needed for it.
     image = load_yaml(COMPOSE_FILE)["services"]["postgres"]["image"]
     override = tmp_path / "override.yaml"
     # restart "no": with the profile's policy the stand-in would be restarted, never "exited".
