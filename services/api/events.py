@@ -29,11 +29,14 @@ class Frame:
     symbols: tuple[str, ...] = ()
     event_id: int | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
+    notified: float | None = None  # time.monotonic() when its commit was announced, if live
 
 
-def price_frame(symbol: str, ts_ms: int, price: float, event_id: int) -> Frame:
+def price_frame(
+    symbol: str, ts_ms: int, price: float, event_id: int, notified: float | None = None
+) -> Frame:
     data = encode("price", {"symbol": symbol, "ts": ts_ms, "price": price}, event_id)
-    return Frame("price", data, (symbol,), event_id)
+    return Frame("price", data, (symbol,), event_id, notified=notified)
 
 
 def history_frame(payload: Mapping[str, Any]) -> Frame:

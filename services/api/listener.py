@@ -58,6 +58,7 @@ class Broadcaster:
         self._task: asyncio.Task[None] | None = None
         self._backoff = 0.1
         self._lost_at: datetime | None = None  # when the listener last lost its connection
+        self._notified_at: float | None = None  # first `prices` notification not yet drained
 
     def subscribe(self, symbols: frozenset[str] | None, capacity: int) -> Subscriber:
         sub = Subscriber(symbols, capacity)
@@ -92,6 +93,7 @@ class Broadcaster:
         payload = str(message)
         self.metrics.notifications.labels(channel).inc()
         if channel == "prices":
+            self._notified_at = self._notified_at or time.monotonic()
             try:
                 due = self.last_seen is None or int(payload) > self.last_seen
             except ValueError:
@@ -180,6 +182,7 @@ class Broadcaster:
         if not (self._prices_due or self._stocks_due or self._history_due):
             return
         started = time.perf_counter()
+        notified, self._notified_at = self._notified_at, None
         while self._prices_due:
             assert self.last_seen is not None  # noqa: S101 - set when the session began
             # Cleared before the read, never after it: a notification that arrives while the
@@ -191,8 +194,8 @@ class Broadcaster:
             if rows:
                 self.last_seen = rows[-1]["event_id"]
                 self.publish(
-                    [price_frame(r["symbol"], r["ts_ms"], float(r["price"]), r["event_id"])
-                     for r in rows]
+                    [price_frame(r["symbol"], r["ts_ms"], float(r["price"]), r["event_id"],
+                                 notified) for r in rows]
                 )  # fmt: skip
         if self._stocks_due:
             symbols = list(self._stocks_due)

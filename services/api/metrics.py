@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -14,6 +15,10 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.api.events import Frame
+
+# Seconds between a tick's commit and its delivery: tens of milliseconds when all is well.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -55,7 +60,7 @@ class ApiMetrics:
         self.history_seconds = Histogram(
             "history_query_seconds", "Time to read one history window (prices or bars).",
             ["route"], namespace=ns, registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )  # fmt: skip
         self.history_refused = Counter(
             "history_refused", "History requests refused (503) because all slots were busy.",
@@ -66,6 +71,21 @@ class ApiMetrics:
             namespace=ns, registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )  # fmt: skip
+        self.commit_to_send = Histogram(
+            "commit_to_send_seconds",
+            "Per price event: from the LISTEN connection's receipt of the `prices` notification "
+            "(delivered on commit, so a proxy for the commit time) to the event's bytes being "
+            "handed to the client's socket.",
+            namespace=ns, registry=registry, buckets=LAG_BUCKETS,
+        )  # fmt: skip
+
+    def observe_sent(self, batch: Sequence[Frame], prices: int) -> None:
+        """Commit-to-send lag of the `prices` price events of `batch`, just handed to a socket."""
+        notified = next((f.notified for f in batch if f.notified is not None), None)
+        if notified is not None and prices:
+            lag = time.monotonic() - notified
+            for _ in range(prices):
+                self.commit_to_send.observe(lag)
 
 
 class TimingMiddleware:

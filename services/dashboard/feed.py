@@ -6,8 +6,9 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -34,6 +35,7 @@ class Status(StrEnum):
 class PriceEvent:
     symbol: str
     point: Point
+    received: float = field(default_factory=time.monotonic, compare=False)  # arrival time
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,13 @@ class DashboardMetrics:
             "api_request_seconds", "Duration of successful REST calls to the API.", ["endpoint"],
             namespace=ns, registry=registry,
         )  # fmt: skip
+        self.receipt_to_push = Histogram(
+            "receipt_to_push_seconds",
+            "Per price event and session: from the event's arrival on the API stream to its "
+            "push into the session's chart.",
+            namespace=ns, registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )  # fmt: skip
 
 
 class MetricsHandler(RequestHandler):

@@ -129,12 +129,14 @@ class DashboardSession:
     # -- under the document lock -------------------------------------------------------------
     def _flush(self, events: list[Event]) -> None:
         ticks: dict[str, list[Point]] = defaultdict(list)
+        received: list[float] = []
         for event in events:
             if isinstance(event, PriceEvent):
                 if self.phase is Phase.LOADING:
                     self._hold(event)
                 else:
                     ticks[event.symbol].append(event.point)
+                    received.append(event.received)
             elif isinstance(event, StockEvent):
                 self._update_stock(event.stock)
             elif isinstance(event, ReloadEvent):
@@ -145,6 +147,9 @@ class DashboardSession:
                 if event.status is Status.LIVE and self.phase is Phase.WAITING:
                     self.reload()
         self._apply_ticks(ticks)
+        pushed = time.monotonic()
+        for arrived in received:
+            self.runtime.metrics.receipt_to_push.observe(pushed - arrived)
         self.runtime.metrics.ticks_delivered.inc(sum(len(points) for points in ticks.values()))
 
     def _hold(self, event: PriceEvent) -> None:

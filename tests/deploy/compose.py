@@ -18,6 +18,7 @@ from services.runner.settings_doc import SETTINGS_CLASSES, load
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 RDS_OVERRIDE = ROOT / "deploy" / "compose.rds.yaml"
+OBSERVABILITY_COMPOSE = ROOT / "deploy" / "observability" / "compose.yaml"
 SERVER_OVERRIDE = ROOT / "deploy" / "compose.server.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 

@@ -21,6 +21,7 @@ from services.common.config import env_names
 from tests.deploy.compose import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
+    OBSERVABILITY_COMPOSE,
     RDS_OVERRIDE,
     ROOT,
     SERVER_OVERRIDE,
@@ -53,7 +54,12 @@ LISTEN_PORT = {
 SECRETS = {
     "postgres": {"postgres_password"},
     "migrate": {"migrate_database_url"},
-    "db-users": {"postgres_password", "fetcher_db_password", "api_db_password"},
+    "db-users": {
+        "postgres_password",
+        "fetcher_db_password",
+        "api_db_password",
+        "monitor_db_password",
+    },
     "fetcher": {"fetcher_database_url", "finnhub_api_key", "twelvedata_api_key"},
     "api": {"api_database_url"},
     "dashboard": set(),
@@ -310,7 +316,8 @@ def test_env_example_documents_every_setting_and_variable() -> None:
     names = documented(ENV_EXAMPLE.read_text())
     missing_settings = all_setting_names() - names
     assert not missing_settings, f".env.example lacks {sorted(missing_settings)}"
-    compose_vars = set().union(*map(variables_used, (COMPOSE_FILE, RDS_OVERRIDE, SERVER_OVERRIDE)))
+    files = (COMPOSE_FILE, RDS_OVERRIDE, SERVER_OVERRIDE, OBSERVABILITY_COMPOSE)
+    compose_vars = set().union(*map(variables_used, files))
     assert not compose_vars - names
     unknown = names - all_setting_names() - compose_vars - {"COMPOSE_PROFILES", "COMPOSE_FILE"}
     assert not unknown, f".env.example names {unknown}, which nothing reads"

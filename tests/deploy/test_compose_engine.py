@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,11 +22,13 @@ from playwright.sync_api import sync_playwright
 from services.runner.embedded_db import free_port
 from tests.deploy.compose import ROOT, make_secrets
 from tests.deploy.engine import Project, require_engine
+from tests.deploy.observability import alert_rules
 from tests.e2e.conftest import CHROMIUM, require_chromium
 from tests.utils.api import Event, EventReader
 
 pytestmark = pytest.mark.timeout(900)
 
+JOBS = {"fetcher", "api", "dashboard", "postgres", "prometheus"}
 OUTAGE_SECONDS = 30
 SYMBOLS = 6  # the default list
 # Live ticks are one a second per symbol; a gap beyond this means ticks were lost.
@@ -48,6 +51,7 @@ class Stack(Project):
                 "STOCKSTREAMER_DASHBOARD_PORT": str(self.dashboard_port),
                 "STOCKSTREAMER_PROXY_HTTP_PORT": str(self.proxy_port),
                 "STOCKSTREAMER_PROXY_HTTPS_PORT": str(free_port()),
+                "STOCKSTREAMER_PROMETHEUS_PORT": str(free_port()),
                 "STOCKSTREAMER_ALLOWED_ORIGINS": f"127.0.0.1:{self.proxy_port},"
                 f"127.0.0.1:{self.dashboard_port},localhost:{self.dashboard_port}",
             },
@@ -55,6 +59,7 @@ class Stack(Project):
         )
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.proxy = f"http://127.0.0.1:{self.proxy_port}"
+        self.prometheus = f"http://127.0.0.1:{self.env['STOCKSTREAMER_PROMETHEUS_PORT']}"
 
     def up(self) -> None:
         result = self.compose("up", "-d", "--build", "--wait", timeout=600, check=False)
@@ -110,7 +115,9 @@ def test_each_service_logs_in_as_its_own_user(stack: Stack) -> None:
         "SELECT DISTINCT usename FROM pg_stat_activity"
         " WHERE datname = 'stockstreamer' AND pid <> pg_backend_pid()"
     )
-    assert {r[0] for r in rows} == {"stockstreamer_fetcher", "stockstreamer_api"}
+    assert {r[0] for r in rows} - {"stockstreamer_monitor"} == {
+        "stockstreamer_fetcher", "stockstreamer_api",
+    }  # fmt: skip
 
 
 def test_containers_are_confined(stack: Stack) -> None:
@@ -137,6 +144,56 @@ def test_containers_are_confined(stack: Stack) -> None:
     )
     result = stack.compose("exec", "-T", "api", "python", "-c", check, check=False)
     assert "Read-only file system" in result.stderr, result.stderr
+
+
+def prometheus_api(base: str, path: str) -> Any:
+    response = httpx.get(f"{base}/api/v1/{path}", timeout=10)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+def test_prometheus_sees_every_target_up_and_loads_the_rules(stack: Stack) -> None:
+    """COMPOSE_PROFILES=observability: every target up, the rules loaded, live data flowing."""
+    result = stack.compose(
+        "--profile", "proxy", "--profile", "observability", "up", "-d", "--wait",
+        "prometheus", "postgres-exporter", timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    for service in ("prometheus", "postgres-exporter"):
+        config = json.loads(stack.inspect(service, "{{json .HostConfig}}"))
+        assert config["ReadonlyRootfs"] and config["CapDrop"] == ["ALL"], service
+    base = stack.prometheus
+    deadline = time.monotonic() + 240
+    health: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            targets = prometheus_api(base, "targets")["activeTargets"]
+        except httpx.HTTPError:
+            targets = []
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        if set(health) == JOBS and set(health.values()) == {"up"}:
+            break
+        time.sleep(2)
+    logs = stack.logs()
+    assert health == dict.fromkeys(JOBS, "up"), f"{health}\n{logs[-6000:]}"
+
+    groups = prometheus_api(base, "rules")["groups"]
+    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(loaded) == {rule["alert"] for rule in alert_rules()}
+    assert {rule["health"] for rule in loaded.values()} == {"ok"}, loaded
+
+    # Live data flows through: ticks written, streamed by the API, database size reported.
+    for query in (
+        "stockstreamer_fetcher_ticks_written_total > 0",
+        "stockstreamer_api_commit_to_send_seconds_count > 0",
+        'pg_database_size_bytes{datname="stockstreamer"} > 0',
+    ):
+        deadline = time.monotonic() + 90
+        while not prometheus_api(base, f"query?query={query}")["result"]:
+            assert time.monotonic() < deadline, f"no result for {query}"
+            time.sleep(3)
+    firing = [a for a in prometheus_api(base, "alerts")["alerts"] if a["state"] == "firing"]
+    assert firing == [], json.dumps(firing, indent=1)
 
 
 def test_proxy_headers_and_the_dashboard_under_its_policy(stack: Stack) -> None:

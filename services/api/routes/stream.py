@@ -113,9 +113,11 @@ async def _events(
         data = sub.render(batch, sent)
         for event, count in sent.items():
             metrics.events_sent.labels(event).inc(count)
+        prices = sent["price"]
         sent.clear()
         if data:
             yield data
+            metrics.observe_sent(batch, prices)  # resumed once the bytes went to the socket
 
 
 @router.get("", response_class=EventSourceResponse, responses=STREAM_DOC)
