@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -52,6 +53,9 @@ class FetcherSettings(CommonSettings):
     fetcher_metrics_host: str = Field("127.0.0.1", description="Address of the /metrics listener.")
     fetcher_metrics_port: int = Field(
         9101, ge=0, le=65535, description="Port of /metrics (0: random)."
+    )
+    fetcher_disk_path: Path = Field(
+        Path("."), description="A path on the database's disk, for the disk-space metrics."
     )
     fetcher_db_role: DbRole = Field(
         "stockstreamer_writer",

@@ -46,7 +46,7 @@ ON CONFLICT (width_s, symbol, bucket) DO UPDATE SET
 
 # Ticks, then their bars at every level, in one statement: 10 s bars from the ticks actually
 # inserted (a duplicate is skipped, so never counted twice), wider levels ($6: their widths) from
-# those. $5 marks backfilled history. The result says what was new, for the notifications.
+# those. $5 marks backfilled history. The result says what was new, per symbol.
 WRITE_TICKS = f"""
 WITH ins AS (
     INSERT INTO ticks (symbol, ts, price, volume, backfilled)
@@ -68,10 +68,10 @@ WITH ins AS (
     SELECT * FROM fine UNION ALL SELECT * FROM wide
     {_ACCUMULATE}
 )
-SELECT count(*) AS inserted, max(event_id) AS max_event_id,
-       array_agg(DISTINCT symbol ORDER BY symbol) AS symbols,
+SELECT symbol, count(*) AS inserted, max(event_id) AS max_event_id,
        min(ts) AS first_ts, max(ts) AS last_ts
 FROM ins
+GROUP BY symbol
 """
 
 # Bars computed in memory (rollup.py) for ticks copied in by the same transaction.

@@ -40,6 +40,8 @@ class Fetcher:
         self.provider = provider
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.buffer_capacity)
+        metrics.buffer_capacity.set(settings.buffer_capacity)
+        metrics.watch_disk(settings.fetcher_disk_path)
         self.writer = BatchWriter(
             settings.database_url_now, self.symbols, self.buffer, metrics, settings.batch_size,
             settings.fetcher_db_role, Retention(settings.retention, settings.retention_minute),
@@ -109,8 +111,7 @@ class Fetcher:
         )
 
     def _sample(self, name: str, **labels: str) -> int:
-        value = self.metrics.registry.get_sample_value(f"stockstreamer_fetcher_{name}", labels)
-        return int(value or 0)
+        return int(self.metrics.total(name, **labels))
 
     async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T | None:
         """Call the provider with bounded, jittered exponential back-off; None skips the round."""
@@ -121,6 +122,7 @@ class Fetcher:
                 wait_initial=s.retry_wait_initial, wait_max=s.retry_wait_max,
             ):  # fmt: skip
                 with attempt:
+                    self.metrics.provider_requests.labels(call).inc()
                     try:
                         return await fn()
                     except ProviderError as exc:
@@ -195,6 +197,7 @@ class Fetcher:
         while True:
             streaming = self.stream is not None and self.stream.connected
             self.metrics.stream_connected.set(int(streaming))
+            self.metrics.market_open.set(int(self.provider.market_open(datetime.now(UTC))))
             try:
                 # One REST round at start so a price exists before the first trade; after
                 # that, REST is polled only while the trade stream is down.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -40,7 +41,8 @@ class Written:
     inserted: int = 0  # raw ticks newly stored
     as_bars: int = 0  # ticks older than the raw retention, newly stored as minute bars only
     max_event_id: int | None = None
-    symbols: set[str] = field(default_factory=set)
+    per_symbol: Counter[str] = field(default_factory=Counter)  # raw ticks newly stored
+    newest: dict[str, datetime] = field(default_factory=dict)  # the newest raw tick stored
     first_ts: datetime | None = None
     last_ts: datetime | None = None
     expired: int = 0  # older than every retention: not stored
@@ -49,17 +51,27 @@ class Written:
     def stored(self) -> int:
         return self.inserted + self.as_bars
 
+    @property
+    def symbols(self) -> set[str]:
+        return set(self.per_symbol) | self._bar_symbols
+
+    _bar_symbols: set[str] = field(default_factory=set)
+
     def add(
-        self, count: int, symbols: list[str], first: datetime, last: datetime, raw: bool = True
+        self, symbol: str, count: int, first: datetime, last: datetime, raw: bool = True
     ) -> None:
-        if count:
-            if raw:
-                self.inserted += count
-            else:
-                self.as_bars += count
-            self.symbols.update(symbols)
-            self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
-            self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
+        """`count` new ticks of `symbol` from `first` to `last` (raw, or as minute bars)."""
+        if not count:
+            return
+        if raw:
+            self.inserted += count
+            self.per_symbol[symbol] += count
+            self.newest[symbol] = max(last, self.newest.get(symbol, last))
+        else:
+            self.as_bars += count
+            self._bar_symbols.add(symbol)
+        self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
+        self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
 
     def history_payload(self) -> str:
         """The `history` notification: which symbols and window to reload."""
@@ -169,12 +181,10 @@ class TickStore:
                 return
             except asyncpg.UniqueViolationError:
                 pass  # stored by someone else meanwhile: let ON CONFLICT sort it out
-        row = await self.conn.fetchrow(
-            queries.WRITE_TICKS, *_columns(ticks), backfilled, WIDER
-        )  # fmt: skip
-        assert row is not None  # noqa: S101 - an aggregate always returns a row
-        written.max_event_id = row["max_event_id"]
-        written.add(row["inserted"], row["symbols"] or [], row["first_ts"], row["last_ts"])
+        rows = await self.conn.fetch(queries.WRITE_TICKS, *_columns(ticks), backfilled, WIDER)
+        for row in rows:
+            written.add(row["symbol"], row["inserted"], row["first_ts"], row["last_ts"])
+        written.max_event_id = max((r["max_event_id"] for r in rows), default=None)
 
     async def _copy(self, ticks: list[Tick], written: Written) -> None:
         """The fast way for ticks later than anything stored: COPY, and bars made in memory."""
@@ -183,8 +193,15 @@ class TickStore:
         written.max_event_id = await self.conn.fetchval(queries.LAST_EVENT_ID)
         bars = rollup((r[0], r[1], r[2]) for r in records)
         await self.conn.execute(queries.ACCUMULATE_BARS, *columns(bars))
-        times = [r[1] for r in records]
-        written.add(len(records), list({r[0] for r in records}), min(times), max(times))
+        counts: Counter[str] = Counter()
+        first: dict[str, datetime] = {}
+        last: dict[str, datetime] = {}
+        for symbol, ts, _, _ in records:
+            counts[symbol] += 1
+            first[symbol] = min(ts, first.get(symbol, ts))
+            last[symbol] = max(ts, last.get(symbol, ts))
+        for symbol, count in counts.items():
+            written.add(symbol, count, first[symbol], last[symbol])
 
     def _copyable(self, ticks: list[Tick]) -> bool:
         """Whether each tick is later than its symbol's newest stored one (so none can conflict)."""
@@ -247,7 +264,9 @@ class TickStore:
         first, last = min(r["bucket"] for r in rows), max(r["bucket"] for r in rows)
         for width, finer in REBUILT:
             await self.conn.execute(queries.REBUILD_BARS, width, finer, changed, first, last)
-        written.add(sum(r["ticks"] for r in rows), changed, min(times), max(times), raw=False)
+        for symbol in changed:
+            count = sum(r["ticks"] for r in rows if r["symbol"] == symbol)
+            written.add(symbol, count, min(times), max(times), raw=False)
 
 
 async def create_partitions(conn: asyncpg.Connection, partitions: list[tuple[str, date]]) -> None:

@@ -57,6 +57,7 @@ class BatchWriter:
         self._backoff = Backoff(0.1, 2.0)
         self._wait = 0.0  # before the next attempt, during an outage
         self._upkeep_at = 0.0
+        self._newest_live: dict[str, float] = {}  # epoch seconds, per symbol
         # Backfilled chunks wait here; each is written in a transaction of its own.
         self._history: deque[tuple[list[Tick], asyncio.Future[int]]] = deque()
         self.hold: asyncio.Event | None = None  # when given, live ticks wait until it is set
@@ -207,9 +208,16 @@ class BatchWriter:
         if written.expired:
             self.metrics.ticks_dropped.labels(DropReason.EXPIRED).inc(written.expired)
         self.metrics.batch_write_seconds.observe(time.perf_counter() - started)
-        self.metrics.ticks_written.inc(written.inserted)
+        for symbol, count in written.per_symbol.items():
+            self.metrics.ticks_written.labels(symbol).inc(count)
         self.metrics.ticks_as_bars.inc(written.as_bars)
-        self.metrics.last_write.set(time.time())
+        if written.stored:  # a batch of duplicates is no sign of life
+            self.metrics.last_write.set(time.time())
+        if write is TickStore.write_live:
+            for symbol, ts in written.newest.items():
+                newest = max(ts.timestamp(), self._newest_live.get(symbol, 0.0))
+                self._newest_live[symbol] = newest
+                self.metrics.newest_tick.labels(symbol).set(newest)
         return written.stored
 
     def _on_outage(self, exc: BaseException, evicted: int) -> None:

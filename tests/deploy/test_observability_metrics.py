@@ -27,25 +27,6 @@ from tests.deploy.observability import (
 )
 from tests.utils.postgres import TEMPLATE, create_database, drop_database
 
-# Fetcher metrics the rules and panels rely on that the fetcher does not export yet (see
-# docs/operations.md). The test fails once one appears, so this list only ever shrinks.
-PENDING = {
-    "stockstreamer_fetcher_market_open",
-    "stockstreamer_fetcher_newest_tick_timestamp_seconds",
-    "stockstreamer_fetcher_buffer_capacity",
-    "stockstreamer_fetcher_provider_requests_total",
-    "stockstreamer_fetcher_disk_free_bytes",
-    "stockstreamer_fetcher_disk_total_bytes",
-}
-# Labels the panels group by, per metric; pending ones likewise.
-GROUPED_BY = {
-    "stockstreamer_fetcher_ticks_written_total": "symbol",
-    "stockstreamer_fetcher_provider_errors_total": "kind",
-    "stockstreamer_fetcher_ticks_dropped_total": "reason",
-    "stockstreamer_api_request_seconds_count": "status",
-}
-PENDING_LABELS = {("stockstreamer_fetcher_ticks_written_total", "symbol")}
-
 
 @dataclass
 class Running:
@@ -171,8 +152,7 @@ def test_dashboard_and_alerts_query_only_what_the_services_export(running: Runni
     referenced = set().union(*map(metric_names, queries))
     assert {"pg_up", "pg_database_size_bytes"} <= exported, "postgres_exporter's defaults"
     missing = referenced - exported - PROMETHEUS_OWN
-    assert missing - PENDING == set(), "queried, but no service exports it"
-    assert PENDING - missing == set(), "now exported: remove it from PENDING"
+    assert missing == set(), "queried, but no service exports it"
 
     # The panels group these by a label; the metric must carry it.
     page = "\n".join(pages.values())
@@ -184,7 +164,7 @@ def test_dashboard_and_alerts_query_only_what_the_services_export(running: Runni
     lacking = {
         (name, label) for name, label in grouped.items() if label not in labelled(page, name)
     }
-    assert lacking == PENDING_LABELS
+    assert lacking == set()
 
 
 def test_lag_histograms_measure_live_ticks(running: Running) -> None:

@@ -64,8 +64,9 @@ async def test_writes_every_default_symbol_within_10s_and_exposes_metrics(
         ):
             assert name in metrics
         written = [ln for ln in metrics.splitlines() if ln.startswith(
-            "stockstreamer_fetcher_ticks_written_total")]  # fmt: skip
-        assert float(written[0].split()[-1]) >= 6
+            "stockstreamer_fetcher_ticks_written_total{")]  # fmt: skip
+        assert len(written) == len(DEFAULT_SYMBOLS)  # one series per symbol
+        assert all(float(line.split()[-1]) >= 1 for line in written)
         assert proc.stop() == 0
     # one JSON object per line
     lines = [json.loads(line) for line in proc.output.splitlines() if line.strip()]

@@ -48,8 +48,7 @@ def make_fetcher(url: str, provider: Provider, **overrides: object) -> Fetcher:
 
 
 def sample(fetcher: Fetcher, name: str, **labels: str) -> float:
-    value = fetcher.metrics.registry.get_sample_value(f"stockstreamer_fetcher_{name}", labels)
-    return value or 0.0
+    return fetcher.metrics.total(name, **labels)
 
 
 def now() -> datetime:

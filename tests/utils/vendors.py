@@ -61,5 +61,4 @@ async def one_round(fetcher: Fetcher) -> None:
 
 
 def sample(fetcher: Fetcher, name: str, **labels: str) -> float:
-    value = fetcher.metrics.registry.get_sample_value(f"stockstreamer_fetcher_{name}", labels)
-    return value or 0.0
+    return fetcher.metrics.total(name, **labels)

@@ -125,6 +125,10 @@ class SimulatedProvider(Provider):
             ticks.append(Tick(symbol, ts, max(price, CENT), volume=path.rng.randint(1, 500)))
         return ticks
 
+    def market_open(self, now: datetime) -> bool:
+        """The simulated market never closes."""
+        return True
+
     async def profiles(self, symbols: Sequence[str]) -> list[Profile]:
         return [
             Profile(s, KNOWN[s][0] if s in KNOWN else f"{s} (simulated)", logo_data_uri(s))
