@@ -23,6 +23,8 @@ def main() -> int:
         log_config=None,  # keep our structured logging
         access_log=False,
         proxy_headers=False,
+        # a flood of connections gets quick 503s instead of slowing everyone down
+        limit_concurrency=settings.api_limit_concurrency,
         timeout_graceful_shutdown=int(settings.api_shutdown_timeout) or 1,
     )
     # uvicorn re-raises the signal it shut down for once it is done; by then the shutdown was

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.config import CommaList, CommonSettings, DbRole
 
@@ -36,6 +36,14 @@ class ApiSettings(CommonSettings):
     api_stream_replay_limit: int = Field(
         10_000, ge=1, le=1_000_000, description="Most ticks replayed on resume; beyond: `reset`."
     )
+    api_max_streams: int = Field(
+        1000, ge=1, le=100_000, description="Event streams open at once; beyond: 503 + Retry-After."
+    )
+    api_limit_concurrency: int = Field(
+        1500, ge=2, le=200_000,
+        description="Connections and requests uvicorn serves at once (streams included); "
+        "beyond: 503.",
+    )  # fmt: skip
     api_shutdown_timeout: float = Field(
         5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
     )
@@ -45,3 +53,11 @@ class ApiSettings(CommonSettings):
     def _without_trailing_slash(cls, value: list[str]) -> list[str]:
         # browsers send Origin without a path; "https://a.example/" would never match
         return [origin.rstrip("/") for origin in value]
+
+    @model_validator(mode="after")
+    def _room_beside_the_streams(self) -> ApiSettings:
+        if self.api_limit_concurrency <= self.api_max_streams:
+            raise ValueError(
+                "api_limit_concurrency must exceed api_max_streams (requests need room too)"
+            )
+        return self

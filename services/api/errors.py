@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from services.common.db import OUTAGE_ERRORS
+
 log = logging.getLogger(__name__)
 
 # Where a parameter lives, as said in a message.
@@ -56,6 +58,8 @@ def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
     app.add_exception_handler(RequestValidationError, validation_error)
     # Connection failures, pool timeouts and server errors all mean "not now", not "your fault".
-    for outage in (OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
-        app.add_exception_handler(outage, database_unavailable)
+    outages: tuple[type[BaseException], ...] = (*OUTAGE_ERRORS, asyncpg.PostgresError)
+    for outage in outages:
+        if issubclass(outage, Exception):
+            app.add_exception_handler(outage, database_unavailable)
     app.add_exception_handler(asyncpg.QueryCanceledError, query_timeout)

@@ -17,7 +17,8 @@ from services.api import queries
 from services.api.events import SHUTDOWN, SLOW, Frame, Subscriber, history_frame, price_frame
 from services.api.metrics import ApiMetrics
 from services.api.models import Stock
-from services.common.db import connect, redact_url
+from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
+from services.common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,6 @@ FETCH_LIMIT = 5000  # rows per query, so a long catch-up is fanned out in bounde
 IDLE_CHECK_SECONDS = 5.0  # an idle LISTEN connection is probed this often to notice a dead peer
 # Metadata changed this long before a reconnect is re-announced, to cover clock skew.
 SKEW_MARGIN = timedelta(seconds=60)
-
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresError,
-)
 
 
 def stock_frame(row: asyncpg.Record) -> Frame:
@@ -44,7 +39,7 @@ def stock_frame(row: asyncpg.Record) -> Frame:
 class Broadcaster:
     """Owns the LISTEN connection and the set of open streams of this process."""
 
-    def __init__(self, url: str, role: str | None, metrics: ApiMetrics) -> None:
+    def __init__(self, url: UrlSource, role: str | None, metrics: ApiMetrics) -> None:
         self.url = url
         self.role = role or None
         self.metrics = metrics
@@ -56,7 +51,7 @@ class Broadcaster:
         self._stocks_due: dict[str, None] = {}  # ordered set of symbols
         self._history_due: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
-        self._backoff = 0.1
+        self._backoff = Backoff(0.1, 2.0)
         self._lost_at: datetime | None = None  # when the listener last lost its connection
         self._notified_at: float | None = None  # first `prices` notification not yet drained
 
@@ -120,14 +115,16 @@ class Broadcaster:
                 if self._lost_at is None:
                     log.warning(
                         "stream listener lost the database; reconnecting",
-                        extra={"url": redact_url(self.url), "error": str(exc) or repr(exc)},
+                        extra={
+                            "url": redact_url(current_url(self.url)),
+                            "error": str(exc) or repr(exc),
+                        },
                     )
             except Exception:
                 # A bug must not silence every stream for the life of the process: start over.
                 log.exception("stream listener failed; restarting it")
             self._lost_at = self._lost_at or datetime.now(UTC)
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, 2.0)
+            await self._backoff.sleep()
 
     async def _session(self) -> None:
         """Listen on one connection until it fails; raises the failure."""
@@ -159,7 +156,7 @@ class Broadcaster:
             self._prices_due = True  # whatever committed while we were not listening
             self.connected = True
             self.metrics.listener_up.set(1)
-            self._backoff = 0.1
+            self._backoff.reset()
             await self._serve(conn, lost)
         finally:
             self.connected = False

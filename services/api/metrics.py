@@ -62,6 +62,10 @@ class ApiMetrics:
             ["route"], namespace=ns, registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )  # fmt: skip
+        self.streams_refused = Counter(
+            "streams_refused", "Event streams refused (503) because the process had its maximum.",
+            namespace=ns, registry=registry,
+        )  # fmt: skip
         self.history_refused = Counter(
             "history_refused", "History requests refused (503) because all slots were busy.",
             namespace=ns, registry=registry,

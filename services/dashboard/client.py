@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from services.dashboard.metrics import DashboardMetrics
 
 # Heartbeats come every 15 s: three missed ones mean the stream is dead even if TCP says not.
 STREAM_READ_TIMEOUT = 45.0
+MAX_SYMBOLS = 50  # the API's limit per request
 
 
 class ApiError(Exception):
@@ -56,7 +58,22 @@ class ApiClient:
     async def prices(
         self, symbols: Sequence[str], start_ms: int, end_ms: int | None, max_points: int
     ) -> dict[str, Any]:
-        """Price history of `symbols` in [start, end], oldest first, at most `max_points` each."""
+        """Price history of `symbols` in [start, end], oldest first, at most `max_points` each.
+
+        The API takes at most MAX_SYMBOLS symbols a request: more are asked for in chunks, and the
+        answers joined.
+        """
+        chunks = [symbols[i : i + MAX_SYMBOLS] for i in range(0, len(symbols), MAX_SYMBOLS)]
+        answers = await asyncio.gather(
+            *(self._prices(chunk, start_ms, end_ms, max_points) for chunk in chunks or [[]])
+        )
+        joined = dict(answers[0])
+        joined["series"] = [series for answer in answers for series in answer["series"]]
+        return joined
+
+    async def _prices(
+        self, symbols: Sequence[str], start_ms: int, end_ms: int | None, max_points: int
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "symbols": ",".join(symbols),
             "start": start_ms,

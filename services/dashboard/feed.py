@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
+from services.common.retry import Backoff
 from services.dashboard.client import ApiClient, ApiError
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.shaping import Point
@@ -75,6 +75,10 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
 
     # -- sessions ---------------------------------------------------------------------------
+    @property
+    def sessions(self) -> int:
+        return len(self._subscribers)
+
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
         self.metrics.sessions.set(len(self._subscribers))
@@ -111,7 +115,7 @@ class Feed:
 
     async def run(self) -> None:
         """Connect, read, and reconnect with back-off, forever."""
-        failures = 0
+        backoff = Backoff(0.25, self.reconnect_max)
         while True:
             resumed = self.last_event_id is not None
             try:
@@ -130,16 +134,11 @@ class Feed:
             # Say why once per change of state, not on every attempt of a long outage.
             level = logging.WARNING if status != self.status else logging.DEBUG
             log.log(level, "stream interrupted", extra={"status": str(status), "error": error})
-            failures = 0 if self.status is Status.LIVE else failures + 1
+            if self.status is Status.LIVE:
+                backoff.reset()  # it was working: come back at once
             self._set_status(status)
             self.metrics.feed_reconnects.inc()
-            await asyncio.sleep(self.backoff(failures, self.reconnect_max))
-
-    @staticmethod
-    def backoff(failures: int, ceiling: float) -> float:
-        """Jittered exponential wait before reconnect number `failures` (0: right after a drop)."""
-        wait = min(ceiling, 0.25 * 2**failures)
-        return float(wait * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
+            await backoff.sleep()
 
     async def _refresh_stocks(self) -> None:
         for stock in await self.client.stocks():

@@ -24,6 +24,10 @@ class DashboardMetrics:
         ns = "stockstreamer_dashboard"
         self.registry = registry
         self.sessions = Gauge("sessions", "Open browser sessions.", namespace=ns, registry=registry)
+        self.sessions_refused = Counter(
+            "sessions_refused", "Pages served the 'come back later' notice (sessions at the cap).",
+            namespace=ns, registry=registry,
+        )  # fmt: skip
         self.feed_live = Gauge(
             "feed_live", "1 while the API stream is connected.", namespace=ns, registry=registry
         )

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, cast
 
 from bokeh.document import Document
+from bokeh.models.widgets.markups import Div
 
 from services.dashboard.candles import CANDLES, CandleChart, candle_columns
 from services.dashboard.chart import PriceChart
@@ -374,3 +375,15 @@ class DashboardSession:
     def _on_pick(self, _attr: str, _old: list[str], new: list[str]) -> None:
         self.chart.set_visible(set(new))
         self.ui.table_rows.indices = sorted(self.rows[s] for s in new if s in self.rows)
+
+
+def busy_page(doc: Document) -> None:
+    """The page for a session over the process's cap: a notice, no feed, nothing held."""
+    doc.title = "stockstreamer · busy"
+    doc.add_root(
+        Div(
+            text="<h2>stockstreamer</h2><p data-status='busy'>This dashboard is serving as many "
+            "viewers as it can right now. Please try again in a minute.</p>",
+            name="busy",
+        )
+    )

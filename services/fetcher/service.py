@@ -18,7 +18,13 @@ from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError, TradeStream
 from services.fetcher.store import Retention
-from services.fetcher.validation import DropLog, DropReason, split_valid, usable_week52
+from services.fetcher.validation import (
+    DropLog,
+    DropReason,
+    split_valid,
+    usable_profile,
+    usable_week52,
+)
 from services.fetcher.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -231,7 +237,11 @@ class Fetcher:
 
     async def _store_metadata(self, profiles: Sequence[Profile], week52: Sequence[Week52]) -> None:
         tracked = set(self.symbols)
-        profiles = [p for p in profiles if p.symbol in tracked]
+        checked = [(p, usable_profile(p)) for p in profiles if p.symbol in tracked]
+        for profile, kept_profile in checked:
+            if kept_profile is not profile:  # a logo not over https: nor data:image/, a silly name
+                self._provider_dropped("invalid_fields", f"profile {profile.symbol}")
+        profiles = [kept for _, kept in checked if kept is not None]
         usable = [(w, usable_week52(w)) for w in week52 if w.symbol in tracked]
         for given, kept in usable:
             if kept is not given:  # left out, or kept without its previous close

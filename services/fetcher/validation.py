@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from services.common.models import Tick, Week52
+from services.common.models import Profile, Tick, Week52
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,31 @@ def split_valid(
             dropped[reason] += 1
             drops.record(reason, f"{tick.symbol} {tick.price} at {tick.ts.isoformat()}")
     return good, dropped
+
+
+MAX_NAME = 200
+MAX_LOGO_URL = 64 * 1024  # data: URIs carry the image itself
+
+
+def usable_profile(profile: Profile) -> Profile | None:
+    """The profile as the page may show it: a logo only over HTTPS or as an inline image, a
+    name of sane length; None when nothing usable is left. Anything else could load a script or
+    a tracking pixel into every viewer's page."""
+    name = profile.name.strip() if profile.name else None
+    if name and (len(name) > MAX_NAME or not name.isprintable()):
+        name = None
+    logo = profile.logo_url
+    if logo is not None and not (
+        len(logo) <= MAX_LOGO_URL
+        and (logo.startswith("https://") or logo.startswith("data:image/"))
+        and not any(c.isspace() or c in "\"'<>" for c in logo)
+    ):
+        logo = None
+    if name == profile.name and logo == profile.logo_url:
+        return profile
+    if name is None and logo is None:
+        return None
+    return replace(profile, name=name, logo_url=logo)
 
 
 def _positive(value: Decimal) -> bool:

@@ -103,3 +103,18 @@ def test_invalid_settings_exit_with_a_message() -> None:
     proc = ServiceProcess("services.api", {"STOCKSTREAMER_API_PORT": "99999"}).start()
     assert proc.wait(30) == 2
     assert "api_port" in proc.output
+
+
+async def test_connections_beyond_limit_concurrency_get_a_quick_503(
+    database_url: str, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    limits = {"STOCKSTREAMER_API_LIMIT_CONCURRENCY": "3", "STOCKSTREAMER_API_MAX_STREAMS": "2"}
+    with api_process(database_url, **limits) as (_, url):
+        async with AsyncExitStack() as stack:
+            for _ in range(2):  # two streams hold two of the three places
+                client = await stack.enter_async_context(httpx.AsyncClient(base_url=url))
+                await stack.enter_async_context(open_stream(client))
+            async with httpx.AsyncClient(base_url=url) as client:
+                refused = await client.get("/api/v1/stocks")
+    assert refused.status_code == 503

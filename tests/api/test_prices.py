@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.utils.api import T0, Market
+from tests.utils.api import T0, Market, ThreadedApi
 
 MS = 1000
 
@@ -185,3 +185,41 @@ async def test_downsampled_points_are_real_ticks_and_a_spike_keeps_its_time(
     assert points[int(high_at.timestamp() * MS)] == 250.0
     assert points[int(low_at.timestamp() * MS)] == 20.0
     assert series["ts"][-1] == int((T0 + timedelta(hours=719)).timestamp() * MS)
+
+
+async def test_history_beyond_the_concurrency_bound_is_a_quick_503(
+    database_url: str, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    api = ThreadedApi(database_url, api_history_concurrency=1).start()
+    try:
+        api.run(api.app.state.history_slots.acquire())  # one long history read in flight
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            busy = await client.get("/api/v1/prices")
+            bars = await client.get("/api/v1/bars")
+            latest = await client.get("/api/v1/prices/latest")  # not a history read
+            api.app.state.history_slots.release()
+            free = await client.get("/api/v1/prices")
+    finally:
+        api.stop()
+    for response in (busy, bars):
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "too many history requests" in response.json()["detail"]
+    assert latest.status_code == 200 and free.status_code == 200
+    assert api.metric("stockstreamer_api_history_refused_total") == 2
+
+
+async def test_a_query_past_the_statement_timeout_is_a_503(
+    database_url: str, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    await market.series("AAPL", 3000)
+    api = ThreadedApi(database_url, api_statement_timeout=0.001).start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            params = {"start": iso(T0), "end": iso(T0 + timedelta(hours=1)), "max_points": 10}
+            response = await client.get("/api/v1/prices", params=params)
+    finally:
+        api.stop()
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert "took too long" in response.json()["detail"]

@@ -161,3 +161,23 @@ async def test_bad_stream_requests(client: httpx.AsyncClient, market: Market) ->
         response = await client.get("/api/v1/stream", params=params, headers=headers)
         assert response.status_code == status, params or headers
         assert response.json()["detail"].startswith(detail)
+
+
+async def test_streams_beyond_the_cap_are_refused_with_retry_after(
+    database_url: str, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    api = ThreadedApi(database_url, api_max_streams=2).start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            async with open_stream(client), open_stream(client):
+                refused = await client.get("/api/v1/stream")
+                healthy = await client.get("/healthz")  # the cap is on streams only
+            async with open_stream(client):  # a closed stream frees its place
+                pass
+    finally:
+        api.stop()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert "too many open streams" in refused.json()["detail"]
+    assert healthy.status_code == 200
+    assert api.metric("stockstreamer_api_streams_refused_total") == 1

@@ -44,3 +44,17 @@ async def test_errors_become_api_errors(fake_api: FakeApi, metrics: DashboardMet
     finally:
         await client.aclose()
         await down.aclose()
+
+
+async def test_more_symbols_than_one_request_takes_are_asked_in_chunks(
+    fake_api: FakeApi, metrics: DashboardMetrics
+) -> None:
+    symbols = [f"S{i:03d}" for i in range(120)]
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    try:
+        body = await client.prices(symbols, T0, None, 100)
+    finally:
+        await client.aclose()
+    asked = [r["symbols"].split(",") for r in fake_api.price_requests]
+    assert [len(chunk) for chunk in asked] == [50, 50, 20]
+    assert [s["symbol"] for s in body["series"]] == symbols

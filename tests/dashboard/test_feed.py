@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from services.common.retry import Backoff
 from services.dashboard.client import ApiClient
 from services.dashboard.feed import (
     Event,
@@ -122,9 +123,12 @@ async def test_stock_history_and_reset_events(
 
 
 def test_backoff_grows_and_stays_bounded() -> None:
-    waits = [Feed.backoff(n, 5.0) for n in range(12)]
+    backoff = Backoff(0.25, 5.0)
+    waits = [backoff.next() for _ in range(12)]
     assert all(0 < w <= 5.0 for w in waits)
     assert waits[0] <= 0.25 and waits[-1] >= 2.5
+    backoff.reset()
+    assert backoff.next() <= 0.25
 
 
 async def test_unsubscribed_sessions_get_nothing(

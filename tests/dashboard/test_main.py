@@ -49,3 +49,21 @@ def test_invalid_settings_exit_with_a_message() -> None:
     )
     assert result.returncode == 2
     assert "dashboard_window" in result.stderr
+
+
+def test_sessions_beyond_the_cap_get_a_notice_not_a_dashboard(fake_api: FakeApi) -> None:
+    port = free_port()
+    env = {
+        "STOCKSTREAMER_API_URL": fake_api.url, "STOCKSTREAMER_DASHBOARD_PORT": str(port),
+        "STOCKSTREAMER_DASHBOARD_MAX_SESSIONS": "1",
+    }  # fmt: skip
+    with ServiceProcess("services.dashboard", env) as dashboard:
+        base = f"http://127.0.0.1:{port}"
+        dashboard.wait_http(f"{base}/healthz")
+        first = httpx.get(f"{base}/", timeout=10)
+        second = httpx.get(f"{base}/", timeout=10)
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+    assert "<title>stockstreamer · live stock prices</title>" in first.text
+    assert second.status_code == 200 and "<title>stockstreamer · busy</title>" in second.text
+    assert "stockstreamer_dashboard_sessions_refused_total 1.0" in metrics
+    assert "stockstreamer_dashboard_sessions 1.0" in metrics

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from services.common.models import Tick
-from services.fetcher.validation import DropLog, DropReason, split_valid
+from services.common.models import Profile, Tick
+from services.fetcher.validation import DropLog, DropReason, split_valid, usable_profile
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 TRACKED = ["AAPL", "NVDA"]
@@ -52,3 +52,29 @@ def test_each_kind_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
             split_valid([tick("0"), tick("NaN"), tick("-1")], TRACKED, NOW, drops)
     reasons = [r.__dict__["reason"] for r in caplog.records]
     assert sorted(reasons) == [DropReason.NOT_FINITE, DropReason.NON_POSITIVE]
+
+
+@pytest.mark.parametrize(
+    ("logo", "kept"),
+    [
+        ("https://static.finnhub.io/logo/aapl.png", True),
+        ("data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=", True),
+        ("http://plain.example/logo.png", False),  # mixed content on an HTTPS page
+        ("javascript:alert(1)", False),
+        ("data:text/html,<script>alert(1)</script>", False),
+        ('https://x.example/a.png" onerror="alert(1)', False),
+        ("https://x.example/" + "a" * 70_000, False),
+    ],
+)
+def test_logos_only_over_https_or_inline_images(logo: str, kept: bool) -> None:
+    profile = Profile("AAPL", "Apple Inc.", logo)
+    usable = usable_profile(profile)
+    assert usable is not None and usable.name == "Apple Inc."
+    assert (usable.logo_url == logo) is kept and (usable is profile) is kept
+
+
+def test_names_are_length_capped_and_printable() -> None:
+    assert usable_profile(Profile("AAPL", "A" * 201, None)) is None
+    assert usable_profile(Profile("AAPL", "Apple\x00Inc", None)) is None
+    kept = usable_profile(Profile("AAPL", "Apple\nInc", "https://x.example/a.png"))
+    assert kept is not None and kept.name is None and kept.logo_url == "https://x.example/a.png"

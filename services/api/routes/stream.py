@@ -15,6 +15,7 @@ from services.api import queries
 from services.api.deps import (
     ACQUIRE_TIMEOUT,
     BroadcasterDep,
+    Busy,
     InvalidParameter,
     MetricsDep,
     PoolDep,
@@ -30,6 +31,7 @@ from services.api.models import Problem
 router = APIRouter(prefix="/api/v1/stream", tags=["stream"])
 
 REPLAY_CHUNK = 1000  # frames per write while replaying
+STREAM_RETRY_AFTER = 5  # seconds a refused stream client is told to wait
 SHUTDOWN_GRACE = 1.0  # seconds a stream gets to finish its last write on shutdown
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -39,7 +41,7 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
     },
     404: {"model": Problem, "description": "Unknown symbol"},
     422: {"model": Problem, "description": "Invalid parameter"},
-    503: {"model": Problem, "description": "Database unavailable"},
+    503: {"model": Problem, "description": "Database unavailable or too many streams"},
 }
 
 
@@ -137,6 +139,9 @@ async def stream(
 ) -> StreamResponse:
     """Every tick as a `price` event (all symbols when none are given), live or replayed."""
     resume = resume_point(last_event_id_header, last_event_id)
+    if len(broadcaster.subscribers) >= settings.api_max_streams:
+        metrics.streams_refused.inc()
+        raise Busy("too many open streams, try again shortly", retry_after=STREAM_RETRY_AFTER)
     limit = settings.api_stream_replay_limit
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         await known_symbols(conn, symbols)

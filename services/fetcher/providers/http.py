@@ -27,19 +27,25 @@ class BadPayload(Exception):
         self.kind = kind
 
 
+# A vendor's Retry-After is obeyed up to this many seconds: a typo (or a hostile answer) of a
+# day must not silence the feed for a day.
+MAX_RETRY_AFTER = 300.0
+
+
 def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds: either a number or an HTTP date."""
+    """Retry-After as seconds (a number or an HTTP date), at most MAX_RETRY_AFTER."""
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    if seconds != seconds:  # NaN
         return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def validate(model: type[M], data: object, what: str) -> M:

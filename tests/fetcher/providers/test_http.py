@@ -47,7 +47,16 @@ async def test_a_refused_connection_is_a_provider_error() -> None:
 
 @pytest.mark.parametrize(
     ("header", "seconds"),
-    [("3", 3), ("0.5", 0.5), ("-2", 0), (None, None), ("", None), ("soon", None)],
+    [
+        ("3", 3),
+        ("0.5", 0.5),
+        ("-2", 0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("86400", 300),
+        ("nan", None),
+    ],  # a day is clamped to five minutes
 )
 def test_retry_after_in_seconds(header: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(header) == seconds
