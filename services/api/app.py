@@ -30,9 +30,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         role = settings.api_db_role
         # min_size=0: the API starts (and says "not ready") while the database is down.
         app.state.pool = await create_pool(
-            settings.database_url_now, role, min_size=0, max_size=settings.api_pool_size,
+            settings.database_url_now,
+            role,
+            min_size=0,
+            max_size=settings.api_pool_size,
             statement_timeout=settings.api_statement_timeout,
-        )  # fmt: skip
+        )
         app.state.broadcaster = broadcaster = Broadcaster(settings.database_url_now, role, metrics)
         broadcaster.start()
         log.info("api started", extra={"database": redact_url(settings.database_url)})

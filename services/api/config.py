@@ -40,10 +40,12 @@ class ApiSettings(CommonSettings):
         1000, ge=1, le=100_000, description="Event streams open at once; beyond: 503 + Retry-After."
     )
     api_limit_concurrency: int = Field(
-        1500, ge=2, le=200_000,
+        1500,
+        ge=2,
+        le=200_000,
         description="Connections and requests uvicorn serves at once (streams included); "
         "beyond: 503.",
-    )  # fmt: skip
+    )
     api_shutdown_timeout: float = Field(
         5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
     )

@@ -131,10 +131,11 @@ def parse_time(name: str, value: str) -> datetime:
         parsed = datetime.fromisoformat(text)
     except (ValueError, OverflowError, OSError):
         raise InvalidParameter(
-            "query parameter", name,
+            "query parameter",
+            name,
             f"{value[:40]!r} is not an ISO 8601 time (e.g. 2026-01-02T15:30:00Z) "
             "or epoch milliseconds",
-        ) from None  # fmt: skip
+        ) from None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from services.common.contract import HistoryPayload, PricePayload
 
 SLOW = "slow"
 SHUTDOWN = "shutdown"
 
 
-def encode(event: str, data: Mapping[str, Any] | str, event_id: int | None = None) -> bytes:
-    """One SSE frame; `data` is JSON on a single line."""
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+def encode(event: str, data: BaseModel, event_id: int | None = None) -> bytes:
+    """One SSE frame; `data` is its model's JSON, on a single line."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {text}\n\n".encode()
+    return f"{head}event: {event}\ndata: {data.model_dump_json()}\n\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,19 +29,19 @@ class Frame:
     data: bytes
     symbols: tuple[str, ...] = ()
     event_id: int | None = None
-    payload: Mapping[str, Any] = field(default_factory=dict)
+    history: HistoryPayload | None = None  # re-encoded for streams that want some of its symbols
     notified: float | None = None  # time.monotonic() when its commit was announced, if live
 
 
 def price_frame(
     symbol: str, ts_ms: int, price: float, event_id: int, notified: float | None = None
 ) -> Frame:
-    data = encode("price", {"symbol": symbol, "ts": ts_ms, "price": price}, event_id)
+    data = encode("price", PricePayload(symbol=symbol, ts=ts_ms, price=price), event_id)
     return Frame("price", data, (symbol,), event_id, notified=notified)
 
 
-def history_frame(payload: Mapping[str, Any]) -> Frame:
-    return Frame("history", encode("history", payload), tuple(payload["symbols"]), None, payload)
+def history_frame(payload: HistoryPayload) -> Frame:
+    return Frame("history", encode("history", payload), tuple(payload.symbols), history=payload)
 
 
 class Subscriber:
@@ -93,11 +94,11 @@ class Subscriber:
                     continue
             if self.symbols is None:
                 out.append(frame.data)
-            elif frame.event == "history":
+            elif frame.history is not None:
                 wanted = [s for s in frame.symbols if s in self.symbols]
                 if not wanted:
                     continue
-                out.append(encode("history", {**frame.payload, "symbols": wanted}))
+                out.append(encode("history", frame.history.model_copy(update={"symbols": wanted})))
             elif frame.symbols and frame.symbols[0] in self.symbols:
                 out.append(frame.data)
             else:

@@ -17,8 +17,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from services.api import queries
-from services.api.models import Series
 from services.common.bars import LEVELS, Keep, Level
+from services.common.contract import Series
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

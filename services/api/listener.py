@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from services.api import queries
-from services.api.events import SHUTDOWN, SLOW, Frame, Subscriber, history_frame, price_frame
+from services.api.events import (
+    SHUTDOWN,
+    SLOW,
+    Frame,
+    Subscriber,
+    encode,
+    history_frame,
+    price_frame,
+)
 from services.api.metrics import ApiMetrics
-from services.api.models import Stock
+from services.api.rows import stock_from_row
+from services.common.contract import HistoryPayload
 from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
 from services.common.retry import Backoff
 
@@ -31,9 +39,8 @@ SKEW_MARGIN = timedelta(seconds=60)
 
 def stock_frame(row: asyncpg.Record) -> Frame:
     """A `stock` event carrying the full Stock resource."""
-    stock = Stock.from_row(row)
-    data = f"event: stock\ndata: {stock.model_dump_json()}\n\n".encode()
-    return Frame("stock", data, (stock.symbol,))
+    stock = stock_from_row(row)
+    return Frame("stock", encode("stock", stock), (stock.symbol,))
 
 
 class Broadcaster:
@@ -49,7 +56,7 @@ class Broadcaster:
         self._wake = asyncio.Event()
         self._prices_due = False
         self._stocks_due: dict[str, None] = {}  # ordered set of symbols
-        self._history_due: list[dict[str, Any]] = []
+        self._history_due: list[HistoryPayload] = []
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(0.1, 2.0)
         self._lost_at: datetime | None = None  # when the listener last lost its connection
@@ -98,12 +105,9 @@ class Broadcaster:
             self._stocks_due[payload] = None
         elif channel == "history":
             try:
-                data = json.loads(payload)
-                self._history_due.append(
-                    {"symbols": [str(s) for s in data["symbols"]],
-                     "start": int(data["start"]), "end": int(data["end"])}
-                )  # fmt: skip
-            except (ValueError, TypeError, KeyError):
+                # The notification carries the very object the `history` event sends on.
+                self._history_due.append(HistoryPayload.model_validate_json(payload))
+            except ValidationError:
                 log.warning("ignoring a malformed history notification", extra={"payload": payload})
         self._wake.set()
 
@@ -191,9 +195,13 @@ class Broadcaster:
             if rows:
                 self.last_seen = rows[-1]["event_id"]
                 self.publish(
-                    [price_frame(r["symbol"], r["ts_ms"], float(r["price"]), r["event_id"],
-                                 notified) for r in rows]
-                )  # fmt: skip
+                    [
+                        price_frame(
+                            r["symbol"], r["ts_ms"], float(r["price"]), r["event_id"], notified
+                        )
+                        for r in rows
+                    ]
+                )
         if self._stocks_due:
             symbols = list(self._stocks_due)
             rows = await conn.fetch(queries.STOCKS, symbols)

@@ -31,57 +31,81 @@ class ApiMetrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         self.request_seconds = Histogram(
-            "request_seconds", "Time to the response's headers, by route and status.",
-            ["method", "route", "status"], namespace=ns, registry=registry,
+            "request_seconds",
+            "Time to the response's headers, by route and status.",
+            ["method", "route", "status"],
+            namespace=ns,
+            registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )  # fmt: skip
+        )
         self.open_streams = Gauge(
             "open_streams", "Event streams open now.", namespace=ns, registry=registry
         )
         self.events_sent = Counter(
-            "events_sent", "Events handed to stream clients, by type.", ["event"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "events_sent",
+            "Events handed to stream clients, by type.",
+            ["event"],
+            namespace=ns,
+            registry=registry,
+        )
         self.slow_disconnects = Counter(
-            "slow_client_disconnects", "Streams cut because the client fell too far behind.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "slow_client_disconnects",
+            "Streams cut because the client fell too far behind.",
+            namespace=ns,
+            registry=registry,
+        )
         self.notifications = Counter(
-            "notifications", "PostgreSQL notifications received, by channel.", ["channel"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "notifications",
+            "PostgreSQL notifications received, by channel.",
+            ["channel"],
+            namespace=ns,
+            registry=registry,
+        )
         self.listener_up = Gauge(
             "listener_up", "1 while the LISTEN connection is open.", namespace=ns, registry=registry
         )
         self.listener_reconnects = Counter(
-            "listener_reconnects", "Times the LISTEN connection was re-established.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "listener_reconnects",
+            "Times the LISTEN connection was re-established.",
+            namespace=ns,
+            registry=registry,
+        )
         self.history_seconds = Histogram(
-            "history_query_seconds", "Time to read one history window (prices or bars).",
-            ["route"], namespace=ns, registry=registry,
+            "history_query_seconds",
+            "Time to read one history window (prices or bars).",
+            ["route"],
+            namespace=ns,
+            registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )  # fmt: skip
+        )
         self.streams_refused = Counter(
-            "streams_refused", "Event streams refused (503) because the process had its maximum.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "streams_refused",
+            "Event streams refused (503) because the process had its maximum.",
+            namespace=ns,
+            registry=registry,
+        )
         self.history_refused = Counter(
-            "history_refused", "History requests refused (503) because all slots were busy.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "history_refused",
+            "History requests refused (503) because all slots were busy.",
+            namespace=ns,
+            registry=registry,
+        )
         self.stream_lag = Histogram(
-            "stream_fetch_seconds", "Time to fetch and fan out the ticks of one notification.",
-            namespace=ns, registry=registry,
+            "stream_fetch_seconds",
+            "Time to fetch and fan out the ticks of one notification.",
+            namespace=ns,
+            registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
-        )  # fmt: skip
+        )
         self.commit_to_send = Histogram(
             "commit_to_send_seconds",
             "Per price event: from the LISTEN connection's receipt of the `prices` notification "
             "(delivered on commit, so a proxy for the commit time) to the event's bytes being "
             "handed to the client's socket.",
-            namespace=ns, registry=registry, buckets=LAG_BUCKETS,
-        )  # fmt: skip
+            namespace=ns,
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
 
     def observe_sent(self, batch: Sequence[Frame], prices: int) -> None:
         """Commit-to-send lag of the `prices` price events of `batch`, just handed to a socket."""

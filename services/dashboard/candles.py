@@ -12,6 +12,7 @@ from bokeh.models.sources import ColumnDataSource
 from bokeh.models.tools import HoverTool
 from bokeh.plotting import figure
 
+from services.common.contract import BarSeries
 from services.dashboard.shaping import DOWN_COLOUR, UP_COLOUR, WINDOW_LABELS, Columns
 
 CANDLES = 120  # bars asked for per window: wide enough to read, enough to show the shape
@@ -22,21 +23,28 @@ KEYS = ("ts", "mid", "open", "high", "low", "close", "top", "bottom", "colour")
 def candle_row(ts: int, width: int, o: float, h: float, lo: float, c: float) -> dict[str, Any]:
     """One candle's columns: centred in its bar, body from open to close, coloured by direction."""
     return {
-        "ts": ts, "mid": ts + width / 2, "open": o, "high": h, "low": lo, "close": c,
-        "top": max(o, c), "bottom": min(o, c), "colour": UP_COLOUR if c >= o else DOWN_COLOUR,
-    }  # fmt: skip
+        "ts": ts,
+        "mid": ts + width / 2,
+        "open": o,
+        "high": h,
+        "low": lo,
+        "close": c,
+        "top": max(o, c),
+        "bottom": min(o, c),
+        "colour": UP_COLOUR if c >= o else DOWN_COLOUR,
+    }
 
 
-def candle_columns(series: Mapping[str, Any], width: int) -> Columns:
+def candle_columns(series: BarSeries | None, width: int) -> Columns:
     """One `/bars` series as the candle source's columns."""
-    fields = [list(series.get(k, [])) for k in ("ts", "open", "high", "low", "close")]
-    if len({len(f) for f in fields}) != 1:
-        raise ValueError(f"bars of {series.get('symbol')!r}: columns of different lengths")
     cols: Columns = {k: [] for k in KEYS}
+    if series is None:
+        return cols
+    fields = (series.ts, series.open, series.high, series.low, series.close)
+    if len({len(f) for f in fields}) != 1:
+        raise ValueError(f"bars of {series.symbol!r}: columns of different lengths")
     for ts, o, h, lo, c in zip(*fields, strict=True):
-        for key, value in candle_row(
-            int(ts), width, float(o), float(h), float(lo), float(c)
-        ).items():
+        for key, value in candle_row(ts, width, o, h, lo, c).items():
             cols[key].append(value)
     return cols
 
@@ -75,19 +83,32 @@ class CandleChart:
         self.source = ColumnDataSource({k: [] for k in KEYS}, name="candle_source")
         self.title_model = Title(text="", name="candle_title")
         self.figure = figure(
-            name="candles", x_axis_type="datetime", tools="pan,box_zoom,wheel_zoom,reset,save",
-            active_scroll="wheel_zoom", sizing_mode="stretch_width", height=480, min_width=600,
-            toolbar_location="above", title=self.title_model, visible=False,
-        )  # fmt: skip
+            name="candles",
+            x_axis_type="datetime",
+            tools="pan,box_zoom,wheel_zoom,reset,save",
+            active_scroll="wheel_zoom",
+            sizing_mode="stretch_width",
+            height=480,
+            min_width=600,
+            toolbar_location="above",
+            title=self.title_model,
+            visible=False,
+        )
         p = self.figure
         p.toolbar.logo = None
         p.yaxis.formatter = NumeralTickFormatter(format="$0,0.00")
         p.yaxis.axis_label = "Price (USD)"
         p.segment("mid", "high", "mid", "low", source=self.source, color="colour", name="wicks")
         self.bodies = p.vbar(
-            x="mid", width=1, top="top", bottom="bottom", source=self.source,
-            fill_color="colour", line_color="colour", name="bodies",
-        )  # fmt: skip
+            x="mid",
+            width=1,
+            top="top",
+            bottom="bottom",
+            source=self.source,
+            fill_color="colour",
+            line_color="colour",
+            name="bodies",
+        )
         p.add_tools(
             HoverTool(
                 renderers=[self.bodies],
@@ -97,7 +118,7 @@ class CandleChart:
                     ("high", "@high{$0,0.00}"),
                     ("low", "@low{$0,0.00}"),
                     ("close", "@close{$0,0.00}"),
-                ],  # fmt: skip
+                ],
                 formatters={"@ts": "datetime"},
             )
         )

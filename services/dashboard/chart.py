@@ -52,9 +52,12 @@ class PriceChart:
 
     def __init__(self, window: str) -> None:
         self.x_range = DataRange1d(
-            follow="end", follow_interval=WINDOWS[window], range_padding=0.03, only_visible=True,
+            follow="end",
+            follow_interval=WINDOWS[window],
+            range_padding=0.03,
+            only_visible=True,
             renderers=[],
-        )  # fmt: skip
+        )
         self.y_range = DataRange1d(range_padding=0.12, only_visible=True, renderers=[])
         self.ranged: list[GlyphRenderer[Any]] = []
         self.title_model = Title(text=self.title(window), name="title")
@@ -115,26 +118,54 @@ class PriceChart:
             y1="high" if y == "price" else "high_pct",
             source=self.bands,
             view=CDSView(filter=GroupFilter(column_name="symbol", group=symbol)),
-            fill_color=colour, fill_alpha=BAND_ALPHA[y], line_color=colour, line_alpha=0.5,
-            line_dash="dotted", name=f"band_{symbol}", level="underlay",
-        )  # fmt: skip
+            fill_color=colour,
+            fill_alpha=BAND_ALPHA[y],
+            line_color=colour,
+            line_alpha=0.5,
+            line_dash="dotted",
+            name=f"band_{symbol}",
+            level="underlay",
+        )
         line = p.line(
             "ts", y, source=source, line_color=colour, line_width=2, name=f"line_{symbol}"
         )
         markers = p.scatter(
-            "ts", y, source=source, size=5, fill_color="white", line_color=colour,
-            line_width=1.5, name=symbol,
-        )  # fmt: skip
+            "ts",
+            y,
+            source=source,
+            size=5,
+            fill_color="white",
+            line_color=colour,
+            line_width=1.5,
+            name=symbol,
+        )
         logo_view = CDSView(filter=GroupFilter(column_name="symbol", group=symbol))
         # A frame in the line's colour ties a logo (whatever its own colours) to its line.
         frame = p.scatter(
-            "ts", y, source=self.logos, view=logo_view, marker="square", size=LOGO_PX + 6,
-            fill_color="white", line_color=colour, line_width=2.5, name=f"frame_{symbol}",
-        )  # fmt: skip
+            "ts",
+            y,
+            source=self.logos,
+            view=logo_view,
+            marker="square",
+            size=LOGO_PX + 6,
+            fill_color="white",
+            line_color=colour,
+            line_width=2.5,
+            name=f"frame_{symbol}",
+        )
         logo = p.image_url(
-            url="url", x="ts", y=y, w=LOGO_PX, h=LOGO_PX, w_units="screen", h_units="screen",
-            anchor="center", source=self.logos, view=logo_view, name=f"logo_{symbol}",
-        )  # fmt: skip
+            url="url",
+            x="ts",
+            y=y,
+            w=LOGO_PX,
+            h=LOGO_PX,
+            w_units="screen",
+            h_units="screen",
+            anchor="center",
+            source=self.logos,
+            view=logo_view,
+            name=f"logo_{symbol}",
+        )
         line.js_link("visible", frame, "visible")  # a legend click hides the frame too
         # Bands may lie far from today's prices: keep the axes on the lines themselves.
         self.ranged.append(line)

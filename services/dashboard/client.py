@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import ValidationError
 
+from services.common.contract import Bars, Prices, Stock
 from services.dashboard.metrics import DashboardMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Heartbeats come every 15 s: three missed ones mean the stream is dead even if TCP says not.
 STREAM_READ_TIMEOUT = 45.0
@@ -33,31 +40,28 @@ class ApiClient:
         )
         self.stream_timeout = httpx.Timeout(timeout, read=STREAM_READ_TIMEOUT)
 
-    async def _get(self, endpoint: str, params: dict[str, Any] | None = None) -> Any:
+    async def _get(
+        self, endpoint: str, parse: Callable[[bytes], T], params: dict[str, Any] | None = None
+    ) -> T:
         started = time.perf_counter()
         try:
             response = await self.http.get(endpoint, params=params)
             response.raise_for_status()
-            data = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            data = parse(response.content)
+        except (httpx.HTTPError, ValueError) as exc:  # a ValidationError is a ValueError
             self.metrics.api_requests.labels(endpoint, "error").inc()
             raise ApiError(f"GET {endpoint}: {exc!r}") from exc
         self.metrics.api_requests.labels(endpoint, "ok").inc()
         self.metrics.api_seconds.labels(endpoint).observe(time.perf_counter() - started)
         return data
 
-    async def stocks(self) -> list[dict[str, Any]]:
-        """Every tracked stock with its metadata and last price."""
-        data = await self._get("/api/v1/stocks")
-        if not isinstance(data, list):
-            raise ApiError("GET /api/v1/stocks: expected a list")
-        return [
-            item for item in data if isinstance(item, dict) and isinstance(item.get("symbol"), str)
-        ]
+    async def stocks(self) -> list[Stock]:
+        """Every tracked stock with its metadata and last price (malformed ones are left out)."""
+        return await self._get("/api/v1/stocks", _stocks)
 
     async def prices(
         self, symbols: Sequence[str], start_ms: int, end_ms: int | None, max_points: int
-    ) -> dict[str, Any]:
+    ) -> Prices:
         """Price history of `symbols` in [start, end], oldest first, at most `max_points` each.
 
         The API takes at most MAX_SYMBOLS symbols a request: more are asked for in chunks, and the
@@ -67,13 +71,12 @@ class ApiClient:
         answers = await asyncio.gather(
             *(self._prices(chunk, start_ms, end_ms, max_points) for chunk in chunks or [[]])
         )
-        joined = dict(answers[0])
-        joined["series"] = [series for answer in answers for series in answer["series"]]
-        return joined
+        series = [series for answer in answers for series in answer.series]
+        return answers[0].model_copy(update={"series": series})
 
     async def _prices(
         self, symbols: Sequence[str], start_ms: int, end_ms: int | None, max_points: int
-    ) -> dict[str, Any]:
+    ) -> Prices:
         params: dict[str, Any] = {
             "symbols": ",".join(symbols),
             "start": start_ms,
@@ -81,19 +84,27 @@ class ApiClient:
         }
         if end_ms is not None:
             params["end"] = end_ms
-        data = await self._get("/api/v1/prices", params)
-        if not isinstance(data, dict) or not isinstance(data.get("series"), list):
-            raise ApiError("GET /api/v1/prices: expected an object with a series list")
-        return data
+        return await self._get("/api/v1/prices", Prices.model_validate_json, params)
 
-    async def bars(self, symbol: str, start_ms: int, max_bars: int) -> dict[str, Any]:
+    async def bars(self, symbol: str, start_ms: int, max_bars: int) -> Bars:
         """Stored open/high/low/close bars of one stock since `start`, at most `max_bars`."""
         params = {"symbols": symbol, "start": start_ms, "max_bars": max_bars, "interval": "auto"}
-        data = await self._get("/api/v1/bars", params)
-        if not isinstance(data, dict) or not isinstance(data.get("series"), list):
-            raise ApiError("GET /api/v1/bars: expected an object with a series list")
-        return data
+        return await self._get("/api/v1/bars", Bars.model_validate_json, params)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self.http.aclose()
+
+
+def _stocks(body: bytes) -> list[Stock]:
+    """The stocks of a `/stocks` answer; one malformed stock must not hide the others."""
+    items = json.loads(body)
+    if not isinstance(items, list):
+        raise ValueError("expected a list")
+    stocks = []
+    for item in items:
+        try:
+            stocks.append(Stock.model_validate(item))
+        except ValidationError as exc:
+            log.warning("malformed stock left out", extra={"error": str(exc)})
+    return stocks

@@ -27,9 +27,11 @@ class DashboardSettings(CommonSettings):
         1000, ge=10, le=10_000, description="Most points per line (history and live)."
     )
     dashboard_max_sessions: int = Field(
-        200, ge=1, le=100_000,
+        200,
+        ge=1,
+        le=100_000,
         description="Browser sessions one process serves; beyond, a page asks to come back later.",
-    )  # fmt: skip
+    )
     dashboard_reconnect_max: float = Field(
         5.0, gt=0, le=300, description="Longest wait, seconds, between stream reconnects."
     )

@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
+from services.common.contract import HistoryPayload, PricePayload, ResetPayload, Stock
 from services.common.retry import Backoff
 from services.dashboard.client import ApiClient, ApiError
 from services.dashboard.metrics import DashboardMetrics
@@ -40,7 +40,7 @@ class PriceEvent:
 
 @dataclass(frozen=True, slots=True)
 class StockEvent:
-    stock: dict[str, Any]
+    stock: Stock
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class Feed:
         self.reconnect_max = reconnect_max
         self.status = Status.CONNECTING
         self.last_event_id: str | None = None
-        self.stocks: dict[str, dict[str, Any]] = {}
+        self.stocks: dict[str, Stock] = {}
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -144,17 +144,20 @@ class Feed:
         for stock in await self.client.stocks():
             self._apply_stock(stock)
 
-    def _apply_stock(self, stock: dict[str, Any]) -> None:
-        if self.stocks.get(stock["symbol"]) != stock:
-            self.stocks[stock["symbol"]] = stock
+    def _apply_stock(self, stock: Stock) -> None:
+        if self.stocks.get(stock.symbol) != stock:
+            self.stocks[stock.symbol] = stock
             self._publish(StockEvent(stock))
 
     async def _consume(self, resumed: bool) -> None:
         headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
         async with aconnect_sse(
-            self.client.http, "GET", "/api/v1/stream",
-            headers=headers, timeout=self.client.stream_timeout,
-        ) as source:  # fmt: skip
+            self.client.http,
+            "GET",
+            "/api/v1/stream",
+            headers=headers,
+            timeout=self.client.stream_timeout,
+        ) as source:
             source.response.raise_for_status()
             self._set_status(Status.LIVE)
             if not resumed:
@@ -164,28 +167,34 @@ class Feed:
                 self.metrics.feed_events.labels(sse.event or "message").inc()
                 try:
                     self._handle(sse.event, sse.data, sse.id)
-                except (ValueError, KeyError, TypeError) as exc:
+                except ValueError as exc:  # a ValidationError too: the event is dropped
                     log.warning("bad stream event", extra={"event": sse.event, "error": repr(exc)})
 
     def _handle(self, event: str, data: str, event_id: str | None) -> None:
         if event == "price":
-            payload = json.loads(data)
-            point = Point(int(payload["ts"]), float(payload["price"]))
-            stock = self.stocks.get(payload["symbol"])
+            tick = PricePayload.model_validate_json(data)  # once per tick: one parse and no more
+            point = Point(tick.ts, tick.price)
+            stock = self.stocks.get(tick.symbol)
             if stock is not None:
-                stock.update(last_price=point.price, last_ts=point.ts)
-            self._publish(PriceEvent(str(payload["symbol"]), point))
+                # What a tab opened later starts its table with (no view shows last_ts).
+                stock.last_price = point.price
+            self._publish(PriceEvent(tick.symbol, point))
             if event_id:
                 self.last_event_id = event_id
         elif event == "stock":
-            payload = json.loads(data)
-            self._apply_stock({**self.stocks.get(payload["symbol"], {}), **payload})
+            self._apply_stock(self._stock(json.loads(data)))
         elif event == "history":
-            payload = json.loads(data)
-            symbols = frozenset(payload.get("symbols") or []) or None
-            self._publish(ReloadEvent(symbols, payload.get("start"), payload.get("end")))
+            history = HistoryPayload.model_validate_json(data)
+            symbols = frozenset(history.symbols) or None
+            self._publish(ReloadEvent(symbols, history.start, history.end))
         elif event == "reset":
-            payload = json.loads(data) if data else {}
-            if payload.get("last_event_id") is not None:
-                self.last_event_id = str(payload["last_event_id"])
+            reset = ResetPayload.model_validate_json(data)
+            self.last_event_id = str(reset.last_event_id)
             self._publish(ReloadEvent(None))
+
+    def _stock(self, payload: object) -> Stock:
+        """The stock a `stock` event describes; fields it leaves out keep their known values."""
+        if not isinstance(payload, dict):
+            raise ValueError("a stock event must carry an object")
+        known = self.stocks.get(str(payload.get("symbol")))
+        return Stock.model_validate({**known.model_dump(), **payload} if known else payload)

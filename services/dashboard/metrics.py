@@ -25,38 +25,52 @@ class DashboardMetrics:
         self.registry = registry
         self.sessions = Gauge("sessions", "Open browser sessions.", namespace=ns, registry=registry)
         self.sessions_refused = Counter(
-            "sessions_refused", "Pages served the 'come back later' notice (sessions at the cap).",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "sessions_refused",
+            "Pages served the 'come back later' notice (sessions at the cap).",
+            namespace=ns,
+            registry=registry,
+        )
         self.feed_live = Gauge(
             "feed_live", "1 while the API stream is connected.", namespace=ns, registry=registry
         )
         self.feed_events = Counter(
-            "feed_events", "Stream events received, by type.", ["event"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "feed_events",
+            "Stream events received, by type.",
+            ["event"],
+            namespace=ns,
+            registry=registry,
+        )
         self.feed_reconnects = Counter(
             "feed_reconnects", "Stream reconnect attempts.", namespace=ns, registry=registry
         )
         self.ticks_delivered = Counter(
-            "ticks_delivered", "Live ticks handed to sessions (summed over sessions).",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "ticks_delivered",
+            "Live ticks handed to sessions (summed over sessions).",
+            namespace=ns,
+            registry=registry,
+        )
         self.api_requests = Counter(
-            "api_requests", "REST calls to the API, by endpoint and outcome.",
-            ["endpoint", "outcome"], namespace=ns, registry=registry,
-        )  # fmt: skip
+            "api_requests",
+            "REST calls to the API, by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            namespace=ns,
+            registry=registry,
+        )
         self.api_seconds = Histogram(
-            "api_request_seconds", "Duration of successful REST calls to the API.", ["endpoint"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+            "api_request_seconds",
+            "Duration of successful REST calls to the API.",
+            ["endpoint"],
+            namespace=ns,
+            registry=registry,
+        )
         self.receipt_to_push = Histogram(
             "receipt_to_push_seconds",
             "Per price event and session: from the event's arrival on the API stream to its "
             "push into the session's chart.",
-            namespace=ns, registry=registry,
+            namespace=ns,
+            registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )  # fmt: skip
+        )
 
 
 class MetricsHandler(RequestHandler):

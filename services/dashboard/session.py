@@ -19,6 +19,7 @@ from typing import Any, cast
 from bokeh.document import Document
 from bokeh.models.widgets.markups import Div
 
+from services.common.contract import Bars, Prices, Stock
 from services.dashboard.candles import CANDLES, CandleChart, candle_columns
 from services.dashboard.chart import PriceChart
 from services.dashboard.client import ApiError
@@ -87,7 +88,7 @@ class DashboardSession:
         self.max_points = runtime.settings.dashboard_max_points
         self.bucket = bucket_ms(WINDOWS[self.window], self.max_points)
         self.rollover = rollover_for(WINDOWS[self.window], self.bucket, self.max_points)
-        self.stocks: dict[str, dict[str, Any]] = {}
+        self.stocks: dict[str, Stock] = {}
         self.bases: dict[str, float | None] = {}
         self.rows: dict[str, int] = {}
         self.phase = Phase.WAITING
@@ -110,7 +111,7 @@ class DashboardSession:
         # (which made a page take seconds to open).
         with doc.models.freeze():
             doc.add_root(self.ui.page(self.chart.figure, self.candles.figure))
-            for stock in sorted(feed.stocks.values(), key=lambda s: str(s["symbol"])):
+            for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
                 self._add_stock(stock)
         self._show_status(feed.status)
         feed.subscribe(self.deliver)
@@ -217,7 +218,7 @@ class DashboardSession:
     async def _fetch(self, symbols: list[str], window_ms: int, candle: str | None) -> None:
         client, max_points = self.runtime.client, self.max_points
         start = int(time.time() * 1000) - window_ms
-        result: tuple[dict[str, Any], dict[str, Any] | None] | ApiError
+        result: tuple[Prices, Bars | None] | ApiError
         try:
             prices = await client.prices(symbols, start, None, max_points)
             bars = await client.bars(candle, start, CANDLES) if candle else None
@@ -230,7 +231,7 @@ class DashboardSession:
     def _loaded(
         self,
         task: asyncio.Task[Any] | None,
-        result: tuple[dict[str, Any], dict[str, Any] | None] | ApiError,
+        result: tuple[Prices, Bars | None] | ApiError,
     ) -> None:
         if task is not self.load:
             return  # superseded while its result was on its way
@@ -247,8 +248,8 @@ class DashboardSession:
             ticks[event.symbol].append(event.point)
         self._apply_ticks(ticks)
 
-    def _draw_history(self, prices: dict[str, Any], bars: dict[str, Any] | None) -> None:
-        series = {s.get("symbol"): s for s in prices["series"] if isinstance(s, dict)}
+    def _draw_history(self, prices: Prices, bars: Bars | None) -> None:
+        series = {s.symbol: s for s in prices.series}
         # History comes at most max_points per window (downsampled by the API when denser);
         # live ticks are merged to the same density, so a line keeps about one window.
         window_ms = WINDOWS[self.window]
@@ -256,26 +257,26 @@ class DashboardSession:
         self.rollover = rollover_for(window_ms, self.bucket, self.max_points)
         for symbol, line in self.chart.lines.items():
             try:
-                cols = series_columns(series.get(symbol) or {})
-            except (ValueError, TypeError) as exc:  # one bad series must not stop the rest
+                cols = series_columns(series.get(symbol))
+            except ValueError as exc:  # one bad series must not stop the rest
                 log.warning("bad history series", extra={"symbol": symbol, "error": repr(exc)})
-                cols = series_columns({})
+                cols = series_columns(None)
             line.source.data = cols
             self.bases[symbol] = cols["price"][0] if cols["price"] else None
-        self.chart.set_marker_size(max((len(s.get("ts", [])) for s in series.values()), default=0))
+        self.chart.set_marker_size(max((len(s.ts) for s in series.values()), default=0))
         self._refresh_bands()
         self._place_logos()
         if bars is not None:
             self._draw_candles(bars)
 
-    def _draw_candles(self, bars: dict[str, Any]) -> None:
-        width = int(bars.get("interval_ms") or 0)
-        first = next((s for s in bars["series"] if isinstance(s, dict)), {})
+    def _draw_candles(self, bars: Bars) -> None:
+        width = bars.interval_ms
+        first = bars.series[0] if bars.series else None
         try:
             self.candles.set_bars(candle_columns(first, width), width)
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:
             log.warning("bad bars series", extra={"error": repr(exc)})
-        self.candles.show(first.get("symbol"), self.window, bars.get("interval"))
+        self.candles.show(first.symbol if first else None, self.window, bars.interval)
 
     def _overlaps(self, event: ReloadEvent) -> bool:
         if event.symbols is not None and not event.symbols & self.chart.lines.keys():
@@ -284,12 +285,12 @@ class DashboardSession:
         return event.end is None or event.end >= start
 
     # -- stocks, bands, logos, table ---------------------------------------------------------
-    def _ordered(self) -> Sequence[dict[str, Any]]:
+    def _ordered(self) -> Sequence[Stock]:
         return [self.stocks[symbol] for symbol in self.chart.lines]
 
-    def _add_stock(self, stock: dict[str, Any]) -> None:
-        symbol = str(stock["symbol"])
-        self.stocks[symbol] = dict(stock)
+    def _add_stock(self, stock: Stock) -> None:
+        symbol = stock.symbol
+        self.stocks[symbol] = stock
         self.chart.add_line(symbol, colour_for(len(self.chart.lines)))
         self.rows[symbol] = len(self.rows)
         self.ui.fit_table(len(self.rows))
@@ -297,19 +298,19 @@ class DashboardSession:
         self.ui.add_symbol(symbol)
         self._refresh_bands()
 
-    def _update_stock(self, stock: dict[str, Any]) -> None:
-        symbol = str(stock["symbol"])
+    def _update_stock(self, stock: Stock) -> None:
+        symbol = stock.symbol
         if symbol not in self.stocks:
             with self.doc.models.freeze():
                 self._add_stock(stock)
             self.reload()  # its history, too (a load under way is superseded)
             return
-        old, self.stocks[symbol] = self.stocks[symbol], dict(stock)
+        old, self.stocks[symbol] = self.stocks[symbol], stock
         i = self.rows[symbol]
         self.ui.table_source.patch({k: [(i, v)] for k, v in table_row(stock).items()})
-        if any(old.get(k) != stock.get(k) for k in ("week52_low", "week52_high")):
+        if (old.week52_low, old.week52_high) != (stock.week52_low, stock.week52_high):
             self._refresh_bands()
-        if old.get("logo_url") != stock.get("logo_url"):
+        if old.logo_url != stock.logo_url:
             self._place_logos()
 
     def _patch_row(self, symbol: str, price: float) -> None:
@@ -334,7 +335,7 @@ class DashboardSession:
         anchor = self._anchor(symbol, list(self.chart.lines).index(symbol))
         symbols = list(self.chart.logos.data["symbol"])
         if anchor is None or symbol not in symbols:
-            if anchor is not None and self.stocks[symbol].get("logo_url"):
+            if anchor is not None and self.stocks[symbol].logo_url:
                 self._place_logos()  # its first point: the logo appears
             return
         i = symbols.index(symbol)

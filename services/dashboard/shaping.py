@@ -8,14 +8,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.contract import Series, Stock
+
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 WINDOWS: dict[str, int] = {
-    "1h": HOUR_MS, "1d": DAY_MS, "1w": 7 * DAY_MS, "1m": 30 * DAY_MS, "1y": 365 * DAY_MS,
-}  # fmt: skip
+    "1h": HOUR_MS,
+    "1d": DAY_MS,
+    "1w": 7 * DAY_MS,
+    "1m": 30 * DAY_MS,
+    "1y": 365 * DAY_MS,
+}
 WINDOW_LABELS: dict[str, str] = {
-    "1h": "1 hour", "1d": "1 day", "1w": "1 week", "1m": "1 month", "1y": "1 year",
-}  # fmt: skip
+    "1h": "1 hour",
+    "1d": "1 day",
+    "1w": "1 week",
+    "1m": "1 month",
+    "1y": "1 year",
+}
 
 # A logo sits this far (as a fraction of the window) inside the left edge, so it is never clipped;
 # each further line's logo one step more, so lines that start together (all of them, in % mode)
@@ -59,14 +69,13 @@ def pct_change(prices: Iterable[float], base: float | None) -> list[float]:
     return [price / base - 1.0 for price in prices]
 
 
-def series_columns(series: Mapping[str, Any]) -> Columns:
+def series_columns(series: Series | None) -> Columns:
     """One `/prices` series as a line's columns: ts, price and change since the first point."""
-    ts = [int(t) for t in series.get("ts", [])]
-    price = [float(p) for p in series.get("price", [])]
+    if series is None:
+        return {"ts": [], "price": [], "pct": []}
+    ts, price = list(series.ts), list(series.price)  # the line's source grows them in place
     if len(ts) != len(price):
-        raise ValueError(
-            f"series {series.get('symbol')!r}: {len(ts)} times but {len(price)} prices"
-        )
+        raise ValueError(f"series {series.symbol!r}: {len(ts)} times but {len(price)} prices")
     base = price[0] if price else None
     return {"ts": ts, "price": price, "pct": pct_change(price, base)}
 
@@ -100,20 +109,16 @@ def merge_ticks(last_ts: int | None, bucket: int, ticks: Sequence[Point]) -> Mer
     return merge
 
 
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def band_columns(stocks: Sequence[Mapping[str, Any]], bases: Mapping[str, float | None]) -> Columns:
+def band_columns(stocks: Sequence[Stock], bases: Mapping[str, float | None]) -> Columns:
     """52-week bands (low to high) of the stocks that have both ends, in price and in %."""
     cols: Columns = {k: [] for k in ("symbol", "low", "high", "low_pct", "high_pct", "colour")}
     for index, stock in enumerate(stocks):
-        low, high = _number(stock.get("week52_low")), _number(stock.get("week52_high"))
+        low, high = stock.week52_low, stock.week52_high
         if low is None or high is None:
             continue
         low, high = min(low, high), max(low, high)
-        base = bases.get(stock["symbol"])
-        cols["symbol"].append(stock["symbol"])
+        base = bases.get(stock.symbol)
+        cols["symbol"].append(stock.symbol)
         cols["low"].append(low)
         cols["high"].append(high)
         cols["low_pct"].append(low / base - 1.0 if base else math.nan)
@@ -135,19 +140,19 @@ def logo_anchor(
 
 
 def logo_columns(
-    stocks: Sequence[Mapping[str, Any]],
+    stocks: Sequence[Stock],
     starts: Mapping[str, Point | None],
     bases: Mapping[str, float | None],
 ) -> Columns:
     """Each company's logo at the start of its line (none for empty lines)."""
     cols: Columns = {k: [] for k in ("symbol", "url", "ts", "price", "pct")}
     for stock in stocks:
-        start = starts.get(stock["symbol"])
-        if start is None or not stock.get("logo_url"):
+        start = starts.get(stock.symbol)
+        if start is None or not stock.logo_url:
             continue
-        base = bases.get(stock["symbol"])
-        cols["symbol"].append(stock["symbol"])
-        cols["url"].append(stock["logo_url"])
+        base = bases.get(stock.symbol)
+        cols["symbol"].append(stock.symbol)
+        cols["url"].append(stock.logo_url)
         cols["ts"].append(start.ts)
         cols["price"].append(start.price)
         cols["pct"].append(start.price / base - 1.0 if base else math.nan)
@@ -161,14 +166,14 @@ def day_change(price: float | None, previous_close: float | None) -> tuple[float
     return price - previous_close, price / previous_close - 1.0
 
 
-def table_row(stock: Mapping[str, Any], price: float | None = None) -> dict[str, Any]:
+def table_row(stock: Stock, price: float | None = None) -> dict[str, Any]:
     """One row of the latest-prices table; `price` overrides the stock's last price."""
-    last = price if price is not None else _number(stock.get("last_price"))
-    change, change_pct = day_change(last, _number(stock.get("previous_close")))
-    low, high = _number(stock.get("week52_low")), _number(stock.get("week52_high"))
+    last = price if price is not None else stock.last_price
+    change, change_pct = day_change(last, stock.previous_close)
+    low, high = stock.week52_low, stock.week52_high
     return {
-        "symbol": stock["symbol"],
-        "name": stock.get("name") or stock["symbol"],
+        "symbol": stock.symbol,
+        "name": stock.name or stock.symbol,
         "price": math.nan if last is None else last,
         "change": change,
         "change_pct": change_pct,
@@ -176,7 +181,7 @@ def table_row(stock: Mapping[str, Any], price: float | None = None) -> dict[str,
     }
 
 
-def table_columns(stocks: Sequence[Mapping[str, Any]]) -> Columns:
+def table_columns(stocks: Sequence[Stock]) -> Columns:
     """The whole latest-prices table, one row per stock in the given order."""
     rows = [table_row(stock) for stock in stocks]
     keys = ("symbol", "name", "price", "change", "change_pct", "range")

@@ -49,9 +49,10 @@ def _change_formatter(expr: str) -> HTMLTemplateFormatter:
 
 def window_selector(window: str) -> RadioButtonGroup:
     return RadioButtonGroup(
-        labels=[WINDOW_LABELS[w] for w in WINDOW_NAMES], active=WINDOW_NAMES.index(window),
+        labels=[WINDOW_LABELS[w] for w in WINDOW_NAMES],
+        active=WINDOW_NAMES.index(window),
         name="window",
-    )  # fmt: skip
+    )
 
 
 def mode_toggle() -> RadioButtonGroup:
@@ -122,10 +123,16 @@ def latest_table() -> tuple[DataTable, ColumnDataSource, IndexFilter]:
     ]
     shown = IndexFilter(indices=[])
     table = DataTable(
-        source=source, columns=columns, view=CDSView(filter=shown),
-        name="latest", index_position=None, height=60, sizing_mode="stretch_width",
-        sortable=True, reorderable=False,
-    )  # fmt: skip
+        source=source,
+        columns=columns,
+        view=CDSView(filter=shown),
+        name="latest",
+        index_position=None,
+        height=60,
+        sizing_mode="stretch_width",
+        sortable=True,
+        reorderable=False,
+    )
     return table, source, shown
 
 
@@ -182,7 +189,7 @@ class Controls:
                 self.candle_symbol,
                 self.picker,
                 sizing_mode="stretch_width",
-            ),  # fmt: skip
+            ),
             chart,
             candles,
             self.table,

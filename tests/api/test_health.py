@@ -82,10 +82,18 @@ async def test_cors_allow_list(database_url: str) -> None:
 async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert set(spec["paths"]) == {
-        "/api/v1/stocks", "/api/v1/stocks/{symbol}", "/api/v1/stocks/{symbol}/logo",
-        "/api/v1/stocks/{symbol}/highlow", "/api/v1/prices", "/api/v1/prices/latest",
-        "/api/v1/bars", "/api/v1/stream", "/healthz", "/readyz", "/metrics",
-    }  # fmt: skip
+        "/api/v1/stocks",
+        "/api/v1/stocks/{symbol}",
+        "/api/v1/stocks/{symbol}/logo",
+        "/api/v1/stocks/{symbol}/highlow",
+        "/api/v1/prices",
+        "/api/v1/prices/latest",
+        "/api/v1/bars",
+        "/api/v1/stream",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
     stream = spec["paths"]["/api/v1/stream"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in stream
     prices = spec["paths"]["/api/v1/prices"]["get"]["responses"]

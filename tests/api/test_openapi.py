@@ -27,15 +27,32 @@ async def test_schemathesis_finds_no_server_error_and_no_nonconformance(
 
     result = subprocess.run(
         [
-            str(Path(sys.executable).parent / "schemathesis"), "run", f"{api.url}/openapi.json",
-            "--checks", CHECKS,
-            "--exclude-path", "/api/v1/stream",  # endless by design; covered by its own tests
-            "--phases", "examples,coverage,fuzzing",
-            "--max-examples", "20", "--seed", "20261125", "--workers", "4",
-            "--generation-database", "none", "--no-color", "--request-timeout", "10",
-        ],  # fmt: skip
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{api.url}/openapi.json",
+            "--checks",
+            CHECKS,
+            "--exclude-path",
+            "/api/v1/stream",  # endless by design; covered by its own tests
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "20",
+            "--seed",
+            "20261125",
+            "--workers",
+            "4",
+            "--generation-database",
+            "none",
+            "--no-color",
+            "--request-timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
 
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout and " 0 generated" not in result.stdout

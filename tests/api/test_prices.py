@@ -31,9 +31,12 @@ async def test_raw_series_in_the_window(client: httpx.AsyncClient, market: Marke
     assert body["start"] == t0 + 1000 and body["end"] == t0 + 3000 and body["max_points"] == 1000
     aapl, nvda = body["series"]
     assert aapl == {
-        "symbol": "AAPL", "ts": [t0 + 1000, t0 + 2000, t0 + 3000], "price": [101, 102, 103],
-        "downsampled": False, "bucket_ms": None,
-    }  # fmt: skip
+        "symbol": "AAPL",
+        "ts": [t0 + 1000, t0 + 2000, t0 + 3000],
+        "price": [101, 102, 103],
+        "downsampled": False,
+        "bucket_ms": None,
+    }
     assert nvda["symbol"] == "NVDA" and nvda["ts"] == [] and nvda["price"] == []
 
 
@@ -61,9 +64,11 @@ async def test_downsampling_never_exceeds_max_points_and_keeps_the_newest(
 
     for max_points in (1, 2, 3, 7, 100, 999):
         params = {
-            "symbols": "AMZN", "start": iso(T0 - timedelta(minutes=1)),
-            "end": iso(newest + timedelta(minutes=1)), "max_points": max_points,
-        }  # fmt: skip
+            "symbols": "AMZN",
+            "start": iso(T0 - timedelta(minutes=1)),
+            "end": iso(newest + timedelta(minutes=1)),
+            "max_points": max_points,
+        }
         series = (await client.get("/api/v1/prices", params=params)).json()["series"][0]
 
         assert series["downsampled"] is True and series["bucket_ms"] > 0
@@ -92,8 +97,12 @@ async def test_times_accept_naive_utc_zones_and_epoch_ms(
 ) -> None:
     await market.stocks("AAPL")
     expected = int(T0.timestamp() * MS)
-    for start in ("2026-01-05T15:00:00", "2026-01-05T10:00:00-05:00", "2026-01-05T15:00:00Z",
-                  str(expected)):  # fmt: skip
+    for start in (
+        "2026-01-05T15:00:00",
+        "2026-01-05T10:00:00-05:00",
+        "2026-01-05T15:00:00Z",
+        str(expected),
+    ):
         params = {"start": start, "end": "2026-01-05T16:00:00Z"}
         response = await client.get("/api/v1/prices", params=params)
         assert response.status_code == 200, start
@@ -158,9 +167,11 @@ async def test_latest_is_the_newest_tick_per_symbol(
     only = (await client.get("/api/v1/prices/latest", params={"symbols": "nvda"})).json()
 
     assert body[0] == {
-        "symbol": "AAPL", "ts": int((T0 + timedelta(seconds=5)).timestamp() * MS), "price": 3,
+        "symbol": "AAPL",
+        "ts": int((T0 + timedelta(seconds=5)).timestamp() * MS),
+        "price": 3,
         "event_id": last,
-    }  # fmt: skip
+    }
     assert [b["symbol"] for b in body] == ["AAPL", "NVDA"]
     assert [o["symbol"] for o in only] == ["NVDA"]
 

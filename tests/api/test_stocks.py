@@ -26,10 +26,18 @@ async def test_lists_every_stock_with_last_price(client: httpx.AsyncClient, mark
     assert aapl["change"] == 20 and aapl["change_pct"] == 10
     assert aapl["metadata_updated_at"] is not None
     assert nvda == {
-        "symbol": "NVDA", "name": None, "logo_url": None, "week52_high": None,
-        "week52_low": None, "previous_close": None, "metadata_updated_at": None,
-        "last_price": None, "last_ts": None, "change": None, "change_pct": None,
-    }  # fmt: skip
+        "symbol": "NVDA",
+        "name": None,
+        "logo_url": None,
+        "week52_high": None,
+        "week52_low": None,
+        "previous_close": None,
+        "metadata_updated_at": None,
+        "last_price": None,
+        "last_ts": None,
+        "change": None,
+        "change_pct": None,
+    }
 
 
 async def test_change_without_previous_close_is_against_the_new_york_day(
@@ -73,8 +81,10 @@ async def test_malformed_symbol_is_422_naming_it(client: httpx.AsyncClient) -> N
 async def test_logo_and_highlow_resources(client: httpx.AsyncClient, market: Market) -> None:
     await market.stocks("NFLX")
     assert (await client.get("/api/v1/stocks/NFLX/logo")).json() == {
-        "symbol": "NFLX", "logo_url": None, "updated_at": None,
-    }  # fmt: skip
+        "symbol": "NFLX",
+        "logo_url": None,
+        "updated_at": None,
+    }
     await market.profile("NFLX", "Netflix", "https://logo.example/nflx.png")
     await market.week52("NFLX", 700.5, 400.25)
 

@@ -51,9 +51,10 @@ async def test_backfilled_ticks_are_history_not_prices(
         history, price = sorted(await stream.take(2), key=lambda e: e.event)
     assert history.event == "history" and history.id is None
     assert history.data == {
-        "symbols": ["AAPL"], "start": int(past.timestamp() * 1000),
+        "symbols": ["AAPL"],
+        "start": int(past.timestamp() * 1000),
         "end": int(past.timestamp() * 1000),
-    }  # fmt: skip
+    }
     assert price.event == "price" and price.id == str(live) and price.data["price"] == 100
 
 

@@ -70,10 +70,11 @@ class FakeApi:
             return JSONResponse({"detail": "boom"}, status_code=503)
         symbols = request.query_params.get("symbols", "").split(",")
         series = [
-            self.series.get(s, {"symbol": s, "ts": [], "price": [], "downsampled": False,
-                                "bucket_ms": None})
+            self.series.get(
+                s, {"symbol": s, "ts": [], "price": [], "downsampled": False, "bucket_ms": None}
+            )
             for s in symbols
-        ]  # fmt: skip
+        ]
         return JSONResponse({"start": 0, "end": 0, "max_points": 0, "series": series})
 
     async def _bars(self, request: Request) -> Response:
@@ -116,9 +117,13 @@ class FakeApi:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeApi:
         config = uvicorn.Config(
-            self.app(), host="127.0.0.1", port=self.port, log_level="warning",
-            timeout_graceful_shutdown=1, lifespan="off",
-        )  # fmt: skip
+            self.app(),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+            lifespan="off",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

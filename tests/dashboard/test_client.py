@@ -23,8 +23,8 @@ async def test_prices_sends_the_window_and_reads_the_series(
     assert fake_api.price_requests == [
         {"symbols": "AAPL,INTC", "start": str(T0 - 3_600_000), "max_points": "500"}
     ]
-    assert [s["symbol"] for s in data["series"]] == ["AAPL", "INTC"]
-    assert [s["symbol"] for s in stocks] == ["AAPL", "INTC"]
+    assert [s.symbol for s in data.series] == ["AAPL", "INTC"]
+    assert [s.symbol for s in stocks] == ["AAPL", "INTC"]
     ok = metrics.registry.get_sample_value(
         "stockstreamer_dashboard_api_requests_total",
         {"endpoint": "/api/v1/prices", "outcome": "ok"},
@@ -57,4 +57,4 @@ async def test_more_symbols_than_one_request_takes_are_asked_in_chunks(
         await client.aclose()
     asked = [r["symbols"].split(",") for r in fake_api.price_requests]
     assert [len(chunk) for chunk in asked] == [50, 50, 20]
-    assert [s["symbol"] for s in body["series"]] == symbols
+    assert [s.symbol for s in body.series] == symbols

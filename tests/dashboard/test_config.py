@@ -11,8 +11,10 @@ from services.dashboard.config import DashboardSettings
 def test_defaults_allow_only_this_dashboard_as_origin() -> None:
     s = DashboardSettings()
     assert (s.dashboard_host, s.dashboard_port, s.api_url) == (
-        "127.0.0.1", 5006, "http://127.0.0.1:8000",
-    )  # fmt: skip
+        "127.0.0.1",
+        5006,
+        "http://127.0.0.1:8000",
+    )
     assert s.allowed_origins == ["localhost:5006", "127.0.0.1:5006"]
     assert s.dashboard_window == "1h"
 

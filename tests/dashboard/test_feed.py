@@ -63,7 +63,7 @@ async def test_fans_out_stocks_then_live_then_prices(
     assert kinds[:4] == [StockEvent, StockEvent, StatusEvent, ReloadEvent]  # fresh: reload
     assert prices(events) == [PriceEvent("AAPL", Point(T0 + 5000, 272.5))]
     assert f.last_event_id == "7"
-    assert f.stocks["AAPL"]["last_price"] == 272.5
+    assert f.stocks["AAPL"].last_price == 272.5
     assert fake_api.stream_requests == [None]
 
 
@@ -113,8 +113,8 @@ async def test_stock_history_and_reset_events(
     await until(lambda: sum(isinstance(e, ReloadEvent) for e in events) == 3)
 
     changed = [e.stock for e in events if isinstance(e, StockEvent)][-1]
-    assert changed["week52_high"] == 400.0 and changed["logo_url"] == "data:new"
-    assert changed["name"] == "AAPL Inc."  # a partial update keeps the rest
+    assert changed.week52_high == 400.0 and changed.logo_url == "data:new"
+    assert changed.name == "AAPL Inc."  # a partial update keeps the rest
     reloads = [e for e in events if isinstance(e, ReloadEvent)]
     assert reloads[1] == ReloadEvent(frozenset({"INTC"}), T0, T0 + 10)
     assert reloads[2] == ReloadEvent(None)

@@ -54,9 +54,10 @@ def test_invalid_settings_exit_with_a_message() -> None:
 def test_sessions_beyond_the_cap_get_a_notice_not_a_dashboard(fake_api: FakeApi) -> None:
     port = free_port()
     env = {
-        "STOCKSTREAMER_API_URL": fake_api.url, "STOCKSTREAMER_DASHBOARD_PORT": str(port),
+        "STOCKSTREAMER_API_URL": fake_api.url,
+        "STOCKSTREAMER_DASHBOARD_PORT": str(port),
         "STOCKSTREAMER_DASHBOARD_MAX_SESSIONS": "1",
-    }  # fmt: skip
+    }
     with ServiceProcess("services.dashboard", env) as dashboard:
         base = f"http://127.0.0.1:{port}"
         dashboard.wait_http(f"{base}/healthz")

@@ -14,6 +14,7 @@ from bokeh.document.events import (
     DocumentChangedEvent,
 )
 
+from services.common.contract import Stock
 from services.dashboard.client import ApiClient
 from services.dashboard.config import DashboardSettings
 from services.dashboard.feed import Feed, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
@@ -21,7 +22,7 @@ from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.runtime import Runtime
 from services.dashboard.session import MAX_PENDING, DashboardSession, Phase
 from services.dashboard.shaping import DAY_MS, DOWN_COLOUR, HOUR_MS, UP_COLOUR, Point, logo_anchor
-from tests.dashboard.conftest import T0, stock
+from tests.dashboard.conftest import T0, parsed_stock
 from tests.dashboard.fake_api import FakeApi
 
 
@@ -57,7 +58,7 @@ async def session(fake_api: FakeApi, metrics: DashboardMetrics) -> AsyncIterator
     settings = DashboardSettings(api_url=fake_api.url, dashboard_max_points=50)
     client = ApiClient(fake_api.url, 2.0, metrics)
     feed = Feed(client, metrics, 1.0)
-    feed.stocks = {s["symbol"]: s for s in fake_api.stocks}
+    feed.stocks = {s["symbol"]: Stock.model_validate(s) for s in fake_api.stocks}
     doc = Document()
     s = DashboardSession(doc, Runtime(settings, metrics, client, feed))
     await settle(s)
@@ -128,8 +129,8 @@ async def test_ticks_during_a_reload_wait_for_the_history(
 async def test_stock_events_update_bands_logos_and_add_stocks(
     session: DashboardSession, fake_api: FakeApi
 ) -> None:
-    session.deliver(StockEvent(stock("AAPL", 270.0, week52_high=999.0, logo_url="data:new")))
-    session.deliver(StockEvent(stock("NVDA", 185.0)))
+    session.deliver(StockEvent(parsed_stock("AAPL", 270.0, week52_high=999.0, logo_url="data:new")))
+    session.deliver(StockEvent(parsed_stock("NVDA", 185.0)))
     await settle(session)
     assert list(session.chart.bands.data["high"])[0] == 999.0
     assert list(session.chart.logos.data["url"])[0] == "data:new"
@@ -234,9 +235,14 @@ async def test_the_candle_view_loads_bars_and_keeps_the_last_candle_live(
     session: DashboardSession, fake_api: FakeApi
 ) -> None:
     fake_api.bars["AAPL"] = {
-        "symbol": "AAPL", "ts": [T0, T0 + 60_000], "open": [270.0, 271.0],
-        "high": [272.0, 273.0], "low": [269.0, 270.5], "close": [271.0, 272.5], "ticks": [60, 12],
-    }  # fmt: skip
+        "symbol": "AAPL",
+        "ts": [T0, T0 + 60_000],
+        "open": [270.0, 271.0],
+        "high": [272.0, 273.0],
+        "low": [269.0, 270.5],
+        "close": [271.0, 272.5],
+        "ticks": [60, 12],
+    }
     session.ui.view.active = 1
     await settle(session)
     assert session.candles.figure.visible and not session.chart.figure.visible

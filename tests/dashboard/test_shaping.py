@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.common.contract import Series
 from services.dashboard.shaping import (
     PALETTE,
     WINDOWS,
@@ -27,21 +28,26 @@ from services.dashboard.shaping import (
     table_columns,
     table_row,
 )
-from tests.dashboard.conftest import T0, stock
+from tests.dashboard.conftest import T0, bare_stock, parsed_stock
+
+
+def series(ts: list[int], price: list[float]) -> Series:
+    return Series(symbol="A", ts=ts, price=price, downsampled=False, bucket_ms=None)
 
 
 def test_series_columns_from_prices_json() -> None:
-    cols = series_columns({"symbol": "A", "ts": [T0, T0 + 1000], "price": [100, 110.0]})
+    parsed = Series.model_validate_json(
+        f'{{"symbol": "A", "ts": [{T0}, {T0 + 1000}], "price": [100, 110.0], '
+        '"downsampled": false, "bucket_ms": null}'
+    )
+    cols = series_columns(parsed)
     assert cols["ts"] == [T0, T0 + 1000]
     assert cols["price"] == [100.0, 110.0]
     assert cols["pct"] == pytest.approx([0.0, 0.1])
-    assert series_columns({"symbol": "A", "ts": [], "price": []}) == {
-        "ts": [],
-        "price": [],
-        "pct": [],
-    }
+    empty = {"ts": [], "price": [], "pct": []}
+    assert series_columns(series([], [])) == series_columns(None) == empty
     with pytest.raises(ValueError, match="2 times but 1 prices"):
-        series_columns({"symbol": "A", "ts": [1, 2], "price": [3]})
+        series_columns(series([1, 2], [3]))
 
 
 def test_pct_change_needs_a_base() -> None:
@@ -93,9 +99,9 @@ def test_merged_lines_stay_ordered_and_bounded(times: list[int], bucket: int) ->
 
 def test_band_geometry_in_price_and_percent() -> None:
     stocks = [
-        stock("A", 100.0),
-        {"symbol": "B", "week52_low": 30, "week52_high": 10},
-        {"symbol": "C"},
+        parsed_stock("A", 100.0),
+        parsed_stock("B", 20.0, week52_low=30, week52_high=10),
+        bare_stock("C"),
     ]
     cols = band_columns(stocks, {"A": 200.0, "B": None})
     assert cols["symbol"] == ["A", "B"]  # C has no 52-week range: no band
@@ -108,7 +114,11 @@ def test_band_geometry_in_price_and_percent() -> None:
 
 
 def test_logos_sit_on_the_first_point() -> None:
-    stocks = [stock("A", 100.0), stock("B", 10.0), stock("C", 1.0, logo_url=None)]
+    stocks = [
+        parsed_stock("A", 100.0),
+        parsed_stock("B", 10.0),
+        parsed_stock("C", 1.0, logo_url=None),
+    ]
     starts = {"A": Point(T0, 110.0), "B": None, "C": Point(T0, 1.0)}
     cols = logo_columns(stocks, starts, {"A": 100.0})
     assert cols["symbol"] == ["A"] and cols["ts"] == [T0] and cols["price"] == [110.0]
@@ -136,18 +146,25 @@ def test_logos_of_lines_that_start_together_are_staggered() -> None:
 
 
 def test_table_rows_and_day_change() -> None:
-    row = table_row(stock("A", 100.0), price=95.0)
+    row = table_row(parsed_stock("A", 100.0), price=95.0)
     assert (row["price"], row["change"]) == (95.0, -5.0)
     assert row["change_pct"] == pytest.approx(-0.05)
     assert row["range"] == "$70.00 – $130.00"
     assert all(math.isnan(v) for v in day_change(None, 10.0))
-    bare = table_row({"symbol": "Z"})
+    bare = table_row(bare_stock("Z"))
     assert bare["name"] == "Z" and bare["range"] == "—" and math.isnan(bare["price"])
-    assert table_columns([stock("A", 1.0), stock("B", 2.0)])["symbol"] == ["A", "B"]
+    assert table_columns([parsed_stock("A", 1.0), parsed_stock("B", 2.0)])["symbol"] == ["A", "B"]
 
 
 def test_palette_is_okabe_ito_and_cycles() -> None:
     assert set(PALETTE) == {
-        "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000",
-    }  # fmt: skip
+        "#E69F00",
+        "#56B4E9",
+        "#009E73",
+        "#F0E442",
+        "#0072B2",
+        "#D55E00",
+        "#CC79A7",
+        "#000000",
+    }
     assert colour_for(len(PALETTE)) == colour_for(0)

@@ -18,9 +18,9 @@ from services.api.deps import (
     epoch_ms,
     known_symbols,
 )
-from services.api.models import Bars, BarSeries, Problem
 from services.api.routes.prices import TIME_HELP, window
 from services.common.bars import BY_NAME, LEVELS, Level
+from services.common.contract import Bars, BarSeries, Problem
 
 router = APIRouter(
     prefix="/api/v1/bars",
@@ -43,9 +43,10 @@ def pick_interval(name: str, span: timedelta, max_bars: int) -> Level:
         needed = span // timedelta(seconds=level.seconds) + 1
         if needed > max_bars:
             raise InvalidParameter(
-                "query parameter", "interval",
+                "query parameter",
+                "interval",
                 f"{name} bars over this window would be {needed}, more than max_bars ({max_bars})",
-            )  # fmt: skip
+            )
         return level
     for level in LEVELS:
         if span // timedelta(seconds=level.seconds) + 1 <= max_bars:
@@ -84,10 +85,13 @@ async def get_bars(
             low=columns[s]["low"],
             close=columns[s]["close"],
             ticks=[int(n) for n in columns[s]["ticks"]],
-        )  # fmt: skip
+        )
         for s in wanted
     ]
     return Bars(
-        start=epoch_ms(since), end=epoch_ms(until), interval=level.name,
-        interval_ms=level.seconds * 1000, series=series,
-    )  # fmt: skip
+        start=epoch_ms(since),
+        end=epoch_ms(until),
+        interval=level.name,
+        interval_ms=level.seconds * 1000,
+        series=series,
+    )

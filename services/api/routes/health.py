@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api import queries
 from services.api.deps import MetricsDep, PoolDep
-from services.api.models import Health
+from services.common.contract import Health
 
 router = APIRouter(tags=["health"])
 

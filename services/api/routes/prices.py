@@ -18,7 +18,7 @@ from services.api.deps import (
     known_symbols,
     parse_time,
 )
-from services.api.models import LatestPrice, Prices, Problem
+from services.common.contract import LatestPrice, Prices, Problem
 
 router = APIRouter(
     prefix="/api/v1/prices",
@@ -71,9 +71,11 @@ async def get_prices(
     with metrics.history_seconds.labels("prices").time():
         loaded = await history.load(conn, wanted, since, until, max_points)
     return Prices(
-        start=epoch_ms(since), end=epoch_ms(until), max_points=max_points,
+        start=epoch_ms(since),
+        end=epoch_ms(until),
+        max_points=max_points,
         series=loaded.series(wanted),
-    )  # fmt: skip
+    )
 
 
 @router.get("/latest", response_model=list[LatestPrice])

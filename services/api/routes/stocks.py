@@ -9,7 +9,8 @@ from fastapi import APIRouter, HTTPException, status
 
 from services.api import queries
 from services.api.deps import ConnDep, SymbolDep
-from services.api.models import HighLow, Logo, Problem, Stock
+from services.api.rows import stock_from_row
+from services.common.contract import HighLow, Logo, Problem, Stock
 
 router = APIRouter(
     prefix="/api/v1/stocks",
@@ -32,7 +33,7 @@ async def _metadata(conn: asyncpg.Connection, symbol: str) -> asyncpg.Record:
 @router.get("", response_model=list[Stock])
 async def list_stocks(conn: ConnDep) -> list[Stock]:
     """Every tracked stock with its last price and change."""
-    return [Stock.from_row(r) for r in await conn.fetch(queries.STOCKS, None)]
+    return [stock_from_row(r) for r in await conn.fetch(queries.STOCKS, None)]
 
 
 @router.get("/{symbol}", response_model=Stock, responses=NOT_FOUND)
@@ -41,7 +42,7 @@ async def get_stock(symbol: SymbolDep, conn: ConnDep) -> Stock:
     rows = await conn.fetch(queries.STOCKS, [symbol])
     if not rows:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown symbol {symbol!r}")
-    return Stock.from_row(rows[0])
+    return stock_from_row(rows[0])
 
 
 @router.get("/{symbol}/logo", response_model=Logo, responses=NOT_FOUND)

@@ -26,7 +26,7 @@ from services.api.deps import (
 from services.api.events import SHUTDOWN, Frame, Subscriber, encode, price_frame
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
-from services.api.models import Problem
+from services.common.contract import Problem, ResetPayload
 
 router = APIRouter(prefix="/api/v1/stream", tags=["stream"])
 
@@ -169,7 +169,7 @@ async def stream(
                     ]
                     sub.after = rows[-1]["event_id"] if rows else resume
             if reason is not None:
-                payload = {"reason": reason, "last_event_id": head}
+                payload = ResetPayload(reason=reason, last_event_id=head)
                 first = [Frame("reset", encode("reset", payload, head))]
                 sub.after = head
         except BaseException:

@@ -1,16 +1,10 @@
-"""Response models: the JSON shapes the dashboard relies on (see docs/architecture.md)."""
+"""The HTTP contract: what the API sends and the dashboard reads (see docs/architecture.md)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 from pydantic import BaseModel, Field
-
-
-def _number(value: Decimal | None) -> float | None:
-    return None if value is None else float(value)
 
 
 class Problem(BaseModel):
@@ -35,28 +29,6 @@ class Stock(BaseModel):
         description="last_price minus previous_close, else minus the day's first price (New York)."
     )
     change_pct: float | None = Field(description="change as a percentage of its reference.")
-
-    @classmethod
-    def from_row(cls, row: Any) -> Stock:
-        """A Stock from a row of queries.STOCKS."""
-        last, reference = row["last_price"], row["reference"]
-        change = change_pct = None
-        if last is not None and reference:
-            change = float(last - reference)
-            change_pct = round(float((last - reference) / reference * 100), 4)
-        return cls(
-            symbol=row["symbol"],
-            name=row["name"],
-            logo_url=row["logo_url"],
-            week52_high=_number(row["week52_high"]),
-            week52_low=_number(row["week52_low"]),
-            previous_close=_number(row["previous_close"]),
-            metadata_updated_at=row["metadata_updated_at"],
-            last_price=_number(last),
-            last_ts=row["last_ts"],
-            change=change,
-            change_pct=change_pct,
-        )
 
 
 class Logo(BaseModel):
@@ -130,3 +102,29 @@ class Health(BaseModel):
     """Liveness or readiness."""
 
     status: str
+
+
+# -- the data of the stream's events (a `stock` event carries a Stock) -------------------------
+
+
+class PricePayload(BaseModel):
+    """A `price` event: one live tick; the event's `id:` is its event id."""
+
+    symbol: str
+    ts: int = Field(description="Epoch milliseconds (UTC).")
+    price: float
+
+
+class HistoryPayload(BaseModel):
+    """A `history` event: history of these symbols changed in [start, end]; reload it."""
+
+    symbols: list[str]
+    start: int = Field(description="Epoch milliseconds (UTC).")
+    end: int = Field(description="Epoch milliseconds (UTC).")
+
+
+class ResetPayload(BaseModel):
+    """A `reset` event: the resume point cannot be replayed; reload history, continue live."""
+
+    reason: str
+    last_event_id: int = Field(description="Where the stream continues from.")
