@@ -16,11 +16,29 @@ from services.api import queries
 from services.api.config import ApiSettings
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
-from services.common.symbols import InvalidSymbolError, normalize_symbol, parse_symbols
+from services.common.symbols import (
+    MAX_SYMBOL_LENGTH,
+    SYMBOL_INPUT_PATTERN,
+    SYMBOL_RULE,
+    InvalidSymbolError,
+    is_symbol_input,
+    parse_symbols,
+)
 
 MAX_SYMBOLS = 50
 ACQUIRE_TIMEOUT = 5.0  # seconds; longer and a client is better off with a 503 and a retry
 HISTORY_WAIT = 0.25  # seconds a history request may wait for a free slot before its 503
+
+# The OpenAPI document declares what each parameter accepts: whatever matches is served (a
+# well-formed symbol that is not tracked is a 404). The checks below accept a little more than
+# the lists and times declared (spaces around a list's symbols, any ISO 8601 form Python reads).
+_SYMBOL = SYMBOL_INPUT_PATTERN.removeprefix("^").removesuffix("$")
+SYMBOLS_PATTERN = rf"^({_SYMBOL}(,{_SYMBOL}){{0,{MAX_SYMBOLS - 1}}})?$"
+_DAY = r"(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31"
+_CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+_ZONE = r"Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]"
+# Epoch milliseconds (13 digits reach 2286), or an ISO 8601 date with an optional time and zone.
+TIME_PATTERN = rf"^(-?[0-9]{{1,13}}|[12][0-9]{{3}}-({_DAY})(T{_CLOCK}({_ZONE})?)?)$"
 
 
 class InvalidParameter(HTTPException):
@@ -84,14 +102,19 @@ def get_metrics(request: Request) -> ApiMetrics:
 def symbol_path(
     symbol: Annotated[
         str,
-        Path(max_length=32, description="A ticker such as AAPL or BRK.B (case-insensitive)."),
+        Path(
+            min_length=1,
+            max_length=MAX_SYMBOL_LENGTH,
+            description="A ticker such as AAPL or BRK.B (case-insensitive).",
+            json_schema_extra={"pattern": SYMBOL_INPUT_PATTERN},
+        ),
     ],
 ) -> str:
-    """The path's symbol, upper-cased and checked against the shared pattern."""
-    try:
-        return normalize_symbol(symbol)
-    except InvalidSymbolError as exc:
-        raise InvalidParameter("path parameter", "symbol", str(exc)) from exc
+    """The path's symbol, upper-cased: exactly what SYMBOL_INPUT_PATTERN admits is accepted."""
+    if not is_symbol_input(symbol):
+        message = f"invalid symbol {symbol!r}: expected {SYMBOL_RULE}"
+        raise InvalidParameter("path parameter", "symbol", message)
+    return symbol.upper()
 
 
 def symbols_query(
@@ -99,7 +122,9 @@ def symbols_query(
         str | None,
         Query(
             max_length=1000,
-            description=f"Comma-separated tickers (at most {MAX_SYMBOLS}); all tracked if omitted.",
+            description=f"Comma-separated tickers (at most {MAX_SYMBOLS}, case-insensitive); "
+            "every tracked stock if omitted or empty.",
+            json_schema_extra={"pattern": SYMBOLS_PATTERN},
         ),
     ] = None,
 ) -> list[str] | None:

@@ -10,6 +10,14 @@ from collections.abc import Iterable
 SYMBOL_PATTERN = r"^[A-Z][A-Z0-9]{0,9}([.-][A-Z0-9]{1,4})?$"
 _SYMBOL_RE = re.compile(SYMBOL_PATTERN)
 MAX_SYMBOL_LENGTH = 15
+# What a person or a client may write: the same tickers in either case, upper-cased on the way in.
+# ASCII only, so nothing that merely upper-cases into a ticker (such as "ß" into "SS") passes.
+SYMBOL_INPUT_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,9}([.-][A-Za-z0-9]{1,4})?$"
+_INPUT_RE = re.compile(SYMBOL_INPUT_PATTERN)
+SYMBOL_RULE = (
+    "1-10 letters or digits starting with a letter, optionally followed by '.' or '-' "
+    "and a 1-4 character class suffix (e.g. BRK.B)"
+)
 
 
 class InvalidSymbolError(ValueError):
@@ -21,15 +29,17 @@ def is_valid_symbol(symbol: str) -> bool:
     return len(symbol) <= MAX_SYMBOL_LENGTH and _SYMBOL_RE.fullmatch(symbol) is not None
 
 
+def is_symbol_input(text: str) -> bool:
+    """Whether `text` matches SYMBOL_INPUT_PATTERN exactly (no surrounding whitespace)."""
+    return _INPUT_RE.fullmatch(text) is not None
+
+
 def normalize_symbol(symbol: str) -> str:
-    """Upper-case and validate one symbol, raising InvalidSymbolError."""
-    candidate = symbol.strip().upper()
-    if not is_valid_symbol(candidate):
-        raise InvalidSymbolError(
-            f"invalid symbol {symbol!r}: expected 1-10 letters or digits starting with a letter, "
-            "optionally followed by '.' or '-' and a 1-4 character class suffix (e.g. BRK.B)"
-        )
-    return candidate
+    """One symbol, stripped and upper-cased; InvalidSymbolError unless it is a ticker."""
+    candidate = symbol.strip()
+    if not is_symbol_input(candidate):
+        raise InvalidSymbolError(f"invalid symbol {symbol!r}: expected {SYMBOL_RULE}")
+    return candidate.upper()
 
 
 def parse_symbols(value: str | Iterable[str]) -> list[str]:

@@ -18,7 +18,7 @@ from services.api.deps import (
     epoch_ms,
     known_symbols,
 )
-from services.api.routes.prices import TIME_HELP, window
+from services.api.routes.prices import EndParam, StartParam, window
 from services.common.bars import BY_NAME, LEVELS, Level
 from services.common.contract import Bars, BarSeries, Problem
 
@@ -60,9 +60,14 @@ async def get_bars(
     conn: ConnDep,
     metrics: MetricsDep,
     symbols: SymbolsDep,
-    start: Annotated[str | None, Query(max_length=64, description=TIME_HELP)] = None,
-    end: Annotated[str | None, Query(max_length=64, description=TIME_HELP)] = None,
-    interval: Annotated[Interval, Query(description="Bar width; `auto` fits max_bars.")] = "auto",
+    start: StartParam = None,
+    end: EndParam = None,
+    interval: Annotated[
+        Interval,
+        Query(
+            description="Bar width; `auto` fits max_bars, a named one must fit it over the window."
+        ),
+    ] = "auto",
     max_bars: Annotated[int, Query(ge=1, le=MAX_BARS, description="Per symbol.")] = 500,
 ) -> Bars:
     """Bars per symbol, oldest first; each covers a whole bucket, edge ones may reach outside."""

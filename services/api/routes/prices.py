@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from services.api import history, queries
 from services.api.deps import (
+    TIME_PATTERN,
     ConnDep,
     HistorySlotDep,
     InvalidParameter,
@@ -34,6 +35,22 @@ DEFAULT_WINDOW = timedelta(days=7)
 MAX_WINDOW = timedelta(days=3653)
 MAX_POINTS = 10_000
 TIME_HELP = "ISO 8601 (a time without zone is UTC) or epoch milliseconds."
+StartParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description=f"{TIME_HELP} Default: end - 7 days. Before end, at most ten years before it.",
+        json_schema_extra={"pattern": TIME_PATTERN},
+    ),
+]
+EndParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description=f"{TIME_HELP} Default: now.",
+        json_schema_extra={"pattern": TIME_PATTERN},
+    ),
+]
 
 
 def window(start: str | None, end: str | None) -> tuple[datetime, datetime]:
@@ -61,8 +78,8 @@ async def get_prices(
     conn: ConnDep,
     metrics: MetricsDep,
     symbols: SymbolsDep,
-    start: Annotated[str | None, Query(max_length=64, description=TIME_HELP)] = None,
-    end: Annotated[str | None, Query(max_length=64, description=TIME_HELP)] = None,
+    start: StartParam = None,
+    end: EndParam = None,
     max_points: Annotated[int, Query(ge=1, le=MAX_POINTS, description="Per symbol.")] = 1000,
 ) -> Prices:
     """History per symbol, oldest first, newest tick last, at most max_points each."""

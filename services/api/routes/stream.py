@@ -134,7 +134,11 @@ async def stream(
     ] = None,
     last_event_id_header: Annotated[
         str | None,
-        Header(alias="Last-Event-ID", description="Resume after this id (wins over the query)."),
+        Header(
+            alias="Last-Event-ID",
+            description="Resume after this id (wins over the query).",
+            json_schema_extra={"pattern": r"^[0-9]{1,19}$"},
+        ),
     ] = None,
 ) -> StreamResponse:
     """Every tick as a `price` event (all symbols when none are given), live or replayed."""
