@@ -58,11 +58,16 @@ class Series(BaseModel):
     bucket_ms: int | None = Field(description="Bucket width when downsampled (min/max/last each).")
 
 
-class Prices(BaseModel):
-    """History of several symbols over one window."""
+class Window(BaseModel):
+    """What every history answer starts with: the window it covers."""
 
     start: int = Field(description="Window start, epoch milliseconds (inclusive).")
     end: int = Field(description="Window end, epoch milliseconds (inclusive).")
+
+
+class Prices(Window):
+    """History of several symbols over one window."""
+
     max_points: int
     series: list[Series]
 
@@ -79,11 +84,9 @@ class BarSeries(BaseModel):
     ticks: list[int] = Field(description="Ticks summarised by each bar.")
 
 
-class Bars(BaseModel):
+class Bars(Window):
     """Open/high/low/close bars of several symbols over one window, at one interval."""
 
-    start: int = Field(description="Window start, epoch milliseconds (inclusive).")
-    end: int = Field(description="Window end, epoch milliseconds (inclusive).")
     interval: str = Field(description="The bar width served, e.g. 1m, 1h, 1d.")
     interval_ms: int
     series: list[BarSeries]

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from bokeh.models.annotations.labels import Title
-from bokeh.models.formatters import NumeralTickFormatter
 from bokeh.models.sources import ColumnDataSource
 from bokeh.models.tools import HoverTool
-from bokeh.plotting import figure
 
 from services.common.contract import BarSeries
+from services.dashboard.chart import price_figure
 from services.dashboard.shaping import DOWN_COLOUR, UP_COLOUR, WINDOW_LABELS, Columns
 
 CANDLES = 120  # bars asked for per window: wide enough to read, enough to show the shape
@@ -82,22 +81,7 @@ class CandleChart:
     def __init__(self) -> None:
         self.source = ColumnDataSource({k: [] for k in KEYS}, name="candle_source")
         self.title_model = Title(text="", name="candle_title")
-        self.figure = figure(
-            name="candles",
-            x_axis_type="datetime",
-            tools="pan,box_zoom,wheel_zoom,reset,save",
-            active_scroll="wheel_zoom",
-            sizing_mode="stretch_width",
-            height=480,
-            min_width=600,
-            toolbar_location="above",
-            title=self.title_model,
-            visible=False,
-        )
-        p = self.figure
-        p.toolbar.logo = None
-        p.yaxis.formatter = NumeralTickFormatter(format="$0,0.00")
-        p.yaxis.axis_label = "Price (USD)"
+        self.figure = p = price_figure("candles", self.title_model, visible=False)
         p.segment("mid", "high", "mid", "low", source=self.source, color="colour", name="wicks")
         self.bodies = p.vbar(
             x="mid",

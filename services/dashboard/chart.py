@@ -28,6 +28,26 @@ LOGO_PX = 24
 BAND_ALPHA = {"price": 0.035, "pct": 0.015}
 
 
+def price_figure(name: str, title: Title, **options: Any) -> Any:
+    """A figure of prices over time (UTC) with the dashboard's tools, size and dollar axis."""
+    p = figure(
+        name=name,
+        title=title,
+        x_axis_type="datetime",
+        tools="pan,box_zoom,wheel_zoom,reset,save",
+        active_scroll="wheel_zoom",
+        sizing_mode="stretch_width",
+        height=480,
+        min_width=600,
+        toolbar_location="above",
+        **options,
+    )
+    p.toolbar.logo = None
+    p.yaxis.formatter = NumeralTickFormatter(format=PRICE_FORMAT)
+    p.yaxis.axis_label = "Price (USD)"
+    return p
+
+
 @dataclass
 class Line:
     """The models drawn for one stock."""
@@ -61,23 +81,9 @@ class PriceChart:
         self.y_range = DataRange1d(range_padding=0.12, only_visible=True, renderers=[])
         self.ranged: list[GlyphRenderer[Any]] = []
         self.title_model = Title(text=self.title(window), name="title")
-        self.figure = figure(
-            name="chart",
-            x_axis_type="datetime",
-            x_range=self.x_range,
-            y_range=self.y_range,
-            tools="pan,box_zoom,wheel_zoom,reset,save",
-            active_scroll="wheel_zoom",
-            sizing_mode="stretch_width",
-            height=480,
-            min_width=600,
-            toolbar_location="above",
-            title=self.title_model,
+        self.figure = p = price_figure(
+            "chart", self.title_model, x_range=self.x_range, y_range=self.y_range
         )
-        p = self.figure
-        p.toolbar.logo = None
-        p.yaxis.formatter = NumeralTickFormatter(format=PRICE_FORMAT)
-        p.yaxis.axis_label = "Price (USD)"
         p.add_layout(Title(text=BAND_CAPTION, text_font_style="italic", name="caption"), "below")
         self.bands = ColumnDataSource(
             {k: [] for k in ("symbol", "low", "high", "low_pct", "high_pct", "colour")},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -35,22 +35,20 @@ DEFAULT_WINDOW = timedelta(days=7)
 MAX_WINDOW = timedelta(days=3653)
 MAX_POINTS = 10_000
 TIME_HELP = "ISO 8601 (a time without zone is UTC) or epoch milliseconds."
+
+
+def _time(default: str) -> Any:
+    """A time parameter: declared in the forms of TIME_PATTERN, read in any TIME_HELP form."""
+    declared = {"pattern": TIME_PATTERN}
+    return Query(
+        max_length=64, description=f"{TIME_HELP} Default: {default}", json_schema_extra=declared
+    )
+
+
 StartParam = Annotated[
-    str | None,
-    Query(
-        max_length=64,
-        description=f"{TIME_HELP} Default: end - 7 days. Before end, at most ten years before it.",
-        json_schema_extra={"pattern": TIME_PATTERN},
-    ),
+    str | None, _time("end - 7 days. It must be before end, and at most ten years before it.")
 ]
-EndParam = Annotated[
-    str | None,
-    Query(
-        max_length=64,
-        description=f"{TIME_HELP} Default: now.",
-        json_schema_extra={"pattern": TIME_PATTERN},
-    ),
-]
+EndParam = Annotated[str | None, _time("now.")]
 
 
 def window(start: str | None, end: str | None) -> tuple[datetime, datetime]:
