@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 COPY_COLUMNS = ("symbol", "ts", "price", "volume")
 WIDER = [level.seconds for level in LEVELS[1:]]
 # Minute bars are the finest level kept for history older than raw ticks; each wider level is
-# rebuilt from the one below it.
-REBUILT = [(wide.seconds, fine.seconds) for fine, wide in zip(LEVELS[1:], LEVELS[2:], strict=False)]
+# rebuilt from the widest finer one whose bars nest in its own (5 minutes from 1, not from 2).
+REBUILT = [
+    (wide.seconds, max(f.seconds for f in LEVELS[1:i] if wide.seconds % f.seconds == 0))
+    for i, wide in enumerate(LEVELS[2:], start=2)
+]
 LOCK_TIMEOUT = "2s"  # partition DDL waits this long for readers, then the write is retried
 NEVER = datetime.min.replace(tzinfo=UTC)
 
