@@ -150,8 +150,8 @@ async def _run(url: str, scale: Scale) -> list[str]:
                 shown = "over 60,000 ms" if before is None else f"{before:,.0f} ms"
                 rows.append(
                     f"| history: `/prices` {count} symbols, {name} (max_points {MAX_POINTS}; "
-                    f"rows read per symbol: {plan.bar_rows // count:,} bars, "
-                    f"{plan.raw_rows // count:,} raw) | raw-tick query alone: {shown} "
+                    f"rows read per symbol: {plan.bar_rows // count:,.0f} bars, "
+                    f"{plan.raw_rows // count:,.0f} raw) | raw-tick query alone: {shown} "
                     f"| p50 {p50:.0f} ms, p95 {p95:.0f} ms (target < {target}) "
                     f"| {'ok' if p95 < target else 'MISSED'} |"
                 )
@@ -192,6 +192,7 @@ async def _disk(url: str, scale: Scale) -> list[str]:
             "SELECT sum(pg_total_relation_size(c.oid))::float / nullif(sum(c.reltuples), 0)"
             " FROM pg_class c WHERE c.relname LIKE 'bars\\_%' AND c.relkind = 'r'"
         )
+        raw_bytes, bar_bytes, bar_row = float(raw_bytes), float(bar_bytes), float(bar_row)
         per_tick = raw_bytes / scale.raw_rows
         per_day = 6 * 86_400 * per_tick + day_bars * 6 / scale.symbols * bar_row
         began = time.perf_counter()
