@@ -141,9 +141,10 @@ async def _fan_out(url: str) -> tuple[float, float, float, int]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the API's sockets, inherited
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     api, base = await start_api(
-        url, STOCKSTREAMER_API_MAX_STREAMS=str(MANY + 10),
+        url,
+        STOCKSTREAMER_API_MAX_STREAMS=str(MANY + 10),
         STOCKSTREAMER_API_LIMIT_CONCURRENCY=str(MANY + 100),
-    )  # fmt: skip
+    )
     conn = await asyncpg.connect(url)
     events = BATCHES * len(SYMBOLS)
     out = Path(tempfile.mkdtemp(prefix="stockstreamer-clients-"))
@@ -158,7 +159,7 @@ async def _fan_out(url: str) -> tuple[float, float, float, int]:
                 str(events),
                 str(out / f"{n}.json"),
                 stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+            )
             for n in (MANY, 1)
         ]
         for client in (load, probe):

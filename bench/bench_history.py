@@ -23,9 +23,12 @@ from bench.processes import start_api
 from services.api import history
 
 WINDOWS = {
-    "1 hour": timedelta(hours=1), "1 day": timedelta(days=1), "7 days": timedelta(days=7),
-    "30 days": timedelta(days=30), "1 year": timedelta(days=365),
-}  # fmt: skip
+    "1 hour": timedelta(hours=1),
+    "1 day": timedelta(days=1),
+    "7 days": timedelta(days=7),
+    "30 days": timedelta(days=30),
+    "1 year": timedelta(days=365),
+}
 REQUESTS = 20
 MAX_POINTS = 1000
 BEFORE_TIMEOUT_S = 60
@@ -87,9 +90,11 @@ def _pct(values: Sequence[float], q: int) -> float:
 
 async def _time_api(base: str, symbols: list[str], now: datetime, span: timedelta) -> list[float]:
     params = {
-        "symbols": ",".join(symbols), "start": (now - span).isoformat(), "end": now.isoformat(),
+        "symbols": ",".join(symbols),
+        "start": (now - span).isoformat(),
+        "end": now.isoformat(),
         "max_points": MAX_POINTS,
-    }  # fmt: skip
+    }
     times = []
     async with httpx.AsyncClient(base_url=base, timeout=120) as http:
         for i in range(REQUESTS + 2):

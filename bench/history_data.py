@@ -91,8 +91,9 @@ async def load(url: str, scale: Scale) -> datetime:
         raw_start = now - timedelta(days=scale.raw_days)
         await conn.execute(
             "SELECT stockstreamer_apply_retention($1::interval, $2::interval)",
-            timedelta(days=scale.raw_days), timedelta(days=400),
-        )  # fmt: skip
+            timedelta(days=scale.raw_days),
+            timedelta(days=400),
+        )
         await create_partitions(conn, partitions_for(raw_start, now))
         began = time.perf_counter()
         # Through a staging table: COPY's CSV reader takes the epoch seconds as text.
@@ -103,9 +104,11 @@ async def load(url: str, scale: Scale) -> datetime:
             day_start = raw_start + timedelta(days=day)
             await conn.execute("TRUNCATE staging")
             await conn.copy_to_table(
-                "staging", source=_csv(symbols, day_start, 24), format="csv",
+                "staging",
+                source=_csv(symbols, day_start, 24),
+                format="csv",
                 columns=["symbol", "ts", "price"],
-            )  # fmt: skip
+            )
             await conn.execute(
                 "INSERT INTO ticks (symbol, ts, price) SELECT symbol, to_timestamp(ts), price"
                 " FROM staging"
@@ -118,9 +121,13 @@ async def load(url: str, scale: Scale) -> datetime:
             day_start = raw_start + timedelta(days=day)
             for level in LEVELS[1:]:
                 await conn.execute(
-                    queries.REBUILD_BARS, level.seconds, 10, symbols,
-                    day_start, day_start + timedelta(days=1) - timedelta(seconds=1),
-                )  # fmt: skip
+                    queries.REBUILD_BARS,
+                    level.seconds,
+                    10,
+                    symbols,
+                    day_start,
+                    day_start + timedelta(days=1) - timedelta(seconds=1),
+                )
         # Older history as bars only: minute bars, then hourly bars further back.
         minute_start = now - timedelta(days=scale.minute_days)
         year_start = now - timedelta(days=365 * scale.years)

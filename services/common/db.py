@@ -86,6 +86,10 @@ async def create_pool(
         return await asyncpg.connect(current_url(url), **kwargs)
 
     return await asyncpg.create_pool(
-        min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0,
-        server_settings=settings, connect=new_connection,
-    )  # fmt: skip
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_for(role),
+        timeout=5.0,
+        server_settings=settings,
+        connect=new_connection,
+    )

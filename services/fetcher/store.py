@@ -296,9 +296,11 @@ def _columns(
 ) -> tuple[list[str], list[datetime], list[float], list[int | None]]:
     """The ticks as the column arrays the statements unnest."""
     return (
-        [t.symbol for t in ticks], [t.ts for t in ticks],
-        [float(t.price) for t in ticks], [t.volume for t in ticks],
-    )  # fmt: skip
+        [t.symbol for t in ticks],
+        [t.ts for t in ticks],
+        [float(t.price) for t in ticks],
+        [t.volume for t in ticks],
+    )
 
 
 def _periods(first: datetime, last: datetime, monthly: bool) -> list[date]:

@@ -82,9 +82,16 @@ def test_grafana_refuses_to_start_without_its_password(engine: str, tmp_path: Pa
 
     def start() -> subprocess.CompletedProcess[str]:
         return project.compose(
-            "-f", str(override), "up", "--no-deps", "--no-build", "--pull", "never",
-            "--abort-on-container-exit", "grafana",
-        )  # fmt: skip
+            "-f",
+            str(override),
+            "up",
+            "--no-deps",
+            "--no-build",
+            "--pull",
+            "never",
+            "--abort-on-container-exit",
+            "grafana",
+        )
 
     try:
         password.unlink()
