@@ -20,7 +20,7 @@ import httpx
 
 from bench.history_data import SCALES, SYMBOLS, Scale, load, log
 from bench.processes import start_api
-from services.api import history
+from services.api import history, queries
 
 WINDOWS = {
     "1 hour": timedelta(hours=1),
@@ -32,32 +32,6 @@ WINDOWS = {
 REQUESTS = 20
 MAX_POINTS = 1000
 BEFORE_TIMEOUT_S = 60
-
-# The raw-tick query `/prices` ran before bars existed (per bucket: low, high and last tick).
-BEFORE = """
-SELECT s.symbol, g.low, g.high, g.last_ts
-FROM unnest($1::text[]) AS s(symbol)
-CROSS JOIN generate_series(0, $5::bigint - 1) AS n(i)
-CROSS JOIN LATERAL (
-    SELECT $2::timestamptz + (n.i * $4::bigint) * interval '1 microsecond' AS since,
-           $2::timestamptz + ((n.i + 1) * $4::bigint) * interval '1 microsecond' AS until
-) b
-CROSS JOIN LATERAL (
-    SELECT min(t.price) AS low, max(t.price) AS high, max(t.ts) AS last_ts
-    FROM ticks t
-    WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts < b.until AND t.ts <= $3
-    HAVING count(*) > 0
-) g
-CROSS JOIN LATERAL (
-    SELECT t.ts FROM ticks t WHERE t.symbol = s.symbol AND t.ts >= b.since
-      AND t.ts <= g.last_ts AND t.price = g.low ORDER BY t.ts LIMIT 1
-) lo
-CROSS JOIN LATERAL (
-    SELECT t.ts FROM ticks t WHERE t.symbol = s.symbol AND t.ts >= b.since
-      AND t.ts <= g.last_ts AND t.price = g.high ORDER BY t.ts DESC LIMIT 1
-) hi
-ORDER BY s.symbol, n.i
-"""
 
 
 class Explaining:
@@ -116,8 +90,15 @@ async def _before(url: str, symbols: list[str], now: datetime, span: timedelta) 
         buckets = MAX_POINTS // 3
         step = span // buckets + timedelta(microseconds=1)
         began = time.perf_counter()
+        # the raw-tick query `/prices` ran for every window before bars existed (now only for
+        # windows narrower than the finest bars): per bucket, the low, high and last tick
         await conn.fetch(
-            BEFORE, symbols, now - span, now, step // timedelta(microseconds=1), buckets + 1
+            queries.DOWNSAMPLED_WINDOW,
+            symbols,
+            now - span,
+            now,
+            step // timedelta(microseconds=1),
+            buckets + 1,
         )
         return (time.perf_counter() - began) * 1000
     except asyncpg.QueryCanceledError:

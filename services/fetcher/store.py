@@ -140,27 +140,24 @@ class TickStore:
     # -- writes ------------------------------------------------------------------------------
     async def write_live(self, ticks: list[Tick]) -> Written:
         """Store live ticks and their bars in one transaction; NOTIFY `prices` on commit."""
-        written, raw = await self._prepare(ticks)
-        async with self.conn.transaction():
-            if raw:
-                await self._write_raw(raw, written, backfilled=False)
-            await self._write_minutes(ticks, written)
-            if written.max_event_id is not None:
-                # Delivered on commit, with the highest id the readers may now fetch up to.
-                await self.conn.execute(queries.NOTIFY, "prices", str(written.max_event_id))
-        self._advance(raw)
-        return written
+        return await self._write(ticks, backfilled=False)
 
     async def write_history(self, ticks: list[Tick]) -> Written:
         """Store past ticks (marked backfilled) and their bars; NOTIFY `history` on commit."""
+        return await self._write(ticks, backfilled=True)
+
+    async def _write(self, ticks: list[Tick], backfilled: bool) -> Written:
         written, raw = await self._prepare(ticks)
         async with self.conn.transaction():
             if raw:
-                await self._write_raw(raw, written, backfilled=True)
+                await self._write_raw(raw, written, backfilled)
             await self._write_minutes(ticks, written)
-            if written.stored:
+            if backfilled and written.stored:
                 # History is announced as a window to reload, never as live `prices`.
                 await self.conn.execute(queries.NOTIFY, "history", written.history_payload())
+            elif not backfilled and written.max_event_id is not None:
+                # Delivered on commit, with the highest id the readers may now fetch up to.
+                await self.conn.execute(queries.NOTIFY, "prices", str(written.max_event_id))
         self._advance(raw)
         return written
 
