@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test lint format typecheck migrate psql bench clean
+.PHONY: help install run test lint format typecheck migrate psql bench capacity clean
 
 help:
 	@echo "make run      create .venv, install, run the whole stack (embedded PostgreSQL unless DATABASE_URL)"
@@ -12,7 +12,8 @@ help:
 	@echo "make lint     ruff + mypy"
 	@echo "make migrate  apply database migrations"
 	@echo "make psql     a psql shell on the database in use"
-	@echo "make bench    run the benchmarks (see BENCHMARKS.md)"
+	@echo "make bench    run the benchmarks (see BENCHMARKS.md; SCALE=full for the big data set)"
+	@echo "make capacity the API under load: REST users and 1,000 streams (about 9 minutes)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,12 +43,19 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+typecheck: install
+	$(BIN)/mypy
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+SCALE ?= default
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --scale $(SCALE)
+
+capacity: install
+	$(BIN)/python -m bench.capacity
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -33,8 +33,10 @@ def main() -> int:
     server.start()
     try:
         cores = len(os.sched_getaffinity(0))
-        print(f"{datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, {cores} cores, "
-              f"scale {args.scale}\n")  # fmt: skip
+        print(
+            f"{datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, {cores} cores, "
+            f"scale {args.scale}\n"
+        )
         print("| benchmark | baseline | stockstreamer | ratio |")
         print("|---|---|---|---|")
         package = Path(__file__).parent

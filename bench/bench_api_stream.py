@@ -1,21 +1,32 @@
-"""Live delivery to many clients: per-client polling (the original design) vs LISTEN + fan-out."""
+"""Live delivery to many clients: per-client polling (the original design) vs LISTEN + fan-out,
+and one API process fanning out to 1,000 streams, measured by a client in a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import resource
 import statistics
+import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
 from bench.processes import start_api
+from services.common.models import Tick
 from services.fetcher import queries
+from services.fetcher.store import Retention, TickStore
 
 SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
+LONG = Retention(timedelta(days=3650), timedelta(days=3650))
+MANY = 1000
 CLIENTS = 50
 BATCHES = 30  # of one tick per symbol, like one fetcher round
 RATE = 10.0  # batches per second
@@ -24,18 +35,15 @@ POLL = "SELECT symbol, ts, price, event_id FROM ticks WHERE event_id > $1 ORDER 
 
 
 async def _write(conn: asyncpg.Connection, offset: int, committed: dict[int, float]) -> None:
-    """BATCHES rounds at RATE per second, as the fetcher writes them; records commit times."""
-    t0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC) + timedelta(hours=offset)
+    """BATCHES rounds at RATE per second, through the fetcher's store; records commit times."""
+    store = await TickStore.open(conn, SYMBOLS, LONG)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6 - offset)
     for b in range(BATCHES):
         ts = t0 + timedelta(seconds=b)
-        async with conn.transaction():
-            row = await conn.fetchrow(
-                queries.INSERT_TICKS, SYMBOLS, [ts] * 6, [Decimal("100.5")] * 6, [None] * 6
-            )
-            assert row is not None
-            await conn.execute(queries.NOTIFY, "prices", str(row["max_event_id"]))
+        written = await store.write_live([Tick(s, ts, Decimal("100.5")) for s in SYMBOLS])
         now = time.time()
-        for event_id in range(row["max_event_id"] - 5, row["max_event_id"] + 1):
+        assert written.max_event_id is not None
+        for event_id in range(written.max_event_id - len(SYMBOLS) + 1, written.max_event_id + 1):
             committed[event_id] = now
         await asyncio.sleep(1 / RATE)
 
@@ -122,18 +130,76 @@ async def _fetches(http: httpx.AsyncClient) -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _fan_out(url: str) -> tuple[float, float, float, int]:
+    """1,000 streams from one process, one more from another; the API's CPU per event sent."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the API's sockets, inherited
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    api, base = await start_api(
+        url,
+        STOCKSTREAMER_API_MAX_STREAMS=str(MANY + 10),
+        STOCKSTREAMER_API_LIMIT_CONCURRENCY=str(MANY + 100),
+    )
+    conn = await asyncpg.connect(url)
+    events = BATCHES * len(SYMBOLS)
+    out = Path(tempfile.mkdtemp(prefix="stockstreamer-clients-"))
+    try:
+        load, probe = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.stream_clients",
+                base,
+                str(n),
+                str(events),
+                str(out / f"{n}.json"),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for n in (MANY, 1)
+        ]
+        for client in (load, probe):
+            assert client.stdout is not None
+            assert (await asyncio.wait_for(client.stdout.readline(), 120)).strip() == b"ready"
+        assert api.proc is not None
+        cpu = _cpu_seconds(api.proc.pid)
+        committed: dict[int, float] = {}
+        await _write(conn, 2, committed)
+        await asyncio.wait_for(asyncio.gather(load.wait(), probe.wait()), 120)
+        cpu = _cpu_seconds(api.proc.pid) - cpu
+    finally:
+        await conn.close()
+        api.stop()
+    many = json.loads((out / f"{MANY}.json").read_text())
+    one = json.loads((out / "1.json").read_text())
+    delivered = sum(many["received"]) + sum(one["received"])
+    latencies = [t - committed[int(i)] for i, t in one["first"].items()]
+    p50, p99 = _summary(latencies)
+    return p50, p99, cpu / delivered * 1e6, delivered
+
+
 async def _both(url: str) -> list[str]:
     conn = await asyncpg.connect(url)
     await conn.execute(queries.ENSURE_STOCKS, SYMBOLS)
     await conn.close()
     poll50, poll99, poll_qps = await _polling(url)
     sse50, sse99, sse_qps = await _streaming(url)
+    many50, many99, cpu_us, delivered = await _fan_out(url)
+    expected = (MANY + 1) * BATCHES * len(SYMBOLS)
     return [
         f"| api: commit-to-client latency p50 / p99, {CLIENTS} clients (polling each 1 s vs "
         f"LISTEN + fan-out) | {poll50:.0f} / {poll99:.0f} ms | {sse50:.1f} / {sse99:.1f} ms "
         f"| {poll50 / sse50:.0f}x |",
         f"| api: database queries per second, {CLIENTS} clients, {RATE:.0f} batches/s "
         f"| {poll_qps:.0f}/s | {sse_qps:.1f}/s | {poll_qps / max(sse_qps, 0.1):.1f}x |",
+        f"| api: {MANY:,} streams on one process (clients in another), commit-to-client p50 / p99 "
+        f"for one more client in a third process; API CPU per event sent | {delivered:,} of "
+        f"{expected:,} events delivered | {many50:.0f} / {many99:.0f} ms, {cpu_us:.0f} µs CPU "
+        f"per event | — |",
     ]
 
 

@@ -40,10 +40,13 @@ def _ticks(n: int, start: datetime) -> list[Tick]:
     """One tick per symbol every 10 ms, prices on a cent grid."""
     rng = random.Random(1)  # noqa: S311 - benchmark data
     return [
-        Tick(SYMBOLS[i % 6], start + timedelta(milliseconds=i // 6 * 10),
-             Decimal(rng.randint(10_000, 11_000)) / 100)
+        Tick(
+            SYMBOLS[i % 6],
+            start + timedelta(milliseconds=i // 6 * 10),
+            Decimal(rng.randint(10_000, 11_000)) / 100,
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 async def _per_row(url: str, ticks: list[Tick]) -> float:
@@ -62,8 +65,9 @@ async def _writer(url: str, batches: list[list[Tick]]) -> float:
     """Ticks per second through the fetcher's writer (ticks, their bars, NOTIFY per batch)."""
     count = sum(len(b) for b in batches)
     buffer = TickBuffer(count)
-    writer = BatchWriter(url, SYMBOLS, buffer, FetcherMetrics(CollectorRegistry()), BATCH,
-                         retention=LONG)  # fmt: skip
+    writer = BatchWriter(
+        url, SYMBOLS, buffer, FetcherMetrics(CollectorRegistry()), BATCH, retention=LONG
+    )
     async with writer.use():
         pass  # connect, retention and today's partitions before the clock starts
     elapsed = 0.0
@@ -86,9 +90,10 @@ async def _copy(url: str, ticks: list[Tick]) -> float:
     for i in range(0, len(records), BATCH):
         async with conn.transaction():
             await conn.copy_records_to_table(
-                "copy_ceiling", records=records[i : i + BATCH],
+                "copy_ceiling",
+                records=records[i : i + BATCH],
                 columns=["symbol", "ts", "price", "volume"],
-            )  # fmt: skip
+            )
     elapsed = time.perf_counter() - began
     await conn.close()
     return len(records) / elapsed

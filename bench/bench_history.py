@@ -20,41 +20,18 @@ import httpx
 
 from bench.history_data import SCALES, SYMBOLS, Scale, load, log
 from bench.processes import start_api
-from services.api import history
+from services.api import history, queries
 
 WINDOWS = {
-    "1 hour": timedelta(hours=1), "1 day": timedelta(days=1), "7 days": timedelta(days=7),
-    "30 days": timedelta(days=30), "1 year": timedelta(days=365),
-}  # fmt: skip
+    "1 hour": timedelta(hours=1),
+    "1 day": timedelta(days=1),
+    "7 days": timedelta(days=7),
+    "30 days": timedelta(days=30),
+    "1 year": timedelta(days=365),
+}
 REQUESTS = 20
 MAX_POINTS = 1000
 BEFORE_TIMEOUT_S = 60
-
-# The raw-tick query `/prices` ran before bars existed (per bucket: low, high and last tick).
-BEFORE = """
-SELECT s.symbol, g.low, g.high, g.last_ts
-FROM unnest($1::text[]) AS s(symbol)
-CROSS JOIN generate_series(0, $5::bigint - 1) AS n(i)
-CROSS JOIN LATERAL (
-    SELECT $2::timestamptz + (n.i * $4::bigint) * interval '1 microsecond' AS since,
-           $2::timestamptz + ((n.i + 1) * $4::bigint) * interval '1 microsecond' AS until
-) b
-CROSS JOIN LATERAL (
-    SELECT min(t.price) AS low, max(t.price) AS high, max(t.ts) AS last_ts
-    FROM ticks t
-    WHERE t.symbol = s.symbol AND t.ts >= b.since AND t.ts < b.until AND t.ts <= $3
-    HAVING count(*) > 0
-) g
-CROSS JOIN LATERAL (
-    SELECT t.ts FROM ticks t WHERE t.symbol = s.symbol AND t.ts >= b.since
-      AND t.ts <= g.last_ts AND t.price = g.low ORDER BY t.ts LIMIT 1
-) lo
-CROSS JOIN LATERAL (
-    SELECT t.ts FROM ticks t WHERE t.symbol = s.symbol AND t.ts >= b.since
-      AND t.ts <= g.last_ts AND t.price = g.high ORDER BY t.ts DESC LIMIT 1
-) hi
-ORDER BY s.symbol, n.i
-"""
 
 
 class Explaining:
@@ -87,9 +64,11 @@ def _pct(values: Sequence[float], q: int) -> float:
 
 async def _time_api(base: str, symbols: list[str], now: datetime, span: timedelta) -> list[float]:
     params = {
-        "symbols": ",".join(symbols), "start": (now - span).isoformat(), "end": now.isoformat(),
+        "symbols": ",".join(symbols),
+        "start": (now - span).isoformat(),
+        "end": now.isoformat(),
         "max_points": MAX_POINTS,
-    }  # fmt: skip
+    }
     times = []
     async with httpx.AsyncClient(base_url=base, timeout=120) as http:
         for i in range(REQUESTS + 2):
@@ -111,8 +90,15 @@ async def _before(url: str, symbols: list[str], now: datetime, span: timedelta) 
         buckets = MAX_POINTS // 3
         step = span // buckets + timedelta(microseconds=1)
         began = time.perf_counter()
+        # the raw-tick query `/prices` ran for every window before bars existed (now only for
+        # windows narrower than the finest bars): per bucket, the low, high and last tick
         await conn.fetch(
-            BEFORE, symbols, now - span, now, step // timedelta(microseconds=1), buckets + 1
+            queries.DOWNSAMPLED_WINDOW,
+            symbols,
+            now - span,
+            now,
+            step // timedelta(microseconds=1),
+            buckets + 1,
         )
         return (time.perf_counter() - began) * 1000
     except asyncpg.QueryCanceledError:
@@ -150,8 +136,8 @@ async def _run(url: str, scale: Scale) -> list[str]:
                 shown = "over 60,000 ms" if before is None else f"{before:,.0f} ms"
                 rows.append(
                     f"| history: `/prices` {count} symbols, {name} (max_points {MAX_POINTS}; "
-                    f"rows read per symbol: {plan.bar_rows // count:,} bars, "
-                    f"{plan.raw_rows // count:,} raw) | raw-tick query alone: {shown} "
+                    f"rows read per symbol: {plan.bar_rows // count:,.0f} bars, "
+                    f"{plan.raw_rows // count:,.0f} raw) | raw-tick query alone: {shown} "
                     f"| p50 {p50:.0f} ms, p95 {p95:.0f} ms (target < {target}) "
                     f"| {'ok' if p95 < target else 'MISSED'} |"
                 )
@@ -192,6 +178,7 @@ async def _disk(url: str, scale: Scale) -> list[str]:
             "SELECT sum(pg_total_relation_size(c.oid))::float / nullif(sum(c.reltuples), 0)"
             " FROM pg_class c WHERE c.relname LIKE 'bars\\_%' AND c.relkind = 'r'"
         )
+        raw_bytes, bar_bytes, bar_row = float(raw_bytes), float(bar_bytes), float(bar_row)
         per_tick = raw_bytes / scale.raw_rows
         per_day = 6 * 86_400 * per_tick + day_bars * 6 / scale.symbols * bar_row
         began = time.perf_counter()

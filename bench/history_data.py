@@ -13,7 +13,7 @@ import asyncpg
 
 from services.common.bars import LEVELS
 from services.fetcher import queries
-from services.fetcher.store import create_partitions, partitions_for
+from services.fetcher.store import REBUILT, create_partitions, partitions_for
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,9 @@ async def load(url: str, scale: Scale) -> datetime:
         raw_start = now - timedelta(days=scale.raw_days)
         await conn.execute(
             "SELECT stockstreamer_apply_retention($1::interval, $2::interval)",
-            timedelta(days=scale.raw_days), timedelta(days=400),
-        )  # fmt: skip
+            timedelta(days=scale.raw_days),
+            timedelta(days=400),
+        )
         await create_partitions(conn, partitions_for(raw_start, now))
         began = time.perf_counter()
         # Through a staging table: COPY's CSV reader takes the epoch seconds as text.
@@ -103,9 +104,11 @@ async def load(url: str, scale: Scale) -> datetime:
             day_start = raw_start + timedelta(days=day)
             await conn.execute("TRUNCATE staging")
             await conn.copy_to_table(
-                "staging", source=_csv(symbols, day_start, 24), format="csv",
+                "staging",
+                source=_csv(symbols, day_start, 24),
+                format="csv",
                 columns=["symbol", "ts", "price"],
-            )  # fmt: skip
+            )
             await conn.execute(
                 "INSERT INTO ticks (symbol, ts, price) SELECT symbol, to_timestamp(ts), price"
                 " FROM staging"
@@ -116,11 +119,15 @@ async def load(url: str, scale: Scale) -> datetime:
         # Wider bars over the raw ticks, from the 10 s bars, a day at a time.
         for day in range(scale.raw_days):
             day_start = raw_start + timedelta(days=day)
-            for level, finer in zip(LEVELS[1:], LEVELS, strict=False):
+            for level in LEVELS[1:]:
                 await conn.execute(
-                    queries.REBUILD_BARS, level.seconds, finer.seconds, symbols,
-                    day_start, day_start + timedelta(days=1) - timedelta(seconds=1),
-                )  # fmt: skip
+                    queries.REBUILD_BARS,
+                    level.seconds,
+                    10,
+                    symbols,
+                    day_start,
+                    day_start + timedelta(days=1) - timedelta(seconds=1),
+                )
         # Older history as bars only: minute bars, then hourly bars further back.
         minute_start = now - timedelta(days=scale.minute_days)
         year_start = now - timedelta(days=365 * scale.years)
@@ -147,10 +154,9 @@ async def _older(
     for i in range(chunks):
         lo, hi = start + i * month, min(end, start + (i + 1) * month)
         await conn.execute(MINUTE_BAR, symbols, lo, hi - timedelta(seconds=width), width)
-        levels = [level for level in LEVELS if level.seconds >= width]
-        for level, finer in zip(levels[1:], levels, strict=False):
-            await conn.execute(
-                queries.REBUILD_BARS, level.seconds, finer.seconds, symbols, lo,
-                hi - timedelta(seconds=1),
-            )  # fmt: skip
+        for wide, finer in REBUILT:
+            if finer >= width:
+                await conn.execute(
+                    queries.REBUILD_BARS, wide, finer, symbols, lo, hi - timedelta(seconds=1)
+                )
     log(f"{width} s bars from {start:%Y-%m-%d} to {end:%Y-%m-%d}")

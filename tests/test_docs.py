@@ -12,8 +12,9 @@ README = ROOT / "README.md"
 
 def test_settings_table_is_current() -> None:
     text = README.read_text()
-    table = text[text.index(settings_doc.BEGIN) + len(settings_doc.BEGIN) : text.index(
-        settings_doc.END)].strip()  # fmt: skip
+    table = text[
+        text.index(settings_doc.BEGIN) + len(settings_doc.BEGIN) : text.index(settings_doc.END)
+    ].strip()
     assert table == settings_doc.markdown(), (
         "README settings table is stale: run `python -m services.runner.settings_doc --update`"
     )

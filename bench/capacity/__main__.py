@@ -117,15 +117,35 @@ def run_step(
     env["CAPACITY_SUMMARY"] = f"{prefix}_rest.json"
     proc = subprocess.Popen(  # noqa: S603
         [
-            str(LOCUST), "-f", str(HERE / "locustfile.py"), "--headless", "--host", base,
-            "--users", str(users), "--spawn-rate", str(SPAWN_RATE), "--run-time",
-            f"{step.seconds}s", "--reset-stats", "--csv", str(prefix), "--only-summary",
-            "--stop-timeout", "5", "--loglevel", "WARNING",
+            str(LOCUST),
+            "-f",
+            str(HERE / "locustfile.py"),
+            "--headless",
+            "--host",
+            base,
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(SPAWN_RATE),
+            "--run-time",
+            f"{step.seconds}s",
+            "--reset-stats",
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--stop-timeout",
+            "5",
+            "--loglevel",
+            "WARNING",
             # Named classes only: with no streams, every user is a REST user.
-            "RestUser", *(["StreamUser"] if step.streams else []),
+            "RestUser",
+            *(["StreamUser"] if step.streams else []),
         ],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Half-way through the step: how many streams the API holds open.
     time.sleep(users / SPAWN_RATE + step.seconds / 2)
     streams = sum(v for _, v in scrape(base).get("stockstreamer_api_open_streams", []))
@@ -191,9 +211,13 @@ def main() -> int:
         migrate(url)
         fetcher = ServiceProcess(
             "services.fetcher",
-            {"DATABASE_URL": url, "STOCKSTREAMER_SYMBOLS": SYMBOLS, "STOCKSTREAMER_BACKFILL": "7d",
-             "STOCKSTREAMER_FETCHER_METRICS_PORT": "0"},
-        ).start()  # fmt: skip
+            {
+                "DATABASE_URL": url,
+                "STOCKSTREAMER_SYMBOLS": SYMBOLS,
+                "STOCKSTREAMER_BACKFILL": "7d",
+                "STOCKSTREAMER_FETCHER_METRICS_PORT": "0",
+            },
+        ).start()
         procs.append(fetcher)
         deadline = time.monotonic() + 180
         while "history backfilled" not in fetcher.output:
@@ -203,9 +227,12 @@ def main() -> int:
         port = free_port()
         api = ServiceProcess(
             "services.api",
-            {"DATABASE_URL": url, "STOCKSTREAMER_API_PORT": str(port),
-             "STOCKSTREAMER_LOG_LEVEL": "WARNING"},
-        ).start()  # fmt: skip
+            {
+                "DATABASE_URL": url,
+                "STOCKSTREAMER_API_PORT": str(port),
+                "STOCKSTREAMER_LOG_LEVEL": "WARNING",
+            },
+        ).start()
         procs.append(api)
         base = f"http://127.0.0.1:{port}"
         api.wait_http(f"{base}/readyz")
@@ -221,12 +248,16 @@ def main() -> int:
             after = scrape(base)
             refused = sum(n for error, n in failures.items() if "503" in error)
             p50, p99 = lag_quantiles(before, after, "stockstreamer_api_commit_to_send_seconds")
-            print(f"\n### {step.rest_rate} REST req/s asked, {step.streams} SSE clients, "
-                  f"{step.seconds} s\n")  # fmt: skip
+            print(
+                f"\n### {step.rest_rate} REST req/s asked, {step.streams} SSE clients, "
+                f"{step.seconds} s\n"
+            )
             print("\n".join(table(stats)))
-            print(f"\nAPI commit-to-send lag over the step: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-                  f"streams open mid-step: {rest['open_streams']:,.0f}; price events received "
-                  f"by the streams: {rest['events']:,.0f}")  # fmt: skip
+            print(
+                f"\nAPI commit-to-send lag over the step: p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+                f"streams open mid-step: {rest['open_streams']:,.0f}; price events received "
+                f"by the streams: {rest['events']:,.0f}"
+            )
             if failures:
                 print("failures: " + "; ".join(f"{e} ×{n}" for e, n in failures.most_common(5)))
             if warned:

@@ -71,11 +71,13 @@ CREATE TABLE bars (
     PRIMARY KEY (width_s, symbol, bucket)
 ) PARTITION BY LIST (width_s);
 
--- Levels kept as long as raw ticks (10 s), as long as minute bars (1 to 15 min), and forever.
+-- Levels kept as long as raw ticks (10 s), as long as minute bars (1 to 30 min), and forever.
 CREATE TABLE bars_10s PARTITION OF bars FOR VALUES IN (10) PARTITION BY RANGE (bucket);
 CREATE TABLE bars_1m PARTITION OF bars FOR VALUES IN (60) PARTITION BY RANGE (bucket);
+CREATE TABLE bars_2m PARTITION OF bars FOR VALUES IN (120) PARTITION BY RANGE (bucket);
 CREATE TABLE bars_5m PARTITION OF bars FOR VALUES IN (300) PARTITION BY RANGE (bucket);
 CREATE TABLE bars_15m PARTITION OF bars FOR VALUES IN (900) PARTITION BY RANGE (bucket);
+CREATE TABLE bars_30m PARTITION OF bars FOR VALUES IN (1800) PARTITION BY RANGE (bucket);
 CREATE TABLE bars_1h PARTITION OF bars FOR VALUES IN (3600);
 CREATE TABLE bars_4h PARTITION OF bars FOR VALUES IN (14400);
 CREATE TABLE bars_1d PARTITION OF bars FOR VALUES IN (86400);
@@ -94,8 +96,10 @@ INSERT INTO partition_policy (parent, step, keep) VALUES
     ('ticks', '1 day', '30 days'),
     ('bars_10s', '1 day', '30 days'),
     ('bars_1m', '1 month', '400 days'),
+    ('bars_2m', '1 month', '400 days'),
     ('bars_5m', '1 month', '400 days'),
-    ('bars_15m', '1 month', '400 days');
+    ('bars_15m', '1 month', '400 days'),
+    ('bars_30m', '1 month', '400 days');
 
 -- The partition of `parent` that holds time `at`, created if missing; true when created.
 -- DDL cannot take parameters: the name and bounds are derived here from a date, never from input
@@ -188,7 +192,7 @@ BEGIN
         SELECT DISTINCT date_trunc('month', ts, 'UTC') FROM ticks
     LOOP
         PERFORM stockstreamer_ensure_partition(p, d)
-        FROM unnest(ARRAY['bars_1m', 'bars_5m', 'bars_15m']) AS p;
+        FROM unnest(ARRAY['bars_1m', 'bars_2m', 'bars_5m', 'bars_15m', 'bars_30m']) AS p;
     END LOOP;
     FOR d IN
         SELECT DISTINCT date_trunc('day', ts, 'UTC') FROM ticks
@@ -217,7 +221,7 @@ SELECT w.width_s, b.symbol, date_bin(make_interval(secs => w.width_s), b.bucket,
        min(b.open_ts), (array_agg(b.high_ts ORDER BY b.high DESC, b.high_ts))[1],
        (array_agg(b.low_ts ORDER BY b.low, b.low_ts))[1], max(b.close_ts)
 FROM bars b
-CROSS JOIN (VALUES (60), (300), (900), (3600), (14400), (86400)) AS w(width_s)
+CROSS JOIN (VALUES (60), (120), (300), (900), (1800), (3600), (14400), (86400)) AS w(width_s)
 WHERE b.width_s = 10
 GROUP BY 1, 2, 3;
 

@@ -23,6 +23,9 @@ def main() -> int:
         log_config=None,  # keep our structured logging
         access_log=False,
         proxy_headers=False,
+        # the C event loop and HTTP parser: less CPU per request than the pure-Python ones
+        loop="uvloop",
+        http="httptools",
         # a flood of connections gets quick 503s instead of slowing everyone down
         limit_concurrency=settings.api_limit_concurrency,
         timeout_graceful_shutdown=int(settings.api_shutdown_timeout) or 1,

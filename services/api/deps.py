@@ -26,7 +26,9 @@ from services.common.symbols import (
 )
 
 MAX_SYMBOLS = 50
-ACQUIRE_TIMEOUT = 5.0  # seconds; longer and a client is better off with a 503 and a retry
+# Seconds a request waits for a pooled connection: past it, the process is saturated and a quick
+# 503 with Retry-After serves the client better than a queue that only grows.
+ACQUIRE_TIMEOUT = 1.0
 HISTORY_WAIT = 0.25  # seconds a history request may wait for a free slot before its 503
 
 # The OpenAPI document declares what each parameter accepts: whatever matches is served (a
@@ -48,13 +50,6 @@ class InvalidParameter(HTTPException):
         super().__init__(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{where} '{name}': {message}")
 
 
-async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """One pooled connection for the duration of a request."""
-    pool: asyncpg.Pool = request.app.state.pool
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-        yield cast(asyncpg.Connection, conn)  # a proxy with the connection's interface
-
-
 class Busy(HTTPException):
     """A 503 that tells the client when to come back."""
 
@@ -62,6 +57,19 @@ class Busy(HTTPException):
         super().__init__(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": str(retry_after)}
         )
+
+
+async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """One pooled connection for the duration of a request; a quick 503 when none is free."""
+    pool: asyncpg.Pool = request.app.state.pool
+    try:
+        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+    except TimeoutError:
+        raise Busy("the server is busy, try again shortly") from None
+    try:
+        yield cast(asyncpg.Connection, conn)  # a proxy with the connection's interface
+    finally:
+        await pool.release(conn)
 
 
 async def history_slot(request: Request) -> AsyncIterator[None]:

@@ -107,16 +107,19 @@ async def load(
     horizons = await Horizons.read(conn)
     stride = (until - since) / buckets
     level = pick_level(stride, since, horizons)
-    rows: list[asyncpg.Record] = []
+    bars: dict[str, asyncpg.Record] = {}
     width = 0
     if level is not None:
         width = bucket_width(level, since, until, buckets)
-        rows = await conn.fetch(queries.BARS_WINDOW, symbols, level.seconds, since, until, width)
+        rows = await conn.fetch(
+            queries.BARS_WINDOW, symbols, level.seconds, since, until, width, per_bucket == 3
+        )
+        bars = {row["symbol"]: row for row in rows}
     # Raw ticks where they are kept and fit: the bars' tick counts tell, without reading them.
-    counts: dict[str, int] = defaultdict(int)
-    for row in rows:
-        counts[row["symbol"]] += row["ticks"]
-    raw = [s for s in symbols if since >= horizons.raw and counts[s] <= max_points]
+    raw = [
+        s for s in symbols
+        if since >= horizons.raw and (s not in bars or bars[s]["ticks"] <= max_points)
+    ]  # fmt: skip
     if raw:
         found = await conn.fetch(queries.RAW_WINDOW, raw, since, until, max_points + 1)
         for row in found:
@@ -131,8 +134,10 @@ async def load(
     if level is None:
         await _raw_buckets(conn, history, dense, stride, per_bucket)
     else:
-        wanted = set(dense)
-        _add_buckets(history, [r for r in rows if r["symbol"] in wanted], per_bucket)
+        for symbol in dense:
+            served = bars.get(symbol)
+            if served is not None and served["ts"] is not None:
+                history.points[symbol] = list(zip(served["ts"], served["price"], strict=True))
     await _append_newest(conn, history, dense, horizons)
     return history
 

@@ -98,28 +98,44 @@ CROSS JOIN LATERAL (
 ORDER BY s.symbol, n.i
 """
 
-# Everything else: the $2-second bars of the window, regrouped into buckets $5 seconds wide
-# (a whole number of bars, aligned to the epoch). Per bucket: how many ticks its bars hold (an
-# upper bound for the window, whose edge bars may reach past it), the lowest and the highest
-# point as [price, epoch ms] (the earliest at each; the high's time negated so that max() picks
-# it) and the last as [epoch ms, price] — each a real tick inside the window [$3, $4].
+# Everything else: the $2-second bars of the window, regrouped into buckets $5 seconds wide (a
+# whole number of bars, aligned to the epoch). Per bucket the lowest and the highest point (the
+# earliest at each) and the last — real ticks inside the window [$3, $4]; only the last when $6
+# is false. One row per symbol: how many ticks its bars hold (an upper bound for the window,
+# whose edge bars may reach past it) and its points as two arrays, oldest first, one per time.
+# Times become epoch ms in double precision (exact for microsecond timestamps: the 0.0005 keeps
+# a whole millisecond from rounding down).
 BARS_WINDOW = """
 WITH b AS (
     SELECT symbol, date_bin(make_interval(secs => $5::int), bucket, 'epoch') AS slot, ticks,
-           low, floor(extract(epoch FROM low_ts) * 1000) AS low_ms, low_ts,
-           high, floor(extract(epoch FROM high_ts) * 1000) AS high_ms, high_ts,
-           close, floor(extract(epoch FROM close_ts) * 1000) AS close_ms, close_ts
+           low, floor(date_part('epoch', low_ts) * 1000 + 0.0005) AS low_ms, low_ts,
+           high, floor(date_part('epoch', high_ts) * 1000 + 0.0005) AS high_ms, high_ts,
+           close, floor(date_part('epoch', close_ts) * 1000 + 0.0005) AS close_ms, close_ts
     FROM bars
     WHERE width_s = $2::int AND symbol = ANY($1::text[])
       AND bucket > $3::timestamptz - make_interval(secs => $2::int) AND bucket <= $4
+), g AS (
+    SELECT symbol, sum(ticks) AS ticks,
+           min(ARRAY[low, low_ms]) FILTER (WHERE low_ts >= $3 AND low_ts <= $4) AS lo,
+           max(ARRAY[high, -high_ms]) FILTER (WHERE high_ts >= $3 AND high_ts <= $4) AS hi,
+           max(ARRAY[close_ms, close]) FILTER (WHERE close_ts >= $3 AND close_ts <= $4) AS la
+    FROM b
+    GROUP BY symbol, slot
+), p AS (
+    SELECT DISTINCT ON (g.symbol, x.ms) g.symbol, x.ms, x.price
+    FROM g CROSS JOIN LATERAL (
+        VALUES (g.lo[2], g.lo[1], 0), (-g.hi[2], g.hi[1], 1), (g.la[1], g.la[2], 2)
+    ) AS x(ms, price, kind)
+    WHERE x.ms IS NOT NULL AND ($6 OR x.kind = 2)
+    ORDER BY g.symbol, x.ms, x.kind DESC
 )
-SELECT symbol, sum(ticks) AS ticks,
-       min(ARRAY[low, low_ms]) FILTER (WHERE low_ts >= $3 AND low_ts <= $4) AS low,
-       max(ARRAY[high, -high_ms]) FILTER (WHERE high_ts >= $3 AND high_ts <= $4) AS high,
-       max(ARRAY[close_ms, close]) FILTER (WHERE close_ts >= $3 AND close_ts <= $4) AS last
-FROM b
-GROUP BY symbol, slot
-ORDER BY symbol, slot
+SELECT t.symbol, t.ticks, p.ts, p.price
+FROM (SELECT symbol, sum(ticks) AS ticks FROM g GROUP BY symbol) t
+LEFT JOIN (
+    SELECT symbol, array_agg(ms::bigint ORDER BY ms) AS ts, array_agg(price ORDER BY ms) AS price
+    FROM p GROUP BY symbol
+) p USING (symbol)
+ORDER BY t.symbol
 """
 
 # The newest tick in [$2, $3] per symbol: from raw ticks when they are kept there ($4), else the

@@ -28,13 +28,15 @@ class Level:
         return f"bars_{self.name}"
 
 
-# Neighbouring widths differ by at most 6x, so the level picked for a window never returns more
-# than about six times the bars the chart needs.
+# Neighbouring widths differ by 2x to 6x (the common windows, an hour to a month, land on steps
+# of 2x or 3x), so the level picked for a window returns a small multiple of the bars it needs.
 LEVELS: tuple[Level, ...] = (
     Level("10s", 10, Keep.RAW),
     Level("1m", 60, Keep.MINUTE),
+    Level("2m", 120, Keep.MINUTE),
     Level("5m", 300, Keep.MINUTE),
     Level("15m", 900, Keep.MINUTE),
+    Level("30m", 1800, Keep.MINUTE),
     Level("1h", 3600, Keep.FOREVER),
     Level("4h", 14_400, Keep.FOREVER),
     Level("1d", 86_400, Keep.FOREVER),

@@ -75,7 +75,8 @@ async def create_pool(
     statement_timeout: float | None = None,
 ) -> asyncpg.Pool:
     """A pool whose connections all act as `role` (e.g. the read-only role for the API)."""
-    settings = {}
+    # Room to sort and group a history window in memory (a few MB per query) instead of on disk.
+    settings = {"work_mem": "32MB"}
     if statement_timeout is not None:
         # the server cancels a runaway query itself, even if this client has gone away
         settings["statement_timeout"] = str(round(statement_timeout * 1000))
@@ -85,6 +86,10 @@ async def create_pool(
         return await asyncpg.connect(current_url(url), **kwargs)
 
     return await asyncpg.create_pool(
-        min_size=min_size, max_size=max_size, init=_init_for(role), timeout=5.0,
-        server_settings=settings, connect=new_connection,
-    )  # fmt: skip
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_for(role),
+        timeout=5.0,
+        server_settings=settings,
+        connect=new_connection,
+    )

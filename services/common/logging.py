@@ -11,8 +11,11 @@ from typing import Any
 # Attributes every LogRecord has; anything else passed through `extra=` is structured context.
 # uvicorn adds `color_message`, a copy of the message with terminal colour codes.
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {
-    "message", "asctime", "taskName", "color_message",
-}  # fmt: skip
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:

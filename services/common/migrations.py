@@ -35,7 +35,7 @@ def dbmate(url: str, *command: str, migrations_dir: Path = MIGRATIONS_DIR) -> st
             "--wait-timeout",
             "60s",
             *command,
-        ],  # fmt: skip
+        ],
         env=env,
         capture_output=True,
         text=True,

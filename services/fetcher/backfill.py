@@ -93,9 +93,13 @@ class Backfill:
         if gaps:
             log.info(
                 "history backfilled",
-                extra={"provider": provider.name, "symbols": len(gaps), "stored": total,
-                       "window_h": round(self.window.total_seconds() / 3600, 1)},
-            )  # fmt: skip
+                extra={
+                    "provider": provider.name,
+                    "symbols": len(gaps),
+                    "stored": total,
+                    "window_h": round(self.window.total_seconds() / 3600, 1),
+                },
+            )
         return total
 
     @staticmethod

@@ -72,7 +72,7 @@ class FetcherSettings(CommonSettings):
     )
     retention_minute: timedelta = Field(
         timedelta(days=400),
-        description="How long 1 to 15 minute bars are kept (hourly and daily bars: forever).",
+        description="How long 1 to 30 minute bars are kept (hourly and daily bars: forever).",
     )
     provider_timeout: float = Field(10.0, gt=0, le=120, description="Seconds per vendor request.")
     provider_concurrency: int = Field(4, ge=1, le=64, description="Vendor requests in flight.")

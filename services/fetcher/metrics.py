@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -13,87 +14,66 @@ class FetcherMetrics:
     """The fetcher's counters and gauges, registered in one registry."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        ns = "stockstreamer_fetcher"
         self.registry = registry
-        self.ticks_fetched = Counter(
-            "ticks_fetched", "Ticks received from the provider.", ["provider"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.ticks_written = Counter(
-            "ticks_written", "Raw ticks newly stored (duplicates excluded), by symbol.",
-            ["symbol"], namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.newest_tick = Gauge(
-            "newest_tick_timestamp_seconds", "Provider time of the newest live tick, by symbol.",
-            ["symbol"], namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.market_open = Gauge(
-            "market_open", "1 while the provider says the market is open (the simulator: always).",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.provider_requests = Counter(
-            "provider_requests", "Provider call attempts, failed or not, by call.", ["call"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.buffer_capacity = Gauge(
-            "buffer_capacity", "Ticks the outage buffer holds at most.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.disk_free = Gauge(
-            "disk_free_bytes", "Free space on the disk of STOCKSTREAMER_FETCHER_DISK_PATH.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.disk_total = Gauge(
-            "disk_total_bytes", "Size of the database's disk.", namespace=ns, registry=registry
+        ns = "stockstreamer_fetcher"
+        counter = partial(Counter, namespace=ns, registry=registry)
+        gauge = partial(Gauge, namespace=ns, registry=registry)
+        self.ticks_fetched = counter(
+            "ticks_fetched", "Ticks received from the provider.", ["provider"]
         )
-        self.ticks_as_bars = Counter(
-            "ticks_as_bars", "History older than the raw retention, stored as minute bars only.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.ticks_dropped = Counter(
-            "ticks_dropped", "Ticks dropped, by reason.", ["reason"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.provider_errors = Counter(
-            "provider_errors", "Failed provider calls, by kind.", ["kind"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.provider_dropped = Counter(
-            "provider_dropped", "Vendor responses or items dropped as unusable, by kind.",
-            ["kind"], namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.ticks_backfilled = Counter(
-            "ticks_backfilled", "Backfilled (history) ticks newly stored, raw or as minute bars.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.stream_connected = Gauge(
-            "stream_connected", "1 while the provider's trade stream is connected.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.rounds_skipped = Counter(
-            "rounds_skipped", "Provider rounds skipped after exhausting retries.", ["call"],
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+        self.ticks_written = counter(
+            "ticks_written", "Raw ticks newly stored (duplicates excluded), by symbol.", ["symbol"]
+        )
+        self.ticks_as_bars = counter(
+            "ticks_as_bars", "History older than the raw retention, stored as minute bars only."
+        )
+        self.ticks_dropped = counter("ticks_dropped", "Ticks dropped, by reason.", ["reason"])
+        self.ticks_backfilled = counter(
+            "ticks_backfilled", "Backfilled (history) ticks newly stored, raw or as minute bars."
+        )
+        self.newest_tick = gauge(
+            "newest_tick_timestamp_seconds",
+            "Provider time of the newest live tick, by symbol.",
+            ["symbol"],
+        )
+        self.market_open = gauge(
+            "market_open", "1 while the provider says the market is open (the simulator: always)."
+        )
+        self.provider_requests = counter(
+            "provider_requests", "Provider call attempts, failed or not, by call.", ["call"]
+        )
+        self.provider_errors = counter(
+            "provider_errors", "Failed provider calls, by kind.", ["kind"]
+        )
+        self.provider_dropped = counter(
+            "provider_dropped", "Vendor responses or items dropped as unusable, by kind.", ["kind"]
+        )
+        self.rounds_skipped = counter(
+            "rounds_skipped", "Provider rounds skipped after exhausting retries.", ["call"]
+        )
+        self.stream_connected = gauge(
+            "stream_connected", "1 while the provider's trade stream is connected."
+        )
         self.batch_write_seconds = Histogram(
-            "batch_write_seconds", "Time to write and commit one batch.",
-            namespace=ns, registry=registry,
+            "batch_write_seconds",
+            "Time to write and commit one batch.",
+            namespace=ns,
+            registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )  # fmt: skip
-        self.buffer_depth = Gauge(
-            "buffer_depth", "Ticks waiting to be written.", namespace=ns, registry=registry
         )
-        self.last_write = Gauge(
-            "last_write_timestamp_seconds", "Unix time of the last committed batch.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.partitions_dropped = Counter(
-            "partitions_dropped", "Partitions dropped by retention (raw ticks and bars).",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
-        self.database_up = Gauge(
-            "database_up", "1 while the writer holds a working connection.",
-            namespace=ns, registry=registry,
-        )  # fmt: skip
+        self.buffer_depth = gauge("buffer_depth", "Ticks waiting to be written.")
+        self.buffer_capacity = gauge("buffer_capacity", "Ticks the outage buffer holds at most.")
+        self.last_write = gauge(
+            "last_write_timestamp_seconds", "Unix time of the last batch that stored something."
+        )
+        self.partitions_dropped = counter(
+            "partitions_dropped", "Partitions dropped by retention (raw ticks and bars)."
+        )
+        self.database_up = gauge("database_up", "1 while the writer holds a working connection.")
+        self.disk_free = gauge(
+            "disk_free_bytes", "Free space on the disk of STOCKSTREAMER_FETCHER_DISK_PATH."
+        )
+        self.disk_total = gauge("disk_total_bytes", "Size of the database's disk.")
 
     def watch_disk(self, path: Path) -> None:
         """Report the disk holding `path`, read at each scrape (NaN while it cannot be read)."""

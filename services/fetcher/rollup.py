@@ -15,8 +15,16 @@ class Bar:
     """Open, high, low and close of some ticks, with the times that merging needs."""
 
     __slots__ = (
-        "close", "close_ts", "high", "high_ts", "low", "low_ts", "open", "open_ts", "ticks",
-    )  # fmt: skip
+        "close",
+        "close_ts",
+        "high",
+        "high_ts",
+        "low",
+        "low_ts",
+        "open",
+        "open_ts",
+        "ticks",
+    )
 
     def __init__(self, ts: datetime, price: float, ticks: int = 1) -> None:
         self.open = self.high = self.low = self.close = price
@@ -76,9 +84,19 @@ def columns(bars: dict[BarKey, Bar]) -> list[list[object]]:
     cols: list[list[object]] = [[] for _ in range(12)]
     for (width, symbol, start), bar in bars.items():
         row = (
-            width, symbol, EPOCH + timedelta(seconds=start), bar.open, bar.high, bar.low,
-            bar.close, bar.ticks, bar.open_ts, bar.high_ts, bar.low_ts, bar.close_ts,
-        )  # fmt: skip
+            width,
+            symbol,
+            EPOCH + timedelta(seconds=start),
+            bar.open,
+            bar.high,
+            bar.low,
+            bar.close,
+            bar.ticks,
+            bar.open_ts,
+            bar.high_ts,
+            bar.low_ts,
+            bar.close_ts,
+        )
         for col, value in zip(cols, row, strict=True):
             col.append(value)
     return cols

@@ -49,9 +49,14 @@ class Fetcher:
         metrics.buffer_capacity.set(settings.buffer_capacity)
         metrics.watch_disk(settings.fetcher_disk_path)
         self.writer = BatchWriter(
-            settings.database_url_now, self.symbols, self.buffer, metrics, settings.batch_size,
-            settings.fetcher_db_role, Retention(settings.retention, settings.retention_minute),
-        )  # fmt: skip
+            settings.database_url_now,
+            self.symbols,
+            self.buffer,
+            metrics,
+            settings.batch_size,
+            settings.fetcher_db_role,
+            Retention(settings.retention, settings.retention_minute),
+        )
         self.backfill = Backfill(
             self.writer, self.symbols, settings.backfill, self._call, self._accept
         )
@@ -124,9 +129,12 @@ class Fetcher:
         s = self.settings
         try:
             async for attempt in stamina.retry_context(
-                on=ProviderError, attempts=s.retry_attempts, timeout=None,
-                wait_initial=s.retry_wait_initial, wait_max=s.retry_wait_max,
-            ):  # fmt: skip
+                on=ProviderError,
+                attempts=s.retry_attempts,
+                timeout=None,
+                wait_initial=s.retry_wait_initial,
+                wait_max=s.retry_wait_max,
+            ):
                 with attempt:
                     self.metrics.provider_requests.labels(call).inc()
                     try:

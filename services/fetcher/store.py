@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 COPY_COLUMNS = ("symbol", "ts", "price", "volume")
 WIDER = [level.seconds for level in LEVELS[1:]]
 # Minute bars are the finest level kept for history older than raw ticks; each wider level is
-# rebuilt from the one below it.
-REBUILT = [(wide.seconds, fine.seconds) for fine, wide in zip(LEVELS[1:], LEVELS[2:], strict=False)]
+# rebuilt from the widest finer one whose bars nest in its own (5 minutes from 1, not from 2).
+REBUILT = [
+    (wide.seconds, max(f.seconds for f in LEVELS[1:i] if wide.seconds % f.seconds == 0))
+    for i, wide in enumerate(LEVELS[2:], start=2)
+]
 LOCK_TIMEOUT = "2s"  # partition DDL waits this long for readers, then the write is retried
 NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -137,27 +140,24 @@ class TickStore:
     # -- writes ------------------------------------------------------------------------------
     async def write_live(self, ticks: list[Tick]) -> Written:
         """Store live ticks and their bars in one transaction; NOTIFY `prices` on commit."""
-        written, raw = await self._prepare(ticks)
-        async with self.conn.transaction():
-            if raw:
-                await self._write_raw(raw, written, backfilled=False)
-            await self._write_minutes(ticks, written)
-            if written.max_event_id is not None:
-                # Delivered on commit, with the highest id the readers may now fetch up to.
-                await self.conn.execute(queries.NOTIFY, "prices", str(written.max_event_id))
-        self._advance(raw)
-        return written
+        return await self._write(ticks, backfilled=False)
 
     async def write_history(self, ticks: list[Tick]) -> Written:
         """Store past ticks (marked backfilled) and their bars; NOTIFY `history` on commit."""
+        return await self._write(ticks, backfilled=True)
+
+    async def _write(self, ticks: list[Tick], backfilled: bool) -> Written:
         written, raw = await self._prepare(ticks)
         async with self.conn.transaction():
             if raw:
-                await self._write_raw(raw, written, backfilled=True)
+                await self._write_raw(raw, written, backfilled)
             await self._write_minutes(ticks, written)
-            if written.stored:
+            if backfilled and written.stored:
                 # History is announced as a window to reload, never as live `prices`.
                 await self.conn.execute(queries.NOTIFY, "history", written.history_payload())
+            elif not backfilled and written.max_event_id is not None:
+                # Delivered on commit, with the highest id the readers may now fetch up to.
+                await self.conn.execute(queries.NOTIFY, "prices", str(written.max_event_id))
         self._advance(raw)
         return written
 
@@ -293,9 +293,11 @@ def _columns(
 ) -> tuple[list[str], list[datetime], list[float], list[int | None]]:
     """The ticks as the column arrays the statements unnest."""
     return (
-        [t.symbol for t in ticks], [t.ts for t in ticks],
-        [float(t.price) for t in ticks], [t.volume for t in ticks],
-    )  # fmt: skip
+        [t.symbol for t in ticks],
+        [t.ts for t in ticks],
+        [float(t.price) for t in ticks],
+        [t.volume for t in ticks],
+    )
 
 
 def _periods(first: datetime, last: datetime, monthly: bool) -> list[date]:

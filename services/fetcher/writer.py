@@ -141,9 +141,11 @@ class BatchWriter:
         if self._outage_since is not None:
             log.info(
                 "database is back; flushing buffered ticks",
-                extra={"outage_s": round(time.monotonic() - self._outage_since, 1),
-                       "buffered": len(self.buffer)},
-            )  # fmt: skip
+                extra={
+                    "outage_s": round(time.monotonic() - self._outage_since, 1),
+                    "buffered": len(self.buffer),
+                },
+            )
             self._outage_since = None
             self._backoff.reset()
 
@@ -198,9 +200,12 @@ class BatchWriter:
                 self.metrics.ticks_dropped.labels(DropReason.REJECTED).inc()
                 log.error(
                     "database refused a tick; dropped",
-                    extra={"symbol": ticks[0].symbol, "ts": ticks[0].ts.isoformat(),
-                           "error": str(exc)},
-                )  # fmt: skip
+                    extra={
+                        "symbol": ticks[0].symbol,
+                        "ts": ticks[0].ts.isoformat(),
+                        "error": str(exc),
+                    },
+                )
                 return 0
             mid = len(ticks) // 2
             first = await self._guarded(store, ticks[:mid], write)
@@ -232,9 +237,11 @@ class BatchWriter:
             self._outage_since = time.monotonic()
             log.warning(
                 "database unreachable; buffering ticks",
-                extra={"url": redact_url(current_url(self.url)),
-                       "error": str(exc) or type(exc).__name__},
-            )  # fmt: skip
+                extra={
+                    "url": redact_url(current_url(self.url)),
+                    "error": str(exc) or type(exc).__name__,
+                },
+            )
         self._wait = self._backoff.next()
 
     async def close(self) -> None:

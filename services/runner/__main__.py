@@ -9,13 +9,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
-from services.common.config import CommonSettings
+from services.api.config import ApiSettings
+from services.common.config import CommonSettings, load_settings
 from services.common.db import redact_url
 from services.common.migrations import migrate
+from services.dashboard.config import DashboardSettings
+from services.fetcher.config import FetcherSettings
 from services.runner.embedded_db import EmbeddedPostgres, postgres_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,9 +30,23 @@ class RunnerSettings(CommonSettings):
 
     data_dir: Path = Field(Path(".data"), description="Where the embedded PostgreSQL keeps data.")
     embedded_pg_port: int = Field(54329, ge=1, le=65535, description="Embedded PostgreSQL port.")
-    api_port: int = Field(8000, description="Port of the API.")
-    dashboard_port: int = Field(5006, description="Port of the dashboard.")
-    fetcher_metrics_port: int = Field(9101, description="Port of the fetcher's /metrics.")
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where the services listen: their own settings say (the same env and `.env`)."""
+
+    api: int
+    dashboard: int
+    fetcher_metrics: int
+
+    @classmethod
+    def read(cls) -> Ports:
+        return cls(
+            load_settings(ApiSettings, "api").api_port,
+            load_settings(DashboardSettings, "dashboard").dashboard_port,
+            load_settings(FetcherSettings, "fetcher").fetcher_metrics_port,
+        )
 
 
 def start_database(settings: RunnerSettings) -> tuple[str, EmbeddedPostgres | None]:
@@ -42,14 +60,14 @@ def start_database(settings: RunnerSettings) -> tuple[str, EmbeddedPostgres | No
     return pg.url, pg
 
 
-def banner(settings: RunnerSettings, url: str) -> str:
+def banner(ports: Ports, url: str) -> str:
     procfile = (ROOT / "Procfile").read_text()
     lines = ["", "stockstreamer is starting:", f"  database   {redact_url(url)}"]
     if "services.dashboard" in procfile:
-        lines.append(f"  dashboard  http://localhost:{settings.dashboard_port}/")
+        lines.append(f"  dashboard  http://localhost:{ports.dashboard}/")
     if "services.api" in procfile:
-        lines.append(f"  api        http://localhost:{settings.api_port}/docs")
-    lines.append(f"  fetcher    http://localhost:{settings.fetcher_metrics_port}/metrics")
+        lines.append(f"  api        http://localhost:{ports.api}/docs")
+    lines.append(f"  fetcher    http://localhost:{ports.fetcher_metrics}/metrics")
     lines += ["Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
@@ -66,13 +84,13 @@ def exec_procfile(directory: Path) -> Path:
     return path
 
 
-def run_services(settings: RunnerSettings, url: str) -> int:
+def run_services(ports: Ports, url: str) -> int:
     """Every Procfile service under honcho until Ctrl-C or SIGTERM."""
     # Procfile commands say `python`: make it this interpreter, wherever make was run from.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "DATABASE_URL": url, "PATH": path}
     # The dashboard follows the API wherever STOCKSTREAMER_API_PORT moved it.
-    env.setdefault("STOCKSTREAMER_API_URL", f"http://127.0.0.1:{settings.api_port}")
+    env.setdefault("STOCKSTREAMER_API_URL", f"http://127.0.0.1:{ports.api}")
     with tempfile.TemporaryDirectory(prefix="stockstreamer-") as tmp:
         procfile = exec_procfile(Path(tmp))
         honcho = [sys.executable, "-m", "honcho", "start", "-f", str(procfile), "-d", str(ROOT)]
@@ -105,8 +123,9 @@ def main() -> int:
         print(migrate(url), end="", flush=True)
         if args.command == "migrate":
             return 0
-        print(banner(settings, url), flush=True)
-        return run_services(settings, url)
+        ports = Ports.read()
+        print(banner(ports, url), flush=True)
+        return run_services(ports, url)
     finally:
         if pg is not None and args.command not in ("url", "psql"):
             print("stopping embedded PostgreSQL", flush=True)

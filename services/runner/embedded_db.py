@@ -118,9 +118,16 @@ class EmbeddedPostgres:
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
         self._run(
-            "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-instructions",
-        )  # fmt: skip
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        )
         conf = [
             "listen_addresses = '127.0.0.1'",
             "unix_socket_directories = ''",  # TCP only: socket paths have a short length limit
@@ -146,9 +153,18 @@ class EmbeddedPostgres:
             return
         try:
             self._run(
-                "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
-                "-o", f"-p {int(self.port)}", "start",
-            )  # fmt: skip
+                "pg_ctl",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {int(self.port)}",
+                "start",
+            )
         except subprocess.CalledProcessError as exc:
             tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{tail}") from exc

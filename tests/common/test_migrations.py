@@ -120,7 +120,7 @@ async def _check_converted(url: str, count: int) -> None:
         assert kind == b"p"  # a partitioned table
         # every level summarises every tick exactly once
         per_level = await conn.fetch("SELECT width_s, sum(ticks) AS n FROM bars GROUP BY 1")
-        widths = (10, 60, 300, 900, 3600, 14400, 86400)
+        widths = (10, 60, 120, 300, 900, 1800, 3600, 14400, 86400)
         assert {r["width_s"]: r["n"] for r in per_level} == dict.fromkeys(widths, count)
         day = await conn.fetchrow(
             "SELECT * FROM bars WHERE width_s = 86400 AND symbol = 'AAPL' AND bucket = $1",

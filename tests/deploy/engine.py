@@ -88,10 +88,25 @@ class Project:
         """Rows of a psql script run as the superuser in the postgres container (`:'name'` vars)."""
         args = [a for name, value in variables.items() for a in ("-v", f"{name}={value}")]
         out = self.compose(
-            "exec", "-T", "postgres", "psql", "-U", "stockstreamer", "-d", "stockstreamer",
-            "--no-psqlrc", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", *args, "-f", "-",
+            "exec",
+            "-T",
+            "postgres",
+            "psql",
+            "-U",
+            "stockstreamer",
+            "-d",
+            "stockstreamer",
+            "--no-psqlrc",
+            "-At",
+            "-F",
+            "\t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            *args,
+            "-f",
+            "-",
             stdin=script,
-        ).stdout  # fmt: skip
+        ).stdout
         return [line.split("\t") for line in out.splitlines() if line]
 
     def container(self, service: str) -> str:
@@ -117,4 +132,14 @@ class Project:
         return self.compose("logs", "--no-color", "--tail", str(tail), check=False).stdout
 
     def down(self) -> None:
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", timeout=180)
+        """Everything of the project, whichever profiles brought it up."""
+        self.compose(
+            "--profile",
+            "*",
+            "down",
+            "--volumes",
+            "--remove-orphans",
+            "--timeout",
+            "20",
+            timeout=180,
+        )

@@ -116,8 +116,9 @@ def test_each_service_logs_in_as_its_own_user(stack: Stack) -> None:
         " WHERE datname = 'stockstreamer' AND pid <> pg_backend_pid()"
     )
     assert {r[0] for r in rows} - {"stockstreamer_monitor"} == {
-        "stockstreamer_fetcher", "stockstreamer_api",
-    }  # fmt: skip
+        "stockstreamer_fetcher",
+        "stockstreamer_api",
+    }
 
 
 def test_containers_are_confined(stack: Stack) -> None:
@@ -155,9 +156,18 @@ def prometheus_api(base: str, path: str) -> Any:
 def test_prometheus_sees_every_target_up_and_loads_the_rules(stack: Stack) -> None:
     """COMPOSE_PROFILES=observability: every target up, the rules loaded, live data flowing."""
     result = stack.compose(
-        "--profile", "proxy", "--profile", "observability", "up", "-d", "--wait",
-        "prometheus", "postgres-exporter", timeout=300, check=False,
-    )  # fmt: skip
+        "--profile",
+        "proxy",
+        "--profile",
+        "observability",
+        "up",
+        "-d",
+        "--wait",
+        "prometheus",
+        "postgres-exporter",
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     for service in ("prometheus", "postgres-exporter"):
         config = json.loads(stack.inspect(service, "{{json .HostConfig}}"))
@@ -177,8 +187,16 @@ def test_prometheus_sees_every_target_up_and_loads_the_rules(stack: Stack) -> No
     logs = stack.logs()
     assert health == dict.fromkeys(JOBS, "up"), f"{health}\n{logs[-6000:]}"
 
-    groups = prometheus_api(base, "rules")["groups"]
-    loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    # Every rule loaded, and evaluated without error once its group's first interval has passed.
+    deadline = time.monotonic() + 120
+    while True:
+        groups = prometheus_api(base, "rules")["groups"]
+        loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+        if {rule["health"] for rule in loaded.values()} != {"unknown"} or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(2)
     assert set(loaded) == {rule["alert"] for rule in alert_rules()}
     assert {rule["health"] for rule in loaded.values()} == {"ok"}, loaded
 

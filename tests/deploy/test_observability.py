@@ -199,8 +199,10 @@ def test_grafana_password_is_a_secret_file_with_no_default(profile: dict[str, An
     assert "secrets/" in ignored, "the default secret location is never committed"
     tracked = subprocess.run(
         ["git", "-C", str(OBSERVABILITY), "ls-files", "secrets"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert tracked == ""
 
 

@@ -170,10 +170,24 @@ def _plugin_mirror() -> Path | None:
     # Anywhere else near the top of the file system (not the kernel's trees).
     pruned = ["(", "-path", "/proc", "-o", "-path", "/sys", "-o", "-path", "/dev", ")", "-prune"]
     found = subprocess.run(  # noqa: S603
-        ["find", "/", "-maxdepth", "4", *pruned, "-o", "-type", "d",
-         "-name", "registry.terraform.io", "-print"],
-        capture_output=True, text=True, check=False, timeout=60,
-    ).stdout.split()  # fmt: skip
+        [
+            "find",
+            "/",
+            "-maxdepth",
+            "4",
+            *pruned,
+            "-o",
+            "-type",
+            "d",
+            "-name",
+            "registry.terraform.io",
+            "-print",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    ).stdout.split()
     candidates += [Path(p).parent for p in found]
     for candidate in candidates:
         if (candidate / "registry.terraform.io" / "hashicorp" / "aws").is_dir():

@@ -20,9 +20,14 @@ from tests.e2e.conftest import CHROMIUM, SYMBOLS, Stack
 pytestmark = pytest.mark.browser
 
 BROWSER_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 # What the page's Bokeh document holds right now, read through BokehJS's own models.
 STATE_JS = """

@@ -34,11 +34,13 @@ class FakeFinnhub:
     def __init__(self, key: str = KEY, trade_interval: float = 0.05) -> None:
         self.key = key
         self.prices = dict(PRICES)
-        self.http = FakeVendor({
-            "/api/v1/quote": self._quote,
-            "/api/v1/stock/profile2": self._profile,
-            "/api/v1/stock/metric": self._metric,
-        })  # fmt: skip
+        self.http = FakeVendor(
+            {
+                "/api/v1/quote": self._quote,
+                "/api/v1/stock/profile2": self._profile,
+                "/api/v1/stock/metric": self._metric,
+            }
+        )
         self.trade_interval = trade_interval
         self.ws_down = False  # refuse new sockets (the handshake answers 503)
         self.ws_connects = 0
@@ -128,8 +130,15 @@ class FakeFinnhub:
             data = []
             for symbol in subscribed:
                 price = self.prices.get(symbol, 1.0) * (1 + random.uniform(-0.0005, 0.0005))
-                data.append({"p": round(price, 2), "s": symbol, "t": int(time.time() * 1000),
-                             "v": random.randint(1, 300), "c": ["1", "12"]})  # fmt: skip
+                data.append(
+                    {
+                        "p": round(price, 2),
+                        "s": symbol,
+                        "t": int(time.time() * 1000),
+                        "v": random.randint(1, 300),
+                        "c": ["1", "12"],
+                    }
+                )
             if data:
                 await conn.send(json.dumps({"data": data, "type": "trade"}))
                 self.trades_sent += len(data)

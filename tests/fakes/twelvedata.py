@@ -46,9 +46,11 @@ class FakeTwelveData:
         self.prices[symbol] *= 1 + random.uniform(-0.001, 0.001)
         quote = fixture("twelvedata/quote.json")
         quote.update(
-            symbol=symbol, name=f"{symbol} Inc", close=f"{self.prices[symbol]:.5f}",
+            symbol=symbol,
+            name=f"{symbol} Inc",
+            close=f"{self.prices[symbol]:.5f}",
             timestamp=int(time.time()) // 60 * 60,  # the current 1-min bar
-        )  # fmt: skip
+        )
         return quote  # type: ignore[no-any-return]
 
     def _quote(self, request: Request) -> Response:

@@ -26,8 +26,13 @@ from tests.utils.waiting import eventually
 
 
 def sim_fetcher(url: str, **overrides: object) -> Fetcher:
-    values: dict[str, object] = {"database_url": url, "symbols": "AAPL,NVDA", "backfill": "2h",
-                                 "price_interval": 0.05, **overrides}  # fmt: skip
+    values: dict[str, object] = {
+        "database_url": url,
+        "symbols": "AAPL,NVDA",
+        "backfill": "2h",
+        "price_interval": 0.05,
+        **overrides,
+    }
     settings = FetcherSettings(**values)  # type: ignore[arg-type]
     return Fetcher(settings, SimulatedProvider(seed=5), FetcherMetrics(CollectorRegistry()))
 
@@ -171,8 +176,10 @@ async def test_a_stale_first_quote_does_not_shrink_the_backfill(
     from tests.fakes.server import fixture
 
     stale = int(datetime.now(UTC).timestamp()) // 60 * 60 - 600
-    quotes = {s: {**fixture("twelvedata/quote.json"), "symbol": s, "timestamp": stale}
-              for s in ("AAPL", "NVDA")}  # fmt: skip
+    quotes = {
+        s: {**fixture("twelvedata/quote.json"), "symbol": s, "timestamp": stale}
+        for s in ("AAPL", "NVDA")
+    }
     twelvedata.http.script("/quote", *[Fault.json(quotes)] * 50)
     fetcher = make_fetcher(twelvedata_settings(database_url, twelvedata, backfill="1h"))
     task = asyncio.create_task(fetcher.run())

@@ -54,8 +54,13 @@ def test_invalid_symbol_is_a_clear_startup_error() -> None:
     env = {"STOCKSTREAMER_SYMBOLS": "AAPL,no good", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(  # noqa: S603
         [sys.executable, "-m", "services.fetcher"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2
     assert "invalid symbol 'no good'" in result.stderr
     assert "Traceback" not in result.stderr

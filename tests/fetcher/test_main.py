@@ -63,8 +63,11 @@ async def test_writes_every_default_symbol_within_10s_and_exposes_metrics(
             "stockstreamer_fetcher_last_write_timestamp_seconds",
         ):
             assert name in metrics
-        written = [ln for ln in metrics.splitlines() if ln.startswith(
-            "stockstreamer_fetcher_ticks_written_total{")]  # fmt: skip
+        written = [
+            ln
+            for ln in metrics.splitlines()
+            if ln.startswith("stockstreamer_fetcher_ticks_written_total{")
+        ]
         assert len(written) == len(DEFAULT_SYMBOLS)  # one series per symbol
         assert all(float(line.split()[-1]) >= 1 for line in written)
         assert proc.stop() == 0

@@ -44,10 +44,16 @@ def reference(ticks: Iterable[Tick], widths: Iterable[int]) -> dict[tuple[int, s
             high = max(p for _, p in points)
             low = min(p for _, p in points)
             bars[(width, symbol, start)] = (
-                points[0][1], high, low, points[-1][1], len(points), points[0][0],
-                min(t for t, p in points if p == high), min(t for t, p in points if p == low),
+                points[0][1],
+                high,
+                low,
+                points[-1][1],
+                len(points),
+                points[0][0],
+                min(t for t, p in points if p == high),
+                min(t for t, p in points if p == low),
                 points[-1][0],
-            )  # fmt: skip
+            )
     return bars
 
 

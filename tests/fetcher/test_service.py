@@ -39,9 +39,13 @@ async def _close_writers() -> AsyncIterator[None]:
 
 def make_fetcher(url: str, provider: Provider, **overrides: object) -> Fetcher:
     settings = FetcherSettings(
-        database_url=url, symbols=SYMBOLS, price_interval=0.05,
-        retry_wait_initial=0.01, retry_wait_max=0.02, **overrides,  # type: ignore[arg-type]
-    )  # fmt: skip
+        database_url=url,
+        symbols=SYMBOLS,
+        price_interval=0.05,
+        retry_wait_initial=0.01,
+        retry_wait_max=0.02,
+        **overrides,  # type: ignore[arg-type]
+    )
     fetcher = Fetcher(settings, provider, FetcherMetrics(CollectorRegistry()))
     OPENED.append(fetcher)
     return fetcher
@@ -113,13 +117,19 @@ async def test_bad_data_is_dropped_counted_and_never_written(
     assert await db.fetchval("SELECT count(*) FROM ticks") == 1
     dropped = {
         reason: sample(fetcher, "ticks_dropped_total", reason=reason)
-        for reason in ("non_positive_price", "non_finite_price", "future_timestamp",
-                       "untracked_symbol")
-    }  # fmt: skip
+        for reason in (
+            "non_positive_price",
+            "non_finite_price",
+            "future_timestamp",
+            "untracked_symbol",
+        )
+    }
     assert dropped == {
-        "non_positive_price": 2, "non_finite_price": 2, "future_timestamp": 1,
+        "non_positive_price": 2,
+        "non_finite_price": 2,
+        "future_timestamp": 1,
         "untracked_symbol": 1,
-    }  # fmt: skip
+    }
 
 
 async def test_provider_errors_are_retried_then_the_round_is_skipped(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime, timedelta
 
-from services.fetcher.providers.simulated import SimulatedProvider, logo_data_uri
+from services.fetcher.providers.badges import logo_data_uri
+from services.fetcher.providers.simulated import SimulatedProvider
 
 SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX", "ZZZ"]
 

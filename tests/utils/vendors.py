@@ -15,27 +15,45 @@ from services.fetcher.service import Fetcher
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.twelvedata import FakeTwelveData
 
-FAST = {"price_interval": 0.05, "retry_wait_initial": 0.01, "retry_wait_max": 0.05, "backfill": 0,
-        # the vendors' documented examples date from 2021: keep them as raw ticks
-        "retention": "3650d", "retention_minute": "3650d"}  # fmt: skip
+FAST = {
+    "price_interval": 0.05,
+    "retry_wait_initial": 0.01,
+    "retry_wait_max": 0.05,
+    "backfill": 0,
+    # the vendors' documented examples date from 2021: keep them as raw ticks
+    "retention": "3650d",
+    "retention_minute": "3650d",
+}
 
 
 def finnhub_settings(url: str, fake: FakeFinnhub, **overrides: Any) -> FetcherSettings:
     values = {
-        "database_url": url, "provider": "finnhub", "symbols": "AAPL,NVDA",
-        "finnhub_api_key": fake.key, "finnhub_base_url": fake.base_url,
-        "finnhub_ws_url": fake.ws_url, "finnhub_stream": False, "finnhub_reconnect_max": 0.2,
-        **FAST, **overrides,
-    }  # fmt: skip
+        "database_url": url,
+        "provider": "finnhub",
+        "symbols": "AAPL,NVDA",
+        "finnhub_api_key": fake.key,
+        "finnhub_base_url": fake.base_url,
+        "finnhub_ws_url": fake.ws_url,
+        "finnhub_stream": False,
+        "finnhub_reconnect_max": 0.2,
+        **FAST,
+        **overrides,
+    }
     return FetcherSettings(**values)
 
 
 def twelvedata_settings(url: str, fake: FakeTwelveData, **overrides: Any) -> FetcherSettings:
     values = {
-        "database_url": url, "provider": "twelvedata", "symbols": "AAPL,NVDA",
-        "twelvedata_api_key": fake.key, "twelvedata_base_url": fake.base_url,
-        "twelvedata_rate_limit": 100, "twelvedata_rate_period": 1.0, **FAST, **overrides,
-    }  # fmt: skip
+        "database_url": url,
+        "provider": "twelvedata",
+        "symbols": "AAPL,NVDA",
+        "twelvedata_api_key": fake.key,
+        "twelvedata_base_url": fake.base_url,
+        "twelvedata_rate_limit": 100,
+        "twelvedata_rate_period": 1.0,
+        **FAST,
+        **overrides,
+    }
     return FetcherSettings(**values)
 
 

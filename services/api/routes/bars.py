@@ -33,7 +33,7 @@ router = APIRouter(
 )
 
 MAX_BARS = 2000
-Interval = Literal["auto", "10s", "1m", "5m", "15m", "1h", "4h", "1d"]
+Interval = Literal["auto", "10s", "1m", "2m", "5m", "15m", "30m", "1h", "4h", "1d"]
 
 
 def pick_interval(name: str, span: timedelta, max_bars: int) -> Level:

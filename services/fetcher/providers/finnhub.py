@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.models import Profile, Tick, Week52
+from services.fetcher.providers.badges import logo_data_uri
 from services.fetcher.providers.base import (
     EpochSeconds,
     HistoryUnavailable,
@@ -25,7 +26,6 @@ from services.fetcher.providers.http import (
     gather_per_symbol,
     validate,
 )
-from services.fetcher.providers.simulated import logo_data_uri
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,15 @@ class FinnhubProvider(Provider):
     def __init__(
         self,
         api_key: str,
-        base_url: str = "https://finnhub.io/api/v1",
-        ws_url: str = "wss://ws.finnhub.io",
-        stream: bool = True,
-        rate_limit: int = 60,
-        rate_period: float = 60.0,
-        concurrency: int = 4,
-        timeout: float = 10.0,
-        reconnect_max: float = 30.0,
+        *,
+        base_url: str,
+        ws_url: str,
+        stream: bool,
+        rate_limit: int,
+        rate_period: float,
+        concurrency: int,
+        timeout: float,
+        reconnect_max: float,
     ) -> None:
         self._api_key = api_key
         self._ws_url = ws_url
@@ -92,9 +93,14 @@ class FinnhubProvider(Provider):
         self._reconnect_max = reconnect_max
         # The key travels in a header, so it never appears in a logged URL.
         self.http = VendorClient(
-            "finnhub", base_url, {"X-Finnhub-Token": api_key},
-            rate_limit, rate_period, concurrency, timeout,
-        )  # fmt: skip
+            "finnhub",
+            base_url,
+            {"X-Finnhub-Token": api_key},
+            rate_limit,
+            rate_period,
+            concurrency,
+            timeout,
+        )
         self._last_t: dict[str, int] = {}
         self._previous_close: dict[str, Decimal] = {}
         self._unknown: set[str] = set()

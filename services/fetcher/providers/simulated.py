@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import math
 import random
 from collections.abc import Sequence
@@ -12,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from services.common.models import Profile, Tick, Week52
+from services.fetcher.config import FetcherSettings
+from services.fetcher.providers.badges import logo_data_uri
 from services.fetcher.providers.base import Provider
 
 TRADING_SECONDS_PER_YEAR = 252 * 6.5 * 3600
@@ -35,22 +35,8 @@ KNOWN: dict[str, tuple[str, float]] = {
     "NVDA": ("NVIDIA Corporation", 185.0),
     "TSLA": ("Tesla, Inc.", 420.0),
 }
-# Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
-BADGE_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000"]
-
-
-def logo_data_uri(symbol: str) -> str:
-    """An SVG badge with the ticker's letters, as a data URI."""
-    colour = BADGE_COLOURS[int(hashlib.sha256(symbol.encode()).hexdigest(), 16) % 7]
-    letters = symbol[:4]
-    size = 30 if len(letters) <= 2 else 22 if len(letters) == 3 else 17
-    svg = (
-        '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64" viewBox="0 0 64 64">'
-        f'<rect width="64" height="64" rx="14" fill="{colour}"/>'
-        f'<text x="32" y="32" dy=".35em" text-anchor="middle" font-family="Helvetica,Arial,'
-        f'sans-serif" font-weight="700" font-size="{size}" fill="#fff">{letters}</text></svg>'
-    )
-    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+# The settings' defaults, not restated here.
+_DEFAULTS = FetcherSettings.model_fields
 
 
 @dataclass
@@ -70,10 +56,10 @@ class SimulatedProvider(Provider):
 
     def __init__(
         self,
-        seed: int = 42,
-        volatility: float = 0.5,
+        seed: int = _DEFAULTS["sim_seed"].default,
+        volatility: float = _DEFAULTS["sim_volatility"].default,
         drift: float = 0.05,
-        step_seconds: float = 1.0,
+        step_seconds: float = _DEFAULTS["price_interval"].default,
     ) -> None:
         self.seed = seed
         self.volatility = volatility

@@ -11,17 +11,25 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from services.common.models import Profile, Tick, Week52
+from services.fetcher.providers.badges import logo_data_uri
 from services.fetcher.providers.base import EpochSeconds, Provider, ProviderError
 from services.fetcher.providers.http import BadPayload, VendorClient, gather_per_symbol, validate
-from services.fetcher.providers.simulated import logo_data_uri
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 120  # symbols per /quote call the vendor accepts
 MAX_POINTS = 5000  # the largest `outputsize` of /time_series
 # Bar sizes from finest to coarsest; history uses the finest that covers the window in one call.
-INTERVALS = [("1min", 60), ("5min", 300), ("15min", 900), ("30min", 1800), ("1h", 3600),
-             ("2h", 7200), ("4h", 14400), ("1day", 86400)]  # fmt: skip
+INTERVALS = [
+    ("1min", 60),
+    ("5min", 300),
+    ("15min", 900),
+    ("30min", 1800),
+    ("1h", 3600),
+    ("2h", 7200),
+    ("4h", 14400),
+    ("1day", 86400),
+]
 TRADING_FRACTION = 0.2  # US equities trade 6.5 h on 5 of 7 days: about 19 % of wall time
 
 
@@ -70,8 +78,9 @@ def _check(data: Any, what: str) -> Any:
             raise ProviderError("unauthorized", f"twelvedata {what}: {message}")
         if isinstance(code, int) and code >= 500:
             raise ProviderError("http_5xx", f"twelvedata {what}: {message}")
-        raise BadPayload("unknown_symbol" if code in (400, 404) else "vendor_error",
-                         f"{what}: {message}")  # fmt: skip
+        raise BadPayload(
+            "unknown_symbol" if code in (400, 404) else "vendor_error", f"{what}: {message}"
+        )
     return data
 
 
@@ -91,17 +100,24 @@ class TwelveDataProvider(Provider):
     def __init__(
         self,
         api_key: str,
-        base_url: str = "https://api.twelvedata.com",
-        rate_limit: int = 8,
-        rate_period: float = 60.0,
-        concurrency: int = 4,
-        timeout: float = 10.0,
-        daily_limit: int | None = 800,
+        *,
+        base_url: str,
+        rate_limit: int,
+        rate_period: float,
+        concurrency: int,
+        timeout: float,
+        daily_limit: int | None,
     ) -> None:
         self.http = VendorClient(
-            "twelvedata", base_url, {"Authorization": f"apikey {api_key}"},
-            rate_limit, rate_period, concurrency, timeout, daily_limit,
-        )  # fmt: skip
+            "twelvedata",
+            base_url,
+            {"Authorization": f"apikey {api_key}"},
+            rate_limit,
+            rate_period,
+            concurrency,
+            timeout,
+            daily_limit,
+        )
         self._last: dict[str, Quote] = {}
         self._last_ts: dict[str, int] = {}
         self._unknown: set[str] = set()
@@ -187,10 +203,14 @@ class TwelveDataProvider(Provider):
         interval, _ = pick_interval(end - start)
         fmt = "%Y-%m-%d %H:%M:%S"
         params = {
-            "symbol": symbol, "interval": interval, "timezone": "UTC", "order": "asc",
+            "symbol": symbol,
+            "interval": interval,
+            "timezone": "UTC",
+            "order": "asc",
             "start_date": start.astimezone(UTC).strftime(fmt),
-            "end_date": end.astimezone(UTC).strftime(fmt), "outputsize": str(MAX_POINTS),
-        }  # fmt: skip
+            "end_date": end.astimezone(UTC).strftime(fmt),
+            "outputsize": str(MAX_POINTS),
+        }
         try:
             data = _check(await self.http.get_json("/time_series", params), f"history {symbol}")
             bars = validate(TimeSeries, data, f"history {symbol}").values

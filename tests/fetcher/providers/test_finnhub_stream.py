@@ -136,11 +136,14 @@ def test_messages_become_ticks_pings_are_ignored_junk_is_counted() -> None:
 
 def test_trades_in_the_same_millisecond_become_one_tick() -> None:
     stream = FinnhubStream("ws://x", "unit-test-key-1", ["AAPL"], lambda *_: None)
-    message = {"type": "trade", "data": [
-        {"s": "AAPL", "p": 10.0, "t": 1_700_000_000_000, "v": 5},
-        {"s": "AAPL", "p": 10.5, "t": 1_700_000_000_000, "v": 7},
-        {"s": "AAPL", "p": 11.0, "t": 1_700_000_000_001, "v": 1},
-    ]}  # fmt: skip
+    message = {
+        "type": "trade",
+        "data": [
+            {"s": "AAPL", "p": 10.0, "t": 1_700_000_000_000, "v": 5},
+            {"s": "AAPL", "p": 10.5, "t": 1_700_000_000_000, "v": 7},
+            {"s": "AAPL", "p": 11.0, "t": 1_700_000_000_001, "v": 1},
+        ],
+    }
     ticks = stream.parse(json.dumps(message))
     assert [(str(t.price), t.volume) for t in ticks] == [("10.5", 12), ("11.0", 1)]
     assert collapse([]) == []

@@ -16,9 +16,14 @@ from tests.fakes.finnhub import FakeFinnhub
 async def test_the_limiter_holds_the_configured_rate(finnhub: FakeFinnhub) -> None:
     rate, period, n = 10, 1.0, 25
     client = VendorClient(
-        "finnhub", finnhub.base_url, {"X-Finnhub-Token": finnhub.key},
-        rate_limit=rate, rate_period=period, concurrency=8, timeout=5,
-    )  # fmt: skip
+        "finnhub",
+        finnhub.base_url,
+        {"X-Finnhub-Token": finnhub.key},
+        rate_limit=rate,
+        rate_period=period,
+        concurrency=8,
+        timeout=5,
+    )
     started = time.monotonic()
     try:
         await asyncio.gather(*(client.get_json("/quote", {"symbol": "AAPL"}) for _ in range(n)))

@@ -113,9 +113,12 @@ async def test_the_limiter_counts_credits_per_symbol(
 ) -> None:
     # 4 symbols at 4 credits per 0.5 s: each round costs a whole period's budget
     settings = twelvedata_settings(
-        database_url, twelvedata, symbols="AAPL,NVDA,MSFT,GE",
-        twelvedata_rate_limit=4, twelvedata_rate_period=0.5,
-    )  # fmt: skip
+        database_url,
+        twelvedata,
+        symbols="AAPL,NVDA,MSFT,GE",
+        twelvedata_rate_limit=4,
+        twelvedata_rate_period=0.5,
+    )
     async with opened(settings) as fetcher:
         for _ in range(4):
             await fetcher.fetch_prices_once()
