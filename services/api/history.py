@@ -59,14 +59,19 @@ def pick_level(stride: timedelta, since: datetime, horizons: Horizons) -> Level 
 
 
 def bucket_width(level: Level, since: datetime, until: datetime, buckets: int) -> int:
-    """Seconds per served bucket: whole bars, aligned to the epoch, at most `buckets` of them."""
+    """Seconds per served bucket: whole bars, aligned to the epoch, at most `buckets` of them.
+
+    One bucket cannot always be had: a window around the epoch (or any instant that is a multiple
+    of every width tried) meets two however wide they are. Past a width of twice the window, two
+    it is; the series is then trimmed to max_points like any other.
+    """
     span = (until - since).total_seconds()
     bars = max(1, math.ceil(span / buckets / level.seconds))
     while True:
         width = bars * level.seconds
         first = math.floor((since - EPOCH).total_seconds() / width)
         last = math.floor((until - EPOCH).total_seconds() / width)
-        if last - first + 1 <= buckets:
+        if last - first + 1 <= buckets or width >= 2 * span:
             return width
         bars += 1
 
@@ -139,6 +144,9 @@ async def load(
             if served is not None and served["ts"] is not None:
                 history.points[symbol] = list(zip(served["ts"], served["price"], strict=True))
     await _append_newest(conn, history, dense, horizons)
+    for symbol in dense:
+        # the newest points win when the buckets could not be made few enough (see bucket_width)
+        del history.points[symbol][: -max_points or None]
     return history
 
 

@@ -23,7 +23,6 @@ from services.common.bars import BY_NAME
 DEFAULT_MAX_BARS = 500  # /api/v1/bars without max_bars
 # A window that ends now is measured by the API a moment after it is measured here.
 CLOCK_MARGIN = timedelta(minutes=1)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _instant(name: str, value: object) -> datetime | None:
@@ -67,10 +66,4 @@ def map_case(context: HookContext, case: Case) -> Case:
         bars = (latest - since) // timedelta(seconds=BY_NAME[str(interval)].seconds) + 1
         if bars > int(query.get("max_bars", DEFAULT_MAX_BARS)):
             query["interval"] = "auto"
-    # Not a rule but a defect: services.api.history.bucket_width never returns for a window that
-    # contains 1970-01-01T00:00Z when max_points leaves room for one bucket (1 to 5), and the API
-    # stops answering. Until it is fixed, such windows are asked for with two buckets' worth.
-    if case.operation.path == "/api/v1/prices" and since < EPOCH <= until:
-        if int(query.get("max_points", 1000)) < 6:
-            query["max_points"] = 6
     return case

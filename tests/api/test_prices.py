@@ -234,3 +234,15 @@ async def test_a_query_past_the_statement_timeout_is_a_503(
         api.stop()
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     assert "took too long" in response.json()["detail"]
+
+
+async def test_a_window_around_the_epoch_is_answered_within_max_points(
+    client: httpx.AsyncClient, market: Market
+) -> None:
+    """The epoch is a bucket boundary at every width: one bucket can never hold the window."""
+    await market.stocks("AAPL")
+    for max_points in (1, 2, 5):
+        params = {"end": "1000", "start": "-1000", "max_points": max_points}
+        response = await client.get("/api/v1/prices", params=params, timeout=5)
+        assert response.status_code == 200, response.text
+        assert all(len(s["ts"]) <= max_points for s in response.json()["series"])
