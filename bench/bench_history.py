@@ -63,7 +63,7 @@ def _pct(values: Sequence[float], q: int) -> float:
 
 
 async def _time_api(base: str, symbols: list[str], now: datetime, span: timedelta) -> list[float]:
-    params = {
+    params: dict[str, str | int] = {
         "symbols": ",".join(symbols),
         "start": (now - span).isoformat(),
         "end": now.isoformat(),

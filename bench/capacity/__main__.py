@@ -91,10 +91,10 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-def lag_quantiles(before: dict, after: dict, name: str) -> tuple[float, float]:  # type: ignore[type-arg]
+def lag_quantiles(before: dict, after: dict, name: str) -> tuple[float, float]:
     """p50 and p99 (ms) of a histogram's observations between two scrapes."""
 
-    def buckets(page: dict) -> dict[float, float]:  # type: ignore[type-arg]
+    def buckets(page: dict) -> dict[float, float]:
         return {float(labels["le"]): v for labels, v in page.get(f"{name}_bucket", [])}
 
     b, a = buckets(before), buckets(after)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from services.common.bars import DAILY, LEVELS, MINUTE, MONTHLY
+from services.common.contract import HistoryPayload
 from services.common.models import Profile, Tick, Week52
 from services.fetcher import queries
 from services.fetcher.rollup import columns, rollup
@@ -79,9 +79,10 @@ class Written:
     def history_payload(self) -> str:
         """The `history` notification: which symbols and window to reload."""
         assert self.first_ts is not None and self.last_ts is not None  # noqa: S101
-        return json.dumps(
-            {"symbols": sorted(self.symbols), "start": _ms(self.first_ts), "end": _ms(self.last_ts)}
+        payload = HistoryPayload(
+            symbols=sorted(self.symbols), start=_ms(self.first_ts), end=_ms(self.last_ts)
         )
+        return payload.model_dump_json()
 
 
 class TickStore:

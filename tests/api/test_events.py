@@ -41,7 +41,7 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
         "last_ts": updated,
         "reference": 200.0,
     }
-    frame = stock_frame(row)  # a mapping with the columns of queries.STOCKS
+    frame = stock_frame(row)  # type: ignore[arg-type]  # a mapping with queries.STOCKS' columns
 
     head, _, data = frame.data.partition(b"data: ")
     assert head == b"event: stock\n" and data.endswith(b"\n\n")

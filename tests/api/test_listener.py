@@ -123,14 +123,16 @@ async def test_database_outage_is_503_then_the_stream_catches_up(
     assert (await client.get("/readyz")).status_code == 200
 
 
-class PausingConnection(asyncpg.Connection):  # type: ignore[misc]
+class PausingConnection(asyncpg.Connection):
     """A real connection whose first read lets the test act while the read is under way."""
 
     during_first_read: asyncio.Event
     resume: asyncio.Event
 
-    async def fetch(self, query: str, *args: object, **kwargs: object) -> list[asyncpg.Record]:
-        rows = await super().fetch(query, *args, **kwargs)
+    async def fetch(  # type: ignore[override]
+        self, query: str, *args: object, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
+        rows = await super().fetch(query, *args, timeout=timeout)
         if not self.during_first_read.is_set():
             self.during_first_read.set()
             await self.resume.wait()

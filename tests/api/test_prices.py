@@ -87,7 +87,11 @@ async def test_exactly_max_points_is_not_downsampled(
 ) -> None:
     await market.stocks("AMZN")
     await market.series("AMZN", 50)
-    params = {"start": iso(T0), "end": iso(T0 + timedelta(hours=1)), "max_points": 50}
+    params: dict[str, str | int] = {
+        "start": iso(T0),
+        "end": iso(T0 + timedelta(hours=1)),
+        "max_points": 50,
+    }
     series = (await client.get("/api/v1/prices", params=params)).json()["series"][0]
     assert series["downsampled"] is False and len(series["ts"]) == 50
 
@@ -186,7 +190,11 @@ async def test_downsampled_points_are_real_ticks_and_a_spike_keeps_its_time(
     ticks[high_at], ticks[low_at] = 250.0, 20.0
     await market.ticks([("NFLX", ts, price) for ts, price in ticks.items()])
     stored = {int(ts.timestamp() * MS): price for ts, price in ticks.items()}
-    params = {"start": iso(T0), "end": iso(T0 + timedelta(days=30)), "max_points": 30}
+    params: dict[str, str | int] = {
+        "start": iso(T0),
+        "end": iso(T0 + timedelta(days=30)),
+        "max_points": 30,
+    }
 
     series = (await client.get("/api/v1/prices", params=params)).json()["series"][0]
 
@@ -228,7 +236,11 @@ async def test_a_query_past_the_statement_timeout_is_a_503(
     api = ThreadedApi(database_url, api_statement_timeout=0.001).start()
     try:
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
-            params = {"start": iso(T0), "end": iso(T0 + timedelta(hours=1)), "max_points": 10}
+            params: dict[str, str | int] = {
+                "start": iso(T0),
+                "end": iso(T0 + timedelta(hours=1)),
+                "max_points": 10,
+            }
             response = await client.get("/api/v1/prices", params=params)
     finally:
         api.stop()
@@ -242,7 +254,7 @@ async def test_a_window_around_the_epoch_is_answered_within_max_points(
     """The epoch is a bucket boundary at every width: one bucket can never hold the window."""
     await market.stocks("AAPL")
     for max_points in (1, 2, 5):
-        params = {"end": "1000", "start": "-1000", "max_points": max_points}
+        params: dict[str, str | int] = {"end": "1000", "start": "-1000", "max_points": max_points}
         response = await client.get("/api/v1/prices", params=params, timeout=5)
         assert response.status_code == 200, response.text
         assert all(len(s["ts"]) <= max_points for s in response.json()["series"])

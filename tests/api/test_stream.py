@@ -98,7 +98,7 @@ async def test_resume_has_no_gap_and_no_duplicate(
         await write(3)
         seen = await stream.take(4)
     await write(5)  # missed while away
-    resume = {"Last-Event-ID": seen[-1].id} if how == "header" else {}
+    resume = {"Last-Event-ID": str(seen[-1].id)} if how == "header" else {}
     params = {"last_event_id": str(seen[-1].id)} if how == "query" else None
     async with open_stream(client, params, **resume) as stream:
         await write(2)  # live after the reconnect

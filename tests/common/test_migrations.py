@@ -131,6 +131,7 @@ async def _check_converted(url: str, count: int) -> None:
             " WHERE symbol = 'AAPL' AND ts >= $1 AND ts < $1 + interval '1 day'",
             TS.replace(hour=0, minute=0),
         )
+        assert day is not None and raw is not None
         assert (day["low"], day["high"], day["ticks"]) == (raw["low"], raw["high"], raw["n"])
         # new ticks continue the same event ids, in a partition of their own
         after = TS + timedelta(days=10)

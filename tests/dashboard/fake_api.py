@@ -80,7 +80,8 @@ class FakeApi:
     async def _bars(self, request: Request) -> Response:
         self.bar_requests.append(dict(request.query_params))
         symbols = request.query_params.get("symbols", "").split(",")
-        empty = {"ts": [], "open": [], "high": [], "low": [], "close": [], "ticks": []}
+        empty: dict[str, list[float]] = {k: [] for k in ("ts", "open", "high", "low", "close")}
+        empty["ticks"] = []
         series = [self.bars.get(s, {"symbol": s, **empty}) for s in symbols]
         body = {"start": 0, "end": 0, "interval": "1m", "interval_ms": 60_000, "series": series}
         return JSONResponse(body)

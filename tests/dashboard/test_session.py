@@ -33,7 +33,7 @@ async def drain(doc: Document) -> None:
         if not callbacks:
             return
         for cb in callbacks:
-            doc.remove_next_tick_callback(cb)
+            doc.remove_next_tick_callback(cb)  # type: ignore[arg-type]
             result = cb.callback()
             if inspect.isawaitable(result):
                 await result
@@ -102,7 +102,7 @@ async def test_ticks_are_streamed_or_patched_never_resent(session: DashboardSess
     assert aapl["ts"] == sorted(aapl["ts"])
     assert session.ui.table_source.data["price"][0] == 570.0
     # the logo rides the line's visible start as the window slides
-    start = logo_anchor(aapl["ts"], aapl["price"], HOUR_MS)
+    start = logo_anchor([int(t) for t in aapl["ts"]], aapl["price"], HOUR_MS)
     assert start is not None and aapl["ts"][-1] - start.ts <= HOUR_MS
     assert list(session.chart.logos.data["ts"])[0] == start.ts
 
@@ -170,7 +170,7 @@ async def test_window_mode_and_stock_controls(session: DashboardSession, fake_ap
     first, second = (int(r["start"]) for r in fake_api.price_requests)
     assert second - first == pytest.approx(-(DAY_MS - 3_600_000), abs=60_000)
     assert session.chart.x_range.follow_interval == DAY_MS
-    assert "1 day" in session.chart.title_model.text
+    assert "1 day" in str(session.chart.title_model.text)
 
     session.ui.mode.active = 1
     line = session.chart.lines["AAPL"]
@@ -228,7 +228,7 @@ async def test_a_superseded_load_is_cancelled_not_stacked(
     assert loads[-1] is not None and loads[-1].done() and not loads[-1].cancelled()
     assert session.phase is Phase.SHOWING and session.window == "1y"
     assert session.chart.x_range.follow_interval == 365 * DAY_MS
-    assert "1 year" in session.chart.title_model.text
+    assert "1 year" in str(session.chart.title_model.text)
 
 
 async def test_the_candle_view_loads_bars_and_keeps_the_last_candle_live(

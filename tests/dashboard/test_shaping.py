@@ -44,7 +44,7 @@ def test_series_columns_from_prices_json() -> None:
     assert cols["ts"] == [T0, T0 + 1000]
     assert cols["price"] == [100.0, 110.0]
     assert cols["pct"] == pytest.approx([0.0, 0.1])
-    empty = {"ts": [], "price": [], "pct": []}
+    empty: dict[str, list[float]] = {"ts": [], "price": [], "pct": []}
     assert series_columns(series([], [])) == series_columns(None) == empty
     with pytest.raises(ValueError, match="2 times but 1 prices"):
         series_columns(series([1, 2], [3]))

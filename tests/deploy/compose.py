@@ -44,7 +44,7 @@ def _tagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return loader.construct_mapping(node, deep=True)
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)  # type: ignore[arg-type]
+    return loader.construct_scalar(node)
 
 
 _ComposeLoader.add_constructor("!reset", _tagged)
@@ -108,7 +108,7 @@ def variables_used(path: Path) -> set[str]:
 def dotenv(text: str) -> dict[str, str]:
     """The KEY=VALUE lines Compose would read from a `.env` with this text (comments skipped)."""
     pairs = (line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z_]\w*=", line))
-    return dict(pairs)  # type: ignore[arg-type]
+    return dict(pairs)
 
 
 def documented(text: str) -> set[str]:

@@ -142,7 +142,7 @@ def test_commands_are_the_ones_make_run_uses(compose: dict[str, Any], service: s
 
 def test_migrate_runs_dbmate_as_make_migrate_does(compose: dict[str, Any]) -> None:
     """The same dbmate arguments as services.common.migrations (what `make migrate` runs)."""
-    with mock.patch.object(migrations.subprocess, "run") as run:
+    with mock.patch("services.common.migrations.subprocess.run") as run:
         run.return_value = subprocess.CompletedProcess([], 0, "", "")
         migrations.migrate("postgresql://example.invalid/stockstreamer")
     native = [str(a) for a in run.call_args.args[0][1:]]
@@ -193,7 +193,7 @@ def test_container_environment_gives_valid_settings(
     spec = compose["services"][service]
     for name, value in {**example_env, **spec.get("environment", {})}.items():
         monkeypatch.setenv(name, paths.get(str(value), str(value)))
-    settings: Any = settings_class(service)(_env_file=None)  # type: ignore[call-arg]
+    settings: Any = settings_class(service)(_env_file=None)
     if service != "dashboard":
         url = urlsplit(settings.database_url)
         assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/stockstreamer")

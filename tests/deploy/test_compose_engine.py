@@ -313,12 +313,15 @@ async def read_until(
     return last_id
 
 
+def restart_api_after(stack: Stack, seconds: float) -> None:
+    time.sleep(seconds)
+    stack.compose("restart", "api")
+
+
 async def test_api_restart_resumes_the_stream_exactly_once(stack: Stack) -> None:
     events: list[Event] = []
     async with httpx.AsyncClient(base_url=stack.api, timeout=httpx.Timeout(10, read=20)) as client:
-        restart = asyncio.create_task(
-            asyncio.to_thread(lambda: (time.sleep(3), stack.compose("restart", "api")))
-        )
+        restart = asyncio.create_task(asyncio.to_thread(restart_api_after, stack, 3.0))
         last_id = await read_until(events, client, None, time.monotonic() + 60)
         assert events, "events before the restart"
         await restart

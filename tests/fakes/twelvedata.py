@@ -42,7 +42,7 @@ class FakeTwelveData:
 
     def _one_quote(self, symbol: str) -> dict[str, Any]:
         if symbol not in self.prices:
-            return fixture("twelvedata/error_not_found.json")  # type: ignore[no-any-return]
+            return fixture("twelvedata/error_not_found.json")
         self.prices[symbol] *= 1 + random.uniform(-0.001, 0.001)
         quote = fixture("twelvedata/quote.json")
         quote.update(
@@ -51,7 +51,7 @@ class FakeTwelveData:
             close=f"{self.prices[symbol]:.5f}",
             timestamp=int(time.time()) // 60 * 60,  # the current 1-min bar
         )
-        return quote  # type: ignore[no-any-return]
+        return quote
 
     def _quote(self, request: Request) -> Response:
         if not self._authorised(request):
@@ -85,7 +85,8 @@ class FakeTwelveData:
         first = datetime.fromtimestamp(-(-start.timestamp() // step) * step, UTC)
         template = fixture("twelvedata/time_series.json")
         bar = template["values"][0]
-        values, ts, price = [], first, self.prices[symbol]
+        values: list[dict[str, str]] = []
+        ts, price = first, self.prices[symbol]
         while ts <= end and len(values) < int(q.get("outputsize", "30")):
             price *= 1 + random.uniform(-0.001, 0.001)
             values.append({**bar, "datetime": ts.strftime(FMT), "close": f"{price:.5f}"})

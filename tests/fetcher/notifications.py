@@ -24,7 +24,8 @@ class Notifications:
             await notes.conn.add_listener(channel, notes._received)
         return notes
 
-    def _received(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+    def _received(self, _conn: object, _pid: int, channel: str, message: object) -> None:
+        payload = str(message)
         self._queue.put_nowait((channel, payload))
 
     async def next(self, timeout: float = 5.0) -> tuple[str, str]:

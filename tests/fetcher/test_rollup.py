@@ -34,7 +34,7 @@ def market(symbol: str, count: int, seed: int) -> list[Tick]:
 def reference(ticks: Iterable[Tick], widths: Iterable[int]) -> dict[tuple[int, str, int], BarRow]:
     """Bars computed the plain way, straight from distinct ticks (independent of the writer)."""
     distinct = {(t.symbol, t.ts): float(t.price) for t in ticks}
-    bars = {}
+    bars: dict[tuple[int, str, int], BarRow] = {}
     for width in widths:
         groups: dict[tuple[str, int], list[tuple[datetime, float]]] = defaultdict(list)
         for (symbol, ts), price in distinct.items():

@@ -159,7 +159,7 @@ async def test_provider_errors_are_retried_then_the_round_is_skipped(
 
 async def test_an_unexpected_provider_bug_does_not_stop_the_loop(database_url: str) -> None:
     class Broken(ScriptedProvider):
-        async def quotes(self, symbols: object) -> list[Tick]:  # type: ignore[override]
+        async def quotes(self, symbols: object) -> list[Tick]:
             self.calls += 1
             raise KeyError("surprise")
 

@@ -72,7 +72,9 @@ async def test_a_dropped_socket_reconnects_resubscribes_and_rest_fills_the_gap(
     assert sample(running, "stream_connected") == 0
 
     finnhub.ws_down = False
-    await eventually(lambda: finnhub.ws_connects >= 2 and running.stream.connected, timeout=5)
+    stream = running.stream
+    assert stream is not None
+    await eventually(lambda: finnhub.ws_connects >= 2 and stream.connected, timeout=5)
     await eventually(lambda: len(finnhub.subscriptions[-1]) == 2)
     assert finnhub.subscriptions[-1] == ["AAPL", "NVDA"]  # re-subscribed
     await asyncio.sleep(0.2)
