@@ -122,9 +122,10 @@ async def load(
         bars = {row["symbol"]: row for row in rows}
     # Raw ticks where they are kept and fit: the bars' tick counts tell, without reading them.
     raw = [
-        s for s in symbols
+        s
+        for s in symbols
         if since >= horizons.raw and (s not in bars or bars[s]["ticks"] <= max_points)
-    ]  # fmt: skip
+    ]
     if raw:
         found = await conn.fetch(queries.RAW_WINDOW, raw, since, until, max_points + 1)
         for row in found:
@@ -184,9 +185,12 @@ async def _append_newest(
 ) -> None:
     """The newest tick at or before the window's end closes each series."""
     rows = await conn.fetch(
-        queries.NEWEST_IN_WINDOW, symbols, history.since, history.until,
+        queries.NEWEST_IN_WINDOW,
+        symbols,
+        history.since,
+        history.until,
         history.until >= horizons.raw,
-    )  # fmt: skip
+    )
     for row in rows:
         points = history.points[row["symbol"]]
         if row["ts_ms"] is not None and (not points or points[-1][0] < row["ts_ms"]):

@@ -28,9 +28,16 @@ def test_grafana_refuses_to_start_without_its_password(tmp_path: Path) -> None:
 
     def start() -> subprocess.CompletedProcess[str]:
         return project.compose(
-            *files, "up", "--no-deps", "--no-build", "--pull", "never",
-            "--abort-on-container-exit", "grafana", check=False,
-        )  # fmt: skip
+            *files,
+            "up",
+            "--no-deps",
+            "--no-build",
+            "--pull",
+            "never",
+            "--abort-on-container-exit",
+            "grafana",
+            check=False,
+        )
 
     try:
         missing = start()
