@@ -182,3 +182,17 @@ async def test_streams_beyond_the_cap_are_refused_with_retry_after(
     assert "too many open streams" in refused.json()["detail"]
     assert healthy.status_code == 200
     assert api.metric("stockstreamer_api_streams_refused_total") == 1
+
+
+async def test_resume_and_latest_work_across_day_partitions(
+    client: httpx.AsyncClient, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    days = [T0 + timedelta(days=d) for d in range(3)]  # three daily partitions of ticks
+    first = await market.ticks([("AAPL", days[0], 1)])
+    later = [await market.ticks([("AAPL", day, 2 + i)]) for i, day in enumerate(days[1:])]
+    async with open_stream(client, Last_Event_ID=str(first)) as stream:
+        replayed = await stream.prices(2)
+    latest = (await client.get("/api/v1/prices/latest")).json()
+    assert ids(replayed) == later
+    assert latest[0]["event_id"] == later[-1] and latest[0]["price"] == 3
