@@ -16,12 +16,12 @@ class ApiSettings(CommonSettings):
         "stockstreamer_reader",
         description="Role the API switches to on connect; `none` keeps the login user.",
     )
-    api_pool_size: int = Field(10, ge=1, le=100, description="Most pooled database connections.")
+    api_pool_size: int = Field(20, ge=2, le=100, description="Most pooled database connections.")
     api_statement_timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds any one query may run before it is cancelled (503)."
     )
     api_history_concurrency: int = Field(
-        4, ge=1, le=100, description="History requests served at once; beyond: 503 + Retry-After."
+        8, ge=1, le=100, description="History requests served at once; beyond: 503 + Retry-After."
     )
     cors_origins: CommaList = Field(
         default_factory=list,

@@ -29,7 +29,7 @@ MAX_SYMBOLS = 50
 # Seconds a request waits for a pooled connection: past it, the process is saturated and a quick
 # 503 with Retry-After serves the client better than a queue that only grows.
 ACQUIRE_TIMEOUT = 1.0
-HISTORY_WAIT = 0.25  # seconds a history request may wait for a free slot before its 503
+HISTORY_WAIT = 1.0  # seconds a history request may wait for a free slot before its 503
 
 # The OpenAPI document declares what each parameter accepts: whatever matches is served (a
 # well-formed symbol that is not tracked is a 404). The checks below accept a little more than
