@@ -21,6 +21,7 @@ import httpx
 from bench.history_data import SCALES, SYMBOLS, Scale, load, log
 from bench.processes import start_api
 from services.api import history, queries
+from services.common.bars import LEVELS, Keep
 
 WINDOWS = {
     "1 hour": timedelta(hours=1),
@@ -156,31 +157,34 @@ async def _run(url: str, scale: Scale) -> list[str]:
     return rows
 
 
+# Per level: bytes of one bar (table and key), from the level's partitions.
+LEVEL_BYTES = """
+SELECT sum(pg_total_relation_size(t.relid))::float8 / nullif(sum(c.reltuples), 0)
+FROM pg_partition_tree($1::regclass) t JOIN pg_class c ON c.oid = t.relid
+WHERE t.isleaf
+"""
+TABLE_BYTES = """
+SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree($1::regclass) WHERE isleaf
+"""
+LEVEL_ROWS = """
+SELECT width_s, count(*) AS n FROM bars
+WHERE bucket >= $1 AND bucket < $1 + interval '1 day' GROUP BY 1
+"""
+
+
 async def _disk(url: str, scale: Scale) -> list[str]:
-    """Bytes per tick (raw and bars), growth a day at the default feed, dropping a partition."""
+    """Bytes per tick (raw and bars), growth at the default feed, dropping a partition."""
     conn = await asyncpg.connect(url)
     try:
-        raw_bytes = await conn.fetchval(
-            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
-            " WHERE inhparent = 'ticks'::regclass"
-        )
-        bar_bytes = await conn.fetchval(
-            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
-            " WHERE c.relname LIKE 'bars\\_%' AND c.relkind = 'r'"
-        )
-        # the bars a raw day adds (every level over one day of 1 s ticks)
-        day_bars = await conn.fetchval(
-            "SELECT count(*) FROM bars WHERE bucket >= $1 AND bucket < $1 + interval '1 day'"
-            " AND width_s < 86400",
-            await conn.fetchval("SELECT min(ts) FROM ticks"),
-        )
-        bar_row = await conn.fetchval(
-            "SELECT sum(pg_total_relation_size(c.oid))::float / nullif(sum(c.reltuples), 0)"
-            " FROM pg_class c WHERE c.relname LIKE 'bars\\_%' AND c.relkind = 'r'"
-        )
-        raw_bytes, bar_bytes, bar_row = float(raw_bytes), float(bar_bytes), float(bar_row)
-        per_tick = raw_bytes / scale.raw_rows
-        per_day = 6 * 86_400 * per_tick + day_bars * 6 / scale.symbols * bar_row
+        raw_bytes = float(await conn.fetchval(TABLE_BYTES, "ticks"))
+        day = await conn.fetchval("SELECT date_trunc('day', min(ts), 'UTC') FROM ticks")
+        rows = {r["width_s"]: r["n"] for r in await conn.fetch(LEVEL_ROWS, day)}
+        # a full raw day's bars, per symbol, per level: (rows, bytes per row)
+        per_level = {
+            level: (rows.get(level.seconds, 0) / scale.symbols,
+                    await conn.fetchval(LEVEL_BYTES, level.table) or 0.0)
+            for level in LEVELS
+        }  # fmt: skip
         began = time.perf_counter()
         dropped = await conn.fetch(
             "SELECT stockstreamer_apply_retention($1::interval, '400 days') AS d",
@@ -189,13 +193,23 @@ async def _disk(url: str, scale: Scale) -> list[str]:
         drop_ms = (time.perf_counter() - began) * 1000
     finally:
         await conn.close()
+    per_tick = raw_bytes / scale.raw_rows
+    symbols, ticks_a_day = 6, 86_400  # the default feed: 6 symbols, a tick a second
+
+    def a_day(keep: Keep) -> float:
+        return symbols * sum(n * size for lv, (n, size) in per_level.items() if lv.keep is keep)
+
+    raw_day = symbols * ticks_a_day * per_tick + a_day(Keep.RAW)
+    steady = 30 * raw_day + 400 * a_day(Keep.MINUTE)
+    bars_per_tick = sum(n * size for n, size in per_level.values()) / ticks_a_day
     return [
-        f"| disk: bytes per raw tick (table and key) / all bars over {scale.raw_days} days of 1 s "
-        f"ticks | {per_tick:.0f} B | bars: {bar_bytes / scale.raw_rows:.0f} B per tick "
-        f"| {bar_bytes / raw_bytes:.0%} of raw |",
-        f"| disk: growth a day, default feed (6 symbols, 1 tick/s; raw kept 30 days) "
-        f"| {per_day / 1e6:.0f} MB/day raw + bars | ~{per_day * 30 / 1e9:.1f} GB steady state "
-        f"(raw) | — |",
+        f"| disk: a raw tick (table and keys) / the bars of every level that summarise it "
+        f"| {per_tick:.0f} B | {bars_per_tick:.0f} B per tick "
+        f"| {bars_per_tick / per_tick:.0%} of raw |",
+        f"| disk at the default feed (6 symbols, a tick a second): a day of raw ticks and their "
+        f"bars / steady state with the default retention (raw 30 days, minute bars 400 days) "
+        f"| {raw_day / 1e6:.0f} MB a day | {steady / 1e9:.1f} GB, then "
+        f"{365 * a_day(Keep.FOREVER) / 1e6:.0f} MB a year (hourly and daily bars) | — |",
         f"| disk: dropping {len(dropped)} expired partitions (a day of {scale.symbols} symbols' "
         f"ticks and 10 s bars) | — | {drop_ms:.0f} ms | — |",
     ]

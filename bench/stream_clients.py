@@ -16,24 +16,33 @@ import time
 from pathlib import Path
 
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import EventSource, aconnect_sse
 
 
 async def _client(
     http: httpx.AsyncClient, opened: list[int], events: int, record: dict[str, float] | None
 ) -> int:
+    while True:
+        async with aconnect_sse(http, "GET", "/api/v1/stream") as source:
+            if source.response.status_code != 503:
+                source.response.raise_for_status()
+                opened.append(1)
+                return await _read(source, events, record)
+            # a busy API answers 503 with Retry-After: come back then, as EventSource does
+            wait = float(source.response.headers.get("retry-after", "1"))
+        await asyncio.sleep(wait)
+
+
+async def _read(source: EventSource, events: int, record: dict[str, float] | None) -> int:
     received = 0
-    async with aconnect_sse(http, "GET", "/api/v1/stream") as source:
-        source.response.raise_for_status()
-        opened.append(1)
-        async for event in source.aiter_sse():
-            if event.event != "price":
-                continue
-            if record is not None:
-                record[event.id] = time.time()
-            received += 1
-            if received == events:
-                break
+    async for event in source.aiter_sse():
+        if event.event != "price":
+            continue
+        if record is not None:
+            record[event.id] = time.time()
+        received += 1
+        if received == events:
+            break
     return received
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, cast
 
@@ -59,9 +60,9 @@ class Busy(HTTPException):
         )
 
 
-async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """One pooled connection for the duration of a request; a quick 503 when none is free."""
-    pool: asyncpg.Pool = request.app.state.pool
+@asynccontextmanager
+async def pooled(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; a quick 503 (Busy) when none frees up within ACQUIRE_TIMEOUT."""
     try:
         conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
     except TimeoutError:
@@ -70,6 +71,12 @@ async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield cast(asyncpg.Connection, conn)  # a proxy with the connection's interface
     finally:
         await pool.release(conn)
+
+
+async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """One pooled connection for the duration of a request."""
+    async with pooled(request.app.state.pool) as conn:
+        yield conn
 
 
 async def history_slot(request: Request) -> AsyncIterator[None]:

@@ -13,7 +13,6 @@ from starlette.types import Receive, Scope, Send
 
 from services.api import queries
 from services.api.deps import (
-    ACQUIRE_TIMEOUT,
     BroadcasterDep,
     Busy,
     InvalidParameter,
@@ -22,6 +21,7 @@ from services.api.deps import (
     SettingsDep,
     SymbolsDep,
     known_symbols,
+    pooled,
 )
 from services.api.events import SHUTDOWN, Frame, Subscriber, encode, price_frame
 from services.api.listener import Broadcaster
@@ -147,7 +147,7 @@ async def stream(
         metrics.streams_refused.inc()
         raise Busy("too many open streams, try again shortly", retry_after=STREAM_RETRY_AFTER)
     limit = settings.api_stream_replay_limit
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+    async with pooled(pool) as conn:
         await known_symbols(conn, symbols)
         # Subscribe before reading the database: whatever commits from here on arrives live,
         # and live events up to what the reads below cover are skipped (no gap, no duplicate).
