@@ -18,19 +18,11 @@ from services.api.deps import (
     epoch_ms,
     known_symbols,
 )
-from services.api.routes.prices import EndParam, StartParam, window
+from services.api.routes.prices import HISTORY_RESPONSES, EndParam, StartParam, window
 from services.common.bars import BY_NAME, LEVELS, Level
-from services.common.contract import Bars, BarSeries, Problem
+from services.common.contract import Bars, BarSeries
 
-router = APIRouter(
-    prefix="/api/v1/bars",
-    tags=["prices"],
-    responses={
-        404: {"model": Problem, "description": "Unknown symbol"},
-        422: {"model": Problem, "description": "Invalid parameter"},
-        503: {"model": Problem, "description": "Database unavailable or too busy (Retry-After)"},
-    },
-)
+router = APIRouter(prefix="/api/v1/bars", tags=["prices"], responses=HISTORY_RESPONSES)
 
 MAX_BARS = 2000
 Interval = Literal["auto", "10s", "1m", "2m", "5m", "15m", "30m", "1h", "4h", "1d"]

@@ -21,15 +21,13 @@ from services.api.deps import (
 )
 from services.common.contract import LatestPrice, Prices, Problem
 
-router = APIRouter(
-    prefix="/api/v1/prices",
-    tags=["prices"],
-    responses={
-        404: {"model": Problem, "description": "Unknown symbol"},
-        422: {"model": Problem, "description": "Invalid parameter"},
-        503: {"model": Problem, "description": "Database unavailable or too busy (Retry-After)"},
-    },
-)
+# The errors every history route may answer (prices and bars).
+HISTORY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "Unknown symbol"},
+    422: {"model": Problem, "description": "Invalid parameter"},
+    503: {"model": Problem, "description": "Database unavailable or too busy (Retry-After)"},
+}
+router = APIRouter(prefix="/api/v1/prices", tags=["prices"], responses=HISTORY_RESPONSES)
 
 DEFAULT_WINDOW = timedelta(days=7)
 MAX_WINDOW = timedelta(days=3653)
