@@ -17,6 +17,7 @@ import asyncio
 import csv
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -61,6 +62,12 @@ def ensure_locust() -> None:
     stamp.touch()
 
 
+def split_cpus() -> tuple[set[int], set[int]]:
+    """The last CPU for the load generator, the others for the stack under test."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return set(cpus[:-1]), {cpus[-1]}
+
+
 def raise_open_files() -> None:
     """Thousands of sockets: lift the soft descriptor limit (children inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -91,21 +98,53 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-def lag_quantiles(before: dict, after: dict, name: str) -> tuple[float, float]:
-    """p50 and p99 (ms) of a histogram's observations between two scrapes."""
+def lag_quantiles(
+    before: dict, after: dict, name: str, skip_route: str | None = None
+) -> tuple[float, float]:
+    """p50 and p99 (ms) of a histogram's observations between two scrapes (all label sets)."""
 
-    def buckets(page: dict) -> dict[float, float]:
-        return {float(labels["le"]): v for labels, v in page.get(f"{name}_bucket", [])}
+    def buckets(page: dict) -> Counter[float]:
+        out: Counter[float] = Counter()
+        for labels, v in page.get(f"{name}_bucket", []):
+            if skip_route is None or labels.get("route") != skip_route:
+                out[float(labels["le"])] += v
+        return out
 
     b, a = buckets(before), buckets(after)
     delta = sorted((le, a[le] - b.get(le, 0.0)) for le in a)
     return quantile(delta, 0.5) * 1000, quantile(delta, 0.99) * 1000
 
 
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """CPU seconds of a process (and, with `children`, of its reaped children)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu(postmaster: int) -> float:
+    """CPU seconds of PostgreSQL: the postmaster, its live backends and those that ended."""
+    total = _cpu_seconds(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == postmaster:
+                total += _cpu_seconds(int(entry.name))
+    return total
+
+
 def run_step(
-    base: str, step: Step, out: Path
+    base: str, step: Step, out: Path, cpus: set[int] | None
 ) -> tuple[list[dict[str, str]], dict[str, float], Counter[str], str]:
-    """One locust run: per-endpoint stats, the REST summary, failures by error, its warnings."""
+    """One locust run (on `cpus` if given): per-endpoint stats, the REST summary, failures by
+    error, its warnings."""
     users = step.rest_rate + step.streams
     env = {
         "PATH": "/usr/bin:/bin",
@@ -146,6 +185,8 @@ def run_step(
         stderr=subprocess.PIPE,
         text=True,
     )
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)  # before it starts its users
     # Half-way through the step: how many streams the API holds open.
     time.sleep(users / SPAWN_RATE + step.seconds / 2)
     streams = sum(v for _, v in scrape(base).get("stockstreamer_api_open_streams", []))
@@ -190,7 +231,18 @@ async def prepare(url: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="short steps, 100 streams")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=len(os.sched_getaffinity(0)) >= 2,
+        help="the load generator on a core of its own, the stack on the others "
+        "(default with 2 or more cores)",
+    )
     args = parser.parse_args()
+    stack_cpus, load_cpus = split_cpus() if args.pin else (None, None)
+    if stack_cpus:
+        # every process started from here on (PostgreSQL, fetcher, API) inherits it
+        os.sched_setaffinity(0, stack_cpus)
     streams = 100 if args.quick else 1000
     main_seconds, ramp_seconds = (20, 15) if args.quick else (120, 40)
     # The issue's run first; then REST alone (what the streams cost); then a ramp to find where
@@ -238,14 +290,35 @@ def main() -> int:
         api.wait_http(f"{base}/readyz")
 
         ramp = [
-            "| streams | REST asked | REST achieved | REST p50 ms | REST p99 ms | errors | 503s |",
-            "|---|---|---|---|---|---|---|",
+            "| streams | REST asked | REST achieved | REST p50 ms | REST p99 ms "
+            "| in the API p50 / p99 ms | errors | 503s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+
+        def clocks() -> dict[str, float]:
+            return {
+                "API": _cpu_seconds(api.pid),
+                "PostgreSQL": postgres_cpu(postmaster),
+                "fetcher": _cpu_seconds(fetcher.pid),
+                # locust, once it has ended and been waited for
+                "load generator": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+                "wall": time.monotonic(),
+            }
+
+        if stack_cpus and load_cpus:
+            print(f"stack on CPUs {sorted(stack_cpus)}, load generator on {sorted(load_cpus)}")
         for step in steps:
-            before = scrape(base)
-            stats, rest, failures, warned = run_step(base, step, work)
+            before, cpu_before = scrape(base), clocks()
+            stats, rest, failures, warned = run_step(base, step, work, load_cpus)
             stats = [r for r in stats if r["Request Count"] != "0"]
-            after = scrape(base)
+            after, cpu_after = scrape(base), clocks()
+            wall = cpu_after.pop("wall") - cpu_before.pop("wall")
+            used = ", ".join(f"{k} {(cpu_after[k] - cpu_before[k]) / wall:.2f}" for k in cpu_after)
+            server_p50, server_p99 = lag_quantiles(
+                before, after, "stockstreamer_api_request_seconds", skip_route="/api/v1/stream"
+            )
             refused = sum(n for error, n in failures.items() if "503" in error)
             p50, p99 = lag_quantiles(before, after, "stockstreamer_api_commit_to_send_seconds")
             print(
@@ -258,6 +331,10 @@ def main() -> int:
                 f"streams open mid-step: {rest['open_streams']:,.0f}; price events received "
                 f"by the streams: {rest['events']:,.0f}"
             )
+            print(
+                f"REST time to headers inside the API: p50 {server_p50:.1f} ms, "
+                f"p99 {server_p99:.1f} ms; CPU over the step (cores): {used}"
+            )
             if failures:
                 print("failures: " + "; ".join(f"{e} ×{n}" for e, n in failures.most_common(5)))
             if warned:
@@ -265,7 +342,8 @@ def main() -> int:
             ratio = rest["failures"] / rest["requests"] if rest["requests"] else 0.0
             ramp.append(
                 f"| {step.streams:,} | {step.rest_rate}/s | {rest['rps']:,.0f}/s "
-                f"| {rest['p50']:.0f} | {rest['p99']:.0f} | {ratio:.2%} | {refused:,} |"
+                f"| {rest['p50']:.0f} | {rest['p99']:.0f} | {server_p50:.0f} / {server_p99:.0f} "
+                f"| {ratio:.2%} | {refused:,} |"
             )
         print("\n### Ramp\n")
         print("\n".join(ramp))

@@ -94,27 +94,29 @@ async def history_slot(request: Request) -> AsyncIterator[None]:
         slots.release()
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+# Dependencies are coroutines even where they never await: FastAPI runs a plain function in its
+# thread pool, a hop that costs more than the function itself.
+async def get_pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
 
 
-def get_broadcaster(request: Request) -> Broadcaster:
+async def get_broadcaster(request: Request) -> Broadcaster:
     broadcaster: Broadcaster = request.app.state.broadcaster
     return broadcaster
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
 
-def symbol_path(
+async def symbol_path(
     symbol: Annotated[
         str,
         Path(
@@ -132,7 +134,7 @@ def symbol_path(
     return symbol.upper()
 
 
-def symbols_query(
+async def symbols_query(
     symbols: Annotated[
         str | None,
         Query(

@@ -42,6 +42,10 @@ class ServiceProcess:
         return self
 
     @property
+    def pid(self) -> int:
+        return self._started().pid
+
+    @property
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -88,7 +89,7 @@ async def test_every_symbol_parameter_declares_the_pattern(client: httpx.AsyncCl
 @given(st.one_of(st.from_regex(SYMBOL_INPUT_PATTERN, fullmatch=True), st.text(max_size=16)))
 def test_the_path_takes_exactly_the_declared_symbols(text: str) -> None:
     try:
-        symbol = symbol_path(text)
+        symbol = asyncio.run(symbol_path(text))
     except InvalidParameter:
         symbol = None
     if re.fullmatch(SYMBOL_INPUT_PATTERN, text):
@@ -112,7 +113,7 @@ def test_every_stored_symbol_may_be_asked_for(symbol: str) -> None:
 
 @given(st.from_regex(SYMBOLS_PATTERN, fullmatch=True))
 def test_a_declared_symbol_list_is_accepted(text: str) -> None:
-    parsed = symbols_query(text)
+    parsed = asyncio.run(symbols_query(text))
     assert parsed is None if not text else 1 <= len(parsed or []) <= 50
 
 
