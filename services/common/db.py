@@ -54,6 +54,16 @@ def _init_for(role: str | None) -> Any:
     return init
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """No reset query on release: a round trip per request that undoes nothing we do.
+
+    asyncpg's default (`UNLISTEN *; RESET ALL; CLOSE ALL; pg_advisory_unlock_all()`) undoes
+    session state, and pooled connections keep none: settings come with the connection, the role
+    from `init` (which RESET ALL keeps anyway), no cursor outlives its transaction, and LISTEN
+    and advisory locks are never used on them. asyncpg still rolls back an open transaction.
+    """
+
+
 async def connect(
     url: UrlSource, role: str | None = None, timeout: float = 5.0
 ) -> asyncpg.Connection:
@@ -89,6 +99,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_for(role),
+        reset=_keep_session,
         timeout=5.0,
         server_settings=settings,
         connect=new_connection,

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.utils.api import T0, Market, ThreadedApi, ids, open_stream
+from tests.utils.waiting import eventually
 
 
 async def test_live_tick_arrives_at_once(
@@ -174,7 +175,9 @@ async def test_streams_beyond_the_cap_are_refused_with_retry_after(
             async with open_stream(client), open_stream(client):
                 refused = await client.get("/api/v1/stream")
                 healthy = await client.get("/healthz")  # the cap is on streams only
-            async with open_stream(client):  # a closed stream frees its place
+            # a closed stream frees its place once the server has seen it go
+            await eventually(lambda: api.metric("stockstreamer_api_open_streams") == 0)
+            async with open_stream(client):
                 pass
     finally:
         api.stop()
