@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +28,11 @@ class ServiceProcess:
             "PYTHONUNBUFFERED": "1",
             **env,
         }
-        self.log_path = Path(tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")[1])
+        fd, path = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(path)
+        # The log lives as long as this object (failures quote it), not on in the temp dir.
+        weakref.finalize(self, self.log_path.unlink, missing_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
