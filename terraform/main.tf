@@ -20,6 +20,11 @@ locals {
   public_host   = var.domain_name != "" ? var.domain_name : aws_eip.this.public_ip
   public_origin = var.domain_name != "" ? "https://${var.domain_name}" : "http://${aws_eip.this.public_ip}"
 
+  # Grafana gets a public route only on the HTTPS site: its login must never cross the internet in
+  # clear text. Without a domain it stays on the instance's loopback, reached through SSM.
+  compose_profiles = var.observability ? "proxy,observability" : "proxy"
+  grafana_public   = var.observability && var.domain_name != ""
+
   provider_key_parameter_arn = var.provider_api_key_parameter == "" ? null : "arn:${data.aws_partition.current.partition}:ssm:${var.aws_region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(var.provider_api_key_parameter, "/")}"
 }
 
@@ -291,6 +296,9 @@ resource "aws_instance" "this" {
     rds_address            = var.use_rds ? aws_db_instance.this[0].address : ""
     rds_port               = var.use_rds ? aws_db_instance.this[0].port : 5432
     db_name                = "stockstreamer"
+    compose_profiles       = local.compose_profiles
+    grafana_route          = local.grafana_public ? "on" : "off"
+    grafana_root_url       = local.grafana_public ? "${local.public_origin}/grafana/" : ""
   })
   user_data_replace_on_change = false
 
@@ -306,6 +314,13 @@ resource "aws_instance" "this" {
     precondition {
       condition     = var.market_data_provider == "simulated" || var.provider_api_key_parameter != ""
       error_message = "market_data_provider ${var.market_data_provider} needs provider_api_key_parameter (an SSM SecureString)."
+    }
+
+    # postgres_exporter, its monitor login and the database alerts are built for the container
+    # database; RDS publishes its own metrics to CloudWatch.
+    precondition {
+      condition     = !(var.observability && var.use_rds)
+      error_message = "observability runs postgres_exporter against the container database and is not available with use_rds = true: watch RDS through its CloudWatch metrics (and Performance Insights) instead, or set use_rds = false."
     }
   }
 }

@@ -23,6 +23,16 @@ output "ssm_shell_command" {
   value       = "aws ssm start-session --region ${var.aws_region} --target ${aws_instance.this.id}"
 }
 
+output "grafana_url" {
+  description = "Grafana (observability only): on the HTTPS site under /grafana/ with domain_name, else on localhost while grafana_tunnel_command runs. User admin; the password is /var/lib/stockstreamer/secrets/grafana-admin-password on the instance."
+  value       = !var.observability ? null : local.grafana_public ? "${local.public_origin}/grafana/" : "http://localhost:3000/"
+}
+
+output "grafana_tunnel_command" {
+  description = "Forwards localhost:3000 to Grafana on the instance's loopback through SSM Session Manager (observability only); needs the Session Manager plugin."
+  value       = var.observability ? "aws ssm start-session --region ${var.aws_region} --target ${aws_instance.this.id} --document-name AWS-StartPortForwardingSession --parameters '{\"portNumber\":[\"3000\"],\"localPortNumber\":[\"3000\"]}'" : null
+}
+
 output "rds_endpoint" {
   description = "Address of the RDS instance (use_rds only), reachable from the instance alone."
   value       = var.use_rds ? aws_db_instance.this[0].address : null

@@ -189,6 +189,16 @@ variable "settings" {
 }
 
 ################################################################################
+# Optional: Prometheus and Grafana
+################################################################################
+
+variable "observability" {
+  description = "Run Prometheus, postgres_exporter and Grafana (compose profile `observability`) on the instance. With domain_name, Caddy also serves Grafana under /grafana/ on the HTTPS site, behind Grafana's own login; without one, Grafana stays on the instance's loopback (output grafana_tunnel_command). Prometheus is never public. Not with use_rds (the exporter watches the container database)."
+  type        = bool
+  default     = false
+}
+
+################################################################################
 # Optional: Amazon RDS for PostgreSQL
 ################################################################################
 

@@ -124,6 +124,94 @@ run "default_container_database" {
     condition     = strcontains(aws_instance.this.user_data, "stockstreamer-backup.timer") && !strcontains(aws_instance.this.user_data, "stockstreamer-db-tokens.timer")
     error_message = "The container database is dumped daily; no RDS tokens."
   }
+
+  # observability is off by default: Caddy only, and no route to a Grafana that does not run.
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "\n      COMPOSE_PROFILES=proxy\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROUTE=off\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROOT_URL=\n")
+    error_message = "By default the instance runs the proxy profile alone, with no Grafana route."
+  }
+
+  assert {
+    condition     = output.grafana_url == null && output.grafana_tunnel_command == null
+    error_message = "No Grafana outputs without observability."
+  }
+}
+
+run "observability_on_the_https_site" {
+  command = apply
+
+  variables {
+    observability = true
+    domain_name   = "stocks.example.com"
+  }
+
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "\n      COMPOSE_PROFILES=proxy,observability\n")
+    error_message = "observability adds the compose profile to the proxy."
+  }
+
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROUTE=on\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROOT_URL=https://stocks.example.com/grafana/\n")
+    error_message = "On the HTTPS site Caddy serves Grafana under /grafana/, which knows its public URL."
+  }
+
+  assert {
+    condition     = output.grafana_url == "https://stocks.example.com/grafana/"
+    error_message = "Grafana's URL is on the HTTPS site."
+  }
+
+  # Grafana goes through Caddy: the security group opens nothing new.
+  assert {
+    condition = alltrue([
+      for rule in concat(
+        values(aws_vpc_security_group_ingress_rule.http),
+        values(aws_vpc_security_group_ingress_rule.https),
+        values(aws_vpc_security_group_ingress_rule.http3),
+        values(aws_vpc_security_group_ingress_rule.ssh),
+      ) : rule.from_port == rule.to_port && contains([80, 443], rule.from_port)
+    ])
+    error_message = "observability opens no port but 80/443 (no 3000, no 9090)."
+  }
+
+  # The admin password is made on the instance: no trace of it in user data (nor in the state).
+  assert {
+    condition     = !strcontains(aws_instance.this.user_data, "GF_SECURITY_ADMIN_PASSWORD") && !can(regex("(?i)grafana[^\n]*password=", aws_instance.this.user_data))
+    error_message = "Grafana's admin password never goes through Terraform."
+  }
+}
+
+run "observability_without_a_domain_stays_on_loopback" {
+  command = apply
+
+  variables {
+    observability = true
+  }
+
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "\n      COMPOSE_PROFILES=proxy,observability\n")
+    error_message = "observability runs the profile with or without a domain."
+  }
+
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROUTE=off\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROOT_URL=\n")
+    error_message = "Plain HTTP: no public Grafana route (its login would cross the internet in clear text)."
+  }
+
+  assert {
+    condition     = output.grafana_url == "http://localhost:3000/" && strcontains(output.grafana_tunnel_command, "--document-name AWS-StartPortForwardingSession") && strcontains(output.grafana_tunnel_command, "--target ${aws_instance.this.id}")
+    error_message = "Without a domain Grafana is reached through an SSM port forwarding session."
+  }
+}
+
+run "observability_with_rds_is_refused" {
+  command = plan
+
+  variables {
+    use_rds       = true
+    observability = true
+  }
+
+  expect_failures = [aws_instance.this]
 }
 
 run "with_rds_a_vendor_key_and_ssh" {

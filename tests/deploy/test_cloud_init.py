@@ -35,6 +35,9 @@ VARS: dict[str, Any] = {
     "rds_address": "db.example.internal",
     "rds_port": 5432,
     "db_name": "stockstreamer",
+    "compose_profiles": "proxy",
+    "grafana_route": "off",
+    "grafana_root_url": "",
 }
 
 
@@ -46,6 +49,14 @@ WITHOUT_RDS: dict[str, Any] = {
     "market_data_provider": "simulated",
     "provider_key_file": "simulated-api-key",
     "settings": {},
+}
+
+# observability = true on the HTTPS site: Grafana under /grafana/ (terraform refuses it with RDS).
+OBSERVABILITY: dict[str, Any] = {
+    **WITHOUT_RDS,
+    "compose_profiles": "proxy,observability",
+    "grafana_route": "on",
+    "grafana_root_url": "https://stocks.example.com/grafana/",
 }
 
 
@@ -114,7 +125,7 @@ def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    for name, overrides in (("rds", {}), ("container", WITHOUT_RDS)):
+    for name, overrides in (("rds", {}), ("container", WITHOUT_RDS), ("obs", OBSERVABILITY)):
         path = tmp_path / f"{name}.yaml"
         path.write_text(render(tmp_path, **overrides))
         result = subprocess.run(  # noqa: S603
@@ -204,3 +215,58 @@ def test_env_writer_names_every_setting_it_writes(tmp_path: Path) -> None:
     assert "KEY" not in " ".join(written) and "PASSWORD" not in " ".join(written), ".env is shared"
     for name in written:
         assert f"{name}=" in example, f"{name} is written on the instance but not in .env.example"
+
+
+def env_writer(tmp_path: Path, **overrides: Any) -> str:
+    """The .env stockstreamer-env writes, from the deploy.env terraform renders.
+
+    Runs the script's .env block alone (the rest needs the instance: mounts, AWS, secrets).
+    """
+    written = files(yaml.safe_load(render(tmp_path, **overrides)))
+    script = written["/usr/local/sbin/stockstreamer-env"]
+    block = re.search(r"^\{\n(.+?)^\} >\.env\.new$", script, re.MULTILINE | re.DOTALL)
+    assert block, script
+    deploy_env = tmp_path / "deploy.env"
+    deploy_env.write_text(written["/etc/stockstreamer/deploy.env"])
+    settings_env = tmp_path / "settings.env"
+    settings_env.write_text(written["/etc/stockstreamer/settings.env"])
+    program = "\n".join(
+        [
+            "set -euo pipefail",
+            f". {deploy_env}",
+            "compose_file=x secrets=/s data=/d rds=()",
+            "{",
+            block[1].replace("/etc/stockstreamer/settings.env", str(settings_env)),
+            "}",
+        ]
+    )
+    result = subprocess.run(  # noqa: S603
+        [shutil.which("bash") or "bash", "-c", program],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_observability_switches_the_profile_and_the_grafana_route(tmp_path: Path) -> None:
+    default = env_writer(tmp_path, **WITHOUT_RDS).splitlines()
+    assert "COMPOSE_PROFILES=proxy" in default
+    assert "STOCKSTREAMER_GRAFANA_ROUTE=off" in default
+    assert not [line for line in default if "GRAFANA_ROOT_URL" in line or "COOKIE" in line]
+    public = env_writer(tmp_path, **OBSERVABILITY).splitlines()
+    assert "COMPOSE_PROFILES=proxy,observability" in public
+    assert "STOCKSTREAMER_GRAFANA_ROUTE=on" in public
+    assert "STOCKSTREAMER_GRAFANA_ROOT_URL=https://stocks.example.com/grafana/" in public
+    assert "STOCKSTREAMER_GRAFANA_COOKIE_SECURE=true" in public
+    # Plain HTTP (no domain): the profile runs, Grafana stays on the instance's loopback.
+    loopback = env_writer(
+        tmp_path, **{**OBSERVABILITY, "grafana_route": "off", "grafana_root_url": ""}
+    ).splitlines()
+    assert "COMPOSE_PROFILES=proxy,observability" in loopback
+    assert "STOCKSTREAMER_GRAFANA_ROUTE=off" in loopback
+    assert not [line for line in loopback if "GRAFANA_ROOT_URL" in line]
+    # Only names and URLs: the Grafana password is made on the instance (deploy/make-secrets).
+    assert not [line for line in public if "PASSWORD" in line.split("=")[0]]

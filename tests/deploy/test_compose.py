@@ -351,6 +351,11 @@ def test_caddy_routes_to_the_container_ports(compose: dict[str, Any]) -> None:
     assert {"/metrics", "/docs", "/redoc"} <= set(private[1].split())
     mounted = [v.split(":")[0] for v in proxy["volumes"]]
     assert "./deploy/Caddyfile" in mounted
+    # Grafana (observability profile) on its container port; Prometheus has no login: never routed.
+    (grafana_port,) = load_yaml(OBSERVABILITY_COMPOSE)["services"]["grafana"]["ports"]
+    assert f"reverse_proxy grafana:{grafana_port.rsplit(':', 1)[1]}" in caddyfile
+    assert not re.search(r"reverse_proxy[^\n]*(prometheus|9090|exporter)", caddyfile)
+    assert proxy["environment"]["STOCKSTREAMER_GRAFANA_ROUTE"] == "off", "off by default"
 
 
 def test_caddy_sends_security_headers() -> None:
@@ -358,7 +363,7 @@ def test_caddy_sends_security_headers() -> None:
     for header in ("Strict-Transport-Security", "X-Content-Type-Options", "Referrer-Policy"):
         assert re.search(rf"^\s+{header} ", caddyfile, re.MULTILINE), header
     policies = re.findall(r'Content-Security-Policy "([^"]+)"', caddyfile)
-    assert len(policies) == 2, "one for the API, one for the dashboard"
+    assert len(policies) == 3, "one each for the API, Grafana (when routed) and the dashboard"
     for policy in policies:
         assert "frame-ancestors 'none'" in policy
         sources = " ".join(re.findall(r"(?:default|script|connect)-src ([^;]+)", policy))
