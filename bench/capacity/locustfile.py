@@ -14,7 +14,7 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 
-from locust import FastHttpUser, constant, constant_throughput, events, task
+from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 from locust.stats import StatsEntry
 
@@ -31,7 +31,20 @@ class RestUser(FastHttpUser):
     """A reader mixing every REST endpoint about as the dashboard and scripts do."""
 
     weight = 1
-    wait_time = constant_throughput(float(os.environ.get("CAPACITY_REST_RATE", "1.0")))
+    rate = float(os.environ.get("CAPACITY_REST_RATE", "1.0"))
+
+    def wait_time(self) -> float:
+        """Exponential pauses: together the users are a Poisson stream of requests.
+
+        A fixed pace (constant_throughput) keeps every user on the phase it was spawned at, so
+        users spawned together send their requests together, second after second: bursts that
+        measure a queue of the load generator's making rather than the API.
+        """
+        return random.expovariate(self.rate)  # noqa: S311 - load shape, not a secret
+
+    def on_start(self) -> None:
+        """A first pause too: users spawned together would otherwise all ask at once."""
+        self.wait()
 
     def _symbol(self) -> str:
         return random.choice(SYMBOLS)  # noqa: S311 - load mix, not a secret
