@@ -140,20 +140,17 @@ def postgres_cpu(postmaster: int) -> float:
     return total
 
 
-def run_step(
-    base: str, step: Step, out: Path, cpus: set[int] | None
-) -> tuple[list[dict[str, str]], dict[str, float], Counter[str], str]:
-    """One locust run (on `cpus` if given): per-endpoint stats, the REST summary, failures by
-    error, its warnings."""
-    users = step.rest_rate + step.streams
+def _locust(
+    base: str, user: str, users: int, seconds: float, prefix: Path, cpus: set[int] | None
+) -> subprocess.Popen[str]:
+    """One headless locust process running `users` of one user class for `seconds`."""
     env = {
         "PATH": "/usr/bin:/bin",
-        "CAPACITY_STREAMS": str(step.streams),
         "CAPACITY_REST_RATE": "1.0",
         "CAPACITY_SYMBOLS": SYMBOLS,
+        "CAPACITY_STREAMS": str(users),
+        "CAPACITY_SUMMARY": f"{prefix}_summary.json",
     }
-    prefix = out / f"rest{step.rest_rate}-streams{step.streams}"
-    env["CAPACITY_SUMMARY"] = f"{prefix}_rest.json"
     proc = subprocess.Popen(  # noqa: S603
         [
             str(LOCUST),
@@ -167,7 +164,7 @@ def run_step(
             "--spawn-rate",
             str(SPAWN_RATE),
             "--run-time",
-            f"{step.seconds}s",
+            f"{math.ceil(seconds)}s",
             "--reset-stats",
             "--csv",
             str(prefix),
@@ -176,9 +173,7 @@ def run_step(
             "5",
             "--loglevel",
             "WARNING",
-            # Named classes only: with no streams, every user is a REST user.
-            "RestUser",
-            *(["StreamUser"] if step.streams else []),
+            user,
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -187,22 +182,69 @@ def run_step(
     )
     if cpus:
         os.sched_setaffinity(proc.pid, cpus)  # before it starts its users
-    # Half-way through the step: how many streams the API holds open.
-    time.sleep(users / SPAWN_RATE + step.seconds / 2)
-    streams = sum(v for _, v in scrape(base).get("stockstreamer_api_open_streams", []))
-    _, stderr = proc.communicate(timeout=step.seconds + 180)
+    return proc
+
+
+def _results(prefix: Path, stderr: str) -> tuple[list[dict[str, str]], Counter[str], set[str]]:
     with open(f"{prefix}_stats.csv", newline="") as f:
-        stats = list(csv.DictReader(f))
+        stats = [row for row in csv.DictReader(f) if row["Name"] != "Aggregated"]
     failures: Counter[str] = Counter()
     with open(f"{prefix}_failures.csv", newline="") as f:
         for row in csv.DictReader(f):
             failures[row["Error"]] += int(row["Occurrences"])
-    warnings = "; ".join(
-        sorted({ln.split(": ", 1)[-1] for ln in stderr.splitlines() if "CPU usage" in ln})
-    )
-    summary: dict[str, float] = json.loads(Path(env["CAPACITY_SUMMARY"]).read_text())
+    warnings = {ln.split(": ", 1)[-1] for ln in stderr.splitlines() if "CPU usage" in ln}
+    return stats, failures, warnings
+
+
+def run_step(
+    base: str, step: Step, out: Path, cpus: set[int] | None
+) -> tuple[list[dict[str, str]], dict[str, float], Counter[str], str]:
+    """One step (load generators on `cpus` if given): per-endpoint stats, the REST summary,
+    failures by error, locust's warnings.
+
+    The streams and the REST users run in two locust processes: in one, a REST response that
+    arrives while a thousand streams' events are being read would wait for them, and the wait
+    would be measured as the API's.
+    """
+    prefix = out / f"rest{step.rest_rate}-streams{step.streams}"
+    streams_proc = None
+    if step.streams:
+        spawn = step.streams / SPAWN_RATE
+        streams_proc = _locust(
+            base,
+            "StreamUser",
+            step.streams,
+            spawn + 5 + step.seconds,
+            prefix.with_name(prefix.name + "-sse"),
+            cpus,
+        )
+        deadline = time.monotonic() + spawn + 60
+        while open_streams(base) < step.streams:
+            if time.monotonic() > deadline or streams_proc.poll() is not None:
+                break  # measured as it is: the step reports the streams it had
+            time.sleep(0.5)
+    rest_proc = _locust(base, "RestUser", step.rest_rate, step.seconds, prefix, cpus)
+    # Half-way through the step: how many streams the API holds open.
+    time.sleep(step.rest_rate / SPAWN_RATE + step.seconds / 2)
+    streams = open_streams(base)
+    _, stderr = rest_proc.communicate(timeout=step.seconds + 180)
+    stats, failures, warnings = _results(prefix, stderr)
+    summary: dict[str, float] = json.loads(Path(f"{prefix}_summary.json").read_text())
     summary["open_streams"] = streams
-    return stats, summary, failures, warnings
+    summary["events"] = 0
+    if streams_proc is not None:
+        sse = prefix.with_name(prefix.name + "-sse")
+        _, stderr = streams_proc.communicate(timeout=step.seconds + 240)
+        sse_stats, sse_failures, sse_warnings = _results(sse, stderr)
+        stats += sse_stats
+        failures += sse_failures
+        warnings |= sse_warnings
+        summary["events"] = json.loads(Path(f"{sse}_summary.json").read_text())["events"]
+    return stats, summary, failures, "; ".join(sorted(warnings))
+
+
+def open_streams(base: str) -> float:
+    return sum(v for _, v in scrape(base).get("stockstreamer_api_open_streams", []))
 
 
 def table(stats: list[dict[str, str]]) -> list[str]:
