@@ -10,9 +10,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pytest
-
 from tests.deploy.compose import ROOT
+from tests.utils.tools import missing
 
 
 def engine_answers() -> str | None:
@@ -35,10 +34,7 @@ def require_engine() -> None:
     reason = engine_answers()
     if reason is None:
         return
-    message = f"no Docker engine: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (.ci/run starts one)")
-    pytest.skip(message)
+    missing(f"no Docker engine: {reason} (.ci/run starts one)")
 
 
 class Project:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,18 +26,6 @@ PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 # PromQL words that look like metric names in an expression.
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-
-
-def require_tool(*names: str) -> str:
-    """The first of `names` on PATH; in CI a missing tool fails the test, elsewhere it skips it."""
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    message = f"{' or '.join(names)} not on PATH (Debian: apt-get install prometheus)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def load(path: Path) -> Any:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.utils.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CADDYFILE = ROOT / "deploy" / "Caddyfile"
@@ -22,13 +23,7 @@ GRAFANA = "grafana:3000"
 @pytest.fixture(scope="module")
 def caddy() -> str:
     """Debian's `caddy` package (.ci/run installs it); CI fails rather than skips without it."""
-    found = shutil.which("caddy")
-    if found is None:
-        message = "no caddy binary (apt-get install caddy) for `caddy adapt`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool("caddy", package="caddy")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -12,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.utils.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "terraform" / "templates" / "cloud-init.yaml.tftpl"
@@ -119,12 +120,7 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
 
 def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
     """Debian's cloud-init validates both renderings (.ci/run installs it)."""
-    cloud_init = shutil.which("cloud-init")
-    if cloud_init is None:
-        message = "no cloud-init binary (apt-get install cloud-init) for `cloud-init schema`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    cloud_init = require_tool("cloud-init", package="cloud-init")
     for name, overrides in (("rds", {}), ("container", WITHOUT_RDS), ("obs", OBSERVABILITY)):
         path = tmp_path / f"{name}.yaml"
         path.write_text(render(tmp_path, **overrides))

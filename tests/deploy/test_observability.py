@@ -30,8 +30,8 @@ from tests.deploy.observability import (
     load,
     metric_names,
     panels,
-    require_tool,
 )
+from tests.utils.tools import require_tool
 
 PROFILE = "observability"
 # What the issue asks the dashboard to show, as the metric each panel must query.
@@ -64,7 +64,7 @@ REQUIRED_ALERTS = {
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:
     result = subprocess.run(  # noqa: S603
-        [require_tool("promtool"), *args],
+        [require_tool("promtool", package="prometheus"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -100,7 +100,7 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
     (tmp_path / ALERT_TESTS.name).write_text(ALERT_TESTS.read_text())
     (tmp_path / ALERTS.name).write_text(ALERTS.read_text().replace("> 300", "> 3000"))
     result = subprocess.run(  # noqa: S603
-        [require_tool("promtool"), "test", "rules", ALERT_TESTS.name],
+        [require_tool("promtool", package="prometheus"), "test", "rules", ALERT_TESTS.name],
         cwd=tmp_path,
         capture_output=True,
         text=True,

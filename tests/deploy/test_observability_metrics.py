@@ -23,9 +23,9 @@ from tests.deploy.observability import (
     dashboard_exprs,
     exported_names,
     metric_names,
-    require_tool,
 )
 from tests.utils.postgres import TEMPLATE, create_database, drop_database
+from tests.utils.tools import require_tool
 
 
 @dataclass
@@ -51,7 +51,9 @@ class Running:
 @pytest.fixture(scope="module")
 def running(pg_admin_url: str, template_url: str) -> Iterator[Running]:
     """Fetcher (simulated market), API, dashboard and postgres_exporter as real processes."""
-    exporter_bin = require_tool("postgres_exporter", "prometheus-postgres-exporter")
+    exporter_bin = require_tool(
+        "postgres_exporter", "prometheus-postgres-exporter", package="prometheus-postgres-exporter"
+    )
     url = asyncio.run(create_database(pg_admin_url, template=TEMPLATE))
     ports = {name: free_port() for name in ("fetcher", "api", "dashboard", "exporter")}
     api = f"http://127.0.0.1:{ports['api']}"

@@ -16,6 +16,7 @@ import pytest
 from services.fetcher.config import FetcherSettings
 from tests.deploy.compose import COMPOSE_FILE, load_yaml
 from tests.deploy.hcl import Terraform, load_terraform, one
+from tests.utils.tools import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = ROOT / "terraform"
@@ -195,21 +196,15 @@ def _plugin_mirror() -> Path | None:
     return None
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def terraform_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """`terraform init -backend=false` from a local provider mirror, against the committed lock."""
     terraform = shutil.which("terraform")
     if terraform is None:
-        _missing("no terraform binary on PATH")
+        missing("no terraform binary on PATH")
     mirror = _plugin_mirror()
     if mirror is None:
-        _missing("no local provider directory (registry.terraform.io/hashicorp/aws) to init from")
+        missing("no local provider directory (registry.terraform.io/hashicorp/aws) to init from")
     tmp = tmp_path_factory.mktemp("terraform")
     config = tmp / "cli.tfrc"
     config.write_text(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from services.common.symbols import parse_symbols
 from services.fetcher.config import DEFAULT_SYMBOLS
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
+from tests.utils.tools import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The stocks a default install shows, in the order the dashboard draws them (alphabetical).
@@ -44,10 +44,7 @@ class Stack:
 def require_chromium() -> None:
     if CHROMIUM.exists():
         return
-    message = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{CHROMIUM} is missing (apt-get install chromium)")
 
 
 @pytest.fixture
