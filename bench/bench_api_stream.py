@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
 import statistics
 import sys
@@ -19,7 +18,7 @@ import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
-from bench.processes import start_api
+from bench.processes import cpu_seconds, start_api
 from services.common.models import Tick
 from services.fetcher import queries
 from services.fetcher.store import Retention, TickStore
@@ -130,12 +129,6 @@ async def _fetches(http: httpx.AsyncClient) -> float:
     return 0.0
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _fan_out(url: str) -> tuple[float, float, float, int]:
     """1,000 streams from one process, one more from another; the API's CPU per event sent."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the API's sockets, inherited
@@ -166,11 +159,11 @@ async def _fan_out(url: str) -> tuple[float, float, float, int]:
             assert client.stdout is not None
             assert (await asyncio.wait_for(client.stdout.readline(), 120)).strip() == b"ready"
         assert api.proc is not None
-        cpu = _cpu_seconds(api.proc.pid)
+        cpu = cpu_seconds(api.pid)
         committed: dict[int, float] = {}
         await _write(conn, 2, committed)
         await asyncio.wait_for(asyncio.gather(load.wait(), probe.wait()), 120)
-        cpu = _cpu_seconds(api.proc.pid) - cpu
+        cpu = cpu_seconds(api.pid) - cpu
     finally:
         await conn.close()
         api.stop()

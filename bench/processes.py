@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
@@ -25,3 +27,27 @@ async def start_api(url: str, **settings: str) -> tuple[ServiceProcess, str]:
         api.stop()
         raise
     return api, base
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """CPU seconds of a process (and, with `children`, of its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu(postmaster: int) -> float:
+    """CPU seconds of PostgreSQL: the postmaster, its live backends and those that ended."""
+    total = cpu_seconds(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == postmaster:
+                total += cpu_seconds(int(entry.name))
+    return total

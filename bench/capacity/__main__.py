@@ -31,6 +31,7 @@ import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.processes import cpu_seconds, postgres_cpu
 from services.common.migrations import migrate
 from services.runner.embedded_db import EmbeddedPostgres, free_port
 from services.runner.processes import ServiceProcess
@@ -115,29 +116,10 @@ def lag_quantiles(
     return quantile(delta, 0.5) * 1000, quantile(delta, 0.99) * 1000
 
 
-def _cpu_seconds(pid: int, children: bool = False) -> float:
-    """CPU seconds of a process (and, with `children`, of its reaped children)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu(postmaster: int) -> float:
-    """CPU seconds of PostgreSQL: the postmaster, its live backends and those that ended."""
-    total = _cpu_seconds(postmaster, children=True)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == postmaster:
-                total += _cpu_seconds(int(entry.name))
-    return total
+def locust_cpu() -> float:
+    """CPU seconds of the locust processes that have ended (they are waited for each step)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _locust(
@@ -207,6 +189,7 @@ def run_step(
     would be measured as the API's.
     """
     prefix = out / f"rest{step.rest_rate}-streams{step.streams}"
+    sse = out / f"rest{step.rest_rate}-streams{step.streams}-sse"
     streams_proc = None
     if step.streams:
         spawn = step.streams / SPAWN_RATE
@@ -215,7 +198,7 @@ def run_step(
             "StreamUser",
             step.streams,
             spawn + 5 + step.seconds,
-            prefix.with_name(prefix.name + "-sse"),
+            sse,
             cpus,
         )
         deadline = time.monotonic() + spawn + 60
@@ -233,7 +216,6 @@ def run_step(
     summary["open_streams"] = streams
     summary["events"] = 0
     if streams_proc is not None:
-        sse = prefix.with_name(prefix.name + "-sse")
         _, stderr = streams_proc.communicate(timeout=step.seconds + 240)
         sse_stats, sse_failures, sse_warnings = _results(sse, stderr)
         stats += sse_stats
@@ -340,12 +322,10 @@ def main() -> int:
 
         def clocks() -> dict[str, float]:
             return {
-                "API": _cpu_seconds(api.pid),
+                "API": cpu_seconds(api.pid),
                 "PostgreSQL": postgres_cpu(postmaster),
-                "fetcher": _cpu_seconds(fetcher.pid),
-                # locust, once it has ended and been waited for
-                "load generator": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+                "fetcher": cpu_seconds(fetcher.pid),
+                "load generator": locust_cpu(),
                 "wall": time.monotonic(),
             }
 
