@@ -1,0 +1,81 @@
+"""Which secrets exist, what each is made from, and which files each consumer gets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["password", "key", "url", "verifier"]
+APP_UID = 10001  # the stockstreamer image's user
+GRAFANA_UID = 472  # the grafana image's user
+NOBODY = 65534  # postgres_exporter's user
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """One secret: a file of that name in a secrets directory."""
+
+    name: str
+    kind: Kind
+    of: str | None = None  # url, verifier: the password it is made from
+    user: str | None = None  # url: the login it is for
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """A container and the files it finds in its /run/secrets (file name → secret)."""
+
+    name: str
+    uid: int
+    gid: int
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# Made in this order: passwords and vendor keys first, then what is derived from them.
+SECRETS: tuple[Secret, ...] = (
+    Secret("postgres-password", "password"),
+    Secret("fetcher-db-password", "password"),
+    Secret("api-db-password", "password"),
+    Secret("monitor-db-password", "password"),
+    Secret("grafana-admin-password", "password"),
+    Secret("finnhub-api-key", "key"),
+    Secret("twelvedata-api-key", "key"),
+    Secret("migrate-database-url", "url", of="postgres-password", user="stockstreamer"),
+    Secret("fetcher-database-url", "url", of="fetcher-db-password", user="stockstreamer_fetcher"),
+    Secret("api-database-url", "url", of="api-db-password", user="stockstreamer_api"),
+    # What db/users.sql sets: the logins' passwords as SCRAM verifiers, never in clear text.
+    Secret("fetcher-db-verifier", "verifier", of="fetcher-db-password"),
+    Secret("api-db-verifier", "verifier", of="api-db-password"),
+    Secret("monitor-db-verifier", "verifier", of="monitor-db-password"),
+)
+BY_NAME = {secret.name: secret for secret in SECRETS}
+
+# One entry per container that holds a secret; compose mounts each one's own volume only.
+CONSUMERS: tuple[Consumer, ...] = (
+    Consumer("postgres", 0, 0, {"postgres_password": "postgres-password"}),
+    Consumer("migrate", APP_UID, APP_UID, {"migrate_database_url": "migrate-database-url"}),
+    Consumer(
+        "db-users",
+        0,
+        0,
+        {
+            "postgres_password": "postgres-password",
+            "fetcher_db_verifier": "fetcher-db-verifier",
+            "api_db_verifier": "api-db-verifier",
+            "monitor_db_verifier": "monitor-db-verifier",
+        },
+    ),
+    Consumer(
+        "fetcher",
+        APP_UID,
+        APP_UID,
+        {
+            "fetcher_database_url": "fetcher-database-url",
+            "finnhub_api_key": "finnhub-api-key",
+            "twelvedata_api_key": "twelvedata-api-key",
+        },
+    ),
+    Consumer("api", APP_UID, APP_UID, {"api_database_url": "api-database-url"}),
+    Consumer("grafana", GRAFANA_UID, 0, {"grafana_admin_password": "grafana-admin-password"}),
+    Consumer("postgres-exporter", NOBODY, NOBODY, {"exporter_db_password": "monitor-db-password"}),
+)
