@@ -416,3 +416,20 @@ def test_update_moves_the_deployment_to_a_full_commit_only(
     assert result.returncode == 0, result.stderr
     assert "reloaded" in result.stdout, "the reload checks the new commit out"
     assert f"REPOSITORY_COMMIT={latest}\n" in (tmp_path / "deploy.env").read_text()
+
+
+def test_edge_firewall_is_loaded_at_boot_before_docker(tmp_path: Path) -> None:
+    """The limits (test_edge_firewall.py loads them into a kernel) are in place before any port."""
+    config = yaml.safe_load(render(tmp_path, edge_rate=7, edge_burst=21, edge_connections=33))
+    written = files(config)
+    ruleset = written["/etc/stockstreamer/edge-firewall.nft"]
+    assert "limit rate over 7/second burst 21 packets" in ruleset
+    assert "ct count over 33" in ruleset
+    assert "flush ruleset" not in ruleset, "Docker's own rules stay"
+    unit = written["/etc/systemd/system/stockstreamer-edge-firewall.service"].splitlines()
+    assert "ExecStart=/usr/sbin/nft -f /etc/stockstreamer/edge-firewall.nft" in unit
+    assert "Before=network-pre.target docker.service" in unit
+    assert "WantedBy=sysinit.target" in unit
+    assert "nftables" in config["packages"]
+    stack = written["/etc/systemd/system/stockstreamer.service"].splitlines()
+    assert "Wants=stockstreamer-edge-firewall.service" in stack
