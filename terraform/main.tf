@@ -15,10 +15,13 @@ data "aws_partition" "current" {}
 
 locals {
   # Graviton families (t4g, m7g, c8g, ...) carry a "g" right after the generation digit.
-  arch = can(regex("^[a-z]+[0-9]+g", var.instance_type)) ? "arm64" : "amd64"
+  arch = can(regex("^[a-z]+[0-9]+g", local.instance_type)) ? "arm64" : "amd64"
 
   public_host   = var.domain_name != "" ? var.domain_name : aws_eip.this.public_ip
   public_origin = var.domain_name != "" ? "https://${var.domain_name}" : "http://${aws_eip.this.public_ip}"
+
+  # 443 (TCP, and UDP for HTTP/3) only where Caddy serves HTTPS: on a domain's site.
+  https_cidrs = var.domain_name != "" ? toset(var.allowed_cidrs) : toset([])
 
   # Grafana gets a public route only on the HTTPS site: its login must never cross the internet in
   # clear text. Without a domain it stays on the instance's loopback, reached through SSM.
@@ -57,7 +60,43 @@ data "aws_subnet" "instance" {
 }
 
 ################################################################################
-# Security group: web ports to allowed_cidrs, SSH only to ssh_cidrs
+# Memory: the containers' limits must fit the instance
+################################################################################
+
+locals {
+  # The containers' memory limits in MiB, mirroring docker-compose.yml and deploy/compose*.yaml
+  # (a test holds them to compose's own numbers): the default stack with the proxy profile, the
+  # one-shots included; what the observability profile adds; each API replica past the first.
+  compose_memory_mib = {
+    default_stack     = 1536
+    observability     = 1024
+    extra_api_replica = 384
+  }
+  # The system beside the containers: the kernel, dockerd, containerd, the SSM agent, and the
+  # image builds of `docker compose up --build`.
+  host_reserve_mib = 512
+
+  api_replicas = tonumber(lookup(var.settings, "STOCKSTREAMER_API_REPLICAS", "1"))
+  memory_needed_mib = (
+    local.compose_memory_mib.default_stack
+    + (var.observability ? local.compose_memory_mib.observability : 0)
+    + (local.api_replicas - 1) * local.compose_memory_mib.extra_api_replica
+    + local.host_reserve_mib
+  )
+
+  # instance_type = null: the smallest general-purpose t3 that holds memory_needed_mib (their
+  # memory is fixed by the type; the data source below checks whichever type is used).
+  t3_memory_mib = { "t3.small" = 2048, "t3.medium" = 4096, "t3.large" = 8192, "t3.xlarge" = 16384, "t3.2xlarge" = 32768 }
+  fitting_t3    = [for type in ["t3.small", "t3.medium", "t3.large", "t3.xlarge", "t3.2xlarge"] : type if local.t3_memory_mib[type] >= local.memory_needed_mib]
+  instance_type = var.instance_type != null ? var.instance_type : try(local.fitting_t3[0], "t3.2xlarge")
+}
+
+data "aws_ec2_instance_type" "this" {
+  instance_type = local.instance_type
+}
+
+################################################################################
+# Security group: web ports to allowed_cidrs (443 with a domain only), SSH only to ssh_cidrs
 ################################################################################
 
 resource "aws_security_group" "instance" {
@@ -85,7 +124,7 @@ resource "aws_vpc_security_group_ingress_rule" "http" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "https" {
-  for_each = toset(var.allowed_cidrs)
+  for_each = local.https_cidrs
 
   security_group_id = aws_security_group.instance.id
   description       = "HTTPS to Caddy (dashboard and API)"
@@ -96,7 +135,7 @@ resource "aws_vpc_security_group_ingress_rule" "https" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "http3" {
-  for_each = toset(var.allowed_cidrs)
+  for_each = local.https_cidrs
 
   security_group_id = aws_security_group.instance.id
   description       = "HTTP/3 (QUIC) to Caddy"
@@ -253,7 +292,7 @@ resource "aws_eip" "this" {
 resource "aws_instance" "this" {
   #checkov:skip=CKV_AWS_126:Basic 5-minute CloudWatch metrics suffice for one small instance; detailed monitoring is billed extra.
   ami                    = data.aws_ssm_parameter.ami.insecure_value
-  instance_type          = var.instance_type
+  instance_type          = local.instance_type
   subnet_id              = data.aws_subnet.instance.id
   vpc_security_group_ids = [aws_security_group.instance.id]
   iam_instance_profile   = aws_iam_instance_profile.instance.name
@@ -281,7 +320,7 @@ resource "aws_instance" "this" {
     region                 = var.aws_region
     arch                   = local.arch
     repository_url         = var.repository_url
-    repository_ref         = var.repository_ref
+    repository_commit      = var.repository_ref
     site_address           = var.domain_name != "" ? var.domain_name : ":80"
     public_host            = local.public_host
     public_origin          = local.public_origin
@@ -299,6 +338,9 @@ resource "aws_instance" "this" {
     compose_profiles       = local.compose_profiles
     grafana_route          = local.grafana_public ? "on" : "off"
     grafana_root_url       = local.grafana_public ? "${local.public_origin}/grafana/" : ""
+    edge_rate              = var.edge_connection_rate
+    edge_burst             = var.edge_connection_burst
+    edge_connections       = var.edge_connections_per_address
   })
   user_data_replace_on_change = false
 
@@ -310,6 +352,16 @@ resource "aws_instance" "this" {
   lifecycle {
     # A newer AMI must not replace a running instance (and its data); rebuild deliberately.
     ignore_changes = [ami]
+
+    precondition {
+      condition     = var.domain_name != "" || var.allow_plain_http
+      error_message = "domain_name is empty, so the dashboard and the API would be served over plain HTTP, readable and alterable on the way. Set domain_name to a DNS name for the elastic IP (output public_ip) to get HTTPS from Let's Encrypt, or set allow_plain_http = true to accept plain HTTP knowingly."
+    }
+
+    precondition {
+      condition     = data.aws_ec2_instance_type.this.memory_size >= local.memory_needed_mib
+      error_message = "instance_type ${local.instance_type} has ${data.aws_ec2_instance_type.this.memory_size} MiB of memory; the containers' limits (${local.memory_needed_mib - local.host_reserve_mib} MiB${var.observability ? ", observability included" : ""}${local.api_replicas > 1 ? ", ${local.api_replicas} API replicas" : ""}) and ${local.host_reserve_mib} MiB for the system need ${local.memory_needed_mib} MiB. Choose ${try(local.fitting_t3[0], "a larger type")} or another type with at least that much, or leave instance_type unset to pick one."
+    }
 
     precondition {
       condition     = var.market_data_provider == "simulated" || var.provider_api_key_parameter != ""

@@ -36,9 +36,9 @@ variable "subnet_id" {
 ################################################################################
 
 variable "instance_type" {
-  description = "EC2 instance type; Graviton types (t4g, m7g, ...) get the arm64 image."
+  description = "EC2 instance type; Graviton types (t4g, m7g, ...) get the arm64 image. null (the default) picks the smallest t3 whose memory holds the containers' limits plus a reserve for the system: t3.small (2 GiB) for the default stack, t3.medium (4 GiB) with observability. A type given here is checked against the same need, and refused with the type to choose if too small."
   type        = string
-  default     = "t3.small"
+  default     = null
 }
 
 variable "root_volume_size" {
@@ -129,9 +129,48 @@ variable "ssh_cidrs" {
 }
 
 variable "domain_name" {
-  description = "DNS name pointing at the elastic IP; set it for automatic HTTPS (Let's Encrypt). Empty: plain HTTP by IP."
+  description = "DNS name pointing at the elastic IP; set it for automatic HTTPS (Let's Encrypt) and HTTP/3. Empty: plain HTTP by IP, refused unless allow_plain_http."
   type        = string
   default     = ""
+}
+
+variable "allow_plain_http" {
+  description = "Accept a deployment without domain_name, served over plain HTTP by IP (a trial, or allowed_cidrs you trust end to end). Off by default: without a domain the plan is refused. HTTPS and HTTP/3 (443, TCP and UDP) are opened only with a domain."
+  type        = bool
+  default     = false
+}
+
+variable "edge_connection_rate" {
+  description = "New connections per second one client address may open to ports 80/443 (TCP, and QUIC flows on UDP 443), on average; the instance's kernel drops the excess before Docker sees it. A browser opens a few per page; raise it for many users behind one shared address."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.edge_connection_rate >= 1 && floor(var.edge_connection_rate) == var.edge_connection_rate
+    error_message = "edge_connection_rate must be a whole number of connections per second, at least 1."
+  }
+}
+
+variable "edge_connection_burst" {
+  description = "New connections one client address may open at once above edge_connection_rate (a page load over HTTP/1.1 opens up to six)."
+  type        = number
+  default     = 40
+
+  validation {
+    condition     = var.edge_connection_burst >= 1 && floor(var.edge_connection_burst) == var.edge_connection_burst
+    error_message = "edge_connection_burst must be a whole number, at least 1."
+  }
+}
+
+variable "edge_connections_per_address" {
+  description = "Open connections one client address may hold to ports 80/443 at a time (streams and websockets included); a new one beyond it is dropped. Keep it above the API's open streams per address."
+  type        = number
+  default     = 64
+
+  validation {
+    condition     = var.edge_connections_per_address >= 1 && floor(var.edge_connections_per_address) == var.edge_connections_per_address
+    error_message = "edge_connections_per_address must be a whole number, at least 1."
+  }
 }
 
 ################################################################################
@@ -149,12 +188,12 @@ variable "repository_url" {
 }
 
 variable "repository_ref" {
-  description = "Tag or commit to deploy (e.g. v1.2.0): a fixed ref, so a rebuild or a retried first boot gets the same code. Not a moving branch."
+  description = "The commit to deploy, as its full 40-hex SHA (`git rev-parse v1.2.0^{commit}`): tags and branches can move, a commit cannot, so a rebuild or a retried first boot runs exactly the same code. The instance verifies it checked out this commit."
   type        = string
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._/-]*$", var.repository_ref)) && !contains(["main", "master", "HEAD", "develop", "trunk"], var.repository_ref)
-    error_message = "repository_ref must be a tag or commit (e.g. v1.2.0), not a moving branch such as main."
+    condition     = can(regex("^[0-9a-f]{40}$", var.repository_ref))
+    error_message = "repository_ref must be a full commit SHA, 40 lowercase hex digits (git rev-parse v1.2.0^{commit}): a tag or a branch can be moved to other code."
   }
 }
 
@@ -185,6 +224,12 @@ variable "settings" {
       for k, v in var.settings : can(regex("^[A-Z][A-Z0-9_]*$", k)) && !can(regex("(KEY|PASSWORD|SECRET|TOKEN|DATABASE_URL)", k)) && !can(regex("[\\n$]", v))
     ])
     error_message = "settings keys must be UPPER_CASE names of non-secret settings (secrets go through SSM), values one line without $."
+  }
+
+  # The instance's memory is sized for the replicas (see instance_type).
+  validation {
+    condition     = can(regex("^[1-9][0-9]?$", lookup(var.settings, "STOCKSTREAMER_API_REPLICAS", "1")))
+    error_message = "settings.STOCKSTREAMER_API_REPLICAS must be a whole number from 1 to 99."
   }
 }
 

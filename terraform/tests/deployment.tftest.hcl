@@ -1,6 +1,7 @@
 # `terraform test`: plans and applies against a mocked AWS provider (no network, no credentials)
-# and checks what the deployment promises: exposure, IMDSv2, encryption, the elastic IP, and an
-# instance policy that reaches only what the stack needs.
+# and checks what the deployment promises: exposure, IMDSv2, encryption, the elastic IP, an
+# instance policy that reaches only what the stack needs, HTTPS unless plain HTTP is asked for,
+# a deployed commit, and an instance whose memory holds the containers' limits.
 
 mock_provider "aws" {
   # Values the provider itself validates, where the mock's random strings would not pass.
@@ -32,6 +33,11 @@ mock_provider "aws" {
     target = data.aws_partition.current
     values = { partition = "aws" }
   }
+  # A t3.small's memory; runs that pick or name a bigger type override it.
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 2048 }
+  }
   override_resource {
     target = aws_db_instance.this
     values = {
@@ -49,7 +55,8 @@ mock_provider "aws" {
 
 variables {
   repository_url = "https://git.example.com/stockstreamer.git"
-  repository_ref = "v1.2.3"
+  repository_ref = "0123456789abcdef0123456789abcdef01234567"
+  domain_name    = "stocks.example.com"
 }
 
 run "default_container_database" {
@@ -71,6 +78,44 @@ run "default_container_database" {
   assert {
     condition     = length(aws_vpc_security_group_ingress_rule.ssh) == 0
     error_message = "No SSH without ssh_cidrs."
+  }
+
+  # With a domain: 80 (ACME and the redirect), 443 over TCP and UDP (HTTP/3).
+  assert {
+    condition = (
+      [for rule in values(aws_vpc_security_group_ingress_rule.http) : [rule.ip_protocol, rule.from_port, rule.cidr_ipv4]] == [["tcp", 80, "0.0.0.0/0"]]
+      && [for rule in values(aws_vpc_security_group_ingress_rule.https) : [rule.ip_protocol, rule.from_port, rule.cidr_ipv4]] == [["tcp", 443, "0.0.0.0/0"]]
+      && [for rule in values(aws_vpc_security_group_ingress_rule.http3) : [rule.ip_protocol, rule.from_port, rule.cidr_ipv4]] == [["udp", 443, "0.0.0.0/0"]]
+    )
+    error_message = "A domain's site: 80/tcp, 443/tcp and 443/udp to allowed_cidrs."
+  }
+
+  assert {
+    condition     = output.dashboard_url == "https://stocks.example.com/" && strcontains(aws_instance.this.user_data, "\n      SITE_ADDRESS=stocks.example.com\n")
+    error_message = "HTTPS on the domain."
+  }
+
+  # The default stack fits the default instance: t3.small, picked because it is enough.
+  assert {
+    condition     = aws_instance.this.instance_type == "t3.small" && data.aws_ec2_instance_type.this.instance_type == "t3.small"
+    error_message = "The default stack runs on a t3.small, whose memory is looked up."
+  }
+
+  # Exactly the commit; and the per-address limits at the edge, with their defaults.
+  assert {
+    condition     = strcontains(aws_instance.this.user_data, "\n      REPOSITORY_COMMIT=0123456789abcdef0123456789abcdef01234567\n")
+    error_message = "The instance is told the commit to check out."
+  }
+
+  assert {
+    condition = alltrue([
+      for rule in [
+        "limit rate over 10/second burst 40 packets",
+        "ct count over 64",
+        "th dport { 80, 443 } ct state new fib daddr type local",
+      ] : strcontains(aws_instance.this.user_data, rule)
+    ])
+    error_message = "The edge firewall carries edge_connection_rate, edge_connection_burst and edge_connections_per_address."
   }
 
   assert {
@@ -145,6 +190,17 @@ run "observability_on_the_https_site" {
     domain_name   = "stocks.example.com"
   }
 
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 4096 }
+  }
+
+  # The observability profile's limits do not fit a t3.small: the next size up is picked.
+  assert {
+    condition     = aws_instance.this.instance_type == "t3.medium" && data.aws_ec2_instance_type.this.instance_type == "t3.medium"
+    error_message = "observability moves the default instance to a t3.medium."
+  }
+
   assert {
     condition     = strcontains(aws_instance.this.user_data, "\n      COMPOSE_PROFILES=proxy,observability\n")
     error_message = "observability adds the compose profile to the proxy."
@@ -184,7 +240,14 @@ run "observability_without_a_domain_stays_on_loopback" {
   command = apply
 
   variables {
-    observability = true
+    observability    = true
+    domain_name      = ""
+    allow_plain_http = true
+  }
+
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 4096 }
   }
 
   assert {
@@ -209,6 +272,12 @@ run "observability_with_rds_is_refused" {
   variables {
     use_rds       = true
     observability = true
+  }
+
+  # Memory enough: only the combination is refused.
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 4096 }
   }
 
   expect_failures = [aws_instance.this]
@@ -289,4 +358,132 @@ run "a_moving_branch_is_refused" {
   }
 
   expect_failures = [var.repository_ref]
+}
+
+run "a_tag_is_refused" {
+  command = plan
+
+  variables {
+    repository_ref = "v1.2.3"
+  }
+
+  expect_failures = [var.repository_ref]
+}
+
+run "an_abbreviated_commit_is_refused" {
+  command = plan
+
+  variables {
+    repository_ref = "0123456789ab"
+  }
+
+  expect_failures = [var.repository_ref]
+}
+
+run "plain_http_is_refused_by_default" {
+  command = plan
+
+  variables {
+    domain_name = ""
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "plain_http_when_allowed_opens_port_80_alone" {
+  command = apply
+
+  variables {
+    domain_name      = ""
+    allow_plain_http = true
+  }
+
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.https) == 0 && length(aws_vpc_security_group_ingress_rule.http3) == 0
+    error_message = "Without a domain Caddy serves no HTTPS: 443 stays closed, TCP and UDP."
+  }
+
+  assert {
+    condition     = [for rule in values(aws_vpc_security_group_ingress_rule.http) : [rule.ip_protocol, rule.from_port, rule.to_port]] == [["tcp", 80, 80]]
+    error_message = "Port 80 alone is open."
+  }
+
+  assert {
+    condition     = startswith(output.dashboard_url, "http://") && strcontains(aws_instance.this.user_data, "\n      SITE_ADDRESS=:80\n")
+    error_message = "Plain HTTP by IP."
+  }
+}
+
+run "observability_on_a_named_small_instance_is_refused" {
+  command = plan
+
+  variables {
+    observability = true
+    instance_type = "t3.small"
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "an_instance_smaller_than_the_default_stack_is_refused" {
+  command = plan
+
+  variables {
+    instance_type = "t3.micro"
+  }
+
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 1024 }
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "a_named_instance_that_fits_is_used" {
+  command = plan
+
+  variables {
+    observability = true
+    instance_type = "t4g.medium"
+  }
+
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 4096 }
+  }
+
+  assert {
+    condition     = aws_instance.this.instance_type == "t4g.medium" && strcontains(data.aws_ssm_parameter.ami.name, "/arm64/")
+    error_message = "A named type that holds the limits is used as named (Graviton: the arm64 image)."
+  }
+}
+
+run "api_replicas_count_against_the_memory" {
+  command = plan
+
+  variables {
+    settings = { STOCKSTREAMER_API_REPLICAS = "3" }
+  }
+
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 4096 }
+  }
+
+  # 1536 + 2 x 384 + 512 MiB: more than a t3.small has.
+  assert {
+    condition     = aws_instance.this.instance_type == "t3.medium"
+    error_message = "Two more API replicas move the default instance to a t3.medium."
+  }
+}
+
+run "api_replicas_that_are_not_a_number_are_refused" {
+  command = plan
+
+  variables {
+    settings = { STOCKSTREAMER_API_REPLICAS = "three" }
+  }
+
+  expect_failures = [var.settings]
 }

@@ -28,6 +28,7 @@ class Terraform:
     data: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     variables: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locals: dict[str, Any] = field(default_factory=dict)
     terraform: list[dict[str, Any]] = field(default_factory=list)
 
     def resource(self, type_: str) -> dict[str, dict[str, Any]]:
@@ -48,6 +49,8 @@ def load_terraform(directory: Path) -> Terraform:
             tf.variables.update(block)
         for block in doc.get("output", []):
             tf.outputs.update(block)
+        for block in doc.get("locals", []):
+            tf.locals.update({k: v for k, v in block.items() if k != "__comments__"})
         tf.terraform += doc.get("terraform", [])
     return tf
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,12 +17,13 @@ from tests.utils.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "terraform" / "templates" / "cloud-init.yaml.tftpl"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 VARS: dict[str, Any] = {
     "region": "eu-west-1",
     "arch": "arm64",
     "repository_url": "https://git.example.com/stockstreamer.git",
-    "repository_ref": "v1.2.3",
+    "repository_commit": COMMIT,
     "site_address": "stocks.example.com",
     "public_host": "stocks.example.com",
     "public_origin": "https://stocks.example.com",
@@ -39,6 +41,9 @@ VARS: dict[str, Any] = {
     "compose_profiles": "proxy",
     "grafana_route": "off",
     "grafana_root_url": "",
+    "edge_rate": 10,
+    "edge_burst": 40,
+    "edge_connections": 64,
 }
 
 
@@ -104,8 +109,14 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
     )
     assert check.returncode == 0, check.stderr
     runcmd = [" ".join(map(str, c)) for c in config["runcmd"]]
-    assert any("https://git.example.com/stockstreamer.git" in c for c in runcmd)
-    assert any("fetch -q --depth 1 origin v1.2.3" in c for c in runcmd)
+    deploy_env = files(config)["/etc/stockstreamer/deploy.env"].splitlines()
+    assert "REPOSITORY_URL=https://git.example.com/stockstreamer.git" in deploy_env
+    assert f"REPOSITORY_COMMIT={COMMIT}" in deploy_env
+    assert runcmd[:3] == [
+        "systemctl daemon-reload",
+        "systemctl enable --now stockstreamer-edge-firewall.service",
+        "/usr/local/sbin/stockstreamer-checkout",
+    ], "the limits first, then the code"
     assert runcmd[-2:] == [
         "systemctl enable --now stockstreamer-db-tokens.timer",
         "systemctl enable --now --no-block stockstreamer.service",
@@ -138,6 +149,18 @@ def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
 def test_unit_retries_with_back_off_and_prunes_images(tmp_path: Path) -> None:
     unit = files(yaml.safe_load(render(tmp_path)))["/etc/systemd/system/stockstreamer.service"]
     lines = set(unit.splitlines())
+    # Every start and every reload: the deployed commit, .env and secrets, the pinned images.
+    prepare = [
+        "/usr/local/sbin/stockstreamer-checkout",
+        "/usr/local/sbin/stockstreamer-env",
+        "/opt/stockstreamer/deploy/pull-pinned-images",
+        "/usr/bin/docker compose up -d --build --remove-orphans --wait",
+    ]
+    ordered = unit.splitlines()
+    starts = [line.split("=", 1)[1] for line in ordered if re.match(r"ExecStart(Pre)?=", line)]
+    reloads = [line.split("=", 1)[1] for line in ordered if line.startswith("ExecReload=")]
+    assert starts == prepare
+    assert reloads[: len(prepare)] == prepare
     assert "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait" in lines
     assert {"Restart=on-failure", "StartLimitIntervalSec=0", "RestartSteps=6"} <= lines
     assert any(line.startswith("RestartMaxDelaySec=") for line in lines), "a back-off"
@@ -266,3 +289,147 @@ def test_observability_switches_the_profile_and_the_grafana_route(tmp_path: Path
     assert not [line for line in loopback if "GRAFANA_ROOT_URL" in line]
     # Only names and URLs: the Grafana password is made on the instance (deploy/make-secrets).
     assert not [line for line in public if "PASSWORD" in line.split("=")[0]]
+
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {"PATH": os.environ["PATH"], "HOME": str(cwd), **GIT_ENV}
+    result = subprocess.run(  # noqa: S603
+        [shutil.which("git") or "git", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A repository with two commits, the older one tagged v1.0.0."""
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    git("init", "-q", cwd=repo)
+    commits = []
+    for n in (1, 2):
+        (repo / "README").write_text(f"release {n}\n")
+        git("add", "README", cwd=repo)
+        git("commit", "-q", "-m", f"release {n}", cwd=repo)
+        commits.append(git("rev-parse", "HEAD", cwd=repo))
+    git("tag", "v1.0.0", commits[0], cwd=repo)
+    return repo, commits
+
+
+def instance_script(tmp_path: Path, name: str, commit: str, url: str) -> tuple[Path, Path]:
+    """A boot script as rendered, with the instance's paths moved under tmp_path."""
+    script = files(yaml.safe_load(render(tmp_path)))[f"/usr/local/sbin/{name}"]
+    deploy_env = tmp_path / "deploy.env"
+    deploy_env.write_text(f"REPOSITORY_URL={url}\nREPOSITORY_COMMIT={commit}\n")
+    checkout = tmp_path / "opt" / "stockstreamer"
+    script = script.replace("/etc/stockstreamer/deploy.env", str(deploy_env))
+    script = script.replace("/opt/stockstreamer", str(checkout))
+    script = script.replace("systemctl reload stockstreamer", "echo reloaded")
+    path = tmp_path / name
+    path.write_text(script)
+    return path, checkout
+
+
+def run_script(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "HOME": str(path.parent), **GIT_ENV}
+    return subprocess.run(  # noqa: S603
+        [shutil.which("bash") or "bash", str(path), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_checkout_fetches_exactly_the_commit_and_verifies_it(
+    tmp_path: Path, upstream: tuple[Path, list[str]]
+) -> None:
+    repo, (first, latest) = upstream
+    script, checkout = instance_script(tmp_path, "stockstreamer-checkout", first, repo.as_uri())
+    result = run_script(script)
+    assert result.returncode == 0, result.stderr
+    assert git("rev-parse", "HEAD", cwd=checkout) == first, "the older commit, not the tip"
+    assert (checkout / "README").read_text() == "release 1\n"
+    assert git("rev-parse", "--is-shallow-repository", cwd=checkout) == "true"
+    # Every start runs it again: with HEAD already there, nothing is fetched.
+    (tmp_path / "deploy.env").write_text(
+        f"REPOSITORY_URL={(tmp_path / 'gone').as_uri()}\nREPOSITORY_COMMIT={first}\n"
+    )
+    assert run_script(script).returncode == 0
+    # Edited code on the server is not the commit it claims to be.
+    (checkout / "README").write_text("edited\n")
+    refused = run_script(script)
+    assert refused.returncode == 1 and "local changes" in refused.stderr
+    assert latest != first
+
+
+@pytest.mark.parametrize("ref", ["v1.0.0", "main", "short"])
+def test_checkout_refuses_anything_but_a_full_commit(
+    tmp_path: Path, upstream: tuple[Path, list[str]], ref: str
+) -> None:
+    repo, (first, _) = upstream
+    commit = first[:12] if ref == "short" else ref
+    script, checkout = instance_script(tmp_path, "stockstreamer-checkout", commit, repo.as_uri())
+    result = run_script(script)
+    assert result.returncode == 1
+    assert "full 40-hex commit SHA" in result.stderr
+    assert not checkout.exists(), "refused before anything is fetched"
+
+
+def test_checkout_of_an_unknown_commit_fails(
+    tmp_path: Path, upstream: tuple[Path, list[str]]
+) -> None:
+    repo, _ = upstream
+    script, checkout = instance_script(tmp_path, "stockstreamer-checkout", "f" * 40, repo.as_uri())
+    result = run_script(script)
+    assert result.returncode != 0
+    assert "fatal" in result.stderr, "git's own refusal"
+    assert not (checkout / "README").exists(), "nothing checked out"
+
+
+def test_update_moves_the_deployment_to_a_full_commit_only(
+    tmp_path: Path, upstream: tuple[Path, list[str]]
+) -> None:
+    repo, (first, latest) = upstream
+    script, _ = instance_script(tmp_path, "stockstreamer-update", first, repo.as_uri())
+    for bad in ("v1.0.0", latest[:12], ""):
+        result = run_script(script, bad)
+        assert result.returncode == 2 and "40-hex" in result.stderr, bad
+        assert f"REPOSITORY_COMMIT={first}\n" in (tmp_path / "deploy.env").read_text()
+    result = run_script(script, latest)
+    assert result.returncode == 0, result.stderr
+    assert "reloaded" in result.stdout, "the reload checks the new commit out"
+    assert f"REPOSITORY_COMMIT={latest}\n" in (tmp_path / "deploy.env").read_text()
+
+
+def test_edge_firewall_is_loaded_at_boot_before_docker(tmp_path: Path) -> None:
+    """The limits (test_edge_firewall.py loads them into a kernel) are in place before any port."""
+    config = yaml.safe_load(render(tmp_path, edge_rate=7, edge_burst=21, edge_connections=33))
+    written = files(config)
+    ruleset = written["/etc/stockstreamer/edge-firewall.nft"]
+    assert "limit rate over 7/second burst 21 packets" in ruleset
+    assert "ct count over 33" in ruleset
+    assert "flush ruleset" not in ruleset, "Docker's own rules stay"
+    unit = written["/etc/systemd/system/stockstreamer-edge-firewall.service"].splitlines()
+    assert "ExecStart=/usr/sbin/nft -f /etc/stockstreamer/edge-firewall.nft" in unit
+    assert "Before=network-pre.target docker.service" in unit
+    assert "WantedBy=sysinit.target" in unit
+    assert "nftables" in config["packages"]
+    stack = written["/etc/systemd/system/stockstreamer.service"].splitlines()
+    assert "Wants=stockstreamer-edge-firewall.service" in stack

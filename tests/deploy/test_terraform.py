@@ -29,12 +29,16 @@ def tf() -> Terraform:
 
 
 def _world_open(rule: dict[str, Any], tf: Terraform) -> bool:
-    """Whether a rule admits 0.0.0.0/0, literally or through its variable's default."""
+    """Whether a rule admits 0.0.0.0/0, literally or through its variables' defaults."""
     cidr = rule.get("cidr_ipv4")
     if cidr == "${each.value}":
-        match = re.fullmatch(r"\$\{toset\(var\.(\w+)\)\}", rule["for_each"])
-        assert match, f"unexpected for_each {rule['for_each']}"
-        cidrs = tf.variables[match[1]].get("default", [])
+        expression = rule["for_each"]
+        local = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
+        if local:
+            expression = tf.locals[local[1]]
+        names = re.findall(r"toset\(var\.(\w+)\)", expression)
+        assert names, f"unexpected for_each {rule['for_each']}"
+        cidrs = [c for name in names for c in tf.variables[name].get("default", [])]
     else:
         cidrs = [cidr] if cidr else []
     return any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs)
@@ -49,6 +53,19 @@ def test_no_world_ingress_to_ssh_or_postgres(tf: Terraform) -> None:
         assert not (exposed and _world_open(rule, tf)), f"{name} opens {exposed} to 0.0.0.0/0"
     for name, group in tf.resource("aws_security_group").items():
         assert "ingress" not in group, f"{name}: inline ingress bypasses the per-rule resources"
+
+
+def test_https_is_opened_only_with_a_domain(tf: Terraform) -> None:
+    rules = tf.resource("aws_vpc_security_group_ingress_rule")
+    for name, protocol in (("https", "tcp"), ("http3", "udp")):
+        rule = rules[name]
+        assert (rule["from_port"], rule["to_port"], rule["ip_protocol"]) == (443, 443, protocol)
+        assert rule["for_each"] == "${local.https_cidrs}", name
+    assert tf.locals["https_cidrs"] == (
+        '${var.domain_name != "" ? toset(var.allowed_cidrs) : toset([])}'
+    )
+    assert rules["http"]["for_each"] == "${toset(var.allowed_cidrs)}"
+    assert tf.variables["allow_plain_http"]["default"] is False
 
 
 def test_ssh_is_closed_by_default_and_never_world_open(tf: Terraform) -> None:
