@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+import asyncpg
 import httpx
+import pytest
 
+from services.common.migrations import migrate
 from services.runner.embedded_db import EmbeddedPostgres, free_port
-from services.runner.processes import ServiceProcess
+from services.runner.processes import ROOT, ServiceProcess
 from tests.utils.waiting import eventually
+
+SECRET_FILES = ("postgres-password", "fetcher-db-password", "api-db-password")
 
 
 def _listening(port: int) -> bool:
@@ -19,12 +29,42 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _runner_env(data_dir: Path, pg_port: int) -> dict[str, str]:
+    return {"STOCKSTREAMER_DATA_DIR": str(data_dir), "STOCKSTREAMER_EMBEDDED_PG_PORT": str(pg_port)}
+
+
+def _passwords(data_dir: Path) -> dict[str, str]:
+    return {name: (data_dir / "secrets" / name).read_text().strip() for name in SECRET_FILES}
+
+
+def _command_lines() -> list[str]:
+    """Every process's command line on this machine."""
+    lines = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, UnicodeDecodeError):
+            continue
+    return lines
+
+
+async def _sessions(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT DISTINCT usename FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return {r["usename"] for r in rows}
+
+
 async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="stockstreamer-run-"))
     ports = {name: free_port() for name in ("pg", "api", "dashboard", "metrics")}
     env = {
-        "STOCKSTREAMER_DATA_DIR": str(data_dir),
-        "STOCKSTREAMER_EMBEDDED_PG_PORT": str(ports["pg"]),
+        **_runner_env(data_dir, ports["pg"]),
         "STOCKSTREAMER_API_PORT": str(ports["api"]),
         "STOCKSTREAMER_DASHBOARD_PORT": str(ports["dashboard"]),
         "STOCKSTREAMER_FETCHER_METRICS_PORT": str(ports["metrics"]),
@@ -39,6 +79,20 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
             return len(stocks) == 6 and all(s["last_price"] for s in stocks)
 
         await eventually(every_stock_has_a_price, timeout=15)
+        # Every login needs its password; each service is logged in as its own login user.
+        server = f"127.0.0.1:{ports['pg']}/stockstreamer?sslmode=disable"
+        for user in ("postgres", "stockstreamer_fetcher", "stockstreamer_api"):
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(f"postgresql://{user}@{server}")
+        passwords = _passwords(data_dir)
+        owner = f"postgresql://postgres:{passwords['postgres-password']}@{server}"
+        assert await _sessions(owner) == {"stockstreamer_fetcher", "stockstreamer_api"}
+        # and no password is on any command line, or in what the runner printed
+        commands = _command_lines()
+        for password in passwords.values():
+            assert not any(password in line for line in commands)
+            assert password not in runner.output
+
         runner.wait_http(f"http://127.0.0.1:{ports['dashboard']}/", timeout=30)
         runner.wait_http(f"http://127.0.0.1:{ports['metrics']}/metrics")
         # where each service listens is printed for the person who ran it
@@ -51,3 +105,62 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
         runner.stop()
     assert not any(_listening(p) for p in ports.values()), runner.output
     assert not EmbeddedPostgres(data_dir / "postgres").is_running()
+    shutil.rmtree(data_dir)
+
+
+async def test_a_cluster_from_before_passwords_is_upgraded_in_place() -> None:
+    """`.data` as older versions left it (trust authentication, the services as the superuser):
+    the next start gives the superuser a password and asks every login for one, data kept."""
+    data_dir = Path(tempfile.mkdtemp(prefix="stockstreamer-upgrade-"))
+    port = free_port()
+    old = EmbeddedPostgres(data_dir / "postgres", port=port)
+    old.start()
+    try:
+        await old.create_database()
+        await asyncio.to_thread(migrate, old.url)
+        conn = await asyncpg.connect(old.url)
+        await conn.execute("INSERT INTO stocks (symbol, name) VALUES ('KEPT', 'stored before')")
+        await conn.close()
+    finally:
+        old.stop()
+
+    result = await asyncio.to_thread(_runner, "migrate", _runner_env(data_dir, port))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    password = _passwords(data_dir)["postgres-password"]
+    assert password not in result.stdout + result.stderr
+    upgraded = EmbeddedPostgres(data_dir / "postgres", port=port, password=password)
+    assert not upgraded.needs_passwords()
+    upgraded.start()
+    try:
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(old.url)
+        conn = await asyncpg.connect(upgraded.url)
+        try:
+            assert await conn.fetchval("SELECT name FROM stocks WHERE symbol = 'KEPT'") == (
+                "stored before"
+            )
+            logins = await conn.fetch(
+                "SELECT rolname FROM pg_authid WHERE rolname LIKE 'stockstreamer\\_%'"
+                " AND rolcanlogin AND rolpassword LIKE 'SCRAM-SHA-256$%'"
+            )
+            assert {r["rolname"] for r in logins} >= {"stockstreamer_fetcher", "stockstreamer_api"}
+        finally:
+            await conn.close()
+    finally:
+        upgraded.destroy()
+
+
+def _runner(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m services.runner <command>`, as `make <command>` runs it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSTREAMER_")}
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "services.runner", command],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
