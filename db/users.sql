@@ -66,9 +66,10 @@ DECLARE
     reserved int := current_setting('superuser_reserved_connections')::int
         + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)
         + coalesce(nullif(current_setting('rds.rds_superuser_reserved_connections', true), '')::int, 0);
-    fetcher  int := 5;  -- it needs one; the rest covers a reconnect while the old one lingers
+    fetcher  int := 3;  -- it holds one; the rest covers a reconnect while the old one lingers
     monitor  int := 3;
-    headroom int := 5;  -- migrations, this file, backups, an operator's psql
+    headroom int := 4;  -- migrations, this file, backups, an operator's psql (as the superuser,
+                        -- which also has the reserved slots)
     api      int := total - reserved - fetcher - monitor - headroom;
 BEGIN
     IF api < 2 THEN

@@ -325,16 +325,16 @@ async def test_the_fetcher_connects_whatever_the_api_holds(server: Server) -> No
             conn = await asyncpg.connect(server.login(service))
             stack.push_async_callback(conn.close)
         # and the superuser's one-shots still have their headroom
-        for _ in range(5):
+        for _ in range(4):
             conn = await asyncpg.connect(server.url)
             stack.push_async_callback(conn.close)
 
 
 def test_a_server_too_small_for_the_logins_is_named() -> None:
-    with small_server(15) as tiny:
+    with small_server(14) as tiny:
         result = users_sql(
             tiny.url, **{f"{name}_verifier": scram_verifier(pw) for name, pw in PASSWORDS.items()}
         )
         assert result.returncode != 0
-        assert "max_connections = 15 leaves the API login" in result.stderr
-        assert "raise max_connections to at least 18" in result.stderr
+        assert "max_connections = 14 leaves the API login" in result.stderr
+        assert "raise max_connections to at least 15" in result.stderr
