@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -60,8 +61,18 @@ async def _sessions(url: str) -> set[str]:
     return {r["usename"] for r in rows}
 
 
-async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="stockstreamer-run-"))
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A `.data` of the test's own, removed afterwards (its server stopped, should one be left)."""
+    path = Path(tempfile.mkdtemp(prefix="stockstreamer-run-"))
+    try:
+        yield path
+    finally:
+        EmbeddedPostgres(path / "postgres").stop("immediate")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_run_starts_everything_and_ctrl_c_stops_everything(data_dir: Path) -> None:
     ports = {name: free_port() for name in ("pg", "api", "dashboard", "metrics")}
     env = {
         **_runner_env(data_dir, ports["pg"]),
@@ -105,13 +116,11 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
         runner.stop()
     assert not any(_listening(p) for p in ports.values()), runner.output
     assert not EmbeddedPostgres(data_dir / "postgres").is_running()
-    shutil.rmtree(data_dir)
 
 
-async def test_a_cluster_from_before_passwords_is_upgraded_in_place() -> None:
+async def test_a_cluster_from_before_passwords_is_upgraded_in_place(data_dir: Path) -> None:
     """`.data` as older versions left it (trust authentication, the services as the superuser):
     the next start gives the superuser a password and asks every login for one, data kept."""
-    data_dir = Path(tempfile.mkdtemp(prefix="stockstreamer-upgrade-"))
     port = free_port()
     old = EmbeddedPostgres(data_dir / "postgres", port=port)
     old.start()
@@ -148,7 +157,7 @@ async def test_a_cluster_from_before_passwords_is_upgraded_in_place() -> None:
         finally:
             await conn.close()
     finally:
-        upgraded.destroy()
+        upgraded.stop()
 
 
 def _runner(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
