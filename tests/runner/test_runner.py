@@ -173,3 +173,24 @@ def _runner(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
         timeout=120,
         check=False,
     )
+
+
+async def test_a_server_of_your_own_is_used_as_it_is(database_url: str, data_dir: Path) -> None:
+    """With DATABASE_URL nothing is started and no login made: the runner migrates and applies
+    the retention as that URL's user (the owner), and the services would use the URL itself."""
+    env = {
+        "DATABASE_URL": database_url,
+        "STOCKSTREAMER_DATA_DIR": str(data_dir),
+        "STOCKSTREAMER_RETENTION": "7d",
+        "STOCKSTREAMER_RETENTION_MINUTE": "P90D",
+    }
+    result = await asyncio.to_thread(_runner, "migrate", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "retention applied" in result.stdout
+    assert not any(data_dir.iterdir()), "no embedded server, no secrets"
+    conn = await asyncpg.connect(database_url)
+    try:
+        keeps = await conn.fetch("SELECT DISTINCT keep::text AS k FROM partition_policy ORDER BY 1")
+    finally:
+        await conn.close()
+    assert [r["k"] for r in keeps] == ["7 days", "90 days"]
