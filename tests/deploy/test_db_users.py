@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, contextmanager
@@ -261,8 +262,9 @@ class Server:
 
 @contextmanager
 def small_server(max_connections: int) -> Iterator[Server]:
+    home = Path(tempfile.mkdtemp(prefix="stockstreamer-users-"))
     pg = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="stockstreamer-users-")) / "data",
+        home / "data",
         port=free_port(),
         durable=False,
         password="owner-secret",
@@ -275,6 +277,7 @@ def small_server(max_connections: int) -> Iterator[Server]:
         yield Server(pg)
     finally:
         pg.destroy()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
