@@ -20,11 +20,12 @@ from httpx_sse import aconnect_sse
 
 from bench.processes import cpu_seconds, start_api
 from services.common.models import Tick
+from services.common.retention import set_retention
 from services.fetcher import queries
-from services.fetcher.store import Retention, TickStore
+from services.fetcher.store import TickStore
 
 SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
-LONG = Retention(timedelta(days=3650), timedelta(days=3650))
+LONG = timedelta(days=3650)
 MANY = 1000
 CLIENTS = 50
 BATCHES = 30  # of one tick per symbol, like one fetcher round
@@ -35,7 +36,8 @@ POLL = "SELECT symbol, ts, price, event_id FROM ticks WHERE event_id > $1 ORDER 
 
 async def _write(conn: asyncpg.Connection, offset: int, committed: dict[int, float]) -> None:
     """BATCHES rounds at RATE per second, through the fetcher's store; records commit times."""
-    store = await TickStore.open(conn, SYMBOLS, LONG)
+    await set_retention(conn, LONG, LONG)
+    store = await TickStore.open(conn, SYMBOLS)
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6 - offset)
     for b in range(BATCHES):
         ts = t0 + timedelta(seconds=b)

@@ -16,10 +16,11 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from services.common.models import Tick
+from services.common.retention import set_retention
 from services.fetcher import queries
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.store import Retention, create_partitions, partitions_for
+from services.fetcher.store import create_partitions, partitions_for
 from services.fetcher.writer import BatchWriter
 
 SYMBOLS = ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
@@ -33,7 +34,7 @@ CREATE TABLE copy_ceiling (LIKE ticks INCLUDING ALL,
     PARTITION BY RANGE (ts);
 CREATE TABLE copy_ceiling_p PARTITION OF copy_ceiling FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
 """
-LONG = Retention(timedelta(days=3650), timedelta(days=3650))
+LONG = timedelta(days=3650)
 
 
 def _ticks(n: int, start: datetime) -> list[Tick]:
@@ -65,9 +66,12 @@ async def _writer(url: str, batches: list[list[Tick]]) -> float:
     """Ticks per second through the fetcher's writer (ticks, their bars, NOTIFY per batch)."""
     count = sum(len(b) for b in batches)
     buffer = TickBuffer(count)
-    writer = BatchWriter(
-        url, SYMBOLS, buffer, FetcherMetrics(CollectorRegistry()), BATCH, retention=LONG
-    )
+    owner = await asyncpg.connect(url)
+    try:
+        await set_retention(owner, LONG, LONG)
+    finally:
+        await owner.close()
+    writer = BatchWriter(url, SYMBOLS, buffer, FetcherMetrics(CollectorRegistry()), BATCH)
     async with writer.use():
         pass  # connect, retention and today's partitions before the clock starts
     elapsed = 0.0

@@ -22,6 +22,7 @@ from bench.history_data import SCALES, SYMBOLS, Scale, load, log
 from bench.processes import start_api
 from services.api import history, queries
 from services.common.bars import LEVELS, Keep
+from services.common.retention import set_retention
 
 WINDOWS = {
     "1 hour": timedelta(hours=1),
@@ -185,11 +186,9 @@ async def _disk(url: str, scale: Scale) -> list[str]:
                     await conn.fetchval(LEVEL_BYTES, level.table) or 0.0)
             for level in LEVELS
         }  # fmt: skip
+        await set_retention(conn, timedelta(days=scale.raw_days - 1), timedelta(days=400))
         began = time.perf_counter()
-        dropped = await conn.fetch(
-            "SELECT stockstreamer_apply_retention($1::interval, '400 days') AS d",
-            timedelta(days=scale.raw_days - 1),
-        )
+        dropped = await conn.fetch("SELECT stockstreamer_apply_retention() AS d")
         drop_ms = (time.perf_counter() - began) * 1000
     finally:
         await conn.close()

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from services.common.bars import LEVELS
+from services.common.retention import set_retention
 from services.fetcher import queries
 from services.fetcher.store import REBUILT, create_partitions, partitions_for
 
@@ -89,11 +90,8 @@ async def load(url: str, scale: Scale) -> datetime:
         await conn.execute(queries.ENSURE_STOCKS, symbols)
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         raw_start = now - timedelta(days=scale.raw_days)
-        await conn.execute(
-            "SELECT stockstreamer_apply_retention($1::interval, $2::interval)",
-            timedelta(days=scale.raw_days),
-            timedelta(days=400),
-        )
+        await set_retention(conn, timedelta(days=scale.raw_days), timedelta(days=400))
+        await conn.execute("SELECT stockstreamer_apply_retention()")
         await create_partitions(conn, partitions_for(raw_start, now))
         began = time.perf_counter()
         # Through a staging table: COPY's CSV reader takes the epoch seconds as text.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -32,6 +34,20 @@ def _split_commas(value: object) -> list[str]:
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 """A list setting written as `a,b,c` in the environment (not as JSON)."""
+
+_SHORT_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _short_duration(value: object) -> object:
+    # 7d, 12h, 30m, 90s, 2w or plain seconds; anything else goes on to pydantic (ISO 8601: P7D)
+    if isinstance(value, str) and (match := _SHORT_DURATION.match(value)):
+        return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower() or "s"])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_short_duration)]
+"""A duration setting: seconds, 7d/12h/30m (s, m, h, d, w), or ISO 8601 (P7D, PT36H)."""
 
 S = TypeVar("S", bound=BaseSettings)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -11,12 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from services.common.config import CommonSettings, DbRole, read_secret
+from services.common.config import CommonSettings, DbRole, Duration, read_secret
 from services.common.symbols import parse_symbols
 
 DEFAULT_SYMBOLS = "GE,AMZN,NVDA,INTC,AAPL,NFLX"
-_SHORT_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # Vendor keys keep the vendors' own names (no prefix), as their documentation spells them.
 _KEY_FILES = {
     "finnhub_api_key": "FINNHUB_API_KEY_FILE",
@@ -62,17 +59,9 @@ class FetcherSettings(CommonSettings):
         description="Role the fetcher switches to on connect; `none` keeps the login user.",
     )
 
-    backfill: timedelta = Field(
+    backfill: Duration = Field(
         timedelta(days=365),
         description="History to fill on start: seconds, 7d/12h/30m, or ISO 8601 (P7D); 0 disables.",
-    )
-    retention: timedelta = Field(
-        timedelta(days=30),
-        description="How long raw ticks (and 10 s bars) are kept; older ones go a day at a time.",
-    )
-    retention_minute: timedelta = Field(
-        timedelta(days=400),
-        description="How long 1 to 30 minute bars are kept (hourly and daily bars: forever).",
     )
     provider_timeout: float = Field(10.0, gt=0, le=120, description="Seconds per vendor request.")
     provider_concurrency: int = Field(4, ge=1, le=64, description="Vendor requests in flight.")
@@ -136,32 +125,12 @@ class FetcherSettings(CommonSettings):
             )
         return self
 
-    @field_validator("backfill", "retention", "retention_minute", mode="before")
-    @classmethod
-    def _parse_duration(cls, value: object) -> object:
-        if isinstance(value, str) and (match := _SHORT_DURATION.match(value)):
-            return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower() or "s"])
-        return value
-
     @field_validator("backfill")
     @classmethod
     def _non_negative(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):
             raise ValueError("backfill window must not be negative")
         return value
-
-    @field_validator("retention", "retention_minute")
-    @classmethod
-    def _at_least_a_day(cls, value: timedelta) -> timedelta:
-        if value < timedelta(days=1):
-            raise ValueError("must be at least 1 day (data is dropped a whole day at a time)")
-        return value
-
-    @model_validator(mode="after")
-    def _minute_bars_outlive_ticks(self) -> FetcherSettings:
-        if self.retention_minute < self.retention:
-            raise ValueError("retention_minute must not be shorter than retention")
-        return self
 
     @field_validator("symbols", mode="before")
     @classmethod

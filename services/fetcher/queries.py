@@ -125,7 +125,8 @@ FROM unnest($1::text[]) AS s
 
 # -- Partitions and retention (functions created by the migrations, see db/migrations) ---------
 ENSURE_PARTITION = "SELECT stockstreamer_ensure_partition($1, $2)"
-APPLY_RETENTION = "SELECT stockstreamer_apply_retention($1::interval, $2::interval) AS dropped"
+# Retention as the owner set it in partition_policy: the function takes no arguments.
+APPLY_RETENTION = "SELECT stockstreamer_apply_retention() AS dropped"
 # Times before which raw ticks (and before which minute bars) are no longer kept.
 CUTOFFS = """
 SELECT parent, greatest(horizon, now() - keep) AS cutoff FROM partition_policy

@@ -17,7 +17,6 @@ from services.fetcher.buffer import TickBuffer
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError, TradeStream
-from services.fetcher.store import Retention
 from services.fetcher.validation import (
     DropLog,
     DropReason,
@@ -55,7 +54,6 @@ class Fetcher:
             metrics,
             settings.batch_size,
             settings.fetcher_db_role,
-            Retention(settings.retention, settings.retention_minute),
         )
         self.backfill = Backfill(
             self.writer, self.symbols, settings.backfill, self._call, self._accept

@@ -29,14 +29,6 @@ LOCK_TIMEOUT = "2s"  # partition DDL waits this long for readers, then the write
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How long raw ticks (and 10 s bars) and minute bars are kept."""
-
-    raw: timedelta = timedelta(days=30)
-    minute: timedelta = timedelta(days=400)
-
-
 @dataclass(slots=True)
 class Written:
     """What one write stored."""
@@ -88,20 +80,17 @@ class Written:
 class TickStore:
     """Writes through one connection; build one with `open` for each new connection."""
 
-    def __init__(self, conn: asyncpg.Connection, retention: Retention) -> None:
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
-        self.retention = retention
         self.raw_cutoff = NEVER  # older ticks are kept as minute bars only
         self.minute_cutoff = NEVER  # older ticks are not kept at all
         self._newest: dict[str, datetime] = {}
         self._partitions: set[tuple[str, date]] = set()
 
     @classmethod
-    async def open(
-        cls, conn: asyncpg.Connection, symbols: list[str], retention: Retention
-    ) -> TickStore:
+    async def open(cls, conn: asyncpg.Connection, symbols: list[str]) -> TickStore:
         """Ready to write: tracked stocks exist, retention applied, today's partitions made."""
-        store = cls(conn, retention)
+        store = cls(conn)
         # Ticks reference stocks; make sure every tracked symbol has its row.
         await conn.execute(queries.ENSURE_STOCKS, symbols)
         await store.upkeep()
@@ -111,10 +100,11 @@ class TickStore:
 
     # -- upkeep ------------------------------------------------------------------------------
     async def upkeep(self) -> list[str]:
-        """Drop expired partitions, then make sure today's and tomorrow's exist."""
-        rows = await self.conn.fetch(
-            queries.APPLY_RETENTION, self.retention.raw, self.retention.minute
-        )
+        """Drop expired partitions, then make sure today's and tomorrow's exist.
+
+        How long data is kept is the database owner's to set (partition_policy), never ours.
+        """
+        rows = await self.conn.fetch(queries.APPLY_RETENTION)
         dropped = [r["dropped"] for r in rows]
         if dropped:
             self._partitions.clear()

@@ -16,7 +16,7 @@ from services.common.models import Tick
 from services.common.retry import Backoff
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.store import Retention, TickStore, Written
+from services.fetcher.store import TickStore, Written
 from services.fetcher.validation import DropReason
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ class BatchWriter:
         metrics: FetcherMetrics,
         batch_size: int,
         role: str | None = None,
-        retention: Retention | None = None,
     ) -> None:
         self.url = url
         self.symbols = symbols
@@ -50,7 +49,6 @@ class BatchWriter:
         self.metrics = metrics
         self.batch_size = batch_size
         self.role = role or None
-        self.retention = retention or Retention()
         self._store: TickStore | None = None
         self._lock = asyncio.Lock()  # one user of the connection at a time
         self._outage_since: float | None = None
@@ -74,7 +72,7 @@ class BatchWriter:
                 if self._store is None or self._store.conn.is_closed():
                     conn = await connect(self.url, self.role)
                     try:
-                        self._store = await TickStore.open(conn, self.symbols, self.retention)
+                        self._store = await TickStore.open(conn, self.symbols)
                     except BaseException:
                         conn.terminate()
                         raise

@@ -1,32 +1,39 @@
-"""Start the database (embedded unless DATABASE_URL), migrate, then every service via honcho."""
+"""Start the database (embedded unless DATABASE_URL), migrate, then every service via honcho.
+
+The embedded server asks every login for its password: the runner migrates and applies
+db/users.sql as its superuser, then runs the fetcher and the API each as its own login user.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
 from services.api.config import ApiSettings
-from services.common.config import CommonSettings, load_settings
+from services.common.config import load_settings
 from services.common.db import redact_url
 from services.common.migrations import migrate
+from services.common.retention import RetentionSettings
 from services.dashboard.config import DashboardSettings
 from services.fetcher.config import FetcherSettings
-from services.runner.embedded_db import EmbeddedPostgres, postgres_bin_dir
+from services.runner.database import Database, apply_owner_settings, embedded, psql
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class RunnerSettings(CommonSettings):
-    """Settings of the local runner itself."""
+class RunnerSettings(RetentionSettings):
+    """Settings of the local runner itself (it applies the retention as the database's owner)."""
 
     data_dir: Path = Field(Path(".data"), description="Where the embedded PostgreSQL keeps data.")
     embedded_pg_port: int = Field(54329, ge=1, le=65535, description="Embedded PostgreSQL port.")
@@ -49,15 +56,16 @@ class Ports:
         )
 
 
-def start_database(settings: RunnerSettings) -> tuple[str, EmbeddedPostgres | None]:
-    """The URL to use, and the embedded server when we started one."""
+def start_database(settings: RunnerSettings) -> Database:
+    """DATABASE_URL's server as it is, or the embedded one, started."""
     if "database_url" in settings.model_fields_set:
-        return settings.database_url, None
-    pg = EmbeddedPostgres((ROOT / settings.data_dir / "postgres"), port=settings.embedded_pg_port)
+        return Database(settings.database_url)
+    database = embedded(ROOT / settings.data_dir, settings.embedded_pg_port)
+    assert database.server is not None  # noqa: S101 - embedded() makes one
     print(f"starting embedded PostgreSQL (data in {settings.data_dir / 'postgres'})", flush=True)
-    pg.start()
-    asyncio.run(pg.create_database())
-    return pg.url, pg
+    database.server.start()
+    asyncio.run(database.server.create_database())
+    return database
 
 
 def banner(ports: Ports, url: str) -> str:
@@ -72,27 +80,36 @@ def banner(ports: Ports, url: str) -> str:
     return "\n".join(lines)
 
 
-def exec_procfile(directory: Path) -> Path:
-    """The Procfile with `exec` before each command, so SIGTERM reaches the service, not a shell."""
+def exec_procfile(directory: Path, url_files: Mapping[str, Path] | None = None) -> Path:
+    """The Procfile with `exec` before each command, so SIGTERM reaches the service, not a shell;
+    a service in `url_files` gets its own DATABASE_URL_FILE (its login user's URL)."""
     lines = []
     for line in (ROOT / "Procfile").read_text().splitlines():
         name, sep, command = line.partition(":")
-        if sep:
-            lines.append(f"{name}: exec {command.strip()}")
+        if not sep:
+            continue
+        url_file = (url_files or {}).get(name.strip())
+        if url_file is not None:
+            command = f"env DATABASE_URL_FILE={shlex.quote(str(url_file))} {command.strip()}"
+        lines.append(f"{name}: exec {command.strip()}")
     path = directory / "Procfile"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def run_services(ports: Ports, url: str) -> int:
+def run_services(ports: Ports, database: Database) -> int:
     """Every Procfile service under honcho until Ctrl-C or SIGTERM."""
     # Procfile commands say `python`: make it this interpreter, wherever make was run from.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "DATABASE_URL": url, "PATH": path}
+    env = {**os.environ, "PATH": path}
+    if database.login_urls:
+        env.pop("DATABASE_URL", None)  # each service has its own URL file instead
+    else:
+        env["DATABASE_URL"] = database.url
     # The dashboard follows the API wherever STOCKSTREAMER_API_PORT moved it.
     env.setdefault("STOCKSTREAMER_API_URL", f"http://127.0.0.1:{ports.api}")
     with tempfile.TemporaryDirectory(prefix="stockstreamer-") as tmp:
-        procfile = exec_procfile(Path(tmp))
+        procfile = exec_procfile(Path(tmp), database.login_urls)
         honcho = [sys.executable, "-m", "honcho", "start", "-f", str(procfile), "-d", str(ROOT)]
         proc = subprocess.Popen(honcho, cwd=ROOT, env=env)  # noqa: S603
         signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
@@ -111,25 +128,30 @@ def main() -> int:
         "command", choices=["run", "migrate", "url", "psql"], nargs="?", default="run"
     )
     args = parser.parse_args()
-    settings = RunnerSettings()
-    url, pg = start_database(settings)
+    settings = load_settings(RunnerSettings, "make run")
+    database = start_database(settings)
     try:
         if args.command == "url":
-            print(url)
+            print(database.url)  # asked for: the superuser's URL, password included
             return 0
         if args.command == "psql":
-            psql = postgres_bin_dir() / "psql"
-            return subprocess.call([str(psql), url])  # noqa: S603
-        print(migrate(url), end="", flush=True)
+            argv, env = psql(database.url)
+            return subprocess.call(argv, env=env)  # noqa: S603
+        print(migrate(database.url), end="", flush=True)
+        try:
+            print(apply_owner_settings(database, settings), end="", flush=True)
+        except RuntimeError as exc:
+            print(f"stockstreamer make run: {exc}", file=sys.stderr)
+            return 1
         if args.command == "migrate":
             return 0
         ports = Ports.read()
-        print(banner(ports, url), flush=True)
-        return run_services(ports, url)
+        print(banner(ports, database.url), flush=True)
+        return run_services(ports, database)
     finally:
-        if pg is not None and args.command not in ("url", "psql"):
+        if database.server is not None and args.command not in ("url", "psql"):
             print("stopping embedded PostgreSQL", flush=True)
-            pg.stop()
+            database.server.stop()
 
 
 if __name__ == "__main__":

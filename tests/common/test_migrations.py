@@ -6,13 +6,16 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from services.common.migrations import MIGRATIONS_DIR, dbmate, migrate
-from services.fetcher.store import create_partitions, partitions_for
+from services.common.models import Tick
+from services.common.retention import set_retention
+from services.fetcher.store import TickStore, create_partitions, partitions_for
 from tests.utils.postgres import create_database, drop_database
 
 TS = datetime(2026, 1, 2, 15, 30, tzinfo=UTC)
@@ -199,7 +202,9 @@ async def test_reader_role_cannot_write(db: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await db.execute("SELECT stockstreamer_ensure_partition('ticks', now())")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
-        await db.execute("SELECT stockstreamer_apply_retention('1 day', '1 day')")
+        await db.execute("SELECT stockstreamer_apply_retention()")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await db.execute("CALL stockstreamer_set_retention('1 day', '1 day')")
 
 
 async def test_writer_role_writes_but_never_deletes(db: asyncpg.Connection) -> None:
@@ -228,7 +233,8 @@ async def test_retention_drops_whole_expired_partitions(db: asyncpg.Connection) 
         await create_partitions(db, partitions_for(day, day))
         await db.execute("INSERT INTO ticks (symbol, ts, price) VALUES ('AAPL', $1, 1)", day)
 
-    dropped = await db.fetch("SELECT stockstreamer_apply_retention('30 days', '400 days') AS d")
+    await set_retention(db, timedelta(days=30), timedelta(days=400))
+    dropped = await db.fetch("SELECT stockstreamer_apply_retention() AS d")
 
     expired = [TS, *days[:2]]  # the fixture's day too
     assert sorted(r["d"] for r in dropped) == sorted(
@@ -239,6 +245,153 @@ async def test_retention_drops_whole_expired_partitions(db: asyncpg.Connection) 
     horizon = await db.fetchval("SELECT horizon FROM partition_policy WHERE parent = 'ticks'")
     assert abs(horizon - (now - timedelta(days=30))) < timedelta(minutes=1)
     # a longer retention later never claims the dropped days back
-    await db.fetch("SELECT stockstreamer_apply_retention('90 days', '400 days')")
+    await set_retention(db, timedelta(days=90), timedelta(days=400))
+    await db.fetch("SELECT stockstreamer_apply_retention()")
     later = await db.fetchval("SELECT horizon FROM partition_policy WHERE parent = 'ticks'")
     assert later == horizon
+
+
+HARDENING = "20261202100000_partition_functions_hardened.sql"
+POLICY = "SELECT parent, keep::text FROM partition_policy ORDER BY parent"
+
+
+async def _keeps(conn: asyncpg.Connection) -> tuple[str, str]:
+    """How long raw ticks and minute bars are kept, as PostgreSQL shows it."""
+    rows = {r["parent"]: r["keep"] for r in await conn.fetch(POLICY)}
+    assert rows["ticks"] == rows["bars_10s"]
+    assert len({rows[p] for p in ("bars_1m", "bars_2m", "bars_5m", "bars_15m", "bars_30m")}) == 1
+    return rows["ticks"], rows["bars_1m"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "minute", "expected"),
+    [
+        (None, None, ("30 days", "400 days")),  # unset: the documented defaults
+        ("", " ", ("30 days", "400 days")),
+        ("86400", "7d", ("1 day", "7 days")),
+        ("2592000.0", "400d", ("30 days", "400 days")),  # what the runner sends (seconds)
+        ("P7D", "PT36H", None),  # minute bars shorter than raw ticks: refused
+        ("PT36H", "P1Y", ("1 day 12:00:00", "1 year")),
+        ("1.5d", "2w", ("1 day 12:00:00", "14 days")),
+    ],
+)
+async def test_the_owner_sets_the_retention_in_any_settings_format(
+    db: asyncpg.Connection, raw: str | None, minute: str | None, expected: tuple[str, str] | None
+) -> None:
+    await set_retention(db, timedelta(days=3), timedelta(days=5))
+    call = "CALL stockstreamer_set_retention($1, $2)"
+    if expected is None:
+        with pytest.raises(asyncpg.InvalidParameterValueError, match="must not be shorter"):
+            await db.execute(call, raw, minute)
+        assert await _keeps(db) == ("3 days", "5 days")
+    else:
+        await db.execute(call, raw, minute)
+        assert await _keeps(db) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("a week", "retention: 'a week' is not a duration"),
+        ("7 parsecs", "retention: '7 parsecs' is not a duration"),
+        ("12h", "retention: '12h' must be at least 1 day"),
+        ("0", "retention: '0' must be at least 1 day"),
+        ("-5d", "retention: '-5d' must be at least 1 day"),
+        ("2 days ago", "retention: '2 days ago' must be at least 1 day"),
+        ("infinity", "retention: 'infinity' must be at least 1 day and finite"),
+    ],
+)
+async def test_a_bad_retention_is_refused_by_name(
+    db: asyncpg.Connection, raw: str, message: str
+) -> None:
+    before = await _keeps(db)
+    with pytest.raises(asyncpg.InvalidParameterValueError, match=message):
+        await db.execute("CALL stockstreamer_set_retention($1, '400d')", raw)
+    minute = message.replace("retention:", "retention_minute:")
+    with pytest.raises(asyncpg.InvalidParameterValueError, match=minute):
+        await db.execute("CALL stockstreamer_set_retention('1d', $1)", raw)
+    assert await _keeps(db) == before
+
+
+async def _contents(url: str) -> dict[str, list[tuple[object, ...]]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            "ticks": [tuple(r) for r in await conn.fetch("SELECT * FROM ticks ORDER BY event_id")],
+            "bars": [
+                tuple(r)
+                for r in await conn.fetch("SELECT * FROM bars ORDER BY width_s, symbol, bucket")
+            ],
+            "policy": [
+                tuple(r) for r in await conn.fetch("SELECT * FROM partition_policy ORDER BY 1")
+            ],
+            "tables": [(name,) for name in sorted(await _all_tables(conn))],
+        }
+    finally:
+        await conn.close()
+
+
+async def _all_tables(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        " AND relkind IN ('r', 'p') AND relname <> 'schema_migrations'"
+    )
+    return {r["relname"] for r in rows}
+
+
+async def _populate_through_the_writer(url: str) -> None:
+    """Ticks and bars of today and of five days ago, written as the fetcher writes them."""
+    conn = await asyncpg.connect(url)
+    try:
+        await set_retention(conn, timedelta(days=90), timedelta(days=400))
+        store = await TickStore.open(conn, ["AAPL", "NVDA"])
+        now = datetime.now(UTC).replace(microsecond=0)
+        for start in (now - timedelta(days=5), now - timedelta(hours=1)):
+            ticks = [
+                Tick(s, start + timedelta(seconds=7 * n), Decimal(100 + n % 13))
+                for s in ("AAPL", "NVDA")
+                for n in range(300)
+            ]
+            assert (await store.write_history(ticks)).inserted == len(ticks)
+    finally:
+        await conn.close()
+
+
+async def _signatures(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT p.oid::regprocedure::text AS f FROM pg_proc p"
+            " WHERE p.proname LIKE 'stockstreamer\\_%'"
+        )
+    finally:
+        await conn.close()
+    return {r["f"] for r in rows}
+
+
+def test_the_hardening_rolls_back_and_forth_over_stored_data(
+    pg_admin_url: str, tmp_path: Path
+) -> None:
+    until = tmp_path / "until-hardening"
+    until.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name <= HARDENING:
+            shutil.copy(path, until)
+    url = asyncio.run(create_database(pg_admin_url))
+    try:
+        dbmate(url, "up", migrations_dir=until)
+        hardened = asyncio.run(_signatures(url))
+        assert "stockstreamer_apply_retention()" in hardened
+        asyncio.run(_populate_through_the_writer(url))
+        stored = asyncio.run(_contents(url))
+        assert len(stored["ticks"]) == 1200 and stored["bars"]
+
+        dbmate(url, "down", migrations_dir=until)
+        assert asyncio.run(_contents(url)) == stored
+        assert "stockstreamer_apply_retention(interval,interval)" in asyncio.run(_signatures(url))
+
+        dbmate(url, "up", migrations_dir=until)
+        assert asyncio.run(_contents(url)) == stored
+        assert asyncio.run(_signatures(url)) == hardened
+    finally:
+        asyncio.run(drop_database(url))

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from services.runner.embedded_db import postgres_bin_dir
+from services.secrets import scram_verifier
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS_SQL = ROOT / "db" / "users.sql"
@@ -52,13 +53,42 @@ def run_native(
     return result
 
 
-def apply_users(admin_url: str, **variables: str) -> None:
-    """db/users.sql as the superuser, with psql variables (fetcher_password=..., iam=on)."""
-    args = [f"{name}={value}" for name, value in variables.items()]
+def users_sql(admin_url: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """db/users.sql as the superuser, with psql variables (fetcher_verifier=..., iam=on)."""
     argv = ["psql", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"]
-    for arg in args:
-        argv += ["-v", arg]
-    run_native([*argv, "-f", str(USERS_SQL)], admin_url)
+    for name, value in variables.items():
+        argv += ["-v", f"{name}={value}"]
+    path = f"{psql_dir()}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(  # noqa: S603
+        [*argv, "-f", str(USERS_SQL)],
+        env={**os.environ, **libpq_env(admin_url), "PATH": path},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def apply_users(admin_url: str, **variables: str) -> None:
+    """db/users.sql as the superuser; fails with psql's output."""
+    result = users_sql(admin_url, **variables)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The logins' passwords in the tests (the test server trusts loopback: they matter only where a
+# test says so).
+PASSWORDS = {"fetcher": "fetcher-secret", "api": "api-secret", "monitor": "monitor-secret"}
+
+
+def apply_logins(
+    admin_url: str, passwords: Mapping[str, str] = PASSWORDS, **variables: str
+) -> dict[str, str]:
+    """db/users.sql with each login's SCRAM verifier, as compose hands them over; returns them
+    (fetcher_verifier=..., as the psql variables are named)."""
+    verifiers = {f"{name}_verifier": scram_verifier(pw) for name, pw in passwords.items()}
+    apply_users(admin_url, **verifiers, **variables)
+    return verifiers
 
 
 def as_user(url: str, user: str, password: str | None = None) -> str:

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from services.common.db import SET_ROLE
-from tests.deploy.db import LOGINS, apply_users, as_user
+from services.common.migrations import migrate
+from services.runner.embedded_db import EmbeddedPostgres, free_port
+from services.secrets import scram_verifier
+from tests.deploy.db import (
+    LOGINS,
+    PASSWORDS,
+    apply_logins,
+    apply_users,
+    as_user,
+    users_sql,
+)
 from tests.utils.api import Market
 
-# Quotes and a backslash: psql must quote the value, not splice it.
-ODD_PASSWORD = 'it\'s "odd" \\ 1'
+# Quotes, a backslash and SQL: psql must quote the value, not splice it.
+ODD_RETENTION = '1 day\'; DROP TABLE ticks; -- \\ "odd"'
 
 WRITES = [
     "INSERT INTO stocks (symbol) VALUES ('ZZZ')",
@@ -39,8 +55,13 @@ ESCALATIONS = [
 
 
 @pytest.fixture
-async def users(database_url: str) -> str:
-    apply_users(database_url, fetcher_password="fetcher-secret", api_password=ODD_PASSWORD)
+def verifiers(database_url: str) -> dict[str, str]:
+    """The logins made by db/users.sql; their retention ten years, for the tests' fixed dates."""
+    return apply_logins(database_url, retention="3650d", retention_minute="3650d")
+
+
+@pytest.fixture
+def users(verifiers: dict[str, str], database_url: str) -> str:
     return database_url
 
 
@@ -96,7 +117,7 @@ async def test_api_cannot_switch_to_a_stronger_role(
 async def test_fetcher_writes_and_no_more(users: str) -> None:
     conn = await login(users, "fetcher")
     try:
-        market = Market(conn)
+        market = Market(conn, keep=None)  # the owner set the retention: the writer cannot
         await market.stocks("AAPL")
         await market.series("AAPL", 3)
         assert await conn.fetchval("SELECT count(*) FROM ticks") == 3
@@ -108,7 +129,7 @@ async def test_fetcher_writes_and_no_more(users: str) -> None:
         await conn.close()
 
 
-async def test_logins_hold_only_their_group_role(users: str) -> None:
+async def test_logins_hold_only_their_group_role(users: str, verifiers: dict[str, str]) -> None:
     conn = await asyncpg.connect(users)
     try:
         for user, role in LOGINS.values():
@@ -120,7 +141,7 @@ async def test_logins_hold_only_their_group_role(users: str) -> None:
             assert row is not None
             assert not any(row[k] for k in ("rolsuper", "rolcreatedb", "rolcreaterole"))
             assert not row["rolreplication"] and not row["rolbypassrls"] and row["rolcanlogin"]
-            assert row["rolpassword"].startswith("SCRAM-SHA-256$"), "stored hashed"
+            assert row["rolpassword"] == verifiers[f"{service_of(user)}_verifier"], "as sent"
             groups = await conn.fetch(
                 "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
                 " JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1",
@@ -136,9 +157,70 @@ async def test_running_again_changes_the_passwords(users: str) -> None:
     query = "SELECT rolpassword FROM pg_authid WHERE rolname = 'stockstreamer_api'"
     try:
         before = await conn.fetchval(query)
-        apply_users(users, fetcher_password="fetcher-secret", api_password="another")
+        again = apply_logins(users, {**PASSWORDS, "api": "another"})
         after = await conn.fetchval(query)
-        assert before != after and "another" not in after
+        assert before != after == again["api_verifier"]
+    finally:
+        await conn.close()
+
+
+def service_of(user: str) -> str:
+    return user.removeprefix("stockstreamer_")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "fetcher-secret",  # the password itself
+        "md5" + "0" * 32,
+        # looks like a verifier, but its keys are not 32 bytes: PostgreSQL would hash it as a
+        # password and store that instead
+        "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy",
+        scram_verifier("fetcher-secret") + "\n-- and more",
+    ],
+)
+async def test_anything_but_a_verifier_is_refused(users: str, value: str) -> None:
+    conn = await asyncpg.connect(users)
+    query = "SELECT rolpassword FROM pg_authid WHERE rolname = 'stockstreamer_fetcher'"
+    try:
+        before = await conn.fetchval(query)
+        result = users_sql(
+            users, fetcher_verifier=value, api_verifier=scram_verifier(PASSWORDS["api"])
+        )
+        assert result.returncode != 0
+        assert "fetcher_verifier is not a SCRAM-SHA-256 verifier" in result.stderr
+        assert value not in result.stdout + result.stderr, "a refused value is never shown"
+        assert await conn.fetchval(query) == before
+    finally:
+        await conn.close()
+
+
+async def test_passwords_in_clear_are_refused(users: str) -> None:
+    result = users_sql(users, fetcher_password="fetcher-secret", api_password="api-secret")
+    assert result.returncode != 0
+    assert "takes SCRAM verifiers, not passwords" in result.stderr
+    assert "fetcher-secret" not in result.stdout + result.stderr
+
+
+async def test_a_missing_verifier_is_named(users: str) -> None:
+    result = users_sql(users, fetcher_verifier=scram_verifier("fetcher-secret"))
+    assert result.returncode != 0
+    assert "api_verifier is missing" in result.stderr
+
+
+async def test_an_odd_retention_is_quoted_and_refused(users: str) -> None:
+    result = users_sql(
+        users,
+        retention=ODD_RETENTION,
+        **{f"{name}_verifier": scram_verifier(pw) for name, pw in PASSWORDS.items()},
+    )
+    assert result.returncode != 0
+    assert "retention: " in result.stderr and "is not a duration" in result.stderr
+    conn = await asyncpg.connect(users)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ticks") == 0  # still there
+        keep = await conn.fetchval("SELECT keep::text FROM partition_policy WHERE parent = 'ticks'")
+        assert keep == "3650 days"
     finally:
         await conn.close()
 
@@ -161,3 +243,101 @@ async def test_iam_logins_on_rds(users: str) -> None:
         if created:
             await conn.execute("DROP ROLE rds_iam")
         await conn.close()
+
+
+@dataclass
+class Server:
+    """A server of the tests' own: password logins only, every statement logged."""
+
+    pg: EmbeddedPostgres
+
+    @property
+    def url(self) -> str:
+        return self.pg.url
+
+    def login(self, service: str, password: str | None = None) -> str:
+        user = f"stockstreamer_{service}"
+        return as_user(self.url, user, password or PASSWORDS[service])
+
+
+@contextmanager
+def small_server(max_connections: int) -> Iterator[Server]:
+    home = Path(tempfile.mkdtemp(prefix="stockstreamer-users-"))
+    pg = EmbeddedPostgres(
+        home / "data",
+        port=free_port(),
+        durable=False,
+        password="owner-secret",
+        settings={"max_connections": str(max_connections), "log_statement": "'all'"},
+    )
+    pg.start()
+    try:
+        asyncio.run(pg.create_database())
+        migrate(pg.url)
+        yield Server(pg)
+    finally:
+        pg.destroy()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """max_connections 20: a tenth of what the API's old fixed limit alone allowed."""
+    with small_server(20) as small:
+        yield small
+
+
+async def test_passwords_reach_the_server_only_as_verifiers(server: Server) -> None:
+    verifiers = apply_logins(server.url)
+    log = server.pg.log_file.read_text()
+    assert "ALTER ROLE" in log, "the server logs every statement"
+    for password in PASSWORDS.values():
+        assert password not in log
+    for service, password in PASSWORDS.items():
+        conn = await asyncpg.connect(server.login(service))  # SCRAM with the password
+        try:
+            stored = await conn.fetchval("SELECT current_user")
+            assert stored == f"stockstreamer_{service}"
+        finally:
+            await conn.close()
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(server.login(service, "not-" + password))
+    owner = await asyncpg.connect(server.url)
+    try:
+        stored = await owner.fetchval(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'stockstreamer_monitor'"
+        )
+        assert stored == verifiers["monitor_verifier"]
+    finally:
+        await owner.close()
+
+
+async def test_the_fetcher_connects_whatever_the_api_holds(server: Server) -> None:
+    """Every API replica together cannot take the fetcher's or the monitor's slots."""
+    apply_logins(server.url)
+    async with AsyncExitStack() as stack:
+        held = 0
+        with pytest.raises(asyncpg.TooManyConnectionsError) as refused:
+            for _ in range(100):  # as many as the API login gets, and one more
+                conn = await asyncpg.connect(server.login("api"))
+                stack.push_async_callback(conn.close)
+                held += 1
+        assert "too many connections for role" in str(refused.value)
+        assert held >= 2
+        for service in ("fetcher", "monitor"):
+            conn = await asyncpg.connect(server.login(service))
+            stack.push_async_callback(conn.close)
+        # and the superuser's one-shots still have their headroom
+        for _ in range(4):
+            conn = await asyncpg.connect(server.url)
+            stack.push_async_callback(conn.close)
+
+
+def test_a_server_too_small_for_the_logins_is_named() -> None:
+    with small_server(14) as tiny:
+        result = users_sql(
+            tiny.url, **{f"{name}_verifier": scram_verifier(pw) for name, pw in PASSWORDS.items()}
+        )
+        assert result.returncode != 0
+        assert "max_connections = 14 leaves the API login" in result.stderr
+        assert "raise max_connections to at least 15" in result.stderr

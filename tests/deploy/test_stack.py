@@ -18,6 +18,7 @@ import pytest
 
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
+from services.secrets import CONSUMERS
 from tests.deploy.compose import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -56,7 +57,9 @@ def native(value: str, files: dict[str, str]) -> str:
 
 
 def native_files(compose: dict[str, Any], database_url: str, tmp_path: Path) -> dict[str, str]:
-    """The secret files with URLs of the test server, and db/ where compose mounts it."""
+    """The secret files with URLs of the test server, and db/ where compose mounts it: each
+    container's /run/secrets/<file> as the secrets layout hands it out (db-users: the logins'
+    SCRAM verifiers), and whatever else compose names."""
     secrets_dir = make_secrets(tmp_path / "secrets")
     for path in secrets_dir.glob("*-database-url"):
         user = urlsplit(path.read_text()).username
@@ -64,7 +67,12 @@ def native_files(compose: dict[str, Any], database_url: str, tmp_path: Path) -> 
         path.chmod(0o600)
         # migrate keeps the test server's superuser; the services log in as their own users.
         path.write_text(database_url if user == "stockstreamer" else as_user(database_url, user))
-    files = secret_paths(compose, secrets_dir)
+    files = {
+        f"/run/secrets/{file}": str(secrets_dir / secret)
+        for consumer in CONSUMERS
+        for file, secret in consumer.files.items()
+    }
+    files.update(secret_paths(compose, secrets_dir))
     files["/db/users.sql"] = str(ROOT / "db" / "users.sql")
     return files
 

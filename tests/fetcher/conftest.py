@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
+import asyncpg
 import pytest
 
+from services.common.retention import set_retention
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.twelvedata import FakeTwelveData
 from tests.fetcher.notifications import Notifications
@@ -17,6 +21,22 @@ def _no_vendor_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("TWELVEDATA_", "FINNHUB_")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def database_url(database_url: str) -> str:
+    """The test's database, keeping ten years as raw ticks, as its owner set it: the vendors'
+    documented examples date from 2021, and the tests' own fixed dates from early 2026."""
+
+    async def keep_ten_years() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await set_retention(conn, timedelta(days=3650), timedelta(days=3650))
+        finally:
+            await conn.close()
+
+    asyncio.run(keep_ten_years())
+    return database_url
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import asyncpg
 
 from services.common.bars import LEVELS
 from services.common.models import Tick
+from services.common.retention import set_retention
 from services.fetcher import queries
 from services.fetcher.rollup import rollup
-from services.fetcher.store import Retention, TickStore
+from services.fetcher.store import TickStore
 
 T0 = datetime(2026, 1, 5, 14, 29, 55, tzinfo=UTC)
-LONG = Retention(timedelta(days=3650), timedelta(days=3650))
 BarRow = tuple[object, ...]
 
 
@@ -85,7 +85,7 @@ async def test_any_arrival_gives_the_bars_of_the_distinct_ticks(db: asyncpg.Conn
     ticks = market("X", 1500, seed=7)
     expected = reference(ticks, [level.seconds for level in LEVELS])
     await db.execute(queries.ENSURE_STOCKS, ["INORDER", "SHUFFLED", "HISTORY"])
-    store = await TickStore.open(db, [], LONG)
+    store = await TickStore.open(db, [])  # ten years kept (conftest)
     rng = random.Random(11)
 
     for batch in batches(renamed(ticks, "INORDER"), rng):  # the fast path: copied in
@@ -122,7 +122,8 @@ async def test_history_beyond_the_raw_retention_is_kept_as_minute_bars(
         Tick("OLD", t.ts - T0 + now - timedelta(days=5), t.price) for t in market("OLD", 800, 5)
     ]
     await db.execute(queries.ENSURE_STOCKS, ["OLD"])
-    store = await TickStore.open(db, [], Retention(timedelta(days=2), timedelta(days=30)))
+    await set_retention(db, timedelta(days=2), timedelta(days=30))
+    store = await TickStore.open(db, [])
     rng = random.Random(2)
     # Whole minutes per write (the backfill never splits one), in any order, some ticks twice.
     minutes: dict[int, list[Tick]] = defaultdict(list)
@@ -147,7 +148,8 @@ async def test_ticks_older_than_every_retention_are_counted_not_stored(
     db: asyncpg.Connection,
 ) -> None:
     await db.execute(queries.ENSURE_STOCKS, ["AAPL"])
-    store = await TickStore.open(db, [], Retention(timedelta(days=2), timedelta(days=30)))
+    await set_retention(db, timedelta(days=2), timedelta(days=30))
+    store = await TickStore.open(db, [])
     now = datetime.now(UTC)
     written = await store.write_history(
         [Tick("AAPL", now - timedelta(days=40), Decimal(1)), Tick("AAPL", now, Decimal(2))]

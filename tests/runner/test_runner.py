@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
+import pytest
 
+from services.common.migrations import migrate
 from services.runner.embedded_db import EmbeddedPostgres, free_port
-from services.runner.processes import ServiceProcess
+from services.runner.processes import ROOT, ServiceProcess
 from tests.utils.waiting import eventually
+
+SECRET_FILES = ("postgres-password", "fetcher-db-password", "api-db-password")
 
 
 def _listening(port: int) -> bool:
@@ -19,12 +30,52 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="stockstreamer-run-"))
+def _runner_env(data_dir: Path, pg_port: int) -> dict[str, str]:
+    return {"STOCKSTREAMER_DATA_DIR": str(data_dir), "STOCKSTREAMER_EMBEDDED_PG_PORT": str(pg_port)}
+
+
+def _passwords(data_dir: Path) -> dict[str, str]:
+    return {name: (data_dir / "secrets" / name).read_text().strip() for name in SECRET_FILES}
+
+
+def _command_lines() -> list[str]:
+    """Every process's command line on this machine."""
+    lines = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, UnicodeDecodeError):
+            continue
+    return lines
+
+
+async def _sessions(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT DISTINCT usename FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return {r["usename"] for r in rows}
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A `.data` of the test's own, removed afterwards (its server stopped, should one be left)."""
+    path = Path(tempfile.mkdtemp(prefix="stockstreamer-run-"))
+    try:
+        yield path
+    finally:
+        EmbeddedPostgres(path / "postgres").stop("immediate")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_run_starts_everything_and_ctrl_c_stops_everything(data_dir: Path) -> None:
     ports = {name: free_port() for name in ("pg", "api", "dashboard", "metrics")}
     env = {
-        "STOCKSTREAMER_DATA_DIR": str(data_dir),
-        "STOCKSTREAMER_EMBEDDED_PG_PORT": str(ports["pg"]),
+        **_runner_env(data_dir, ports["pg"]),
         "STOCKSTREAMER_API_PORT": str(ports["api"]),
         "STOCKSTREAMER_DASHBOARD_PORT": str(ports["dashboard"]),
         "STOCKSTREAMER_FETCHER_METRICS_PORT": str(ports["metrics"]),
@@ -39,6 +90,20 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
             return len(stocks) == 6 and all(s["last_price"] for s in stocks)
 
         await eventually(every_stock_has_a_price, timeout=15)
+        # Every login needs its password; each service is logged in as its own login user.
+        server = f"127.0.0.1:{ports['pg']}/stockstreamer?sslmode=disable"
+        for user in ("postgres", "stockstreamer_fetcher", "stockstreamer_api"):
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(f"postgresql://{user}@{server}")
+        passwords = _passwords(data_dir)
+        owner = f"postgresql://postgres:{passwords['postgres-password']}@{server}"
+        assert await _sessions(owner) == {"stockstreamer_fetcher", "stockstreamer_api"}
+        # and no password is on any command line, or in what the runner printed
+        commands = _command_lines()
+        for password in passwords.values():
+            assert not any(password in line for line in commands)
+            assert password not in runner.output
+
         runner.wait_http(f"http://127.0.0.1:{ports['dashboard']}/", timeout=30)
         runner.wait_http(f"http://127.0.0.1:{ports['metrics']}/metrics")
         # where each service listens is printed for the person who ran it
@@ -51,3 +116,81 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything() -> None:
         runner.stop()
     assert not any(_listening(p) for p in ports.values()), runner.output
     assert not EmbeddedPostgres(data_dir / "postgres").is_running()
+
+
+async def test_a_cluster_from_before_passwords_is_upgraded_in_place(data_dir: Path) -> None:
+    """`.data` as older versions left it (trust authentication, the services as the superuser):
+    the next start gives the superuser a password and asks every login for one, data kept."""
+    port = free_port()
+    old = EmbeddedPostgres(data_dir / "postgres", port=port)
+    old.start()
+    try:
+        await old.create_database()
+        await asyncio.to_thread(migrate, old.url)
+        conn = await asyncpg.connect(old.url)
+        await conn.execute("INSERT INTO stocks (symbol, name) VALUES ('KEPT', 'stored before')")
+        await conn.close()
+    finally:
+        old.stop()
+
+    result = await asyncio.to_thread(_runner, "migrate", _runner_env(data_dir, port))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    password = _passwords(data_dir)["postgres-password"]
+    assert password not in result.stdout + result.stderr
+    upgraded = EmbeddedPostgres(data_dir / "postgres", port=port, password=password)
+    assert not upgraded.needs_passwords()
+    upgraded.start()
+    try:
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(old.url)
+        conn = await asyncpg.connect(upgraded.url)
+        try:
+            assert await conn.fetchval("SELECT name FROM stocks WHERE symbol = 'KEPT'") == (
+                "stored before"
+            )
+            logins = await conn.fetch(
+                "SELECT rolname FROM pg_authid WHERE rolname LIKE 'stockstreamer\\_%'"
+                " AND rolcanlogin AND rolpassword LIKE 'SCRAM-SHA-256$%'"
+            )
+            assert {r["rolname"] for r in logins} >= {"stockstreamer_fetcher", "stockstreamer_api"}
+        finally:
+            await conn.close()
+    finally:
+        upgraded.stop()
+
+
+def _runner(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m services.runner <command>`, as `make <command>` runs it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSTREAMER_")}
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "services.runner", command],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_a_server_of_your_own_is_used_as_it_is(database_url: str, data_dir: Path) -> None:
+    """With DATABASE_URL nothing is started and no login made: the runner migrates and applies
+    the retention as that URL's user (the owner), and the services would use the URL itself."""
+    env = {
+        "DATABASE_URL": database_url,
+        "STOCKSTREAMER_DATA_DIR": str(data_dir),
+        "STOCKSTREAMER_RETENTION": "7d",
+        "STOCKSTREAMER_RETENTION_MINUTE": "P90D",
+    }
+    result = await asyncio.to_thread(_runner, "migrate", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "retention applied" in result.stdout
+    assert not any(data_dir.iterdir()), "no embedded server, no secrets"
+    conn = await asyncpg.connect(database_url)
+    try:
+        keeps = await conn.fetch("SELECT DISTINCT keep::text AS k FROM partition_policy ORDER BY 1")
+    finally:
+        await conn.close()
+    assert [r["k"] for r in keeps] == ["7 days", "90 days"]

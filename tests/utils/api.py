@@ -21,8 +21,9 @@ import uvicorn
 from services.api.app import create_app
 from services.api.config import ApiSettings
 from services.common.models import Tick
+from services.common.retention import set_retention
 from services.fetcher import queries as fetcher_queries
-from services.fetcher.store import Retention, TickStore
+from services.fetcher.store import TickStore
 
 T = TypeVar("T")
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
@@ -83,18 +84,22 @@ class ThreadedApi:
 class Market:
     """Writes stocks and ticks through the fetcher's own store: one transaction per batch.
 
-    Its retention is ten years, so the fixed dates the tests use are kept as raw ticks.
+    On the owner's connection it first sets a retention of `keep` (ten years), so the fixed dates
+    the tests use are kept as raw ticks; None leaves the retention to the owner.
     """
 
-    RETENTION = Retention(timedelta(days=3650), timedelta(days=3650))
+    KEEP = timedelta(days=3650)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, keep: timedelta | None = KEEP) -> None:
         self.conn = conn
+        self.keep = keep
         self._store: TickStore | None = None
 
     async def store(self) -> TickStore:
         if self._store is None:
-            self._store = await TickStore.open(self.conn, [], self.RETENTION)
+            if self.keep is not None:
+                await set_retention(self.conn, self.keep, self.keep)
+            self._store = await TickStore.open(self.conn, [])
         return self._store
 
     async def stocks(self, *symbols: str) -> None:

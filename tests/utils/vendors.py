@@ -1,4 +1,4 @@
-"""Fetchers wired to the fake vendors in tests/fakes: fast retries, no backfill, long retention."""
+"""Fetchers wired to the fake vendors in tests/fakes: fast retries, no backfill."""
 
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ FAST = {
     "retry_wait_initial": 0.01,
     "retry_wait_max": 0.05,
     "backfill": 0,
-    # the vendors' documented examples date from 2021: keep them as raw ticks
-    "retention": "3650d",
-    "retention_minute": "3650d",
 }
 
 
