@@ -165,7 +165,7 @@ def epoch_ms(value: datetime) -> int:
 
 
 def parse_time(name: str, value: str) -> datetime:
-    """ISO 8601 (a naive time is UTC) or integer epoch milliseconds, as an aware datetime."""
+    """ISO 8601 (a naive time is UTC) or integer epoch milliseconds, as a UTC datetime."""
     text = value.strip()
     try:
         if text.lstrip("-").isdigit() and text.isascii():
@@ -178,7 +178,15 @@ def parse_time(name: str, value: str) -> datetime:
             f"{value[:40]!r} is not an ISO 8601 time (e.g. 2026-01-02T15:30:00Z) "
             "or epoch milliseconds",
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        # in UTC now, not later in the database driver: 9999-12-31T10:00-14:00 is past year 9999
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidParameter(
+            "query parameter", name, f"{value[:40]!r} is out of range in UTC (years 1 to 9999)"
+        ) from None
 
 
 async def known_symbols(
