@@ -163,7 +163,11 @@ async def stream(
             elif resume > head:
                 reason = "unknown resume point: newer than any event"
             else:
-                rows = await conn.fetch(queries.REPLAY_AFTER, resume, limit + 1, symbols)
+                if symbols is None:
+                    rows = await conn.fetch(queries.REPLAY_AFTER, resume, limit + 1)
+                else:
+                    args = (resume, limit + 1, symbols)
+                    rows = await conn.fetch(queries.REPLAY_SYMBOLS_AFTER, *args)
                 if len(rows) > limit:
                     reason = f"resume point too old: more than {limit} ticks to replay"
                 else:
