@@ -36,7 +36,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             max_size=settings.api_pool_size,
             statement_timeout=settings.api_statement_timeout,
         )
-        app.state.broadcaster = broadcaster = Broadcaster(settings.database_url_now, role, metrics)
+        app.state.broadcaster = broadcaster = Broadcaster(
+            settings.database_url_now, role, metrics, settings.api_history_event_interval
+        )
         broadcaster.start()
         log.info("api started", extra={"database": redact_url(settings.database_url)})
         try:

@@ -23,6 +23,13 @@ class ApiSettings(CommonSettings):
     api_history_concurrency: int = Field(
         8, ge=1, le=100, description="History requests served at once; beyond: 503 + Retry-After."
     )
+    api_history_event_interval: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="Least seconds between two `history` events on streams; backfill "
+        "notifications in between are merged into the next.",
+    )
     cors_origins: CommaList = Field(
         default_factory=list,
         description="Comma-separated origins allowed by CORS (e.g. http://localhost:5006).",

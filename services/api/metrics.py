@@ -90,6 +90,14 @@ class ApiMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.notifications_dropped = Counter(
+            "notifications_dropped",
+            "PostgreSQL notifications ignored as malformed or not about tracked symbols, "
+            "by channel and reason.",
+            ["channel", "reason"],
+            namespace=ns,
+            registry=registry,
+        )
         self.stream_lag = Histogram(
             "stream_fetch_seconds",
             "Time to fetch and fan out the ticks of one notification.",

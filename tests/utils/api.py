@@ -79,6 +79,13 @@ class ThreadedApi:
         value = self.app.state.metrics.registry.get_sample_value(name, labels or None)
         return 0.0 if value is None else float(value)
 
+    def client(self, address: str = "127.0.0.1", **headers: str) -> httpx.AsyncClient:
+        """An HTTP client whose connections come from `address` (any of 127.0.0.0/8)."""
+        transport = httpx.AsyncHTTPTransport(local_address=address)
+        return httpx.AsyncClient(
+            base_url=self.url, timeout=10, transport=transport, headers=headers
+        )
+
 
 class Market:
     """Writes stocks and ticks through the fetcher's own store: one transaction per batch.
