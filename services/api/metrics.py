@@ -90,6 +90,20 @@ class ApiMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.history_in_flight = Gauge(
+            "history_in_flight",
+            "History reads (prices, bars, stream replays) holding a slot now.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.client_refused = Counter(
+            "client_limit_refused",
+            "Requests refused (429) because their client address was over one of its limits, "
+            "by limit (streams, history_rate, history_concurrency, connections).",
+            ["limit"],
+            namespace=ns,
+            registry=registry,
+        )
         self.notifications_dropped = Counter(
             "notifications_dropped",
             "PostgreSQL notifications ignored as malformed or not about tracked symbols, "

@@ -210,9 +210,10 @@ async def test_history_beyond_the_concurrency_bound_is_a_quick_503(
     database_url: str, market: Market
 ) -> None:
     await market.stocks("AAPL")
-    api = ThreadedApi(database_url, api_history_concurrency=1).start()
+    api = ThreadedApi(database_url, api_history_concurrency=2).start()
     try:
-        api.run(api.app.state.history_slots.acquire())  # one long history read in flight
+        for _ in range(2):  # two long history reads in flight
+            api.run(api.app.state.history_slots.acquire())
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
             busy = await client.get("/api/v1/prices")
             bars = await client.get("/api/v1/bars")
