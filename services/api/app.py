@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from services.api import errors
 from services.api.config import ApiSettings
+from services.api.disconnect import CancelOnDisconnect
 from services.api.limits import ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics, TimingMiddleware
@@ -69,6 +70,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for router in (stocks.router, prices.router, bars.router, stream.router, health.router):
         app.include_router(router)
     errors.install(app)
+    # history reads (stream replays too) stop, and free what they hold, when their client goes
+    app.add_middleware(
+        CancelOnDisconnect,
+        metrics=metrics,
+        paths=frozenset({"/api/v1/prices", "/api/v1/bars", "/api/v1/stream"}),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

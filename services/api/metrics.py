@@ -104,6 +104,13 @@ class ApiMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.abandoned = Counter(
+            "abandoned_requests",
+            "Requests whose client went away before the answer; their work was cancelled.",
+            ["route"],
+            namespace=ns,
+            registry=registry,
+        )
         self.notifications_dropped = Counter(
             "notifications_dropped",
             "PostgreSQL notifications ignored as malformed or not about tracked symbols, "
