@@ -42,7 +42,13 @@ class ThreadedApi:
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, timeout_graceful_shutdown=2, lifespan="on"
+            self.app,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            lifespan="on",
+            # as `python -m services.api` serves: the app alone decides whose X-Forwarded-For counts
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
