@@ -1,7 +1,8 @@
 """A stream's resume from an old event id: rows read by the replay query, before and after.
 
-The data set is the history benchmark's (50 symbols, a tick a second each) plus one sparse symbol
-with three ticks after it. Resuming from the data set's first event id, the replay before this
+The data set is the history benchmark's (50 symbols, a tick a second each) plus one sparse symbol:
+a day of backfilled history (never replayed) and three live ticks after the others. Resuming from
+the data set's first event id, the replay before this
 change walked the event-id order of every symbol until it found the stream's symbols' ticks; it
 now reads each symbol from its own place in a (symbol, event_id) index, at most the replay limit
 (and one) of each. Rows read come from each plan under EXPLAIN ANALYZE, rows its filters threw
@@ -20,8 +21,10 @@ import asyncpg
 
 from bench.history_data import SCALES, SYMBOLS, Scale, load, log
 from services.api import queries
+from services.common.migrations import MIGRATIONS_DIR
 from services.fetcher import queries as fetcher_queries
 
+MIGRATION = MIGRATIONS_DIR / "20261202120000_ticks_symbol_event_id.sql"
 LIMIT = 10_000  # the default STOCKSTREAMER_API_STREAM_REPLAY_LIMIT
 TIMEOUT_S = 60
 SPARSE = "RARE"
@@ -76,18 +79,34 @@ async def _replays(url: str, now: datetime) -> list[str]:
     try:
         oldest: int = await conn.fetchval("SELECT min(event_id) FROM ticks")
         await conn.execute(fetcher_queries.ENSURE_STOCKS, [SPARSE])
+        # its history, backfilled (a day of a tick a second, as the fetcher backfills a symbol
+        # it starts to follow), then three live ticks an hour apart
+        await conn.execute(
+            "INSERT INTO ticks (symbol, ts, price, backfilled)"
+            " SELECT $1, $2::timestamptz + n * interval '1 second', 10, true"
+            " FROM generate_series(0, 86399) AS n",
+            SPARSE,
+            await conn.fetchval("SELECT min(ts) FROM ticks"),
+        )
         await conn.execute(
             "INSERT INTO ticks (symbol, ts, price)"
-            " SELECT $1, $2::timestamptz - n * $3::interval, 10"
+            " SELECT $1, $2::timestamptz - n * $3::interval + interval '1 millisecond', 10"
             " FROM generate_series(0, 2) AS n",
             SPARSE,
             now,
             timedelta(hours=1),
         )
-        await conn.execute("ANALYZE ticks")
-        total: int = await conn.fetchval("SELECT count(*) FROM ticks")
+        await conn.execute("VACUUM ANALYZE ticks")
+        total: int = await conn.fetchval("SELECT count(*) FROM ticks WHERE NOT backfilled")
+        # before: the database without the migration's index
+        up, down = MIGRATION.read_text().split("-- migrate:down")
+        await conn.execute(down)
+        before = {name: await _measure(conn, BEFORE, oldest, s) for name, s in CASES.items()}
+        began = time.perf_counter()
+        await conn.execute(up)
+        build_s = time.perf_counter() - began
         for name, symbols in CASES.items():
-            before_ms, before_read, _ = await _measure(conn, BEFORE, oldest, symbols)
+            before_ms, before_read, _ = before[name]
             after_ms, after_read, answered = await _measure(
                 conn, queries.REPLAY_SYMBOLS_AFTER, oldest, symbols
             )
@@ -95,17 +114,22 @@ async def _replays(url: str, now: datetime) -> list[str]:
             bound = len(symbols) * (LIMIT + 1) + len(symbols) * 100  # and a few per partition
             if after_read > bound:
                 failures.append(f"{name}: {after_read:,} rows read, bound {bound:,}")
-            before = (
+            before_text = (
                 f"over {TIMEOUT_S * 1000:,} ms"
                 if before_ms is None
                 else f"{before_read:,} rows read, {before_ms:,.0f} ms"
             )
             rows.append(
-                f"| replay: resume from the oldest of {total:,} ticks, {name} (limit {LIMIT:,}; "
-                f"{answered:,} rows answered) | {before} | {after_read:,} rows read, "
-                f"{after_ms:,.0f} ms | within {len(symbols)} x (limit + 1) |"
+                f"| replay: resume from the oldest of {total:,} live ticks, {name} "
+                f"(limit {LIMIT:,}; {answered:,} rows answered) | {before_text} "
+                f"| {after_read:,} rows read, {after_ms:,.0f} ms "
+                f"| within {len(symbols)} x (limit + 1) |"
             )
             log(rows[-1])
+        rows.append(
+            f"| replay: building the (symbol, event_id) index of live ticks (the migration) "
+            f"over {total:,} ticks | — | {build_s:,.1f} s | — |"
+        )
     finally:
         await conn.close()
     if failures:
