@@ -17,7 +17,7 @@ from services.api.config import ApiSettings
 from services.api.metrics import ApiMetrics
 from services.common.clients import RateLimiter, Slots, TrustedProxies, client_key
 
-HISTORY_WAIT = 1.0  # seconds a history read may wait for a slot (its client's, then the process's)
+SLOT_WAIT = 1.0  # seconds a request may wait for a slot (its client's, then the process's)
 SHARE_RETRY_AFTER = 1  # seconds a client told it holds its share should wait
 STREAM_RETRY_AFTER = 5  # seconds a refused stream client is told to wait
 # Each limit's name, as metrics label it.
@@ -82,7 +82,7 @@ class ClientLimits:
     @asynccontextmanager
     async def connection_share(self, client: str) -> AsyncIterator[None]:
         """One of `client`'s share of the pooled connections, for as long as the block runs."""
-        if not await self.connections.acquire_within(client, HISTORY_WAIT):
+        if not await self.connections.acquire_within(client, SLOT_WAIT):
             limit = self.settings.api_pool_size_per_client
             raise self.refuse(
                 "connections",
@@ -106,7 +106,7 @@ class ClientLimits:
                 f"bursts of {burst}); try again in {retry} s",
                 retry,
             )
-        if not await self.history.acquire_within(client, HISTORY_WAIT):
+        if not await self.history.acquire_within(client, SLOT_WAIT):
             limit = self.settings.api_history_concurrency_per_client
             raise self.refuse(
                 "history_concurrency",
@@ -115,7 +115,7 @@ class ClientLimits:
             )
         try:
             try:
-                async with asyncio.timeout(HISTORY_WAIT):
+                async with asyncio.timeout(SLOT_WAIT):
                     await self.history_slots.acquire()
             except TimeoutError:
                 self.metrics.history_refused.inc()
