@@ -10,13 +10,34 @@ from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
 
 
+def many_users(streams: int = 1000) -> dict[str, str]:
+    """Settings for a benchmark whose clients, all on this machine, each stand for a user.
+
+    One client may hold what the whole process did before per-client limits (`streams` streams,
+    8 history slots, 20 connections), the process one more of each: the process's own limits
+    stay what the benchmarks measure.
+    """
+    return {
+        "STOCKSTREAMER_API_MAX_STREAMS": str(streams + 1),
+        "STOCKSTREAMER_API_MAX_STREAMS_PER_CLIENT": str(streams),
+        "STOCKSTREAMER_API_HISTORY_CONCURRENCY": "9",
+        "STOCKSTREAMER_API_HISTORY_CONCURRENCY_PER_CLIENT": "8",
+        "STOCKSTREAMER_API_POOL_SIZE": "21",
+        "STOCKSTREAMER_API_POOL_SIZE_PER_CLIENT": "20",
+        "STOCKSTREAMER_API_HISTORY_RATE": "10000",
+        "STOCKSTREAMER_API_HISTORY_BURST": "100000",
+    }
+
+
 async def start_api(url: str, **settings: str) -> tuple[ServiceProcess, str]:
     """`python -m services.api` against `url` on a free port, once ready; and its base URL."""
     port = free_port()
+    streams = int(settings.get("STOCKSTREAMER_API_MAX_STREAMS", "1001")) - 1
     env = {
         "DATABASE_URL": url,
         "STOCKSTREAMER_API_PORT": str(port),
         "STOCKSTREAMER_LOG_LEVEL": "WARNING",
+        **many_users(streams),
         **settings,
     }
     api = ServiceProcess("services.api", env).start()

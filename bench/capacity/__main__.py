@@ -31,7 +31,7 @@ import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.processes import cpu_seconds, postgres_cpu
+from bench.processes import cpu_seconds, many_users, postgres_cpu
 from services.common.migrations import migrate
 from services.runner.embedded_db import EmbeddedPostgres, free_port
 from services.runner.processes import ServiceProcess
@@ -307,6 +307,8 @@ def main() -> int:
                 "DATABASE_URL": url,
                 "STOCKSTREAMER_API_PORT": str(port),
                 "STOCKSTREAMER_LOG_LEVEL": "WARNING",
+                # every locust user comes from this machine, as one client
+                **many_users(),
             },
         ).start()
         procs.append(api)

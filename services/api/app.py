@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from services.api import errors
 from services.api.config import ApiSettings
+from services.api.disconnect import CancelOnDisconnect
+from services.api.limits import ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics, TimingMiddleware
 from services.api.routes import bars, health, prices, stocks, stream
@@ -36,12 +39,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             max_size=settings.api_pool_size,
             statement_timeout=settings.api_statement_timeout,
         )
-        app.state.broadcaster = broadcaster = Broadcaster(settings.database_url_now, role, metrics)
+        app.state.broadcaster = broadcaster = Broadcaster(
+            settings.database_url_now, role, metrics, settings.api_history_event_interval
+        )
         broadcaster.start()
+        resolving = asyncio.create_task(limits.trusted.keep_resolving(), name="trusted-proxies")
         log.info("api started", extra={"database": redact_url(settings.database_url)})
         try:
             yield
         finally:
+            resolving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await resolving
             await broadcaster.stop()
             try:
                 await asyncio.wait_for(app.state.pool.close(), 2.0)
@@ -56,10 +65,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.history_slots = asyncio.Semaphore(settings.api_history_concurrency)
+    app.state.limits = limits = ClientLimits(settings, metrics)
+    app.state.history_slots = limits.history_slots
     for router in (stocks.router, prices.router, bars.router, stream.router, health.router):
         app.include_router(router)
     errors.install(app)
+    # history reads (stream replays too) stop, and free what they hold, when their client goes
+    app.add_middleware(
+        CancelOnDisconnect,
+        metrics=metrics,
+        paths=frozenset({"/api/v1/prices", "/api/v1/bars", "/api/v1/stream"}),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

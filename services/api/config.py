@@ -17,11 +17,53 @@ class ApiSettings(CommonSettings):
         description="Role the API switches to on connect; `none` keeps the login user.",
     )
     api_pool_size: int = Field(20, ge=2, le=100, description="Most pooled database connections.")
+    api_pool_size_per_client: int = Field(
+        5,
+        ge=1,
+        le=99,
+        description="Pooled connections one client address holds at once (less than "
+        "api_pool_size; by default at most half of it); beyond, a request waits a second for "
+        "one of its own, then 429.",
+    )
     api_statement_timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds any one query may run before it is cancelled (503)."
     )
     api_history_concurrency: int = Field(
-        8, ge=1, le=100, description="History requests served at once; beyond: 503 + Retry-After."
+        8, ge=2, le=100, description="History requests served at once; beyond: 503 + Retry-After."
+    )
+    api_history_concurrency_per_client: int = Field(
+        2,
+        ge=1,
+        le=99,
+        description="History requests (prices, bars, stream replays) one client address has "
+        "served at once (less than api_history_concurrency; by default at most half of it); "
+        "beyond, a request waits a second for one of its own, then 429.",
+    )
+    api_history_rate: float = Field(
+        10.0,
+        gt=0,
+        le=10_000,
+        description="History requests (prices, bars, stream replays) a second one client address "
+        "may make on average; beyond: 429 + Retry-After.",
+    )
+    api_history_burst: int = Field(
+        40,
+        ge=1,
+        le=100_000,
+        description="History requests one client address may make at once above its rate.",
+    )
+    api_history_event_interval: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="Least seconds between two `history` events on streams; backfill "
+        "notifications in between are merged into the next.",
+    )
+    trusted_proxies: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated addresses, networks (CIDR) or host names of proxies whose "
+        "X-Forwarded-For names the client (e.g. proxy,dashboard); empty: trust none, every "
+        "client is its peer address.",
     )
     cors_origins: CommaList = Field(
         default_factory=list,
@@ -37,7 +79,14 @@ class ApiSettings(CommonSettings):
         10_000, ge=1, le=1_000_000, description="Most ticks replayed on resume; beyond: `reset`."
     )
     api_max_streams: int = Field(
-        1000, ge=1, le=100_000, description="Event streams open at once; beyond: 503 + Retry-After."
+        1000, ge=2, le=100_000, description="Event streams open at once; beyond: 503 + Retry-After."
+    )
+    api_max_streams_per_client: int = Field(
+        20,
+        ge=1,
+        le=99_999,
+        description="Event streams one client address holds open (less than api_max_streams; by "
+        "default at most half of it); beyond: 429 + Retry-After.",
     )
     api_limit_concurrency: int = Field(
         1500,
@@ -62,4 +111,22 @@ class ApiSettings(CommonSettings):
             raise ValueError(
                 "api_limit_concurrency must exceed api_max_streams (requests need room too)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _no_client_holds_everything(self) -> ApiSettings:
+        shares = (
+            ("api_max_streams_per_client", "api_max_streams"),
+            ("api_history_concurrency_per_client", "api_history_concurrency"),
+            ("api_pool_size_per_client", "api_pool_size"),
+        )
+        for share, whole in shares:
+            if getattr(self, share) < getattr(self, whole):
+                continue
+            if share in self.model_fields_set:
+                raise ValueError(
+                    f"{share} must be less than {whole} (one client must never hold them all)"
+                )
+            # a default share that does not fit a smaller whole: half of it
+            setattr(self, share, max(1, getattr(self, whole) // 2))
         return self

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from services.api import queries
 from services.api.config import ApiSettings
+from services.api.limits import Busy, ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
 from services.common.symbols import (
@@ -30,7 +30,6 @@ MAX_SYMBOLS = 50
 # Seconds a request waits for a pooled connection: past it, the process is saturated and a quick
 # 503 with Retry-After serves the client better than a queue that only grows.
 ACQUIRE_TIMEOUT = 1.0
-HISTORY_WAIT = 1.0  # seconds a history request may wait for a free slot before its 503
 
 # The OpenAPI document declares what each parameter accepts: whatever matches is served (a
 # well-formed symbol that is not tracked is a 404). The checks below accept a little more than
@@ -51,47 +50,42 @@ class InvalidParameter(HTTPException):
         super().__init__(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{where} '{name}': {message}")
 
 
-class Busy(HTTPException):
-    """A 503 that tells the client when to come back."""
-
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
-        super().__init__(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": str(retry_after)}
-        )
+async def client_address(request: Request) -> str:
+    """The key the request's client is counted under by the per-client limits."""
+    limits: ClientLimits = request.app.state.limits
+    return limits.client(request)
 
 
 @asynccontextmanager
-async def pooled(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection; a quick 503 (Busy) when none frees up within ACQUIRE_TIMEOUT."""
-    try:
-        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
-    except TimeoutError:
-        raise Busy("the server is busy, try again shortly") from None
-    try:
-        yield cast(asyncpg.Connection, conn)  # a proxy with the connection's interface
-    finally:
-        await pool.release(conn)
+async def pooled(request: Request, client: str) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection within `client`'s share (else 429); 503 when none frees up in time."""
+    limits: ClientLimits = request.app.state.limits
+    pool: asyncpg.Pool = request.app.state.pool
+    async with limits.connection_share(client):
+        try:
+            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        except TimeoutError:
+            raise Busy("the server is busy, try again shortly") from None
+        try:
+            yield cast(asyncpg.Connection, conn)  # a proxy with the connection's interface
+        finally:
+            await pool.release(conn)
 
 
-async def get_conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
+ClientDep = Annotated[str, Depends(client_address)]
+
+
+async def get_conn(request: Request, client: ClientDep) -> AsyncIterator[asyncpg.Connection]:
     """One pooled connection for the duration of a request."""
-    async with pooled(request.app.state.pool) as conn:
+    async with pooled(request, client) as conn:
         yield conn
 
 
-async def history_slot(request: Request) -> AsyncIterator[None]:
-    """One of the process's few concurrent history reads; a 503 when all are taken."""
-    slots: asyncio.Semaphore = request.app.state.history_slots
-    metrics: ApiMetrics = request.app.state.metrics
-    try:
-        await asyncio.wait_for(slots.acquire(), HISTORY_WAIT)
-    except TimeoutError:
-        metrics.history_refused.inc()
-        raise Busy("too many history requests at once, try again shortly") from None
-    try:
+async def history_slot(request: Request, client: ClientDep) -> AsyncIterator[None]:
+    """One history read: the client's rate and share (else 429), then a process slot (else 503)."""
+    limits: ClientLimits = request.app.state.limits
+    async with limits.history_read(client):
         yield
-    finally:
-        slots.release()
 
 
 # Dependencies are coroutines even where they never await: FastAPI runs a plain function in its
@@ -114,6 +108,11 @@ async def get_broadcaster(request: Request) -> Broadcaster:
 async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
+
+
+async def get_limits(request: Request) -> ClientLimits:
+    limits: ClientLimits = request.app.state.limits
+    return limits
 
 
 async def symbol_path(
@@ -165,7 +164,7 @@ def epoch_ms(value: datetime) -> int:
 
 
 def parse_time(name: str, value: str) -> datetime:
-    """ISO 8601 (a naive time is UTC) or integer epoch milliseconds, as an aware datetime."""
+    """ISO 8601 (a naive time is UTC) or integer epoch milliseconds, as a UTC datetime."""
     text = value.strip()
     try:
         if text.lstrip("-").isdigit() and text.isascii():
@@ -178,7 +177,15 @@ def parse_time(name: str, value: str) -> datetime:
             f"{value[:40]!r} is not an ISO 8601 time (e.g. 2026-01-02T15:30:00Z) "
             "or epoch milliseconds",
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        # in UTC now, not later in the database driver: 9999-12-31T10:00-14:00 is past year 9999
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidParameter(
+            "query parameter", name, f"{value[:40]!r} is out of range in UTC (years 1 to 9999)"
+        ) from None
 
 
 async def known_symbols(
@@ -196,6 +203,7 @@ async def known_symbols(
 
 ConnDep = Annotated[asyncpg.Connection, Depends(get_conn)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+LimitsDep = Annotated[ClientLimits, Depends(get_limits)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

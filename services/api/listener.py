@@ -27,6 +27,7 @@ from services.api.rows import stock_from_row
 from services.common.contract import HistoryPayload
 from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
 from services.common.retry import Backoff
+from services.common.symbols import is_valid_symbol
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,30 @@ FETCH_LIMIT = 5000  # rows per query, so a long catch-up is fanned out in bounde
 IDLE_CHECK_SECONDS = 5.0  # an idle LISTEN connection is probed this often to notice a dead peer
 # Metadata changed this long before a reconnect is re-announced, to cover clock skew.
 SKEW_MARGIN = timedelta(seconds=60)
+# Any database login may NOTIFY: a `history` notification is believed only for tracked symbols
+# and a window from the epoch to at most this far ahead of now.
+HISTORY_AHEAD = timedelta(days=1)
+DROP_LOG_EVERY = 60.0  # seconds between two log lines about ignored notifications
+
+
+def history_fault(payload: HistoryPayload, now: datetime) -> str | None:
+    """Why a `history` notification is not believable (None: it is, but for tracked symbols)."""
+    if not payload.symbols or not all(is_valid_symbol(s) for s in payload.symbols):
+        return "symbols"
+    latest = (now + HISTORY_AHEAD).timestamp() * 1000
+    if not 0 <= payload.start <= payload.end <= latest:
+        return "window"
+    return None
+
+
+def merge_history(pending: HistoryPayload | None, new: HistoryPayload) -> HistoryPayload:
+    """One `history` event for both: every symbol of either, over both windows."""
+    if pending is None:
+        return new
+    symbols = pending.symbols + [s for s in new.symbols if s not in pending.symbols]
+    return HistoryPayload(
+        symbols=symbols, start=min(pending.start, new.start), end=max(pending.end, new.end)
+    )
 
 
 def stock_frame(row: asyncpg.Record) -> Frame:
@@ -46,17 +71,27 @@ def stock_frame(row: asyncpg.Record) -> Frame:
 class Broadcaster:
     """Owns the LISTEN connection and the set of open streams of this process."""
 
-    def __init__(self, url: UrlSource, role: str | None, metrics: ApiMetrics) -> None:
+    def __init__(
+        self,
+        url: UrlSource,
+        role: str | None,
+        metrics: ApiMetrics,
+        history_interval: float = 5.0,
+    ) -> None:
         self.url = url
         self.role = role or None
         self.metrics = metrics
+        self.history_interval = history_interval  # least seconds between two `history` events
         self.subscribers: set[Subscriber] = set()
         self.last_seen: int | None = None  # highest live event id fanned out so far
         self.connected = False
         self._wake = asyncio.Event()
         self._prices_due = False
         self._stocks_due: dict[str, None] = {}  # ordered set of symbols
-        self._history_due: list[HistoryPayload] = []
+        self._history_due: list[HistoryPayload] = []  # notified, tracked-ness not yet checked
+        self._history_pending: HistoryPayload | None = None  # merged, waiting for its turn
+        self._history_next = 0.0  # time.monotonic() from which the next `history` event may go
+        self._drop_logged = -DROP_LOG_EVERY
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(0.1, 2.0)
         self._lost_at: datetime | None = None  # when the listener last lost its connection
@@ -102,14 +137,34 @@ class Broadcaster:
                 due = True
             self._prices_due = self._prices_due or due
         elif channel == "stocks":
-            self._stocks_due[payload] = None
+            if is_valid_symbol(payload):
+                self._stocks_due[payload] = None
+            else:
+                self._drop(channel, "malformed", payload)
         elif channel == "history":
             try:
                 # The notification carries the very object the `history` event sends on.
-                self._history_due.append(HistoryPayload.model_validate_json(payload))
+                history = HistoryPayload.model_validate_json(payload)
             except ValidationError:
-                log.warning("ignoring a malformed history notification", extra={"payload": payload})
+                self._drop(channel, "malformed", payload)
+                return
+            fault = history_fault(history, datetime.now(UTC))
+            if fault is not None:
+                self._drop(channel, fault, payload)
+                return
+            self._history_due.append(history)
         self._wake.set()
+
+    def _drop(self, channel: str, reason: str, payload: str) -> None:
+        """Count a notification not acted on; say so in the log now and then, not each time."""
+        self.metrics.notifications_dropped.labels(channel, reason).inc()
+        now = time.monotonic()
+        if now - self._drop_logged >= DROP_LOG_EVERY:
+            self._drop_logged = now
+            log.warning(
+                "ignoring a notification",
+                extra={"channel": channel, "reason": reason, "payload": payload[:200]},
+            )
 
     async def _run(self) -> None:
         while True:
@@ -170,17 +225,23 @@ class Broadcaster:
     async def _serve(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         while True:
             await self._drain(conn)
+            idle = IDLE_CHECK_SECONDS
+            if self._history_pending is not None:  # wake for its turn
+                idle = min(idle, max(0.0, self._history_next - time.monotonic()))
             try:
-                await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), idle)
             except TimeoutError:
-                await conn.fetchval(queries.SELECT_ONE, timeout=IDLE_CHECK_SECONDS)
+                if idle == IDLE_CHECK_SECONDS:
+                    await conn.fetchval(queries.SELECT_ONE, timeout=IDLE_CHECK_SECONDS)
             self._wake.clear()
             if lost.is_set():
                 raise ConnectionError("LISTEN connection closed")
 
     async def _drain(self, conn: asyncpg.Connection) -> None:
         """Fetch what the pending notifications announced and publish it."""
-        if not (self._prices_due or self._stocks_due or self._history_due):
+        if not (self._prices_due or self._stocks_due or self._history_due) and not (
+            self._history_pending is not None and time.monotonic() >= self._history_next
+        ):
             return
         started = time.perf_counter()
         notified, self._notified_at = self._notified_at, None
@@ -209,6 +270,23 @@ class Broadcaster:
                 del self._stocks_due[symbol]
             self.publish([stock_frame(r) for r in rows])
         if self._history_due:
-            batch, self._history_due = self._history_due, []
-            self.publish([history_frame(p) for p in batch])
+            await self._check_history(conn)
+        if self._history_pending is not None and time.monotonic() >= self._history_next:
+            # At most one `history` event per interval, whoever notifies: each makes every
+            # dashboard reload its charts.
+            pending, self._history_pending = self._history_pending, None
+            self._history_next = time.monotonic() + self.history_interval
+            self.publish([history_frame(pending)])
         self.metrics.stream_lag.observe(time.perf_counter() - started)
+
+    async def _check_history(self, conn: asyncpg.Connection) -> None:
+        """Merge the `history` notifications about tracked symbols into the pending event."""
+        batch = list(self._history_due)
+        named = list(dict.fromkeys(s for p in batch for s in p.symbols))
+        tracked = {r["symbol"] for r in await conn.fetch(queries.KNOWN_SYMBOLS, named)}
+        del self._history_due[: len(batch)]  # not before: a failed read leaves them due
+        for payload in batch:
+            if tracked.issuperset(payload.symbols):
+                self._history_pending = merge_history(self._history_pending, payload)
+            else:
+                self._drop("history", "untracked", payload.model_dump_json())

@@ -90,6 +90,35 @@ class ApiMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.history_in_flight = Gauge(
+            "history_in_flight",
+            "History reads (prices, bars, stream replays) holding a slot now.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.client_refused = Counter(
+            "client_limit_refused",
+            "Requests refused (429) because their client address was over one of its limits, "
+            "by limit (streams, history_rate, history_concurrency, connections).",
+            ["limit"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.abandoned = Counter(
+            "abandoned_requests",
+            "Requests whose client went away before the answer; their work was cancelled.",
+            ["route"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.notifications_dropped = Counter(
+            "notifications_dropped",
+            "PostgreSQL notifications ignored as malformed or not about tracked symbols, "
+            "by channel and reason.",
+            ["channel", "reason"],
+            namespace=ns,
+            registry=registry,
+        )
         self.stream_lag = Histogram(
             "stream_fetch_seconds",
             "Time to fetch and fan out the ticks of one notification.",

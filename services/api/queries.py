@@ -189,11 +189,29 @@ ORDER BY event_id
 LIMIT $2
 """
 
-# The same for one stream's resume: only its symbols ($3, or NULL for all).
+# A stream's resume for every symbol: the first $2 live ticks after event id $1, oldest first.
 REPLAY_AFTER = """
 SELECT symbol, floor(extract(epoch FROM ts) * 1000)::bigint AS ts_ms, price, event_id
 FROM ticks
-WHERE event_id > $1 AND NOT backfilled AND ($3::text[] IS NULL OR symbol = ANY($3::text[]))
+WHERE event_id > $1 AND NOT backfilled
 ORDER BY event_id
+LIMIT $2
+"""
+
+# The same for some symbols ($3). Each is read from its own place in the (symbol, event_id) index
+# of live ticks, at most $2 rows of it, and the few read are merged by event id: the rows read
+# stay within $2 per symbol however far back $1 is and however sparse a symbol is (one walk of the
+# event-id order filtered by symbol reads every other symbol's ticks since $1 on the way).
+REPLAY_SYMBOLS_AFTER = """
+SELECT r.symbol, r.ts_ms, r.price, r.event_id
+FROM unnest($3::text[]) AS s(symbol)
+CROSS JOIN LATERAL (
+    SELECT t.symbol, floor(extract(epoch FROM t.ts) * 1000)::bigint AS ts_ms, t.price, t.event_id
+    FROM ticks t
+    WHERE t.symbol = s.symbol AND t.event_id > $1 AND NOT t.backfilled
+    ORDER BY t.event_id
+    LIMIT $2
+) r
+ORDER BY r.event_id
 LIMIT $2
 """

@@ -9,12 +9,13 @@ sending the header itself. IPv6 clients are keyed by their /64, which one host c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNKNOWN = "unknown"  # a peer without an address (a Unix socket, a test transport)
 RESOLVE_EVERY = 30.0  # seconds between lookups of trusted proxies given by name
+# ... and while one of them does not resolve: a proxy that starts after us (the dashboard starts
+# after the API) must not have its viewers counted as one client for long.
+RESOLVE_RETRY = 2.0
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -72,27 +76,33 @@ class TrustedProxies:
             return False
         return parsed in self._resolved or any(parsed in net for net in self.networks)
 
-    async def refresh(self) -> None:
-        """Look the host names up again; a name that does not resolve now trusts nothing."""
+    async def refresh(self) -> bool:
+        """Look the host names up again (a name that does not resolve now trusts nothing).
+
+        True when every name resolved.
+        """
         loop = asyncio.get_running_loop()
         found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        every = True
         for name in self.names:
             try:
                 infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
             except OSError as exc:
                 log.debug("trusted proxy not resolved", extra={"name": name, "error": str(exc)})
+                every = False
                 continue
             for info in infos:
                 address = _address(str(info[4][0]))
                 if address is not None:
                     found.add(address)
         self._resolved = found
+        return every
 
     async def keep_resolving(self) -> None:
         """Refresh forever (a task for the service's lifetime; nothing to do without names)."""
         while self.names:
-            await self.refresh()
-            await asyncio.sleep(RESOLVE_EVERY)
+            every = await self.refresh()
+            await asyncio.sleep(RESOLVE_EVERY if every else RESOLVE_RETRY)
 
     def client(self, peer: str | None, forwarded_for: str | None) -> str:
         """The client's address: the peer, or the nearest untrusted hop a trusted peer names."""
@@ -153,13 +163,19 @@ class RateLimiter:
 
 
 class Slots:
-    """Per-key counts of things held at once (open streams), each key at most `per_key`."""
+    """Per-key counts of things held at once (open streams), each key at most `per_key`.
+
+    `acquire` answers at once; `acquire_within` waits a while for one of the key's own slots, first
+    come first served, so that a client's burst of parallel requests is queued behind its own
+    requests rather than refused (or served at other clients' expense).
+    """
 
     def __init__(self, per_key: int) -> None:
         if per_key < 1:
             raise ValueError("per_key must be at least 1")
         self.per_key = per_key
         self._held: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
     def held(self, key: str) -> int:
         return self._held.get(key, 0)
@@ -172,7 +188,38 @@ class Slots:
         self._held[key] = count + 1
         return True
 
+    async def acquire_within(self, key: str, timeout: float) -> bool:
+        """Take one of `key`'s slots, waiting up to `timeout` seconds; False if none freed up."""
+        if self.acquire(key):
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(key, deque())
+        waiters.append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            # handed a slot just as the time ran out: it is ours
+            return fut.done() and not fut.cancelled()
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(key)  # handed a slot, but its taker is gone: pass it on
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                waiters.remove(fut)
+            if not waiters and self._waiters.get(key) is waiters:
+                del self._waiters[key]
+        return True
+
     def release(self, key: str) -> None:
+        """Give one of `key`'s slots back: to its first waiter if it has one."""
+        waiters = self._waiters.get(key)
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot passes on; the count stays
+                return
         count = self._held.get(key, 0) - 1
         if count > 0:
             self._held[key] = count

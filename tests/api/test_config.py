@@ -35,3 +35,43 @@ def test_rejects_bad_values(monkeypatch: pytest.MonkeyPatch, name: str, value: s
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         ApiSettings()
+
+
+def test_per_client_limits_and_trusted_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ApiSettings()
+    assert settings.trusted_proxies == []  # nobody's X-Forwarded-For is believed
+    assert settings.api_max_streams_per_client < settings.api_max_streams
+    assert settings.api_history_concurrency_per_client < settings.api_history_concurrency
+    assert settings.api_pool_size_per_client < settings.api_pool_size
+    monkeypatch.setenv("STOCKSTREAMER_TRUSTED_PROXIES", "proxy, dashboard,10.0.0.0/8")
+    monkeypatch.setenv("STOCKSTREAMER_API_HISTORY_RATE", "2.5")
+    settings = ApiSettings()
+    assert settings.trusted_proxies == ["proxy", "dashboard", "10.0.0.0/8"]
+    assert settings.api_history_rate == 2.5
+
+
+def test_a_default_share_fits_a_smaller_whole() -> None:
+    settings = ApiSettings(api_pool_size=4, api_history_concurrency=2, api_max_streams=10)
+    assert settings.api_pool_size_per_client == 2
+    assert settings.api_history_concurrency_per_client == 1
+    assert settings.api_max_streams_per_client == 5
+
+
+@pytest.mark.parametrize(
+    ("share", "whole"),
+    [
+        ("STOCKSTREAMER_API_POOL_SIZE_PER_CLIENT", "STOCKSTREAMER_API_POOL_SIZE"),
+        (
+            "STOCKSTREAMER_API_HISTORY_CONCURRENCY_PER_CLIENT",
+            "STOCKSTREAMER_API_HISTORY_CONCURRENCY",
+        ),
+        ("STOCKSTREAMER_API_MAX_STREAMS_PER_CLIENT", "STOCKSTREAMER_API_MAX_STREAMS"),
+    ],
+)
+def test_one_client_may_never_be_given_everything(
+    monkeypatch: pytest.MonkeyPatch, share: str, whole: str
+) -> None:
+    monkeypatch.setenv(whole, "6")
+    monkeypatch.setenv(share, "6")
+    with pytest.raises(ValidationError, match="one client must never hold them all"):
+        ApiSettings()

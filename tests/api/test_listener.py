@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+import pytest
 
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
@@ -165,3 +168,53 @@ async def test_ticks_announced_during_a_read_are_read_next(
     while sub._batches:
         delivered += [f.event_id for f in sub._batches.popleft()]
     assert delivered == [first, second]
+
+
+# Anyone who can log in may NOTIFY `history`: none of these may reach a stream.
+BAD_HISTORY = [
+    ("malformed", "reload everything"),
+    ("malformed", '{"symbols": ["AAPL"]}'),
+    ("symbols", '{"symbols": [], "start": 1, "end": 2}'),
+    ("symbols", '{"symbols": ["a b"], "start": 1, "end": 2}'),
+    ("untracked", '{"symbols": ["AAPL", "ZZZ"], "start": 1, "end": 2}'),
+    ("window", '{"symbols": ["AAPL"], "start": 5, "end": 2}'),
+    ("window", '{"symbols": ["AAPL"], "start": -5, "end": 2}'),
+    ("window", '{"symbols": ["AAPL"], "start": 1, "end": 99999999999999}'),
+]
+
+
+async def test_history_notifications_are_checked_and_merged(
+    database_url: str, market: Market, db: asyncpg.Connection
+) -> None:
+    await market.stocks("AAPL", "NVDA")
+    api = ThreadedApi(database_url, api_history_event_interval=1.0).start()
+    try:
+        async with api.client() as client, open_stream(client) as stream:
+            await eventually(lambda: api.listening)
+            for _, payload in BAD_HISTORY:
+                await db.execute("SELECT pg_notify('history', $1)", payload)
+            for i in range(40):  # one, then a flood while the first event is the latest
+                symbol = "AAPL" if i % 2 else "NVDA"
+                payload = json.dumps({"symbols": [symbol], "start": 1000 + i, "end": 2000 + i})
+                await db.execute("SELECT pg_notify('history', $1)", payload)
+                if i == 0:
+                    first = await stream.next()
+                    at = time.monotonic()
+            second = await stream.next(timeout=3)
+            gap = time.monotonic() - at
+            with pytest.raises(TimeoutError):
+                await stream.next(timeout=1.5)  # nothing more: the flood was merged into one
+    finally:
+        api.stop()
+    assert first.event == second.event == "history"
+    assert first.data == {"symbols": ["NVDA"], "start": 1000, "end": 2000}
+    assert gap > 0.8  # not before the interval since the first
+    assert sorted(second.data["symbols"]) == ["AAPL", "NVDA"]
+    assert (second.data["start"], second.data["end"]) == (1001, 2039)
+    assert api.metric("stockstreamer_api_notifications_total", channel="history") == 48
+    for reason in ("malformed", "symbols", "untracked", "window"):
+        expected = sum(1 for r, _ in BAD_HISTORY if r == reason)
+        dropped = api.metric(
+            "stockstreamer_api_notifications_dropped_total", channel="history", reason=reason
+        )
+        assert dropped == expected, reason

@@ -112,8 +112,10 @@ async def test_connections_beyond_limit_concurrency_get_a_quick_503(
     limits = {"STOCKSTREAMER_API_LIMIT_CONCURRENCY": "3", "STOCKSTREAMER_API_MAX_STREAMS": "2"}
     with api_process(database_url, **limits) as (_, url):
         async with AsyncExitStack() as stack:
-            for _ in range(2):  # two streams hold two of the three places
-                client = await stack.enter_async_context(httpx.AsyncClient(base_url=url))
+            for i in range(2):  # two streams (of two clients) hold two of the three places
+                transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{2 + i}")
+                client = httpx.AsyncClient(base_url=url, transport=transport)
+                await stack.enter_async_context(client)
                 await stack.enter_async_context(open_stream(client))
             async with httpx.AsyncClient(base_url=url) as client:
                 refused = await client.get("/api/v1/stocks")

@@ -210,9 +210,10 @@ async def test_history_beyond_the_concurrency_bound_is_a_quick_503(
     database_url: str, market: Market
 ) -> None:
     await market.stocks("AAPL")
-    api = ThreadedApi(database_url, api_history_concurrency=1).start()
+    api = ThreadedApi(database_url, api_history_concurrency=2).start()
     try:
-        api.run(api.app.state.history_slots.acquire())  # one long history read in flight
+        for _ in range(2):  # two long history reads in flight
+            api.run(api.app.state.history_slots.acquire())
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
             busy = await client.get("/api/v1/prices")
             bars = await client.get("/api/v1/bars")
@@ -258,3 +259,38 @@ async def test_a_window_around_the_epoch_is_answered_within_max_points(
         response = await client.get("/api/v1/prices", params=params, timeout=5)
         assert response.status_code == 200, response.text
         assert all(len(s["ts"]) <= max_points for s in response.json()["series"])
+
+
+# Times Python reads but that lie outside years 1 to 9999 once in UTC.
+OUT_OF_RANGE: list[tuple[dict[str, str], str]] = [
+    ({"end": "9999-12-31T10:00-14:00"}, "end"),  # and the default start a week before it
+    ({"start": "9999-12-31T10:30-14:00", "end": "2026-01-05T00:00Z"}, "start"),
+    ({"start": "9999-12-30T00:00Z", "end": "9999-12-31T10:00-14:00"}, "end"),
+    ({"start": "0001-01-01T10:00+14:00", "end": "0001-01-02T00:00Z"}, "start"),
+]
+
+
+async def test_times_out_of_range_in_utc_are_422_naming_them(
+    api: ThreadedApi, client: httpx.AsyncClient, market: Market
+) -> None:
+    await market.stocks("AAPL")
+    for path in ("/api/v1/prices", "/api/v1/bars"):
+        for params, name in OUT_OF_RANGE:
+            response = await client.get(path, params=params)
+            assert response.status_code == 422, (path, params, response.text)
+            assert response.json()["detail"].startswith(f"query parameter '{name}'"), params
+            assert "out of range" in response.json()["detail"]
+        # the edges of the range themselves are served
+        edge = {"start": "9999-12-31T00:00Z", "end": "9999-12-31T23:59:59.999999Z"}
+        assert (await client.get(path, params=edge)).status_code == 200, path
+        edge = {"start": "0001-01-01T00:00Z", "end": "0001-01-02T00:00Z"}
+        assert (await client.get(path, params=edge)).status_code == 200, path
+    assert (
+        api.metric(
+            "stockstreamer_api_request_seconds_count",
+            method="GET",
+            route="/api/v1/prices",
+            status="503",
+        )
+        == 0
+    )

@@ -169,15 +169,16 @@ async def test_streams_beyond_the_cap_are_refused_with_retry_after(
     database_url: str, market: Market
 ) -> None:
     await market.stocks("AAPL")
-    api = ThreadedApi(database_url, api_max_streams=2).start()
+    api = ThreadedApi(database_url, api_max_streams=2, api_max_streams_per_client=1).start()
     try:
-        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
-            async with open_stream(client), open_stream(client):
-                refused = await client.get("/api/v1/stream")
-                healthy = await client.get("/healthz")  # the cap is on streams only
+        clients = [api.client(f"127.0.0.{i}") for i in (2, 3, 4)]
+        async with clients[0] as a, clients[1] as b, clients[2] as c:
+            async with open_stream(a), open_stream(b):
+                refused = await c.get("/api/v1/stream")  # each holds one, below its share
+                healthy = await a.get("/healthz")  # the cap is on streams only
             # a closed stream frees its place once the server has seen it go
             await eventually(lambda: api.metric("stockstreamer_api_open_streams") == 0)
-            async with open_stream(client):
+            async with open_stream(a):
                 pass
     finally:
         api.stop()
@@ -185,6 +186,30 @@ async def test_streams_beyond_the_cap_are_refused_with_retry_after(
     assert "too many open streams" in refused.json()["detail"]
     assert healthy.status_code == 200
     assert api.metric("stockstreamer_api_streams_refused_total") == 1
+
+
+async def test_a_resume_takes_a_history_slot(database_url: str, market: Market) -> None:
+    """Replaying reads history: with every slot busy a resume is refused; a fresh stream is not."""
+    await market.stocks("AAPL")
+    head = await market.ticks([("AAPL", T0, 1)])
+    api = ThreadedApi(database_url, api_history_concurrency=2).start()
+    try:
+        for _ in range(2):  # two long history reads in flight
+            api.run(api.app.state.history_slots.acquire())
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            busy = await client.get("/api/v1/stream", headers={"Last-Event-ID": str(head - 1)})
+            async with open_stream(client):
+                pass
+            for _ in range(2):
+                api.app.state.history_slots.release()
+            async with open_stream(client, Last_Event_ID=str(head - 1)) as stream:
+                (replayed,) = await stream.prices(1)
+    finally:
+        api.stop()
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert "too many history requests" in busy.json()["detail"]
+    assert replayed.id == str(head)
+    assert api.metric("stockstreamer_api_history_in_flight") == 0
 
 
 async def test_resume_and_latest_work_across_day_partitions(

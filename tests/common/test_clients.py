@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.common.clients import UNKNOWN, RateLimiter, Slots, TrustedProxies, client_key
@@ -70,3 +72,49 @@ def test_slots_bound_each_client_and_forget_those_holding_none() -> None:
     slots.release("a")
     slots.release("b")
     assert slots._held == {}
+
+
+async def test_a_client_waits_for_its_own_slot_first_come_first_served() -> None:
+    slots = Slots(per_key=1)
+    assert await slots.acquire_within("a", 0.1)
+    first = asyncio.create_task(slots.acquire_within("a", 5))
+    second = asyncio.create_task(slots.acquire_within("a", 5))
+    await asyncio.sleep(0.01)
+    assert await slots.acquire_within("b", 0.1)  # another client is not held up
+    slots.release("a")  # handed to the first waiter, not to whoever asks next
+    assert await first and not second.done()
+    assert not slots.acquire("a")
+    slots.release("a")
+    assert await second
+    slots.release("a")
+    slots.release("b")
+    assert slots._held == {} and slots._waiters == {}
+
+
+async def test_a_wait_that_times_out_or_is_cancelled_holds_nothing() -> None:
+    slots = Slots(per_key=1)
+    assert slots.acquire("a")
+    assert not await slots.acquire_within("a", 0.05)
+    waiter = asyncio.create_task(slots.acquire_within("a", 5))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    slots.release("a")
+    assert slots._held == {} and slots._waiters == {}
+    # cancelled just after being handed the slot: it passes on, it is not lost
+    assert slots.acquire("a")
+    handed = asyncio.create_task(slots.acquire_within("a", 5))
+    await asyncio.sleep(0.01)
+    slots.release("a")
+    handed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    assert slots._held == {} and slots._waiters == {}
+
+
+async def test_names_that_do_not_resolve_yet_are_tried_again_soon() -> None:
+    trusted = TrustedProxies(["localhost", "no-such-proxy.invalid"])
+    assert not await trusted.refresh()  # one did not resolve: keep_resolving retries sooner
+    assert trusted.trusts("127.0.0.1")
+    assert await TrustedProxies(["localhost"]).refresh()

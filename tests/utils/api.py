@@ -43,7 +43,13 @@ class ThreadedApi:
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, timeout_graceful_shutdown=2, lifespan="on"
+            self.app,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            lifespan="on",
+            # as `python -m services.api` serves: the app alone decides whose X-Forwarded-For counts
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -79,6 +85,13 @@ class ThreadedApi:
     def metric(self, name: str, **labels: str) -> float:
         value = self.app.state.metrics.registry.get_sample_value(name, labels or None)
         return 0.0 if value is None else float(value)
+
+    def client(self, address: str = "127.0.0.1", **headers: str) -> httpx.AsyncClient:
+        """An HTTP client whose connections come from `address` (any of 127.0.0.0/8)."""
+        transport = httpx.AsyncHTTPTransport(local_address=address)
+        return httpx.AsyncClient(
+            base_url=self.url, timeout=10, transport=transport, headers=headers
+        )
 
 
 class Market:

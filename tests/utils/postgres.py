@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -41,6 +43,35 @@ async def drop_database(url: str) -> None:
     try:
         ident = await conn.fetchval("SELECT quote_ident($1)", name)
         await conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def locked(url: str, table: str) -> AsyncIterator[asyncpg.Connection]:
+    """`table` locked against every reader until the block ends: queries that read it wait.
+
+    A real slow query for tests of what happens while one runs.
+    """
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            ident = await conn.fetchval("SELECT quote_ident($1)", table)
+            await conn.execute(f"LOCK TABLE {ident} IN ACCESS EXCLUSIVE MODE")
+            yield conn
+    finally:
+        await conn.close()
+
+
+async def waiting_for_locks(url: str) -> int:
+    """How many backends of `url`'s database wait for a lock now."""
+    conn = await asyncpg.connect(url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return count
     finally:
         await conn.close()
 

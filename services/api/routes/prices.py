@@ -25,6 +25,7 @@ from services.common.contract import LatestPrice, Prices, Problem
 HISTORY_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "Unknown symbol"},
     422: {"model": Problem, "description": "Invalid parameter"},
+    429: {"model": Problem, "description": "This client is over one of its limits (Retry-After)"},
     503: {"model": Problem, "description": "Database unavailable or too busy (Retry-After)"},
 }
 router = APIRouter(prefix="/api/v1/prices", tags=["prices"], responses=HISTORY_RESPONSES)

@@ -15,7 +15,10 @@ from services.common.contract import HighLow, Logo, Problem, Stock
 router = APIRouter(
     prefix="/api/v1/stocks",
     tags=["stocks"],
-    responses={503: {"model": Problem, "description": "Database unavailable"}},
+    responses={
+        429: {"model": Problem, "description": "Too many requests at once from this client"},
+        503: {"model": Problem, "description": "Database unavailable"},
+    },
 )
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "Unknown symbol"},

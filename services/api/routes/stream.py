@@ -7,23 +7,25 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from services.api import queries
+from services.api.config import ApiSettings
 from services.api.deps import (
     BroadcasterDep,
-    Busy,
+    ClientDep,
     InvalidParameter,
+    LimitsDep,
     MetricsDep,
-    PoolDep,
     SettingsDep,
     SymbolsDep,
     known_symbols,
     pooled,
 )
 from services.api.events import SHUTDOWN, Frame, Subscriber, encode, price_frame
+from services.api.limits import STREAM_RETRY_AFTER, Busy, ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
 from services.common.contract import Problem, ResetPayload
@@ -31,7 +33,6 @@ from services.common.contract import Problem, ResetPayload
 router = APIRouter(prefix="/api/v1/stream", tags=["stream"])
 
 REPLAY_CHUNK = 1000  # frames per write while replaying
-STREAM_RETRY_AFTER = 5  # seconds a refused stream client is told to wait
 SHUTDOWN_GRACE = 1.0  # seconds a stream gets to finish its last write on shutdown
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -41,6 +42,11 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
     },
     404: {"model": Problem, "description": "Unknown symbol"},
     422: {"model": Problem, "description": "Invalid parameter"},
+    429: {
+        "model": Problem,
+        "description": "This client holds its most streams, or is over its history limits "
+        "when resuming (Retry-After)",
+    },
     503: {"model": Problem, "description": "Database unavailable or too many streams"},
 }
 
@@ -55,6 +61,8 @@ class StreamResponse(EventSourceResponse):
         broadcaster: Broadcaster,
         metrics: ApiMetrics,
         heartbeat: float,
+        limits: ClientLimits,
+        client: str,
     ) -> None:
         self._shutdown = anyio.Event()
         super().__init__(
@@ -68,6 +76,8 @@ class StreamResponse(EventSourceResponse):
         self.subscriber = subscriber
         self.broadcaster = broadcaster
         self.metrics = metrics
+        self.limits = limits
+        self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.open_streams.inc()
@@ -89,6 +99,7 @@ class StreamResponse(EventSourceResponse):
                 group.cancel_scope.cancel()
         finally:
             self.broadcaster.unsubscribe(self.subscriber)
+            self.limits.streams.release(self.client)
             self.metrics.open_streams.dec()
 
 
@@ -124,7 +135,9 @@ async def _events(
 
 @router.get("", response_class=EventSourceResponse, responses=STREAM_DOC)
 async def stream(
-    pool: PoolDep,
+    request: Request,
+    client: ClientDep,
+    limits: LimitsDep,
     broadcaster: BroadcasterDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -143,11 +156,42 @@ async def stream(
 ) -> StreamResponse:
     """Every tick as a `price` event (all symbols when none are given), live or replayed."""
     resume = resume_point(last_event_id_header, last_event_id)
-    if len(broadcaster.subscribers) >= settings.api_max_streams:
-        metrics.streams_refused.inc()
-        raise Busy("too many open streams, try again shortly", retry_after=STREAM_RETRY_AFTER)
+    limits.take_stream(client)
+    try:
+        if len(broadcaster.subscribers) >= settings.api_max_streams:
+            metrics.streams_refused.inc()
+            raise Busy("too many open streams, try again shortly", retry_after=STREAM_RETRY_AFTER)
+        if resume is None:
+            sub, first = await _start(request, client, broadcaster, settings, symbols, None)
+        else:
+            # a replay is a history read: it counts against the client's and the process's
+            async with limits.history_read(client):
+                sub, first = await _start(request, client, broadcaster, settings, symbols, resume)
+    except BaseException:
+        limits.streams.release(client)
+        raise
+    return StreamResponse(
+        _events(sub, first, metrics),
+        sub,
+        broadcaster,
+        metrics,
+        settings.api_stream_heartbeat,
+        limits,
+        client,
+    )
+
+
+async def _start(
+    request: Request,
+    client: str,
+    broadcaster: Broadcaster,
+    settings: ApiSettings,
+    symbols: list[str] | None,
+    resume: int | None,
+) -> tuple[Subscriber, list[Frame]]:
+    """A new subscriber, and what it is sent first: the ticks after `resume`, or a `reset`."""
     limit = settings.api_stream_replay_limit
-    async with pooled(pool) as conn:
+    async with pooled(request, client) as conn:
         await known_symbols(conn, symbols)
         # Subscribe before reading the database: whatever commits from here on arrives live,
         # and live events up to what the reads below cover are skipped (no gap, no duplicate).
@@ -163,7 +207,11 @@ async def stream(
             elif resume > head:
                 reason = "unknown resume point: newer than any event"
             else:
-                rows = await conn.fetch(queries.REPLAY_AFTER, resume, limit + 1, symbols)
+                if symbols is None:
+                    rows = await conn.fetch(queries.REPLAY_AFTER, resume, limit + 1)
+                else:
+                    args = (resume, limit + 1, symbols)
+                    rows = await conn.fetch(queries.REPLAY_SYMBOLS_AFTER, *args)
                 if len(rows) > limit:
                     reason = f"resume point too old: more than {limit} ticks to replay"
                 else:
@@ -179,6 +227,4 @@ async def stream(
         except BaseException:
             broadcaster.unsubscribe(sub)
             raise
-    return StreamResponse(
-        _events(sub, first, metrics), sub, broadcaster, metrics, settings.api_stream_heartbeat
-    )
+    return sub, first
