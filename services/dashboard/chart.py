@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bokeh.core.property.vectorization import value
+from bokeh.models import glyphs
 from bokeh.models.annotations.labels import Title
 from bokeh.models.annotations.legends import Legend, LegendItem
 from bokeh.models.filters import GroupFilter
@@ -119,56 +121,62 @@ class PriceChart:
         p = self.figure
         y = self.mode
         source = ColumnDataSource({"ts": [], "price": [], "pct": []}, name=f"source_{symbol}")
-        band = p.hstrip(
-            y0="low" if y == "price" else "low_pct",
-            y1="high" if y == "price" else "high_pct",
-            source=self.bands,
+        # Glyph renderers made directly, not through figure's glyph methods: those add a
+        # selection and a muted copy of every glyph, a third of a page's models, which nothing
+        # here selects or mutes (BokehJS derives them when needed).
+        band = p.add_glyph(
+            self.bands,
+            glyphs.HStrip(
+                y0="low" if y == "price" else "low_pct",
+                y1="high" if y == "price" else "high_pct",
+                fill_color=colour,
+                fill_alpha=BAND_ALPHA[y],
+                line_color=colour,
+                line_alpha=0.5,
+                line_dash="dotted",
+            ),
             view=CDSView(filter=GroupFilter(column_name="symbol", group=symbol)),
-            fill_color=colour,
-            fill_alpha=BAND_ALPHA[y],
-            line_color=colour,
-            line_alpha=0.5,
-            line_dash="dotted",
             name=f"band_{symbol}",
             level="underlay",
         )
-        line = p.line(
-            "ts", y, source=source, line_color=colour, line_width=2, name=f"line_{symbol}"
+        line = p.add_glyph(
+            source,
+            glyphs.Line(x="ts", y=y, line_color=colour, line_width=2),
+            name=f"line_{symbol}",
         )
-        markers = p.scatter(
-            "ts",
-            y,
-            source=source,
-            size=5,
-            fill_color="white",
-            line_color=colour,
-            line_width=1.5,
+        markers = p.add_glyph(
+            source,
+            glyphs.Scatter(
+                x="ts", y=y, size=5, fill_color="white", line_color=colour, line_width=1.5
+            ),
             name=symbol,
         )
         logo_view = CDSView(filter=GroupFilter(column_name="symbol", group=symbol))
         # A frame in the line's colour ties a logo (whatever its own colours) to its line.
-        frame = p.scatter(
-            "ts",
-            y,
-            source=self.logos,
+        frame = p.add_glyph(
+            self.logos,
+            glyphs.Scatter(
+                x="ts",
+                y=y,
+                marker="square",
+                size=LOGO_PX + 6,
+                fill_color="white",
+                line_color=colour,
+                line_width=2.5,
+            ),
             view=logo_view,
-            marker="square",
-            size=LOGO_PX + 6,
-            fill_color="white",
-            line_color=colour,
-            line_width=2.5,
             name=f"frame_{symbol}",
         )
-        logo = p.image_url(
-            url="url",
-            x="ts",
-            y=y,
-            w=LOGO_PX,
-            h=LOGO_PX,
-            w_units="screen",
-            h_units="screen",
-            anchor="center",
-            source=self.logos,
+        logo = p.add_glyph(
+            self.logos,
+            glyphs.ImageURL(
+                url="url",
+                x="ts",
+                y=y,
+                w=value(LOGO_PX, units="screen"),
+                h=value(LOGO_PX, units="screen"),
+                anchor="center",  # type: ignore[arg-type]  # bokeh's stub wants a Property
+            ),
             view=logo_view,
             name=f"logo_{symbol}",
         )

@@ -30,7 +30,37 @@ class DashboardSettings(CommonSettings):
         200,
         ge=1,
         le=100_000,
-        description="Browser sessions one process serves; beyond, a page asks to come back later.",
+        description="Connected browser sessions (open WebSocket) one process serves; beyond, a "
+        "page asks to come back later.",
+    )
+    dashboard_page_rate: float = Field(
+        0.5,
+        gt=0,
+        le=1000,
+        description="Page loads per second one client address may make on average; beyond, "
+        "it is answered 429 with Retry-After.",
+    )
+    dashboard_page_burst: int = Field(
+        10, ge=1, le=10_000, description="Page loads one client address may make at once."
+    )
+    dashboard_max_pending_pages: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Page loads being built or waiting to be at once; beyond, a page is "
+        "answered 503 with Retry-After at once instead of waiting in line.",
+    )
+    dashboard_unused_session_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a session is kept without an open WebSocket (a page that never "
+        "connected, or a closed tab).",
+    )
+    trusted_proxies: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated addresses, networks (CIDR) or host names of proxies whose "
+        "X-Forwarded-For names the client (e.g. `proxy` in compose); empty trusts none.",
     )
     dashboard_reconnect_max: float = Field(
         5.0, gt=0, le=300, description="Longest wait, seconds, between stream reconnects."

@@ -185,8 +185,13 @@ class Feed:
             self._apply_stock(self._stock(json.loads(data)))
         elif event == "history":
             history = HistoryPayload.model_validate_json(data)
-            symbols = frozenset(history.symbols) or None
-            self._publish(ReloadEvent(symbols, history.start, history.end))
+            # Only history of stocks this process shows: a notification naming none of them
+            # (or none at all) would only make every session reload for nothing.
+            symbols = frozenset(history.symbols) & self.stocks.keys()
+            if symbols:
+                self._publish(ReloadEvent(frozenset(symbols), history.start, history.end))
+            else:
+                log.debug("history event for no tracked stock", extra={"symbols": history.symbols})
         elif event == "reset":
             reset = ResetPayload.model_validate_json(data)
             self.last_event_id = str(reset.last_event_id)

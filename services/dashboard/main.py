@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from bokeh.io import curdoc
+from bokeh.server.contexts import BokehSessionContext
 
 from services.dashboard.runtime import current_runtime
-from services.dashboard.session import DashboardSession, busy_page
+from services.dashboard.session import DashboardSession
 
 runtime = current_runtime()
-if runtime.feed.sessions < runtime.settings.dashboard_max_sessions:
-    DashboardSession(curdoc(), runtime)
+doc = curdoc()
+context = doc.session_context
+if isinstance(context, BokehSessionContext):
+    # The viewer's address, as `app_hooks.process_request` put it in the session's signed token.
+    viewer = context.token_payload.get("client")
+    session = DashboardSession(doc, runtime, client=viewer if isinstance(viewer, str) else None)
+    runtime.sessions[context.id] = session  # until `app_hooks.on_session_destroyed`
 else:
-    # Every session costs memory and a share of each tick's fan-out: past the cap, a page that
-    # says so (and holds nothing) beats a process that slows down for everyone.
-    runtime.metrics.sessions_refused.inc()
-    busy_page(curdoc())
+    DashboardSession(doc, runtime)

@@ -23,12 +23,40 @@ class DashboardMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         ns = "stockstreamer_dashboard"
         self.registry = registry
-        self.sessions = Gauge("sessions", "Open browser sessions.", namespace=ns, registry=registry)
-        self.sessions_refused = Counter(
-            "sessions_refused",
-            "Pages served the 'come back later' notice (sessions at the cap).",
+        self.sessions = Gauge(
+            "sessions",
+            "Browser sessions showing live data (their page connected and drawn).",
             namespace=ns,
             registry=registry,
+        )
+        self.connected_sessions = Gauge(
+            "connected_sessions",
+            "Sessions with an open WebSocket (what the session cap counts).",
+            namespace=ns,
+            registry=registry,
+        )
+        self.unused_sessions = Gauge(
+            "unused_sessions",
+            "Sessions without an open WebSocket (a page that never connected, a closed tab), "
+            "kept until they expire.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.pages_refused = Counter(
+            "pages_refused",
+            "Page loads answered with the busy notice instead of a dashboard, by reason: "
+            "rate_limited (the client's page rate, 429), busy (page builds queued, 503), "
+            "sessions (connected sessions at the cap, 503).",
+            ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.page_build_seconds = Histogram(
+            "page_build_seconds",
+            "Time one page load spent building its document (CPU-bound, on the event loop).",
+            namespace=ns,
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5),
         )
         self.feed_live = Gauge(
             "feed_live", "1 while the API stream is connected.", namespace=ns, registry=registry

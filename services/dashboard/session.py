@@ -1,14 +1,19 @@
 """One browser tab: builds the page, loads history, and applies the feed's events to it.
 
-A session is in one of three phases. WAITING: nothing loaded yet, or the last load failed; it
-loads again as soon as it can. LOADING: one history load is in flight (a newer load cancels it);
-live prices wait for it. SHOWING: history is drawn and live prices stream in.
+A page build makes the page's models (a line and a row per stock, empty): the session starts
+(live prices, its first history load) when the browser says the page is drawn (`DocumentReady`),
+so a page that never connects costs its models and nothing else: no API request, no share of
+the feed's fan-out. A started session is in one of three phases. WAITING: nothing loaded
+yet, or the last load failed; it loads again as soon as it can. LOADING: one history load is in
+flight (a newer load cancels it, and its HTTP request with it); live prices wait for it.
+SHOWING: history is drawn and live prices stream in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
@@ -17,6 +22,7 @@ from functools import partial
 from typing import Any, cast
 
 from bokeh.document import Document
+from bokeh.events import DocumentReady
 from bokeh.models.widgets.markups import Div
 
 from services.common.contract import Bars, Prices, Stock
@@ -44,6 +50,15 @@ log = logging.getLogger(__name__)
 
 # Events queued for a tab that is not keeping up; past this we drop them and reload instead.
 MAX_PENDING = 20_000
+# Widget changes this close together (seconds) make one history load, for the last of them.
+DEBOUNCE = 0.3
+# Loads the feed asks for (history rewritten, a reset, a fresh stream): the first at once, then
+# at most one per this many seconds after the last load began, whatever the feed sends.
+FEED_RELOAD_EVERY = 5.0
+BUSY_NOTICE = (
+    "<h2>stockstreamer</h2><p data-status='busy'>This dashboard is serving as many viewers as it "
+    "can right now. Please try again in a minute.</p>"
+)
 
 
 class Phase(Enum):
@@ -80,9 +95,13 @@ class Inbox:
 class DashboardSession:
     """The models of one document and the only code that changes them."""
 
-    def __init__(self, doc: Document, runtime: Runtime) -> None:
+    feed_reload_every = FEED_RELOAD_EVERY
+
+    def __init__(self, doc: Document, runtime: Runtime, client: str | None = None) -> None:
         self.doc = doc
         self.runtime = runtime
+        self.client = client  # the viewer's address: the API counts its history loads to it
+        self.started = False
         self.window: str = runtime.settings.dashboard_window
         self.view = VIEWS[0]
         self.max_points = runtime.settings.dashboard_max_points
@@ -94,10 +113,12 @@ class DashboardSession:
         self.phase = Phase.WAITING
         self.held: list[PriceEvent] = []  # live prices that arrived while LOADING
         self.load: asyncio.Task[None] | None = None
+        self.later: asyncio.TimerHandle | None = None  # a load put off (debounced, throttled)
+        self.last_load = -math.inf  # monotonic time the last load began
         self.inbox = Inbox(doc, self._flush)
 
         self.chart = PriceChart(self.window)
-        self.candles = CandleChart()
+        self.candles: CandleChart | None = None  # made when the candle view is first shown
         self.ui = Controls.build(self.window)
         self.ui.window.on_change("active", self._on_window)
         self.ui.mode.on_change("active", self._on_mode)
@@ -106,16 +127,34 @@ class DashboardSession:
         self.ui.picker.on_change("value", self._on_pick)
         doc.title = "stockstreamer · live stock prices"
 
-        feed = runtime.feed
+        self.layout = self.ui.page(self.chart.figure)
         # One model-graph recomputation for the whole page instead of one per property set
         # (which made a page take seconds to open).
         with doc.models.freeze():
-            doc.add_root(self.ui.page(self.chart.figure, self.candles.figure))
-            for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
+            doc.add_root(self.layout)
+            for stock in sorted(runtime.feed.stocks.values(), key=lambda s: s.symbol):
                 self._add_stock(stock)
+        self._show_status(runtime.feed.status)
+        doc.on_event(DocumentReady, self._ready)
+
+    def _ready(self, _event: object) -> None:
+        """The browser drew the page: from now on it gets live prices and history."""
+        if self.started:
+            return
+        self.started = True
+        feed = self.runtime.feed
+        if feed.sessions >= self.runtime.settings.dashboard_max_sessions:
+            # Pages built while the last places were free, connecting together: past the cap,
+            # a notice (and nothing held) beats a process that slows down for everyone.
+            self.runtime.metrics.pages_refused.labels("sessions").inc()
+            self.doc.clear()
+            self.doc.add_root(Div(text=BUSY_NOTICE, name="busy"))
+            return
+        with self.doc.models.freeze():
+            for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
+                self._sync_stock(stock)  # what changed since the page was built
         self._show_status(feed.status)
         feed.subscribe(self.deliver)
-        doc.on_session_destroyed(self._closed)
         self.reload()
 
     # -- from the feed (outside the document lock) -------------------------------------------
@@ -123,10 +162,13 @@ class DashboardSession:
         """Queue an event for the next flush; never touches models."""
         self.inbox.put(event)
 
-    def _closed(self, _context: object) -> None:
+    def close(self) -> None:
+        """The session is gone (`app_hooks.on_session_destroyed`): stop everything it started."""
         self.runtime.feed.unsubscribe(self.deliver)
         if self.load is not None:
             self.load.cancel()
+        if self.later is not None:
+            self.later.cancel()
 
     # -- under the document lock -------------------------------------------------------------
     def _flush(self, events: list[Event]) -> None:
@@ -139,11 +181,15 @@ class DashboardSession:
                 else:
                     ticks[event.symbol].append(event.point)
                     received.append(event.received)
+                    if self.later is not None:
+                        # Drawn now, and again after the load that is coming replaces the
+                        # lines (where a tick its history already has is not drawn twice).
+                        self._hold(event)
             elif isinstance(event, StockEvent):
                 self._update_stock(event.stock)
             elif isinstance(event, ReloadEvent):
                 if self._overlaps(event):
-                    self.reload()
+                    self._reload_for_feed()
             elif isinstance(event, StatusEvent):
                 self._show_status(event.status)
                 if event.status is Status.LIVE and self.phase is Phase.WAITING:
@@ -163,9 +209,14 @@ class DashboardSession:
     def _apply_ticks(self, ticks: dict[str, list[Point]]) -> None:
         """Stream new points (and move each line's last one); whole arrays are never re-sent."""
         for symbol, points in ticks.items():
-            if self.view == "candles" and symbol == self.ui.candle_symbol.value:
+            candles = self.candles
+            if (
+                candles is not None
+                and self.view == "candles"
+                and symbol == self.ui.candle_symbol.value
+            ):
                 for point in points:
-                    self.candles.apply(point.ts, point.price, 2 * CANDLES)
+                    candles.apply(point.ts, point.price, 2 * CANDLES)
             line = self.chart.lines.get(symbol)
             if line is None or not points:
                 continue
@@ -197,14 +248,43 @@ class DashboardSession:
                 self._patch_row(symbol, latest.price)
 
     # -- history -----------------------------------------------------------------------------
+    def _reload_soon(self) -> None:
+        """A widget changed: load once the changes stop for DEBOUNCE, not once per click."""
+        self._reload_in(DEBOUNCE)
+
+    def _reload_for_feed(self) -> None:
+        """The feed asks for a load: at once, or once FEED_RELOAD_EVERY after the last began."""
+        if self.later is not None:
+            return  # one is coming: it loads whatever this one would
+        wait = self.last_load + self.feed_reload_every - time.monotonic()
+        if wait <= 0:
+            self.reload()
+        else:
+            self._reload_in(wait)
+
+    def _reload_in(self, delay: float) -> None:
+        if self.later is not None:
+            self.later.cancel()
+        self.later = asyncio.get_running_loop().call_later(delay, self._reload_due)
+
+    def _reload_due(self) -> None:
+        # A plain event-loop callback, outside the document lock: the load starts under it.
+        self.later = None
+        self.doc.add_next_tick_callback(self.reload)
+
     def reload(self) -> None:
         """Load the window's history for every line (and the candles when shown), off the lock.
 
-        A load still in flight is for an older window or older data: it is cancelled.
+        A load still in flight is for an older window or older data: it is cancelled, and its
+        HTTP request closed, so the API stops working on it.
         """
         if self.load is not None:
             self.load.cancel()
             self.load = None
+        if self.later is not None:
+            self.later.cancel()
+            self.later = None
+        self.last_load = time.monotonic()
         symbols = list(self.chart.lines)
         if not symbols:
             self.phase = Phase.WAITING  # nothing known yet: the first stock events bring some
@@ -216,12 +296,12 @@ class DashboardSession:
         )
 
     async def _fetch(self, symbols: list[str], window_ms: int, candle: str | None) -> None:
-        client, max_points = self.runtime.client, self.max_points
+        api, max_points, viewer = self.runtime.client, self.max_points, self.client
         start = int(time.time() * 1000) - window_ms
         result: tuple[Prices, Bars | None] | ApiError
         try:
-            prices = await client.prices(symbols, start, None, max_points)
-            bars = await client.bars(candle, start, CANDLES) if candle else None
+            prices = await api.prices(symbols, start, None, max_points, client=viewer)
+            bars = await api.bars(candle, start, CANDLES, client=viewer) if candle else None
             result = (prices, bars)
         except ApiError as exc:
             result = exc
@@ -272,11 +352,21 @@ class DashboardSession:
     def _draw_candles(self, bars: Bars) -> None:
         width = bars.interval_ms
         first = bars.series[0] if bars.series else None
+        candles = self._candle_chart()
         try:
-            self.candles.set_bars(candle_columns(first, width), width)
+            candles.set_bars(candle_columns(first, width), width)
         except ValueError as exc:
             log.warning("bad bars series", extra={"error": repr(exc)})
-        self.candles.show(first.symbol if first else None, self.window, bars.interval)
+        candles.show(first.symbol if first else None, self.window, bars.interval)
+
+    def _candle_chart(self) -> CandleChart:
+        """The candle view, made (and put under the lines' chart) the first time it is needed."""
+        if self.candles is None:
+            self.candles = CandleChart()
+            children = list(self.layout.children)
+            at = children.index(self.chart.figure) + 1
+            self.layout.children = [*children[:at], self.candles.figure, *children[at:]]
+        return self.candles
 
     def _overlaps(self, event: ReloadEvent) -> bool:
         if event.symbols is not None and not event.symbols & self.chart.lines.keys():
@@ -299,11 +389,18 @@ class DashboardSession:
         self._refresh_bands()
 
     def _update_stock(self, stock: Stock) -> None:
-        symbol = stock.symbol
-        if symbol not in self.stocks:
+        if stock.symbol not in self.stocks:
             with self.doc.models.freeze():
                 self._add_stock(stock)
-            self.reload()  # its history, too (a load under way is superseded)
+            self._reload_soon()  # its history, too (one load for a burst of new stocks)
+            return
+        self._sync_stock(stock)
+
+    def _sync_stock(self, stock: Stock) -> None:
+        """Show `stock` as it is now: a new line, or its row, bands and logo updated."""
+        symbol = stock.symbol
+        if symbol not in self.stocks:
+            self._add_stock(stock)
             return
         old, self.stocks[symbol] = self.stocks[symbol], stock
         i = self.rows[symbol]
@@ -354,8 +451,9 @@ class DashboardSession:
     def _on_window(self, _attr: str, _old: int, new: int) -> None:
         self.window = WINDOW_NAMES[new]
         self.chart.set_window(self.window)
-        self.candles.show(self.ui.candle_symbol.value or None, self.window)
-        self.reload()
+        if self.candles is not None:
+            self.candles.show(self.ui.candle_symbol.value or None, self.window)
+        self._reload_soon()
 
     def _on_mode(self, _attr: str, _old: int, new: int) -> None:
         self.chart.set_mode(MODES[new])
@@ -364,27 +462,17 @@ class DashboardSession:
         self.view = VIEWS[new]
         candles = self.view == "candles"
         self.chart.figure.visible = not candles
-        self.candles.figure.visible = self.ui.candle_symbol.visible = candles
+        if candles or self.candles is not None:
+            self._candle_chart().figure.visible = candles
+        self.ui.candle_symbol.visible = candles
         self.ui.mode.visible = self.ui.picker.visible = not candles
         if candles:
-            self.reload()
+            self._reload_soon()
 
     def _on_candle_symbol(self, _attr: str, _old: str, _new: str) -> None:
         if self.view == "candles":
-            self.reload()
+            self._reload_soon()
 
     def _on_pick(self, _attr: str, _old: list[str], new: list[str]) -> None:
         self.chart.set_visible(set(new))
         self.ui.table_rows.indices = sorted(self.rows[s] for s in new if s in self.rows)
-
-
-def busy_page(doc: Document) -> None:
-    """The page for a session over the process's cap: a notice, no feed, nothing held."""
-    doc.title = "stockstreamer · busy"
-    doc.add_root(
-        Div(
-            text="<h2>stockstreamer</h2><p data-status='busy'>This dashboard is serving as many "
-            "viewers as it can right now. Please try again in a minute.</p>",
-            name="busy",
-        )
-    )

@@ -177,8 +177,8 @@ class Controls:
         if not self.candle_symbol.value:
             self.candle_symbol.value = symbol
 
-    def page(self, chart: Plot, candles: Plot) -> Column:
-        """Title and indicator, controls, the chart (lines or candles), then the table."""
+    def page(self, chart: Plot) -> Column:
+        """Title and indicator, controls, the chart, then the table (candles go under the chart)."""
         heading = Div(text="<h2 style='margin:0'>stockstreamer</h2>", name="heading")
         return column(
             row(heading, self.status, sizing_mode="stretch_width"),
@@ -191,7 +191,6 @@ class Controls:
                 sizing_mode="stretch_width",
             ),
             chart,
-            candles,
             self.table,
             sizing_mode="stretch_width",
         )

@@ -41,6 +41,8 @@ class FakeApi:
     price_requests: list[dict[str, str]] = field(default_factory=list)
     bars: dict[str, dict[str, Any]] = field(default_factory=dict)
     bar_requests: list[dict[str, str]] = field(default_factory=list)
+    forwarded_for: list[str | None] = field(default_factory=list)  # of history requests
+    abandoned: int = 0  # history requests whose client went away before the answer
     fail_prices: bool = False
     delay: float = 0.0  # seconds every history answer takes
     port: int = field(default_factory=free_port)
@@ -63,9 +65,21 @@ class FakeApi:
     async def _stocks(self, request: Request) -> Response:
         return JSONResponse(self.stocks)
 
+    async def _served(self, request: Request) -> bool:
+        """Take `delay` over a history answer; False when the client leaves meanwhile."""
+        self.forwarded_for.append(request.headers.get("x-forwarded-for"))
+        deadline = time.monotonic() + self.delay
+        while time.monotonic() < deadline:
+            if await request.is_disconnected():
+                self.abandoned += 1
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     async def _prices(self, request: Request) -> Response:
         self.price_requests.append(dict(request.query_params))
-        await asyncio.sleep(self.delay)
+        if not await self._served(request):
+            return Response(status_code=499)
         if self.fail_prices:
             return JSONResponse({"detail": "boom"}, status_code=503)
         symbols = request.query_params.get("symbols", "").split(",")
@@ -79,6 +93,8 @@ class FakeApi:
 
     async def _bars(self, request: Request) -> Response:
         self.bar_requests.append(dict(request.query_params))
+        if not await self._served(request):
+            return Response(status_code=499)
         symbols = request.query_params.get("symbols", "").split(",")
         empty: dict[str, list[float]] = {k: [] for k in ("ts", "open", "high", "low", "close")}
         empty["ticks"] = []

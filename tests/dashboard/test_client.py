@@ -58,3 +58,16 @@ async def test_more_symbols_than_one_request_takes_are_asked_in_chunks(
     asked = [r["symbols"].split(",") for r in fake_api.price_requests]
     assert [len(chunk) for chunk in asked] == [50, 50, 20]
     assert [s.symbol for s in body.series] == symbols
+
+
+async def test_history_for_a_viewer_names_the_viewer_to_the_api(
+    fake_api: FakeApi, metrics: DashboardMetrics
+) -> None:
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    try:
+        await client.prices(["AAPL"], T0, None, 10, client="203.0.113.7")
+        await client.bars("AAPL", T0, 10, client="2001:db8::1")
+        await client.prices(["AAPL"], T0, None, 10)  # the dashboard's own: no header
+    finally:
+        await client.aclose()
+    assert fake_api.forwarded_for == ["203.0.113.7", "2001:db8::1", None]

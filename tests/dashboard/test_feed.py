@@ -108,7 +108,10 @@ async def test_stock_history_and_reset_events(
     await until(lambda: f.status is Status.LIVE)
     fake_api.push("stock", {"symbol": "AAPL", "week52_high": 400.0, "logo_url": "data:new"})
     fake_api.push("price", {"symbol": "AAPL"}, id=3)  # malformed: skipped, stream survives
-    fake_api.push("history", {"symbols": ["INTC"], "start": T0, "end": T0 + 10})
+    # history of no tracked stock, or of none at all, reloads nothing; of some, only those
+    fake_api.push("history", {"symbols": [], "start": T0, "end": T0 + 10})
+    fake_api.push("history", {"symbols": ["ZZZ"], "start": T0, "end": T0 + 10})
+    fake_api.push("history", {"symbols": ["INTC", "ZZZ"], "start": T0, "end": T0 + 10})
     fake_api.push("reset", {"reason": "too old", "last_event_id": 99})
     await until(lambda: sum(isinstance(e, ReloadEvent) for e in events) == 3)
 
@@ -116,8 +119,11 @@ async def test_stock_history_and_reset_events(
     assert changed.week52_high == 400.0 and changed.logo_url == "data:new"
     assert changed.name == "AAPL Inc."  # a partial update keeps the rest
     reloads = [e for e in events if isinstance(e, ReloadEvent)]
-    assert reloads[1] == ReloadEvent(frozenset({"INTC"}), T0, T0 + 10)
-    assert reloads[2] == ReloadEvent(None)
+    assert reloads == [
+        ReloadEvent(None),  # the fresh connection's
+        ReloadEvent(frozenset({"INTC"}), T0, T0 + 10),
+        ReloadEvent(None),  # the reset's
+    ]
     assert f.last_event_id == "99"
     assert f.status is Status.LIVE and not prices(events)
 

@@ -30,7 +30,9 @@ def test_serves_the_page_health_and_metrics_then_stops_on_sigterm(fake_api: Fake
         assert httpx.get(f"{base}/", timeout=10).status_code == 200  # a second tab
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert "stockstreamer_dashboard_feed_live 1.0" in metrics
-        assert "stockstreamer_dashboard_sessions 2.0" in metrics
+        # two page loads without a browser: two sessions kept a while, none showing live data
+        assert "stockstreamer_dashboard_unused_sessions 2.0" in metrics
+        assert "stockstreamer_dashboard_sessions 0.0" in metrics
         assert httpx.get(f"{base}/nope", timeout=5).status_code == 404
         assert fake_api.stream_requests == [None]  # one stream for the process, not one per tab
         dashboard.signal()
@@ -49,22 +51,3 @@ def test_invalid_settings_exit_with_a_message() -> None:
     )
     assert result.returncode == 2
     assert "dashboard_window" in result.stderr
-
-
-def test_sessions_beyond_the_cap_get_a_notice_not_a_dashboard(fake_api: FakeApi) -> None:
-    port = free_port()
-    env = {
-        "STOCKSTREAMER_API_URL": fake_api.url,
-        "STOCKSTREAMER_DASHBOARD_PORT": str(port),
-        "STOCKSTREAMER_DASHBOARD_MAX_SESSIONS": "1",
-    }
-    with ServiceProcess("services.dashboard", env) as dashboard:
-        base = f"http://127.0.0.1:{port}"
-        dashboard.wait_http(f"{base}/healthz")
-        first = httpx.get(f"{base}/", timeout=10)
-        second = httpx.get(f"{base}/", timeout=10)
-        metrics = httpx.get(f"{base}/metrics", timeout=5).text
-    assert "<title>stockstreamer · live stock prices</title>" in first.text
-    assert second.status_code == 200 and "<title>stockstreamer · busy</title>" in second.text
-    assert "stockstreamer_dashboard_sessions_refused_total 1.0" in metrics
-    assert "stockstreamer_dashboard_sessions 1.0" in metrics

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import statistics
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
@@ -333,3 +337,100 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
         shutil.copyfile(tmp_path / "candles.png", ROOT / "docs" / "dashboard-candles.png")
     click(page, "Lines")
     page.wait_for_function(f"() => ({VISIBLE_JS})('chart') && !({VISIBLE_JS})('candles')")
+
+
+# -- a flood of page loads ----------------------------------------------------------------------
+FLOOD_PAGES, FLOOD_SECONDS = 500, 10.0
+FLOOD_SOURCE = "127.0.0.2"  # the flooding client; the browser comes from 127.0.0.1
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def bare_get(port: int, answers: list[int | str]) -> None:
+    """One `GET /` as a script would send it: a new connection, no browser, status line only."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_SOURCE, 0)), 30
+        )
+        writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        line = await asyncio.wait_for(reader.readline(), 30)
+        answers.append(int(line.split()[1]) if line else "closed")
+        writer.close()
+    except (TimeoutError, OSError) as exc:
+        answers.append(type(exc).__name__)
+
+
+async def flood(port: int, sent: threading.Event, answers: list[int | str]) -> None:
+    """FLOOD_PAGES page loads evenly over FLOOD_SECONDS, each sent whether or not others ended."""
+    loop = asyncio.get_running_loop()
+    start, tasks = loop.time(), []
+    for i in range(FLOOD_PAGES):
+        tasks.append(asyncio.create_task(bare_get(port, answers)))
+        await asyncio.sleep(max(0.0, start + (i + 1) * FLOOD_SECONDS / FLOOD_PAGES - loop.time()))
+    sent.set()
+    await asyncio.gather(*tasks)
+
+
+def test_a_flood_of_page_loads_leaves_the_page_usable(stack: Stack) -> None:
+    readyz = f"{stack.dashboard_url}readyz"
+    stack.dashboard.wait_http(readyz)
+    deadline = time.monotonic() + 20
+    while httpx.get(readyz, timeout=5).json()["feed"] != "live":
+        assert time.monotonic() < deadline, "the dashboard's feed never went live"
+        time.sleep(0.1)
+    pid = stack.dashboard.pid
+    rss_before = rss_mb(pid)
+
+    sent, answers = threading.Event(), list[int | str]()
+    flooding = threading.Thread(
+        target=lambda: asyncio.run(flood(stack.dashboard_port, sent, answers)), daemon=True
+    )
+    flooding.start()
+    assert sent.wait(FLOOD_SECONDS + 30), "the flood could not even be sent"
+    flood_end = time.monotonic()
+    rss_flood = rss_mb(pid)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(stack.dashboard_url, timeout=10_000)
+            left = 10 - (time.monotonic() - flood_end)
+            wait_for(
+                page,
+                lambda s: (
+                    status_of(s) == "live" and all(ts and len(ts) > 2 for ts in s["lines"].values())
+                ),
+                "the live page within 10 s of the flood's end",
+                timeout=max(left, 0.1),
+            )
+            live_after = time.monotonic() - flood_end
+        finally:
+            browser.close()
+
+    flooding.join(60)
+    counts = Counter(answers)
+    print(f"flood answers: {dict(counts)}; live page {live_after:.1f} s after the flood's end")
+    assert len(answers) == FLOOD_PAGES and counts[429] > 0  # refused, each at once
+    assert set(counts) <= {200, 429, 503}, counts  # every load answered, none timed out
+
+    # the sessions the flood's pages made (none connected) expire, and their memory goes
+    deadline = time.monotonic() + 45
+    while (rss := rss_mb(pid)) > rss_before + 50:
+        assert time.monotonic() < deadline, f"RSS {rss_before:.0f} → {rss:.0f} MB"
+        time.sleep(1)
+    print(f"dashboard RSS: {rss_before:.0f} MB before, {rss_flood:.0f} after the flood, {rss:.0f}")
+    # the browser's session too, once it expires: it no longer takes a share of the feed
+    while (
+        "stockstreamer_dashboard_sessions 0.0"
+        not in httpx.get(f"{stack.dashboard_url}metrics").text
+    ):
+        assert time.monotonic() < deadline + 30, "the closed page's session is still fed"
+        time.sleep(0.5)
