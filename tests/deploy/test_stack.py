@@ -64,7 +64,7 @@ def native_files(compose: dict[str, Any], database_url: str, tmp_path: Path) -> 
         path.chmod(0o600)
         # migrate keeps the test server's superuser; the services log in as their own users.
         path.write_text(database_url if user == "stockstreamer" else as_user(database_url, user))
-    files = secret_paths(compose, secrets_dir)
+    files = secret_paths(secrets_dir)
     files["/db/users.sql"] = str(ROOT / "db" / "users.sql")
     return files
 
