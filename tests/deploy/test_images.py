@@ -77,7 +77,9 @@ class Registry:
             f"http:\n  addr: {self.address}\n"
             "log:\n  level: error\n"
         )
-        self.server = subprocess.Popen([binary, "serve", str(config)], stderr=subprocess.DEVNULL)
+        self.server = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 30
         while not self.answers():
             assert time.monotonic() < deadline, "the registry did not start"
