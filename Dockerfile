@@ -2,14 +2,16 @@
 #   python -m services.fetcher | services.api | services.dashboard, and dbmate for the migrations.
 # Build from the repository root: docker build -t stockstreamer .
 
-# -- build: a virtualenv with the runtime dependencies at the project's pinned versions -----------
+# -- build: a virtualenv with the runtime dependencies, each file checked against its hash -------
+# requirements.image.lock pins [project].dependencies (not the `local` and `dev` extras) at
+# requirements.lock's versions, with the hashes of every file PyPI has for them (amd64 and arm64
+# alike); its first lines say how to regenerate it. --no-deps: the lock is the whole closure.
 FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml requirements.lock ./
-# Only [project].dependencies: the `local` (embedded PostgreSQL, honcho) and `dev` extras stay out.
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" > requirements.in \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c requirements.lock -r requirements.in
+COPY requirements.image.lock ./
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --require-hashes --no-deps --only-binary :all: -r requirements.image.lock
 
 # -- runtime: the virtualenv and our source, owned by root, run by an unprivileged user -----------
 FROM python:3.11.14-slim-bookworm

@@ -6,7 +6,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from services.secrets.layout import CONSUMERS, GRAFANA_UID, NOBODY, SECRETS, Secret
 from services.secrets.scram import scram_verifier, verifies
@@ -60,15 +60,30 @@ class Store:
 
 def resolve(store: Store, chosen: Store | None, host: str, port: int) -> dict[str, str]:
     """Every secret's value, kept in `store`: a non-empty file in `chosen` wins, else the kept
-    value, else a new one (passwords) or empty (vendor keys); URLs and verifiers follow."""
+    value, else a new one (passwords) or empty (vendor keys); URLs and verifiers follow.
+
+    A chosen URL or verifier wins only while it still matches its password: one chosen anew
+    (or a password file edited after deploy/make-secrets wrote the URL) makes them follow it.
+    """
     values: dict[str, str] = {}
     for secret in SECRETS:
         given = chosen.read(secret.name) if chosen is not None else None
+        if given and not _matches(secret, given, values):
+            given = None
         kept = store.read(secret.name)
         value = given or _derive(secret, values, kept, host, port)
         store.write(secret.name, value)
         values[secret.name] = value
     return values
+
+
+def _matches(secret: Secret, value: str, values: dict[str, str]) -> bool:
+    """Whether a URL or verifier was made from its password (a chosen host or port is kept)."""
+    if secret.kind == "url":
+        return unquote(urlsplit(value).password or "") == values[secret.of or ""]
+    if secret.kind == "verifier":
+        return verifies(value, values[secret.of or ""])
+    return True
 
 
 def _derive(secret: Secret, values: dict[str, str], kept: str | None, host: str, port: int) -> str:
@@ -119,10 +134,15 @@ def install(source: Path | None, store_dir: Path, target: Path, host: str, port:
     """
     chosen = Store(source) if source is not None and source.is_dir() else None
     values = resolve(Store(store_dir), chosen, host, port)
+    owned = os.geteuid() == 0
     for consumer in CONSUMERS:
         directory = target / consumer.name
         directory.mkdir(exist_ok=True)
-        owned = os.geteuid() == 0
+        if owned:
+            # Ours again while we write: the compose one-shot has CHOWN but not DAC_OVERRIDE,
+            # so it could not write into the 0500 directory a previous start gave the consumer.
+            os.chown(directory, 0, 0)
+        directory.chmod(0o700)
         box = Store(directory)
         for file, secret in consumer.files.items():
             box.write(file, values[secret], 0o400, (consumer.uid, consumer.gid) if owned else None)

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings
 
 from services.common.config import env_names
 from services.runner.settings_doc import SETTINGS_CLASSES, load
+from services.secrets import CONSUMERS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -147,9 +148,29 @@ def make_secrets(directory: Path) -> Path:
     return directory
 
 
-def secret_paths(compose: dict[str, Any], secrets_dir: Path) -> dict[str, str]:
-    """Where each `/run/secrets/<name>` of a container comes from on the host."""
+def secret_paths(secrets_dir: Path) -> dict[str, str]:
+    """Where each container's `/run/secrets/<file>` comes from among deploy/make-secrets' files."""
     return {
-        f"/run/secrets/{name}": str(secrets_dir / Path(spec["file"]).name)
-        for name, spec in compose["secrets"].items()
+        f"/run/secrets/{file}": str(secrets_dir / secret)
+        for consumer in CONSUMERS
+        for file, secret in consumer.files.items()
     }
+
+
+def mounts(spec: dict[str, Any]) -> dict[str, str]:
+    """A service's short-syntax volumes: container path → `source[:mode]`."""
+    out = {}
+    for volume in spec.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        out[target] = ":".join([source, *mode])
+    return out
+
+
+def secrets_volume(spec: dict[str, Any]) -> str | None:
+    """The volume a service mounts at /run/secrets (read-only), if any."""
+    mounted = mounts(spec).get("/run/secrets")
+    if mounted is None:
+        return None
+    source, _, mode = mounted.partition(":")
+    assert mode == "ro", f"{source} is mounted writable"
+    return source

@@ -37,10 +37,31 @@ def require_engine() -> None:
     missing(f"no Docker engine: {reason} (.ci/run starts one)")
 
 
-class Project:
-    """`docker compose` for one uniquely named project, with its own environment."""
+def clean_clone(into: Path) -> Path:
+    """The files `git clone` would bring (uncommitted edits and new files included, ignored ones
+    such as .env and secrets/ left out), copied into `into`."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if not source.exists():  # deleted, not yet committed
+            continue
+        target = into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+    return into
 
-    def __init__(self, env: Mapping[str, str], workdir: Path) -> None:
+
+class Project:
+    """`docker compose` for one uniquely named project, with its own environment, run in `cwd`
+    (the repository, or a clean clone of it)."""
+
+    def __init__(self, env: Mapping[str, str], workdir: Path, cwd: Path = ROOT) -> None:
+        self.cwd = cwd
         self.name = f"stockstreamer-enginetest-{uuid.uuid4().hex[:8]}"
         # An empty env file: a developer's .env must not change what the test brings up.
         empty = workdir / "compose.env"
@@ -60,10 +81,10 @@ class Project:
         stdin: str | None = None,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """A command in the repository root with this project's environment."""
+        """A command in the project's directory with this project's environment."""
         result = subprocess.run(  # noqa: S603
             list(argv),
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             input=stdin,
             capture_output=True,

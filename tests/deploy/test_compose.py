@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from services.common import migrations
 from services.common.config import env_names
+from services.secrets import CONSUMERS
 from tests.deploy.compose import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -31,12 +33,15 @@ from tests.deploy.compose import (
     interpolate_all,
     load_yaml,
     make_secrets,
+    mounts,
     secret_paths,
+    secrets_volume,
     setting_names,
     settings_class,
     variables_used,
 )
 from tests.deploy.db import LOGINS
+from tests.utils.tools import missing, require_tool
 
 APPS = ("fetcher", "api", "dashboard")
 PUBLISHED = {"api": "STOCKSTREAMER_API_PORT", "dashboard": "STOCKSTREAMER_DASHBOARD_PORT"}
@@ -50,26 +55,44 @@ LISTEN_PORT = {
     "api": "STOCKSTREAMER_API_PORT",
     "dashboard": "STOCKSTREAMER_DASHBOARD_PORT",
 }
-# Each container's secrets, and no more: the superuser's password only where the schema is kept.
+# Each container's secrets, and no more: the superuser's password only where the schema is kept,
+# and no login's password in clear text anywhere but its own service's URL.
 SECRETS = {
+    "secrets": set(),  # makes them all, into the volumes below: it mounts no /run/secrets
     "postgres": {"postgres_password"},
     "migrate": {"migrate_database_url"},
     "db-users": {
         "postgres_password",
-        "fetcher_db_password",
-        "api_db_password",
-        "monitor_db_password",
+        "fetcher_db_verifier",
+        "api_db_verifier",
+        "monitor_db_verifier",
     },
     "fetcher": {"fetcher_database_url", "finnhub_api_key", "twelvedata_api_key"},
     "api": {"api_database_url"},
     "dashboard": set(),
     "proxy": set(),
 }
+PROFILE_SECRETS = {
+    "prometheus": set(),
+    "postgres-exporter": {"exporter_db_password"},
+    "grafana": {"grafana_admin_password"},
+}
 # Capabilities a container may add back after dropping all (entrypoints that start as root).
 CAP_ADD = {
+    # to give each file to its reader; to read chosen files deploy/make-secrets gave to others
+    "secrets": {"CHOWN", "DAC_READ_SEARCH"},
     "postgres": {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"},
     "proxy": {"NET_BIND_SERVICE"},
 }
+# Memory (MiB) for every container of the default stack with the proxy, one-shots included, on
+# the default instance (t3.small, 2 GiB: the rest is the host's); and what observability adds.
+STACK_BUDGET_MIB = 1536
+OBSERVABILITY_BUDGET_MIB = 1024
+# Measured (docker-compose.yml's postgres comment): what one backend holds of its own once it has
+# run our history queries, and the postmaster's and background processes' together.
+BACKEND_MIB = 16
+POSTMASTER_MIB = 7
+AUTOVACUUM_WORKER_MIB = 5
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +212,7 @@ def test_container_environment_gives_valid_settings(
 ) -> None:
     """What the container sees (.env, `environment:`, its secret files) loads in the real class."""
     secrets_dir = make_secrets(tmp_path / "secrets")
-    paths = secret_paths(compose, secrets_dir)
+    paths = secret_paths(secrets_dir)
     spec = compose["services"][service]
     for name, value in {**example_env, **spec.get("environment", {})}.items():
         monkeypatch.setenv(name, paths.get(str(value), str(value)))
@@ -206,29 +229,113 @@ def test_container_environment_gives_valid_settings(
         assert "localhost:5006" in settings.allowed_origins
 
 
+def everything() -> dict[str, Any]:
+    """docker-compose.yml with its included profile, after `cp .env.example .env`."""
+    env = dotenv(ENV_EXAMPLE.read_text())
+    model: dict[str, Any] = interpolate_all(load_yaml(COMPOSE_FILE), env)
+    profile = interpolate_all(load_yaml(OBSERVABILITY_COMPOSE), env)
+    model["services"] |= profile["services"]
+    for key in ("networks", "volumes"):
+        model[key] = {**profile.get(key, {}), **model.get(key, {})}
+    return model
+
+
 def test_each_container_gets_only_its_own_secrets(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    assert set(services) == set(SECRETS)
+    """Its own volume at /run/secrets, holding exactly the files services.secrets gives it."""
+    services = everything()["services"]
+    assert set(services) == set(SECRETS) | set(PROFILE_SECRETS)
+    consumers = {c.name: c for c in CONSUMERS}
     for name, spec in services.items():
-        given = {s if isinstance(s, str) else s["source"] for s in spec.get("secrets", [])}
-        assert given == SECRETS[name], name
+        expected = {**SECRETS, **PROFILE_SECRETS}[name]
+        volume = secrets_volume(spec)
+        if expected:
+            assert volume == f"secrets-{name}", name
+            assert set(consumers[name].files) == expected, name
+        else:
+            assert volume is None and name not in consumers, name
+        assert "secrets" not in spec, "no compose secrets: their files would have to exist first"
         used = set(re.findall(r"/run/secrets/(\w+)", mentions(spec)))
-        assert used <= given, f"{name} reads {used - given} without being given it"
-        assert "env_file" not in spec or name in (*APPS, "migrate"), name
+        assert used <= expected, f"{name} reads {used - expected} without being given it"
+        others = {v.split(":")[0] for v in spec.get("volumes", [])} - {volume}
+        if name != "secrets":
+            assert not {v for v in others if v.startswith("secrets-")}, f"{name}: another's"
         environment = spec.get("environment", {})
-        literal = [k for k, v in environment.items() if re.search(r"PASSWORD|KEY$|TOKEN", k) and v]
+        literal = [
+            k
+            for k, v in environment.items()
+            if re.search(r"PASSWORD|KEY$|TOKEN", k) and not k.endswith("_FILE") and v
+        ]
         assert not literal, f"{name} gets a secret through its environment: {literal}"
-    assert set(compose["secrets"]) == set().union(*SECRETS.values())
+    assert "secrets" not in compose
     # A DATABASE_URL in .env (for native runs) must not override a container's secret file.
     for name in ("fetcher", "api"):
         assert services[name]["environment"]["DATABASE_URL"] == ""
+
+
+def test_the_secrets_one_shot_makes_them_before_anything_else(compose: dict[str, Any]) -> None:
+    services = everything()["services"]
+    one_shot = services["secrets"]
+    assert one_shot["restart"] == "no" and one_shot["user"] == "0:0"
+    assert one_shot["network_mode"] == "none", "it needs no network"
+    assert one_shot["image"] == services["api"]["image"] and one_shot["build"] == {"context": "."}
+    volumes = mounts(one_shot)
+    assert volumes["/chosen"] == "./secrets:ro", "chosen values: read, never written"
+    assert volumes["/store"] == "secrets-store"
+    assert {t: v for t, v in volumes.items() if t.startswith("/consumers/")} == {
+        f"/consumers/{c.name}": f"secrets-{c.name}" for c in CONSUMERS
+    }
+    assert one_shot["command"] == [
+        "python", "-m", "services.secrets", "install",
+        "--source", "/chosen", "--store", "/store", "--target", "/consumers",
+    ]  # fmt: skip
+
+    def waits_for_secrets(name: str) -> bool:
+        depends = services[name].get("depends_on", {})
+        if depends.get("secrets", {}).get("condition") == "service_completed_successfully":
+            return True
+        return any(waits_for_secrets(other) for other in depends)
+
+    for name in services:
+        if name not in ("secrets", "prometheus"):  # Prometheus holds no secret
+            assert waits_for_secrets(name), f"{name} may start before its secrets exist"
+
+
+def test_the_one_shot_needs_no_more_than_its_capabilities(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """Its command, twice, as root with only compose's cap_add: files chosen on a server
+    (deploy/make-secrets as root gives each to its reader), then a value chosen anew."""
+    if os.geteuid() != 0:
+        missing("needs root, as the container's user is (CI runs as root)")
+    setpriv = require_tool("setpriv", package="util-linux")
+    spec = compose["services"]["secrets"]
+    chosen, store, target = tmp_path / "chosen", tmp_path / "store", tmp_path / "consumers"
+    make_secrets(chosen)
+    caps = ",".join(f"+{cap.lower()}" for cap in spec["cap_add"])
+    argv = [setpriv, f"--bounding-set=-all,{caps}", "--inh-caps=-all", sys.executable, "-S"]
+    argv += list(spec["command"][1:])
+    paths = {"/chosen": chosen, "/store": store, "/consumers": target}
+    argv = [str(paths.get(a, a)) for a in argv]
+    for run in range(2):
+        store.mkdir(exist_ok=True)
+        target.mkdir(exist_ok=True)
+        for consumer in CONSUMERS:
+            (target / consumer.name).mkdir(exist_ok=True)
+        result = subprocess.run(
+            argv, cwd=ROOT, capture_output=True, text=True, check=False, timeout=60
+        )
+        assert result.returncode == 0, f"run {run + 1}: {result.stderr}"
+        (chosen / "api-db-password").chmod(0o600)
+        (chosen / "api-db-password").write_text("chosen-anew")
+    url = target / "api" / "api_database_url"
+    assert ":chosen-anew@" in url.read_text() and url.stat().st_uid == 10001
 
 
 def test_make_secrets_writes_every_file_compose_names(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
     secrets_dir = make_secrets(tmp_path / "secrets")
-    for name, path in secret_paths(compose, secrets_dir).items():
+    for name, path in secret_paths(secrets_dir).items():
         assert Path(path).is_file(), name
     first = {p.name: p.read_text() for p in secrets_dir.iterdir()}
     assert first["finnhub-api-key"] == "" and first["twelvedata-api-key"] == ""
@@ -253,17 +360,123 @@ def test_users_sql_creates_the_logins_the_urls_name() -> None:
         assert f"CREATE ROLE {role} NOLOGIN" in migrations_sql
 
 
-@pytest.mark.parametrize("service", list(SECRETS))
-def test_every_container_is_hardened(compose: dict[str, Any], service: str) -> None:
-    spec = compose["services"][service]
+@pytest.mark.parametrize("service", [*SECRETS, *PROFILE_SECRETS])
+def test_every_container_is_hardened(service: str) -> None:
+    spec = everything()["services"][service]
     assert spec["cap_drop"] == ["ALL"]
     assert set(spec.get("cap_add", [])) == CAP_ADD.get(service, set())
     assert spec["security_opt"] == ["no-new-privileges:true"]
     assert spec["read_only"] is True
     assert re.fullmatch(r"\d+m", spec["mem_limit"]), "a memory limit"
+    assert 0 < float(spec["cpus"]) <= 1, "a CPU limit"
+    assert 0 < int(spec["pids_limit"]) <= 128, "a process limit"
     logging = spec["logging"]
     assert logging["driver"] == "local" and logging["options"]["max-size"]
-    assert spec.get("privileged") is not True and "network_mode" not in spec
+    assert spec.get("privileged") is not True
+    assert spec.get("network_mode", "none") == "none", "no host or shared network namespace"
+
+
+def mib(limit: str) -> int:
+    assert limit.endswith("m"), limit
+    return int(limit[:-1])
+
+
+def test_memory_limits_fit_the_default_instance() -> None:
+    """Every container of the default stack with the proxy (one-shots included: they run at
+    every start) within the budget, and the observability profile within its own."""
+    services = everything()["services"]
+    default = {
+        n: mib(s["mem_limit"])
+        for n, s in services.items()
+        if s.get("profiles") != ["observability"]
+    }
+    profile = {n: mib(s["mem_limit"]) for n, s in services.items() if n not in default}
+    assert sum(default.values()) <= STACK_BUDGET_MIB, default
+    assert sum(profile.values()) <= OBSERVABILITY_BUDGET_MIB, profile
+
+
+def postgres_settings(compose: dict[str, Any]) -> dict[str, str]:
+    command = compose["services"]["postgres"]["command"]
+    assert command[0] == "postgres" and command[1::2] == ["-c"] * (len(command) // 2)
+    return dict(flag.split("=", 1) for flag in command[2::2])
+
+
+def test_postgres_worst_case_fits_its_limit(compose: dict[str, Any]) -> None:
+    """Every connection at once, each with its caches and a full work_mem, autovacuum too."""
+    settings = postgres_settings(compose)
+
+    def size(name: str) -> int:
+        value = settings[name]
+        assert value.endswith("MB"), f"{name}={value}: say it in MB"
+        return int(value[:-2])
+
+    assert settings["hash_mem_multiplier"] == "1", "hashes within work_mem too"
+    assert settings["max_parallel_workers_per_gather"] == "0", "no extra backends per query"
+    worst = (
+        size("shared_buffers")
+        + size("wal_buffers")
+        + int(settings["max_connections"]) * (BACKEND_MIB + size("work_mem"))
+        + int(settings["autovacuum_max_workers"])
+        * (AUTOVACUUM_WORKER_MIB + size("autovacuum_work_mem"))
+        + POSTMASTER_MIB
+    )
+    limit = mib(compose["services"]["postgres"]["mem_limit"])
+    assert worst <= limit, f"worst case {worst} MiB over the {limit} MiB limit"
+    # Room for what connects: the fetcher (2), the exporter (3), the superuser's 3 reserved, and
+    # two API replicas' pools and listeners.
+    pool = int(compose["services"]["api"]["environment"]["STOCKSTREAMER_API_POOL_SIZE"])
+    assert 2 + 3 + 3 + 2 * (pool + 1) <= int(settings["max_connections"])
+
+
+def test_networks_keep_the_database_and_monitoring_from_the_edge() -> None:
+    """PostgreSQL, the exporter and Prometheus share no network with Caddy or the dashboard
+    where they listen; the backend has no way out (tested live in test_compose_engine.py)."""
+    model = everything()
+    services, networks = model["services"], model["networks"]
+
+    def joined(name: str) -> set[str]:
+        value = services[name].get("networks", [])
+        return set(value if isinstance(value, list) else value)
+
+    assert networks["backend"]["internal"] is True
+    assert networks["scrape"]["internal"] is True and networks["grafana-route"]["internal"] is True
+    front = joined("proxy") | joined("dashboard")
+    assert joined("postgres") == {"backend"} and joined("postgres-exporter") == {"backend"}
+    assert not joined("postgres") & front and not joined("postgres-exporter") & front
+    # Prometheus scrapes the dashboard on `scrape`, but listens only on `monitoring`.
+    prometheus = services["prometheus"]
+    listen = next(a for a in prometheus["command"] if a.startswith("--web.listen-address="))
+    alias = listen.split("=", 1)[1].rsplit(":", 1)[0]
+    assert prometheus["networks"]["monitoring"]["aliases"] == [alias]
+    assert joined("prometheus") & front == {"scrape"}
+    assert "monitoring" not in front and "monitoring" in joined("grafana")
+    assert not (networks["monitoring"] or {}).get("internal"), "its published port arrives there"
+    assert joined("api") == {"edge", "backend"} and "egress" in joined("fetcher")
+    assert joined("grafana") & joined("proxy") == {"grafana-route"}
+    assert joined("dashboard") & joined("api") == {"edge"}
+
+
+def test_grafana_writes_only_its_volume_and_a_tmpfs() -> None:
+    grafana = everything()["services"]["grafana"]
+    assert grafana["read_only"] is True and grafana["tmpfs"] == ["/tmp"]  # noqa: S108
+    assert grafana["environment"]["GF_LOG_MODE"] == "console", "no log file on a read-only root"
+    assert mounts(grafana)["/var/lib/grafana"] == "grafana-data"
+
+
+def test_db_users_sets_verifiers_and_retention_from_env(compose: dict[str, Any]) -> None:
+    spec = compose["services"]["db-users"]
+    script = " ".join(spec["command"])
+    for login in ("fetcher", "api", "monitor"):
+        assert f"\\set {login}_verifier `cat /run/secrets/{login}_db_verifier`" in script
+    for variable, setting in (("retention", "RETENTION"), ("retention_minute", "RETENTION_MINUTE")):
+        assert f'\\set {variable} `printf %s "$STOCKSTREAMER_{setting}"`' in script
+    assert spec["env_file"] == [{"path": ".env", "required": False}], "reads .env as the apps do"
+
+
+def test_trusted_proxies_are_the_ones_in_front(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["api"]["environment"]["STOCKSTREAMER_TRUSTED_PROXIES"] == "proxy,dashboard"
+    assert services["dashboard"]["environment"]["STOCKSTREAMER_TRUSTED_PROXIES"] == "proxy"
 
 
 @pytest.mark.parametrize("service", APPS)
@@ -323,18 +536,34 @@ def test_env_example_documents_every_setting_and_variable() -> None:
     assert not unknown, f".env.example names {unknown}, which nothing reads"
 
 
-def test_rds_override_swaps_the_database() -> None:
-    env = {"STOCKSTREAMER_RDS_CA_FILE": "/ca.pem", "STOCKSTREAMER_RDS_ADDRESS": "db.example"}
+def test_rds_override_swaps_the_database(compose: dict[str, Any]) -> None:
+    env = {
+        "STOCKSTREAMER_RDS_CA_FILE": "/ca.pem",
+        "STOCKSTREAMER_RDS_ADDRESS": "db.example",
+        "STOCKSTREAMER_SECRETS_DIR": "/var/lib/stockstreamer/secrets",
+    }
     override = interpolate_all(load_yaml(RDS_OVERRIDE), env)["services"]
     assert override["postgres"]["profiles"], "the postgres container must not start"
     assert "postgres" not in override["migrate"]["depends_on"]
     users = override["db-users"]
     assert users["environment"]["PGSSLMODE"] == "verify-full"
     assert "iam=on" in users["command"], "the services log in with IAM tokens on RDS"
-    assert users["secrets"] == ["postgres_password"]
+    assert "secrets" not in users, "its own secrets volume still: the master user's password"
+    script = " ".join(users["command"])
+    assert "retention `" in script and "retention_minute `" in script
     for name in ("migrate", "db-users", "fetcher", "api"):
-        mounts = [v.split(":")[1] for v in override[name]["volumes"]]
-        assert users["environment"]["PGSSLROOTCERT"] in mounts, f"{name} lacks the RDS CA"
+        targets = [v.split(":")[1] for v in override[name]["volumes"]]
+        assert users["environment"]["PGSSLROOTCERT"] in targets, f"{name} lacks the RDS CA"
+    # RDS is outside the internal backend network.
+    for name in ("migrate", "db-users"):
+        assert override[name]["networks"] == ["egress"]
+    assert not compose["networks"]["edge"], "the API's way out: edge is not internal"
+    # The token URLs the instance renews in place, mounted over the one-shot's copies, so that
+    # each new connection reads the current one.
+    for name in ("fetcher", "api"):
+        assert mounts(override[name])[f"/run/secrets/{name}_database_url"] == (
+            f"{env['STOCKSTREAMER_SECRETS_DIR']}/{name}-database-url:ro"
+        )
 
 
 def test_caddy_routes_to_the_container_ports(compose: dict[str, Any]) -> None:

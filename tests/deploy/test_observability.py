@@ -12,7 +12,14 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.deploy.compose import COMPOSE_FILE, ENV_EXAMPLE, dotenv, interpolate_all, load_yaml
+from tests.deploy.compose import (
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    dotenv,
+    interpolate_all,
+    load_yaml,
+    secrets_volume,
+)
 from tests.deploy.observability import (
     ALERT_TESTS,
     ALERTS,
@@ -155,6 +162,9 @@ def test_scrape_jobs_reach_every_service_on_its_compose_port(profile: dict[str, 
     (exporter,) = jobs["postgres"]["static_configs"][0]["targets"]
     host, port = exporter.split(":")
     assert host in profile["services"] and port == "9187"
+    # Prometheus itself where it listens: only on its alias's address (not localhost).
+    (own,) = jobs["prometheus"]["static_configs"][0]["targets"]
+    assert f"--web.listen-address={own}" in profile["services"]["prometheus"]["command"]
     assert load(PROMETHEUS_CONFIG)["rule_files"] == [ALERTS.name]
 
 
@@ -188,8 +198,9 @@ def test_grafana_password_is_a_secret_file_with_no_default(profile: dict[str, An
     env = grafana["environment"]
     assert "GF_SECURITY_ADMIN_PASSWORD" not in env
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
-    assert grafana["secrets"] == ["grafana_admin_password"]
-    assert "file" in profile["secrets"]["grafana_admin_password"]
+    # Its own volume, written by the secrets one-shot before Grafana starts (docker-compose.yml).
+    assert secrets_volume(grafana) == "secrets-grafana"
+    assert grafana["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
     # An empty or unreadable file stops Grafana before it could start with its default password.
     (script,) = [arg for arg in grafana["entrypoint"] if "test -s" in arg]
     assert "exit 1" in script and script.rstrip().endswith("exec /run.sh")
@@ -211,7 +222,7 @@ def test_the_exporter_logs_in_as_a_monitor_with_a_secret_file() -> None:
     raw = exporter["environment"]
     assert raw["DATA_SOURCE_USER"] == "stockstreamer_monitor"  # pg_monitor only (db/users.sql)
     assert raw["DATA_SOURCE_PASS_FILE"] == "/run/secrets/exporter_db_password"
-    assert exporter["secrets"] == ["exporter_db_password"]
+    assert secrets_volume(exporter) == "secrets-postgres-exporter"
     assert "DATA_SOURCE_NAME" not in raw, "a URL with the password in it ends up in logs"
     assert "DATA_SOURCE_PASS" not in raw
 

@@ -1,55 +1,67 @@
-"""Grafana on a real Docker engine: no start without its password (the profile's Prometheus and
-postgres_exporter are brought up with the stack in test_compose_engine.py)."""
+"""Grafana on a real Docker engine: its password made by the secrets one-shot, readable by its user
+alone, and no start with an empty one (the profile's Prometheus and postgres_exporter, and
+Grafana's networks reaching Prometheus, are tried with the stack in test_compose_engine.py)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
-from tests.deploy.compose import COMPOSE_FILE, load_yaml
+from tests.deploy.compose import COMPOSE_FILE
 from tests.deploy.engine import Project, require_engine
 
 
-def test_grafana_refuses_to_start_without_its_password(tmp_path: Path) -> None:
-    """Compose refuses a missing secret file; the entrypoint refuses an empty one."""
+def test_grafana_starts_with_the_password_the_one_shot_made(tmp_path: Path) -> None:
+    """No Grafana image here: its entrypoint's check runs in our image, as Grafana's user."""
     require_engine()
-    # The entrypoint's check runs in the stack's postgres image: no Grafana needed for it.
-    image = load_yaml(COMPOSE_FILE)["services"]["postgres"]["image"]
+    image = f"stockstreamer-enginetest-{uuid.uuid4().hex[:8]}:local"
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    stand_in = {"image": image, "restart": "no", "user": "472:0"}
     override = tmp_path / "override.yaml"
-    # restart "no": with the profile's policy the stand-in would be restarted, never "exited".
-    override.write_text(json.dumps({"services": {"grafana": {"image": image, "restart": "no"}}}))
-    password = tmp_path / "grafana-admin-password"
-    project = Project(
-        {"COMPOSE_PROFILES": "observability", "GRAFANA_ADMIN_PASSWORD_FILE": str(password)},
-        tmp_path,
-    )
-    files = ("-f", str(COMPOSE_FILE), "-f", str(override))
-
-    def start() -> subprocess.CompletedProcess[str]:
-        return project.compose(
-            *files,
-            "up",
-            "--no-deps",
-            "--no-build",
-            "--pull",
-            "never",
-            "--abort-on-container-exit",
-            "grafana",
-            check=False,
+    override.write_text(json.dumps({"services": {"grafana": stand_in}}))
+    emptied = tmp_path / "emptied.yaml"
+    emptied.write_text(
+        json.dumps(
+            {
+                "services": {
+                    "grafana": {
+                        **stand_in,
+                        "volumes": [f"{empty}:/run/secrets/grafana_admin_password:ro"],
+                    }
+                }
+            }
         )
+    )
+    project = Project({"COMPOSE_PROFILES": "observability", "STOCKSTREAMER_IMAGE": image}, tmp_path)
 
+    def start(extra: Path) -> str:
+        result = project.compose(
+            *("-f", str(COMPOSE_FILE), "-f", str(extra)),
+            *("up", "--no-deps", "--no-build", "--pull", "never"),
+            *("--abort-on-container-exit", "grafana"),
+            check=False,
+            timeout=120,
+        )
+        return result.stdout + result.stderr
+
+    files = ("-f", str(COMPOSE_FILE), "-f", str(override))
     try:
-        missing = start()
-        assert missing.returncode != 0 and str(password) in missing.stdout + missing.stderr
-        password.write_text("")
-        empty = start()
-        assert "GRAFANA_ADMIN_PASSWORD_FILE is empty or unreadable" in empty.stdout + empty.stderr
-        password.write_text("a-long-random-password")
-        password.chmod(0o644)
-        present = start()
-        output = present.stdout + present.stderr
+        project.compose(*files, "up", "--build", "secrets", timeout=600)
+        made = start(override)
         # Past the check, it hands over to Grafana's own /run.sh, absent from the stand-in.
-        assert "empty or unreadable" not in output and "/run.sh" in output
+        assert "empty or unreadable" not in made and "/run.sh" in made, made
+        listing = project.compose(
+            *files, "run", "--rm", "--no-deps", "--entrypoint", "ls", "grafana", "-ln",
+            "/run/secrets",
+        ).stdout  # fmt: skip
+        (entry,) = [line.split() for line in listing.splitlines()[1:]]
+        assert (entry[0], entry[2], entry[-1]) == ("-r--------", "472", "grafana_admin_password")
+        assert int(entry[4]) >= 32, "a long random password"
+        refused = start(emptied)
+        assert "grafana_admin_password is empty or unreadable" in refused, refused
     finally:
         project.compose(*files, "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
+        subprocess.run(["docker", "image", "rm", image], capture_output=True, check=False)

@@ -18,7 +18,6 @@ import pytest
 
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
-from services.secrets import CONSUMERS
 from tests.deploy.compose import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -67,12 +66,7 @@ def native_files(compose: dict[str, Any], database_url: str, tmp_path: Path) -> 
         path.chmod(0o600)
         # migrate keeps the test server's superuser; the services log in as their own users.
         path.write_text(database_url if user == "stockstreamer" else as_user(database_url, user))
-    files = {
-        f"/run/secrets/{file}": str(secrets_dir / secret)
-        for consumer in CONSUMERS
-        for file, secret in consumer.files.items()
-    }
-    files.update(secret_paths(compose, secrets_dir))
+    files = secret_paths(secrets_dir)
     files["/db/users.sql"] = str(ROOT / "db" / "users.sql")
     return files
 

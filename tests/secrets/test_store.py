@@ -104,3 +104,21 @@ def test_the_command_runs_on_a_bare_python_without_our_dependencies(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "postgres-password" in result.stdout
     assert (tmp_path / "s" / "postgres-password").read_text() not in result.stdout
+
+
+def test_a_password_chosen_anew_carries_its_url_and_verifier_along(tmp_path: Path) -> None:
+    """deploy/make-secrets wrote every file; then a password is edited by hand (quotes and @
+    in it): its URL and verifier follow, while a URL that matches (another host) is kept."""
+    chosen = tmp_path / "chosen"
+    make(chosen)
+    (chosen / "api-db-password").write_text("it's @ new")
+    url = "postgresql://stockstreamer:{}@db.example:5432/stockstreamer?sslmode=verify-full"
+    password = (chosen / "postgres-password").read_text()
+    (chosen / "migrate-database-url").write_text(url.format(password))
+    store, target = _install(tmp_path, chosen)
+    api_url = (target / "api" / "api_database_url").read_text()
+    assert api_url.startswith("postgresql://stockstreamer_api:it%27s%20%40%20new@postgres:5432/")
+    assert verifies((target / "db-users" / "api_db_verifier").read_text(), "it's @ new")
+    assert (target / "migrate" / "migrate_database_url").read_text() == url.format(password)
+    again = make(chosen)
+    assert again["api-database-url"] == api_url, "make-secrets itself follows too"
