@@ -68,9 +68,9 @@ locals {
   # (a test holds them to compose's own numbers): the default stack with the proxy profile, the
   # one-shots included; what the observability profile adds; each API replica past the first.
   compose_memory_mib = {
-    default_stack     = 1536
-    observability     = 1024
-    extra_api_replica = 384
+    default_stack     = 1520
+    observability     = 960
+    extra_api_replica = 192
   }
   # The system beside the containers: the kernel, dockerd, containerd, the SSM agent, and the
   # image builds of `docker compose up --build`.
@@ -366,6 +366,13 @@ resource "aws_instance" "this" {
     precondition {
       condition     = var.market_data_provider == "simulated" || var.provider_api_key_parameter != ""
       error_message = "market_data_provider ${var.market_data_provider} needs provider_api_key_parameter (an SSM SecureString)."
+    }
+
+    # The container database's max_connections (30) gives the API login room for two replicas'
+    # pools (docker-compose.yml); RDS sizes its own by the instance class.
+    precondition {
+      condition     = var.use_rds || local.api_replicas <= 2
+      error_message = "settings.STOCKSTREAMER_API_REPLICAS = ${local.api_replicas}: the container database holds connections for at most 2 API replicas. Set use_rds = true for more."
     }
 
     # postgres_exporter, its monitor login and the database alerts are built for the container

@@ -80,17 +80,20 @@ def banner(ports: Ports, url: str) -> str:
     return "\n".join(lines)
 
 
-def exec_procfile(directory: Path, url_files: Mapping[str, Path] | None = None) -> Path:
+def exec_procfile(
+    directory: Path, service_env: Mapping[str, Mapping[str, str]] | None = None
+) -> Path:
     """The Procfile with `exec` before each command, so SIGTERM reaches the service, not a shell;
-    a service in `url_files` gets its own DATABASE_URL_FILE (its login user's URL)."""
+    a service in `service_env` gets those variables too (names and file paths, no secret)."""
     lines = []
     for line in (ROOT / "Procfile").read_text().splitlines():
         name, sep, command = line.partition(":")
         if not sep:
             continue
-        url_file = (url_files or {}).get(name.strip())
-        if url_file is not None:
-            command = f"env DATABASE_URL_FILE={shlex.quote(str(url_file))} {command.strip()}"
+        own = (service_env or {}).get(name.strip(), {})
+        if own:
+            assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in own.items())
+            command = f"env {assigned} {command.strip()}"
         lines.append(f"{name}: exec {command.strip()}")
     path = directory / "Procfile"
     path.write_text("\n".join(lines) + "\n")
@@ -108,8 +111,16 @@ def run_services(ports: Ports, database: Database) -> int:
         env["DATABASE_URL"] = database.url
     # The dashboard follows the API wherever STOCKSTREAMER_API_PORT moved it.
     env.setdefault("STOCKSTREAMER_API_URL", f"http://127.0.0.1:{ports.api}")
+    service_env: dict[str, dict[str, str]] = {
+        name: {"DATABASE_URL_FILE": str(url_file)} for name, url_file in database.login_urls.items()
+    }
+    if "trusted_proxies" not in load_settings(ApiSettings, "api").model_fields_set:
+        # The dashboard asks the API on its viewers' behalf from loopback: the API counts each
+        # viewer (the address the dashboard forwards) against the per-client limits, not the
+        # dashboard as one client.
+        service_env.setdefault("api", {})["STOCKSTREAMER_TRUSTED_PROXIES"] = "127.0.0.1"
     with tempfile.TemporaryDirectory(prefix="stockstreamer-") as tmp:
-        procfile = exec_procfile(Path(tmp), database.login_urls)
+        procfile = exec_procfile(Path(tmp), service_env)
         honcho = [sys.executable, "-m", "honcho", "start", "-f", str(procfile), "-d", str(ROOT)]
         proc = subprocess.Popen(honcho, cwd=ROOT, env=env)  # noqa: S603
         signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))

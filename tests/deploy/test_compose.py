@@ -41,6 +41,7 @@ from tests.deploy.compose import (
     variables_used,
 )
 from tests.deploy.db import LOGINS
+from tests.deploy.hcl import load_terraform
 from tests.utils.tools import missing, require_tool
 
 APPS = ("fetcher", "api", "dashboard")
@@ -393,6 +394,23 @@ def test_memory_limits_fit_the_default_instance() -> None:
     profile = {n: mib(s["mem_limit"]) for n, s in services.items() if n not in default}
     assert sum(default.values()) <= STACK_BUDGET_MIB, default
     assert sum(profile.values()) <= OBSERVABILITY_BUDGET_MIB, profile
+
+
+def test_terraform_sizes_the_instance_by_these_limits() -> None:
+    """Terraform's memory numbers are compose's own sums (it picks and checks the instance)."""
+    services = everything()["services"]
+    default = sum(
+        mib(s["mem_limit"]) for s in services.values() if s.get("profiles") != ["observability"]
+    )
+    profile = sum(
+        mib(s["mem_limit"]) for s in services.values() if s.get("profiles") == ["observability"]
+    )
+    numbers = load_terraform(ROOT / "terraform").locals["compose_memory_mib"]
+    assert numbers == {
+        "default_stack": default,
+        "observability": profile,
+        "extra_api_replica": mib(services["api"]["mem_limit"]),
+    }
 
 
 def postgres_settings(compose: dict[str, Any]) -> dict[str, str]:

@@ -104,6 +104,21 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything(data_dir: Path)
             assert not any(password in line for line in commands)
             assert password not in runner.output
 
+        # The dashboard asks on its viewers' behalf from loopback, naming each: the API counts
+        # the viewers against its per-client limits, not the dashboard as one client.
+        async with httpx.AsyncClient(base_url=api, timeout=10) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.get(
+                        "/api/v1/prices",
+                        params={"symbols": "AAPL", "max_points": 10},
+                        headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                    )
+                    for i in range(60)
+                )
+            )
+        assert not [a.status_code for a in answers if a.status_code == 429]
+
         runner.wait_http(f"http://127.0.0.1:{ports['dashboard']}/", timeout=30)
         runner.wait_http(f"http://127.0.0.1:{ports['metrics']}/metrics")
         # where each service listens is printed for the person who ran it
