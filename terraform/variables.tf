@@ -86,7 +86,7 @@ variable "snapshot_retention" {
 }
 
 variable "backup_keep" {
-  description = "Daily pg_dump files of the container database kept on the data volume (not used with RDS, which has its own backups)."
+  description = "Most daily pg_dump files of the container database kept on the data volume: fewer when keeping them would leave less than twice the newest dump free on it, and never fewer than the newest (not used with RDS, which has its own backups)."
   type        = number
   default     = 14
 
