@@ -66,7 +66,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.limits = limits = ClientLimits(settings, metrics)
-    app.state.history_slots = limits.history_slots
     for router in (stocks.router, prices.router, bars.router, stream.router, health.router):
         app.include_router(router)
     errors.install(app)

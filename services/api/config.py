@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from services.common.config import CommaList, CommonSettings, DbRole
+from services.common.config import CommaList, CommonSettings, DbRole, trusted_proxies_field
 
 
 class ApiSettings(CommonSettings):
@@ -59,12 +59,7 @@ class ApiSettings(CommonSettings):
         description="Least seconds between two `history` events on streams; backfill "
         "notifications in between are merged into the next.",
     )
-    trusted_proxies: CommaList = Field(
-        default_factory=list,
-        description="Comma-separated addresses, networks (CIDR) or host names of proxies whose "
-        "X-Forwarded-For names the client (e.g. proxy,dashboard); empty: trust none, every "
-        "client is its peer address.",
-    )
+    trusted_proxies: CommaList = trusted_proxies_field()
     cors_origins: CommaList = Field(
         default_factory=list,
         description="Comma-separated origins allowed by CORS (e.g. http://localhost:5006).",

@@ -14,7 +14,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from services.api import queries
 from services.api.config import ApiSettings
-from services.api.limits import Busy, ClientLimits
+from services.api.limits import SLOT_WAIT, Busy, ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
 from services.common.symbols import (
@@ -27,10 +27,6 @@ from services.common.symbols import (
 )
 
 MAX_SYMBOLS = 50
-# Seconds a request waits for a pooled connection: past it, the process is saturated and a quick
-# 503 with Retry-After serves the client better than a queue that only grows.
-ACQUIRE_TIMEOUT = 1.0
-
 # The OpenAPI document declares what each parameter accepts: whatever matches is served (a
 # well-formed symbol that is not tracked is a 404). The checks below accept a little more than
 # the lists and times declared (spaces around a list's symbols, any ISO 8601 form Python reads).
@@ -63,7 +59,9 @@ async def pooled(request: Request, client: str) -> AsyncIterator[asyncpg.Connect
     pool: asyncpg.Pool = request.app.state.pool
     async with limits.connection_share(client):
         try:
-            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+            # Past SLOT_WAIT the process is saturated: a quick 503 with Retry-After serves the
+            # client better than a queue that only grows.
+            conn = await pool.acquire(timeout=SLOT_WAIT)
         except TimeoutError:
             raise Busy("the server is busy, try again shortly") from None
         try:

@@ -52,6 +52,16 @@ Duration = Annotated[timedelta, BeforeValidator(_short_duration)]
 S = TypeVar("S", bound=BaseSettings)
 
 
+def trusted_proxies_field() -> Any:
+    """`STOCKSTREAMER_TRUSTED_PROXIES`, one meaning for every service that reads it."""
+    return Field(
+        default_factory=list,
+        description="Comma-separated addresses, networks (CIDR) or host names of proxies whose "
+        "X-Forwarded-For names the client (e.g. proxy,dashboard); empty: trust none, every "
+        "client is its peer address.",
+    )
+
+
 def describe_errors(exc: ValidationError) -> str:
     """One line per bad setting: its name and what is wrong, never the value given.
 

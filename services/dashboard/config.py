@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.common.config import CommaList, CommonSettings
+from services.common.config import CommaList, CommonSettings, trusted_proxies_field
 
 WindowName = Literal["1h", "1d", "1w", "1m", "1y"]
 
@@ -57,11 +57,7 @@ class DashboardSettings(CommonSettings):
         description="Seconds a session is kept without an open WebSocket (a page that never "
         "connected, or a closed tab).",
     )
-    trusted_proxies: CommaList = Field(
-        default_factory=list,
-        description="Comma-separated addresses, networks (CIDR) or host names of proxies whose "
-        "X-Forwarded-For names the client (e.g. `proxy` in compose); empty trusts none.",
-    )
+    trusted_proxies: CommaList = trusted_proxies_field()
     dashboard_reconnect_max: float = Field(
         5.0, gt=0, le=300, description="Longest wait, seconds, between stream reconnects."
     )

@@ -213,12 +213,12 @@ async def test_history_beyond_the_concurrency_bound_is_a_quick_503(
     api = ThreadedApi(database_url, api_history_concurrency=2).start()
     try:
         for _ in range(2):  # two long history reads in flight
-            api.run(api.app.state.history_slots.acquire())
+            api.run(api.app.state.limits.history_slots.acquire())
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
             busy = await client.get("/api/v1/prices")
             bars = await client.get("/api/v1/bars")
             latest = await client.get("/api/v1/prices/latest")  # not a history read
-            api.app.state.history_slots.release()
+            api.app.state.limits.history_slots.release()
             free = await client.get("/api/v1/prices")
     finally:
         api.stop()

@@ -195,13 +195,13 @@ async def test_a_resume_takes_a_history_slot(database_url: str, market: Market) 
     api = ThreadedApi(database_url, api_history_concurrency=2).start()
     try:
         for _ in range(2):  # two long history reads in flight
-            api.run(api.app.state.history_slots.acquire())
+            api.run(api.app.state.limits.history_slots.acquire())
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
             busy = await client.get("/api/v1/stream", headers={"Last-Event-ID": str(head - 1)})
             async with open_stream(client):
                 pass
             for _ in range(2):
-                api.app.state.history_slots.release()
+                api.app.state.limits.history_slots.release()
             async with open_stream(client, Last_Event_ID=str(head - 1)) as stream:
                 (replayed,) = await stream.prices(1)
     finally:
