@@ -29,6 +29,10 @@ class Stock(BaseModel):
         description="last_price minus previous_close, else minus the day's first price (New York)."
     )
     change_pct: float | None = Field(description="change as a percentage of its reference.")
+    source: str | None = Field(None, description="The provider of the last tick (e.g. alpaca).")
+    failover: bool = Field(
+        False, description="True when that provider is a fallback, not the first of the chain."
+    )
 
 
 class Logo(BaseModel):
@@ -99,6 +103,30 @@ class LatestPrice(BaseModel):
     ts: int = Field(description="Epoch milliseconds (UTC).")
     price: float
     event_id: int
+
+
+class Market(BaseModel):
+    """The market's state by its exchange calendar; also the data of a `market` event."""
+
+    calendar: str = Field(examples=["XNYS"], description="An exchange-calendars name, or 24/7.")
+    timezone: str = Field(examples=["America/New_York"], description="The exchange's time zone.")
+    is_open: bool
+    next_open: datetime | None = Field(description="None when the market never closes.")
+    next_close: datetime | None = Field(description="None when the market never closes.")
+    extended_hours: bool = Field(description="Whether ticks outside the session are kept.")
+    collapse_closed: bool = Field(
+        description="Whether charts should hide closed hours by default (true for vendors)."
+    )
+
+
+class Sessions(Window):
+    """The open intervals of the market in a window: what a chart collapsing closed hours keeps."""
+
+    calendar: str
+    timezone: str
+    sessions: list[tuple[int, int]] = Field(
+        description="[open, close) pairs, epoch milliseconds, clipped to the window, oldest first."
+    )
 
 
 class Health(BaseModel):

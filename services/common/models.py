@@ -15,6 +15,22 @@ class Tick:
     ts: datetime
     price: Decimal
     volume: int | None = None
+    source: str | None = None  # the provider it came from (stamped by the fetcher)
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """A vendor's 1-minute bar: the open, high, low, close and volume of its trades that minute."""
+
+    symbol: str
+    start: datetime  # the minute's start, UTC
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: int | None = None
+    trades: int | None = None  # trades in the minute, when the vendor says
+    source: str | None = None  # the provider it came from (stamped by the fetcher)
 
 
 @dataclass(frozen=True, slots=True)

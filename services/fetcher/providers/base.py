@@ -6,12 +6,12 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Protocol
+from typing import Annotated, ClassVar, Protocol
 from zoneinfo import ZoneInfo
 
 from pydantic import Field
 
-from services.common.models import Profile, Tick, Week52
+from services.common.models import Bar, Profile, Tick, Week52
 
 NEW_YORK = ZoneInfo("America/New_York")
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class Provider(ABC):
     """Latest quotes, company profiles and 52-week ranges for many symbols per call."""
 
     name: str = "provider"
+    # Whether `bars` can serve past 1-minute bars (a history source for backfill and healing).
+    has_history: ClassVar[bool] = False
     _drop_sink: DropSink | None = None
 
     def attach(self, sink: DropSink) -> None:
@@ -80,8 +82,15 @@ class Provider(ABC):
     async def week52(self, symbols: Sequence[str]) -> list[Week52]:
         """The 52-week high and low of each symbol."""
 
+    async def bars(self, symbols: Sequence[str], start: datetime, end: datetime) -> list[Bar]:
+        """1-minute bars of `symbols` starting in [start, end), oldest first per symbol.
+
+        A minute without trades on the vendor's feed has no bar; the caller remembers that.
+        """
+        raise HistoryUnavailable(f"{self.name} has no history endpoint")
+
     async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        """Past ticks of `symbol` in [start, end), oldest first, as fine as the vendor allows."""
+        """Past ticks of `symbol` in [start, end) (being replaced by `bars`)."""
         raise HistoryUnavailable(f"{self.name} has no history endpoint")
 
     def market_open(self, now: datetime) -> bool:
