@@ -36,6 +36,10 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+class ProviderFatal(ProviderError):
+    """A failure retrying cannot mend (keys refused, plan too small): this provider is out."""
+
+
 class HistoryUnavailable(Exception):
     """The provider cannot supply past prices (no endpoint, or not on this plan)."""
 
@@ -45,6 +49,10 @@ class TradeStream(Protocol):
 
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def covered(self) -> frozenset[str]:
+        """The symbols the stream delivers; the others are polled over REST while it runs."""
 
     async def run(self, sink: TickSink) -> None:
         """Deliver tick batches to `sink` until cancelled."""

@@ -93,6 +93,10 @@ class FinnhubStream:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def covered(self) -> frozenset[str]:
+        return frozenset(self.symbols)
+
     async def run(self, sink: TickSink) -> None:
         """Stream until cancelled; on any drop wait (exponential, jittered) and reconnect."""
         backoff = Backoff(self._initial, self._max)
