@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,11 +35,12 @@ class FakeFinnhub:
     def __init__(self, key: str = KEY, trade_interval: float = 0.05) -> None:
         self.key = key
         self.prices = dict(PRICES)
+        self.down = False  # cut: every REST call answers 503 and sockets are refused
         self.http = FakeVendor(
             {
-                "/api/v1/quote": self._quote,
-                "/api/v1/stock/profile2": self._profile,
-                "/api/v1/stock/metric": self._metric,
+                "/api/v1/quote": self._unless_down(self._quote),
+                "/api/v1/stock/profile2": self._unless_down(self._profile),
+                "/api/v1/stock/metric": self._unless_down(self._metric),
             }
         )
         self.trade_interval = trade_interval
@@ -49,6 +51,23 @@ class FakeFinnhub:
         self.trades_sent = 0
         self._ws: Server | None = None
         self.ws_url = ""
+
+    def _unless_down(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        def answer(request: Request) -> Response:
+            if self.down:
+                return Response("<html><body>503 Service Unavailable</body></html>", 503)
+            return handler(request)
+
+        return answer
+
+    async def cut(self) -> None:
+        """The whole vendor unreachable: REST answers 503, sockets dropped and refused."""
+        self.down = self.ws_down = True
+        await self.drop_connections()
+
+    def restore(self) -> None:
+        """The vendor back after a cut."""
+        self.down = self.ws_down = False
 
     @property
     def base_url(self) -> str:
