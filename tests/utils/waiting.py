@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable
 
 
 async def eventually(
-    check: Callable[[], object | Awaitable[object]], timeout: float = 10.0, message: str = ""
+    check: Callable[[], object | Awaitable[object]],
+    timeout: float = 10.0,
+    message: str = "",
+    interval: float = 0.02,
 ) -> None:
     """Wait until `check()` (sync or async) is truthy; fail after `timeout` seconds."""
     loop = asyncio.get_running_loop()
@@ -20,4 +23,4 @@ async def eventually(
         if result:
             return
         assert loop.time() < deadline, message or "condition not met in time"
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)
