@@ -42,6 +42,7 @@ SYMBOLS_PER_REQUEST = 100  # keeps the URL short; pages carry on across symbols 
 MAX_LOGO_BYTES = 48 * 1024
 LOGO_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 YEAR = timedelta(days=365)
+_UNSEEN: Any = object()  # a time string not parsed yet
 
 
 def rfc3339(ts: datetime) -> str:
@@ -314,35 +315,45 @@ class AlpacaProvider(Provider):
         times: dict[str, datetime | None],
     ) -> list[Bar]:
         # The hot loop of a backfill (a year of minutes is ~600k bars): plain checks, no models.
+        # Prices decode as Decimal (parse_float), which is never NaN nor infinite; so one chain
+        # of comparisons checks them all positive and the bar's shape sane.
         out: list[Bar] = []
+        append = out.append
         for item in items:
             try:
-                t = item["t"]
-                o, h, lo, c = (positive(item[k]) for k in "ohlc")
+                t, o, h, lo, c = item["t"], item["o"], item["h"], item["l"], item["c"]
                 v, n = item.get("v"), item.get("n")
-            except (KeyError, TypeError, AttributeError):
+            except (KeyError, TypeError, AttributeError, IndexError):
                 self.dropped("invalid_fields", f"bars {symbol}: an item lacks t/o/h/l/c")
                 continue
-            ts = times.get(t) if isinstance(t, str) else None
-            if ts is None and isinstance(t, str) and t not in times:
+            if not (
+                type(o) is Decimal
+                and type(h) is Decimal
+                and type(lo) is Decimal
+                and type(c) is Decimal
+            ):
+                # Whole-number prices arrive as int: the slow path converts them.
+                o, h, lo, c = positive(o), positive(h), positive(lo), positive(c)
+                if o is None or h is None or lo is None or c is None:
+                    self.dropped("invalid_fields", f"bars {symbol}: unusable price at {t!r}")
+                    continue
+            ts = times.get(t, _UNSEEN) if type(t) is str else None
+            if ts is _UNSEEN:
                 ts = parse_time(t)
                 if ts is not None and (ts.second or ts.microsecond):
                     ts = None  # a bar starts on a whole minute
                 times[t] = ts
             if (
                 ts is None
-                or o is None
-                or h is None
-                or lo is None
-                or c is None
-                or not lo <= min(o, c) <= max(o, c) <= h
-                or (v is not None and count(v) is None)
-                or (n is not None and count(n) is None)
+                or not 0 < lo <= o <= h
+                or not lo <= c <= h
+                or (v is not None and (type(v) is not int or v < 0))
+                or (n is not None and (type(n) is not int or n < 0))
             ):
                 self.dropped("invalid_fields", f"bars {symbol}: unusable bar at {t!r}")
                 continue
             if start <= ts < end:
-                out.append(Bar(symbol, ts, o, h, lo, c, v, n))
+                append(Bar(symbol, ts, o, h, lo, c, v, n))
         return out
 
     # -- profiles and 52-week ranges ----------------------------------------------------------
