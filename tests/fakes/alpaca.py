@@ -76,7 +76,7 @@ def _nanos(ts: datetime, extra: int = 0) -> str:
     return f"{ts:%Y-%m-%dT%H:%M:%S}.{ts.microsecond:06d}{extra % 1000:03d}Z"
 
 
-def _png(symbol: str) -> bytes:
+def png(symbol: str) -> bytes:
     """A small, valid PNG: an 8x8 square in a colour of the symbol's."""
     r, g, b = (zlib.crc32(symbol.encode()) >> s & 0xFF for s in (0, 8, 16))
     rows = b"".join(b"\x00" + bytes([r, g, b]) * 8 for _ in range(8))
@@ -240,12 +240,12 @@ class History:
                 return float(data.c[i - 1])
         return None
 
-    def daily(self, symbol: str, day: int, mask: np.ndarray | None = None) -> dict[str, Any] | None:
+    def daily(self, symbol: str, day: int, before: int | None = None) -> dict[str, Any] | None:
         """The day's bar (`t`: its midnight in the calendar's zone), None without trades."""
         data = self.day(symbol, day)
         if data is None:
             return None
-        has = data.has if mask is None else data.has & mask
+        has = data.has if before is None else data.has & (data.minutes < before)
         if not has.any():
             return None
         date = datetime.fromtimestamp(day * 86400, UTC).date()
@@ -343,7 +343,7 @@ class FakeAlpaca:
 
     # -- switches -------------------------------------------------------------------------------
 
-    def urls(self) -> dict[str, str]:
+    def urls(self) -> dict[str, Any]:
         """The provider's URL arguments for this fake."""
         return {"data_url": self.url, "trading_url": self.url, "stream_url": self.stream_url}
 
@@ -401,9 +401,10 @@ class FakeAlpaca:
         return out
 
     def daily_bars(self, symbol: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """The 1-day bars whose day starts in [start, end] (UTC days)."""
-        first, last = int(start.timestamp() // 86400), int(end.timestamp() // 86400)
-        bars = (self.history.daily(symbol, day) for day in range(first, last + 1))
+        """The 1-day bars of the UTC days starting in [start, end] (today's so far)."""
+        first, last = math.ceil(start.timestamp() / 86400), int(end.timestamp() // 86400)
+        now = int(time.time() // 60)
+        bars = (self.history.daily(symbol, day, now) for day in range(first, last + 1))
         return [b for b in bars if b is not None]
 
     # -- REST -----------------------------------------------------------------------------------
@@ -513,19 +514,17 @@ class FakeAlpaca:
             return None
         now = datetime.now(UTC)
         today = int(now.timestamp() // 86400)
-        done = np.zeros(0, dtype=bool)
+        minute = int(now.timestamp() // 60)
         data = self.history.day(symbol, today)
-        if data is not None:
-            done = data.minutes < now.timestamp() // 60
-        daily = self.history.daily(symbol, today, done) if data is not None else None
+        daily = self.history.daily(symbol, today, minute)
         previous = None
         for day in range(today - 1, today - 10, -1):
             previous = self.history.daily(symbol, day)
             if previous is not None:
                 break
-        minute = None
-        if data is not None and (data.has & done).any():
-            minute = data.bar(int(np.nonzero(data.has & done)[0][-1]))
+        minute_bar = None
+        if data is not None and (done := data.has & (data.minutes < minute)).any():
+            minute_bar = data.bar(int(np.nonzero(done)[0][-1]))
         p = trade["p"]
         return {
             "latestTrade": {k: v for k, v in trade.items() if not k.startswith("_")},
@@ -540,7 +539,7 @@ class FakeAlpaca:
                 "c": ["R"],
                 "z": "C",
             },
-            "minuteBar": minute,
+            "minuteBar": minute_bar,
             "dailyBar": daily,
             "prevDailyBar": previous,
         }
@@ -617,7 +616,7 @@ class FakeAlpaca:
                 for day in range(lo // 1440, hi // 1440 + 1):
                     if token is not None and (symbol, day * 1440) < token:
                         continue
-                    bar = self.history.daily(symbol, day)
+                    bar = self.history.daily(symbol, day, hi + 1)
                     if bar is None or not lo <= day * 1440 <= hi:
                         continue
                     if not left:
@@ -653,9 +652,9 @@ class FakeAlpaca:
         symbol = request.path_params["symbol"]
         placeholder = request.query_params.get("placeholder", "true").lower() != "false"
         if symbol in self.prices and symbol not in NO_LOGO:
-            return Response(_png(symbol), media_type="image/png")
+            return Response(png(symbol), media_type="image/png")
         if placeholder:
-            return Response(_png(symbol[:1]), media_type="image/png")
+            return Response(png(symbol[:1]), media_type="image/png")
         return JSONResponse({"message": "logo not found"}, 404)
 
     def _asset(self, request: Request) -> Response:

@@ -264,8 +264,11 @@ class AlpacaProvider(Provider):
         if end <= start or not symbols:
             return []
         chunks = _chunks(symbols)
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._pages(c, timeframe, start, end)) for c in chunks]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._pages(c, timeframe, start, end)) for c in chunks]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first failure; the others were cancelled
         return [bar for task in tasks for bar in task.result()]
 
     async def _pages(
@@ -290,14 +293,16 @@ class AlpacaProvider(Provider):
             except BadPayload as exc:
                 # A page lost is a hole in the window: the whole call fails and is retried.
                 raise ProviderError(exc.kind, f"alpaca bars: {exc}") from None
-            if not isinstance(page, dict) or not isinstance(page.get("bars") or {}, dict):
+            found = page.get("bars") if isinstance(page, dict) else []
+            if not isinstance(page, dict) or not isinstance(found, dict | None):
+                # (no bars at all may come as null)
                 raise ProviderError("invalid_fields", "alpaca bars: the page is not an object")
             token = page.get("next_page_token")
             if token is not None and (
                 not isinstance(token, str) or token == params.get("page_token")
             ):
                 raise ProviderError("invalid_fields", "alpaca bars: unusable next_page_token")
-            for symbol, items in (page.get("bars") or {}).items():
+            for symbol, items in (found or {}).items():
                 if not isinstance(items, list):
                     self.dropped("invalid_fields", f"bars {symbol}: not a list")
                     continue
