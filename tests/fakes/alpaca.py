@@ -277,7 +277,13 @@ Handler = Callable[[Request], Response]
 
 
 class FakeAlpaca:
-    """Knows the symbols in PRICES; answers others as Alpaca does (omitted, or 404)."""
+    """Knows the symbols in PRICES; answers others as Alpaca does (omitted, or 404).
+
+    Scripting: `script(path, Fault...)` replaces the next REST answers (429s, HTML 5xx, delays);
+    `refuse_auth.append((406, "connection limit exceeded"))` answers the next stream auth with
+    that error; `await send([...])` pushes any message to the open sockets; `symbol_limit`,
+    `connection_limit`, `rate_limit`/`rate_period` are the plan's limits, enforced.
+    """
 
     def __init__(
         self,
@@ -329,6 +335,7 @@ class FakeAlpaca:
         self._rng = random.Random(seed)
         self._trade_id = 0
         self.last_trades: dict[str, dict[str, Any]] = {}
+        self._open_at = (-1, False)  # (minute, whether the market is open in it)
         # stream
         self._ws: Server | None = None
         self.stream_url = ""
@@ -468,12 +475,19 @@ class FakeAlpaca:
     def _bad(self, message: str) -> Response:
         return JSONResponse({"message": message}, 400)
 
+    def is_open(self, now: datetime) -> bool:
+        """Whether the calendar trades at `now` (asked once a minute: sessions change on one)."""
+        minute = int(now.timestamp() // 60)
+        if self._open_at[0] != minute:
+            self._open_at = (minute, self.history.market.is_open(now))
+        return self._open_at[1]
+
     def trade(self, symbol: str, now: datetime | None = None) -> dict[str, Any] | None:
         """The latest trade of `symbol`; a new one while the market is open and time has passed."""
         now = now or datetime.now(UTC)
         last = self.last_trades.get(symbol)
         fresh = last is None or time.monotonic() - last["_at"] >= self.trade_interval
-        if fresh and self.history.market.is_open(now):
+        if fresh and self.is_open(now):
             price = self.history.price_at(symbol, int(now.timestamp() // 60))
             if price is None:
                 return last
@@ -779,7 +793,7 @@ class FakeAlpaca:
             now = datetime.now(UTC)
             items = []
             for symbol in socket.subscribed:
-                if symbol not in self.prices or not self.history.market.is_open(now):
+                if symbol not in self.prices or not self.is_open(now):
                     continue
                 self.last_trades.pop(symbol, None)  # a new trade every interval
                 trade = self.trade(symbol, now)

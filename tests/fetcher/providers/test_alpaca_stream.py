@@ -176,6 +176,13 @@ async def test_a_server_error_reconnects(alpaca: FakeAlpaca, error: dict[str, An
         await eventually(lambda: alpaca.auths == 2 and run.stream.connected)
 
 
+async def test_an_error_answering_auth_is_retried(alpaca: FakeAlpaca) -> None:
+    alpaca.refuse_auth.append((409, "insufficient subscription"))
+    async with running(stream_for(alpaca)) as run:
+        await eventually(lambda: run.stream.connected)
+    assert alpaca.ws_connects == 2 and alpaca.auths == 1
+
+
 async def test_a_cut_vendor_is_retried_until_it_returns(alpaca: FakeAlpaca) -> None:
     async with running(stream_for(alpaca)) as run:
         await eventually(lambda: run.stream.connected)
