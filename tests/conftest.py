@@ -20,7 +20,7 @@ from tests.utils.postgres import TEMPLATE, create_database, drop_database, with_
 def _clean_settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Settings come only from what a test sets: no developer `.env`, no stray variables."""
     for name in list(os.environ):
-        if name.startswith("STOCKSTREAMER_") or name.startswith("FINNHUB_"):
+        if name.startswith(("STOCKSTREAMER_", "FINNHUB_", "TWELVEDATA_", "ALPACA_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
