@@ -40,6 +40,8 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
         "last_price": 220.0,
         "last_ts": updated,
         "reference": 200.0,
+        "source": "alpaca",
+        "failover": False,
     }
     frame = stock_frame(row)  # type: ignore[arg-type]  # a mapping with queries.STOCKS' columns
 
@@ -48,6 +50,7 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
     stock = Stock.model_validate_json(data)
     assert stock.week52_high == 300.5 and stock.metadata_updated_at == updated
     assert (stock.change, stock.change_pct) == (20.0, 10.0)
+    assert (stock.source, stock.failover) == ("alpaca", False)
 
 
 def test_a_stream_gets_only_its_own_symbols_of_a_history_event() -> None:

@@ -176,11 +176,17 @@ class Event:
 
 
 class EventReader:
-    """Parses a streaming response into events, keeping the comments it skips."""
+    """Parses a streaming response into events, keeping the comments and events it skips.
 
-    def __init__(self, response: httpx.Response) -> None:
+    `market` events (one on connect, more at the market's opens and closes) are skipped unless
+    `skip` says otherwise: most tests are about the other events.
+    """
+
+    def __init__(self, response: httpx.Response, skip: Iterable[str] = ("market",)) -> None:
         self.response = response
         self.comments: list[str] = []
+        self.skipped: list[Event] = []
+        self.skip = frozenset(skip)
         self._lines = response.aiter_lines()
 
     async def next(self, timeout: float = 5.0) -> Event:
@@ -195,7 +201,11 @@ class EventReader:
                     fields[name] = value.removeprefix(" ")
                 elif fields:
                     data = json.loads(fields["data"]) if "data" in fields else None
-                    return Event(fields.get("event", "message"), data, fields.get("id"))
+                    event = Event(fields.get("event", "message"), data, fields.get("id"))
+                    fields = {}
+                    if event.event not in self.skip:
+                        return event
+                    self.skipped.append(event)
             raise EOFError("stream ended")
 
     async def comment(self, timeout: float = 5.0) -> str:
@@ -222,14 +232,17 @@ class EventReader:
 
 @asynccontextmanager
 async def open_stream(
-    client: httpx.AsyncClient, params: dict[str, str] | None = None, **headers: str
+    client: httpx.AsyncClient,
+    params: dict[str, str] | None = None,
+    skip: Iterable[str] = ("market",),
+    **headers: str,
 ) -> AsyncIterator[EventReader]:
-    """GET /api/v1/stream, checked to be an event stream."""
+    """GET /api/v1/stream, checked to be an event stream; `skip`: event types passed over."""
     headers = {k.replace("_", "-"): v for k, v in headers.items()}
     async with client.stream("GET", "/api/v1/stream", params=params, headers=headers) as response:
         assert response.status_code == 200, (await response.aread()).decode()
         assert response.headers["content-type"].startswith("text/event-stream")
-        yield EventReader(response)
+        yield EventReader(response, skip)
 
 
 def ids(events: Iterable[Event]) -> list[int]:
