@@ -209,12 +209,21 @@ class EventReader:
             raise EOFError("stream ended")
 
     async def comment(self, timeout: float = 5.0) -> str:
-        """The next comment line (a heartbeat), skipping nothing else: events would fail it."""
+        """The next comment line (a heartbeat), passing over `skip` events only: others fail it."""
         async with asyncio.timeout(timeout):
+            fields: dict[str, str] = {}
             async for line in self._lines:
                 if line.startswith(":"):
                     return line[1:].strip()
-                assert not line, f"expected a comment, got {line!r}"
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                elif fields:
+                    event = fields.get("event", "message")
+                    assert event in self.skip, f"expected a comment, got an event {fields!r}"
+                    data = json.loads(fields["data"]) if "data" in fields else None
+                    self.skipped.append(Event(event, data, fields.get("id")))
+                    fields = {}
             raise EOFError("stream ended")
 
     async def take(self, count: int, timeout: float = 5.0) -> list[Event]:
