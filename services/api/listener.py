@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 CHANNELS = ("prices", "stocks", "history", "feed")
 FETCH_LIMIT = 5000  # rows per query, so a long catch-up is fanned out in bounded batches
 IDLE_CHECK_SECONDS = 5.0  # an idle LISTEN connection is probed this often to notice a dead peer
-# Metadata changed this long before a reconnect is re-announced, to cover clock skew.
-SKEW_MARGIN = timedelta(seconds=60)
 # Any database login may NOTIFY: a `history` notification is believed only for tracked symbols
 # and a window from the epoch to at most this far ahead of now.
 HISTORY_AHEAD = timedelta(days=1)
@@ -109,7 +107,6 @@ class Broadcaster:
         self.market: Market | None = None  # the state last announced in a `market` event
         self._feed_due = False  # re-read the feed row
         self._feed_announce = False  # and then send every stock again (its failover flag)
-        self._feed_read = False  # the row has been read at least once
         self._market_wake = asyncio.Event()
         self._market_task: asyncio.Task[None] | None = None
 
@@ -226,8 +223,9 @@ class Broadcaster:
                 self.last_seen = min([head, *afters])
             if self._lost_at is not None:
                 self.metrics.listener_reconnects.inc()
-                since = self._lost_at - SKEW_MARGIN
-                rows = await conn.fetch(queries.STOCKS_CHANGED_SINCE, since)
+                # Every stock again, once: its metadata or its live source (which leaves no
+                # trace to ask for since a moment) may have changed while we were away.
+                rows = await conn.fetch(queries.ALL_SYMBOLS)
                 self._stocks_due.update((r["symbol"], None) for r in rows)
                 log.info(
                     "stream listener reconnected; catching up", extra={"after": self.last_seen}
@@ -308,10 +306,7 @@ class Broadcaster:
         self._feed_due = False  # before the read: a notification during it means read again
         row = await conn.fetchrow(queries.FEED)
         feed = self.feed if row is None else Feed.from_row(row)
-        # A change missed while the listener was away is announced as a notified one is.
-        changed = self._feed_read and feed != self.feed
-        announce, self._feed_announce = self._feed_announce or changed, False
-        self._feed_read = True
+        announce, self._feed_announce = self._feed_announce, False
         if feed != self.feed:
             self.feed = feed
             self._market_wake.set()

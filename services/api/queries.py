@@ -38,9 +38,6 @@ ORDER BY s.symbol
 # The fetcher's feed (one row, or none before the fetcher first started).
 FEED = "SELECT chain, active, history, calendar, extended_hours FROM feed"
 
-# Metadata changed since $1: announced to streams after the listener missed notifications.
-STOCKS_CHANGED_SINCE = "SELECT symbol FROM stocks WHERE metadata_updated_at >= $1"
-
 METADATA = """
 SELECT symbol, logo_url, week52_high, week52_low, metadata_updated_at AS updated_at
 FROM stocks WHERE symbol = $1
