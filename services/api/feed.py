@@ -24,7 +24,8 @@ SIMULATED = "simulated"
 VENDOR_CALENDAR = "XNYS"  # the calendar of a chain with a vendor, unless one is set
 # A state is believed this long at most, even when the calendar names no next open or close.
 RECHECK = timedelta(hours=1)
-# pandas, under exchange-calendars, reads years 1678 to 2261 only; no calendar has sessions there.
+# pandas, under exchange-calendars, reads years 1678 to 2261 only; no calendar has sessions
+# outside these bounds, so a window is clipped to them (a 24/7 market keeps it whole).
 EARLIEST = datetime(1700, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
