@@ -14,10 +14,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from services.api import errors
 from services.api.config import ApiSettings
 from services.api.disconnect import CancelOnDisconnect
+from services.api.feed import Feed, MarketWatch
 from services.api.limits import ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics, TimingMiddleware
-from services.api.routes import bars, health, prices, stocks, stream
+from services.api.routes import bars, health, market, prices, stocks, stream
 from services.common.db import create_pool, redact_url
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             statement_timeout=settings.api_statement_timeout,
         )
         app.state.broadcaster = broadcaster = Broadcaster(
-            settings.database_url_now, role, metrics, settings.api_history_event_interval
+            settings.database_url_now,
+            role,
+            metrics,
+            settings.api_history_event_interval,
+            app.state.market_watch,
+            app.state.configured_feed,
         )
         broadcaster.start()
         resolving = asyncio.create_task(limits.trusted.keep_resolving(), name="trusted-proxies")
@@ -66,7 +72,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.limits = limits = ClientLimits(settings, metrics)
-    for router in (stocks.router, prices.router, bars.router, stream.router, health.router):
+    app.state.configured_feed = configured = Feed.configured(
+        settings.provider, settings.calendar, settings.extended_hours
+    )
+    # one per process: each calendar is built once (about 100 ms), each state kept until it changes
+    app.state.market_watch = MarketWatch(fallback=configured.calendar)
+    routers = (stocks, prices, bars, market, stream, health)
+    for router in (r.router for r in routers):
         app.include_router(router)
     errors.install(app)
     # history reads (stream replays too) stop, and free what they hold, when their client goes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from services.common.config import CommaList, CommonSettings, DbRole, trusted_proxies_field
+from services.common.market import check_calendar
 
 
 class ApiSettings(CommonSettings):
@@ -93,6 +94,26 @@ class ApiSettings(CommonSettings):
     api_shutdown_timeout: float = Field(
         5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
     )
+
+    provider: CommaList = Field(
+        default_factory=lambda: ["simulated"],
+        description="The fetcher's providers, in order (e.g. alpaca,finnhub). The API reads it, "
+        "with calendar and extended_hours, only to describe the market until the fetcher has "
+        "written its feed.",
+    )
+    calendar: str | None = Field(
+        None,
+        description="The market's exchange calendar (an exchange-calendars name, or 24/7); "
+        "default XNYS when provider names a vendor, 24/7 for the simulator alone.",
+    )
+    extended_hours: bool = Field(
+        False, description="Whether the market's pre- and after-market hours count as open."
+    )
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, value: str | None) -> str | None:
+        return None if value is None else check_calendar(value.strip())
 
     @field_validator("cors_origins")
     @classmethod

@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from services.api import queries
 from services.api.config import ApiSettings
+from services.api.feed import Feed, MarketWatch, read_feed
 from services.api.limits import SLOT_WAIT, Busy, ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
@@ -79,6 +80,9 @@ async def get_conn(request: Request, client: ClientDep) -> AsyncIterator[asyncpg
         yield conn
 
 
+ConnDep = Annotated[asyncpg.Connection, Depends(get_conn)]
+
+
 async def history_slot(request: Request, client: ClientDep) -> AsyncIterator[None]:
     """One history read: the client's rate and share (else 429), then a process slot (else 503)."""
     limits: ClientLimits = request.app.state.limits
@@ -106,6 +110,16 @@ async def get_broadcaster(request: Request) -> Broadcaster:
 async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
+
+
+async def get_watch(request: Request) -> MarketWatch:
+    watch: MarketWatch = request.app.state.market_watch
+    return watch
+
+
+async def current_feed(request: Request, conn: ConnDep) -> Feed:
+    """The fetcher's feed, or what the settings describe before the fetcher has written one."""
+    return await read_feed(conn, request.app.state.configured_feed)
 
 
 async def get_limits(request: Request) -> ClientLimits:
@@ -199,7 +213,6 @@ async def known_symbols(
     return symbols
 
 
-ConnDep = Annotated[asyncpg.Connection, Depends(get_conn)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 LimitsDep = Annotated[ClientLimits, Depends(get_limits)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
@@ -208,3 +221,5 @@ MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 SymbolDep = Annotated[str, Depends(symbol_path)]
 SymbolsDep = Annotated[list[str] | None, Depends(symbols_query)]
 HistorySlotDep = Annotated[None, Depends(history_slot)]
+WatchDep = Annotated[MarketWatch, Depends(get_watch)]
+FeedDep = Annotated[Feed, Depends(current_feed)]

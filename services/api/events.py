@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from services.common.contract import HistoryPayload, PricePayload
+from services.common.contract import HistoryPayload, Market, PricePayload
 
 SLOW = "slow"
 SHUTDOWN = "shutdown"
@@ -42,6 +42,11 @@ def price_frame(
 
 def history_frame(payload: HistoryPayload) -> Frame:
     return Frame("history", encode("history", payload), tuple(payload.symbols), history=payload)
+
+
+def market_frame(market: Market) -> Frame:
+    """A `market` event, for every stream whatever its symbols; no id, so resume is untouched."""
+    return Frame("market", encode("market", market))
 
 
 class Subscriber:
@@ -92,7 +97,7 @@ class Subscriber:
             if frame.event == "price" and self.after is not None and frame.event_id is not None:
                 if frame.event_id <= self.after:
                     continue
-            if self.symbols is None:
+            if self.symbols is None or not frame.symbols:
                 out.append(frame.data)
             elif frame.history is not None:
                 wanted = [s for s in frame.symbols if s in self.symbols]

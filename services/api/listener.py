@@ -20,26 +20,29 @@ from services.api.events import (
     Subscriber,
     encode,
     history_frame,
+    market_frame,
     price_frame,
 )
+from services.api.feed import Feed, MarketWatch, seconds_until
 from services.api.metrics import ApiMetrics
 from services.api.rows import stock_from_row
-from services.common.contract import HistoryPayload
+from services.common.contract import HistoryPayload, Market
 from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
 from services.common.retry import Backoff
 from services.common.symbols import is_valid_symbol
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("prices", "stocks", "history")
+CHANNELS = ("prices", "stocks", "history", "feed")
 FETCH_LIMIT = 5000  # rows per query, so a long catch-up is fanned out in bounded batches
 IDLE_CHECK_SECONDS = 5.0  # an idle LISTEN connection is probed this often to notice a dead peer
-# Metadata changed this long before a reconnect is re-announced, to cover clock skew.
-SKEW_MARGIN = timedelta(seconds=60)
 # Any database login may NOTIFY: a `history` notification is believed only for tracked symbols
 # and a window from the epoch to at most this far ahead of now.
 HISTORY_AHEAD = timedelta(days=1)
 DROP_LOG_EVERY = 60.0  # seconds between two log lines about ignored notifications
+# The market's state is looked at again at least this often, whatever the calendar says: a
+# suspended machine's timers may wake late.
+MARKET_RECHECK_SECONDS = 60.0
 
 
 def history_fault(payload: HistoryPayload, now: datetime) -> str | None:
@@ -77,6 +80,8 @@ class Broadcaster:
         role: str | None,
         metrics: ApiMetrics,
         history_interval: float = 5.0,
+        watch: MarketWatch | None = None,
+        configured: Feed | None = None,
     ) -> None:
         self.url = url
         self.role = role or None
@@ -96,6 +101,14 @@ class Broadcaster:
         self._backoff = Backoff(0.1, 2.0)
         self._lost_at: datetime | None = None  # when the listener last lost its connection
         self._notified_at: float | None = None  # first `prices` notification not yet drained
+        self.watch = watch or MarketWatch()
+        # what the settings describe, until the fetcher's row is read
+        self.feed = configured or Feed.configured([], None, False)
+        self.market: Market | None = None  # the state last announced in a `market` event
+        self._feed_due = False  # re-read the feed row
+        self._feed_announce = False  # and then send every stock again (its failover flag)
+        self._market_wake = asyncio.Event()
+        self._market_task: asyncio.Task[None] | None = None
 
     def subscribe(self, symbols: frozenset[str] | None, capacity: int) -> Subscriber:
         sub = Subscriber(symbols, capacity)
@@ -107,15 +120,17 @@ class Broadcaster:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stream-listener")
+        self._market_task = asyncio.create_task(self._watch_market(), name="market-watch")
 
     async def stop(self) -> None:
         """End every stream and the listener."""
         for sub in list(self.subscribers):
             sub.close(SHUTDOWN)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._market_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def publish(self, batch: Sequence[Frame]) -> None:
         """Hand a batch to every stream; a stream whose queue is full is cut, not waited for."""
@@ -153,6 +168,9 @@ class Broadcaster:
                 self._drop(channel, fault, payload)
                 return
             self._history_due.append(history)
+        elif channel == "feed":
+            # the payload says nothing we need: the row is read again
+            self._feed_due = self._feed_announce = True
         self._wake.set()
 
     def _drop(self, channel: str, reason: str, payload: str) -> None:
@@ -205,14 +223,16 @@ class Broadcaster:
                 self.last_seen = min([head, *afters])
             if self._lost_at is not None:
                 self.metrics.listener_reconnects.inc()
-                since = self._lost_at - SKEW_MARGIN
-                rows = await conn.fetch(queries.STOCKS_CHANGED_SINCE, since)
+                # Every stock again, once: its metadata or its live source (which leaves no
+                # trace to ask for since a moment) may have changed while we were away.
+                rows = await conn.fetch(queries.ALL_SYMBOLS)
                 self._stocks_due.update((r["symbol"], None) for r in rows)
                 log.info(
                     "stream listener reconnected; catching up", extra={"after": self.last_seen}
                 )
                 self._lost_at = None
             self._prices_due = True  # whatever committed while we were not listening
+            self._feed_due = True  # and the feed, which may have changed meanwhile
             self.connected = True
             self.metrics.listener_up.set(1)
             self._backoff.reset()
@@ -239,9 +259,9 @@ class Broadcaster:
 
     async def _drain(self, conn: asyncpg.Connection) -> None:
         """Fetch what the pending notifications announced and publish it."""
-        if not (self._prices_due or self._stocks_due or self._history_due) and not (
-            self._history_pending is not None and time.monotonic() >= self._history_next
-        ):
+        if not (
+            self._prices_due or self._stocks_due or self._history_due or self._feed_due
+        ) and not (self._history_pending is not None and time.monotonic() >= self._history_next):
             return
         started = time.perf_counter()
         notified, self._notified_at = self._notified_at, None
@@ -263,6 +283,8 @@ class Broadcaster:
                         for r in rows
                     ]
                 )
+        if self._feed_due:
+            await self._read_feed(conn)
         if self._stocks_due:
             symbols = list(self._stocks_due)
             rows = await conn.fetch(queries.STOCKS, symbols)
@@ -278,6 +300,36 @@ class Broadcaster:
             self._history_next = time.monotonic() + self.history_interval
             self.publish([history_frame(pending)])
         self.metrics.stream_lag.observe(time.perf_counter() - started)
+
+    async def _read_feed(self, conn: asyncpg.Connection) -> None:
+        """Take the feed row in; on a change, every stock again and the market's state."""
+        self._feed_due = False  # before the read: a notification during it means read again
+        row = await conn.fetchrow(queries.FEED)
+        feed = self.feed if row is None else Feed.from_row(row)
+        announce, self._feed_announce = self._feed_announce, False
+        if feed != self.feed:
+            self.feed = feed
+            self._market_wake.set()
+        if announce:
+            self.publish([stock_frame(r) for r in await conn.fetch(queries.STOCKS, None)])
+
+    async def _watch_market(self) -> None:
+        """Announce the market's state when it changes: at opens and closes, and with the feed."""
+        # a timer for the calendar's next open or close, not a poll
+        while True:
+            self._market_wake.clear()
+            try:
+                market, until = await self.watch.market_until(self.feed)
+            except Exception:
+                log.exception("market state unavailable; trying again")
+                await asyncio.sleep(MARKET_RECHECK_SECONDS)
+                continue
+            if market != self.market:
+                self.market = market
+                self.publish([market_frame(market)])
+            delay = min(seconds_until(self.watch.clock, until), MARKET_RECHECK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._market_wake.wait(), delay)
 
     async def _check_history(self, conn: asyncpg.Connection) -> None:
         """Merge the `history` notifications about tracked symbols into the pending event."""

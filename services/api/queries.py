@@ -10,16 +10,20 @@ ALL_SYMBOLS = "SELECT symbol FROM stocks ORDER BY symbol"
 
 KNOWN_SYMBOLS = "SELECT symbol FROM stocks WHERE symbol = ANY($1::text[])"
 
-# Stocks with their last tick; the change reference is the previous close when the provider gives
-# one, else the first tick of the last tick's trading day in exchange time (America/New_York).
+# Stocks with their last tick and its source; the change reference is the previous close when the
+# provider gives one, else the first tick of the last tick's trading day in exchange time
+# (America/New_York). A source is a failover when the feed's chain has it, but not first. The last
+# tick is one probe of the primary key per symbol (and one heap fetch, for its source).
 # $1: symbols, or NULL for all.
 STOCKS = """
 SELECT s.symbol, s.name, s.logo_url, s.week52_high, s.week52_low, s.previous_close,
-       s.metadata_updated_at, l.price AS last_price, l.ts AS last_ts,
+       s.metadata_updated_at, l.price AS last_price, l.ts AS last_ts, l.source,
+       coalesce(l.source = ANY(f.chain) AND l.source <> f.chain[1], false) AS failover,
        COALESCE(s.previous_close, o.price) AS reference
 FROM stocks s
+LEFT JOIN feed f ON true
 LEFT JOIN LATERAL (
-    SELECT t.price, t.ts FROM ticks t WHERE t.symbol = s.symbol ORDER BY t.ts DESC LIMIT 1
+    SELECT t.price, t.ts, t.source FROM ticks t WHERE t.symbol = s.symbol ORDER BY t.ts DESC LIMIT 1
 ) l ON true
 LEFT JOIN LATERAL (
     SELECT t.price FROM ticks t
@@ -31,8 +35,8 @@ WHERE $1::text[] IS NULL OR s.symbol = ANY($1::text[])
 ORDER BY s.symbol
 """
 
-# Metadata changed since $1: announced to streams after the listener missed notifications.
-STOCKS_CHANGED_SINCE = "SELECT symbol FROM stocks WHERE metadata_updated_at >= $1"
+# The fetcher's feed (one row, or none before the fetcher first started).
+FEED = "SELECT chain, active, history, calendar, extended_hours FROM feed"
 
 METADATA = """
 SELECT symbol, logo_url, week52_high, week52_low, metadata_updated_at AS updated_at

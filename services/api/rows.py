@@ -31,4 +31,6 @@ def stock_from_row(row: Any) -> Stock:
         last_ts=row["last_ts"],
         change=change,
         change_pct=change_pct,
+        source=row["source"],
+        failover=row["failover"],
     )

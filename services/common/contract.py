@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
+
+# A pair, declared without `prefixItems`, which some OpenAPI tools do not read yet (schemathesis).
+PAIR_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "integer"},
+    "minItems": 2,
+    "maxItems": 2,
+}
 
 
 class Problem(BaseModel):
@@ -124,7 +133,7 @@ class Sessions(Window):
 
     calendar: str
     timezone: str
-    sessions: list[tuple[int, int]] = Field(
+    sessions: list[Annotated[tuple[int, int], WithJsonSchema(PAIR_SCHEMA)]] = Field(
         description="[open, close) pairs, epoch milliseconds, clipped to the window, oldest first."
     )
 

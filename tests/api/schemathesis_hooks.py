@@ -2,10 +2,11 @@
 
 The OpenAPI document declares what each parameter accepts on its own. Two rules involve several
 parameters (docs/api.md states them): the window from `start` to `end` (by default the week up
-to now) runs forwards and spans at most ten years, and a named bar `interval` must fit `max_bars`
-over it. A schema-valid case that breaks one is moved inside it — `start` dropped, so the window
-is the default week before `end`; `interval` made `auto` — and sent; every other case is sent
-as generated. Loaded through SCHEMATHESIS_HOOKS by tests/api/test_openapi.py.
+to now) runs forwards and spans at most ten years (400 days for the market's sessions), and a
+named bar `interval` must fit `max_bars` over it. A schema-valid case that breaks one is moved
+inside it — `start` dropped, so the window is the default week before `end`; `interval` made
+`auto` — and sent; every other case is sent as generated. Loaded through SCHEMATHESIS_HOOKS by
+tests/api/test_openapi.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import HTTPException
 from schemathesis import Case, HookContext
 
 from services.api.deps import parse_time
+from services.api.routes.market import MAX_SESSIONS_WINDOW
 from services.api.routes.prices import DEFAULT_WINDOW, MAX_WINDOW
 from services.common.bars import BY_NAME
 
@@ -58,7 +60,9 @@ def map_case(context: HookContext, case: Case) -> Case:
     if window is None:
         return case
     since, until, latest = window
-    if query.get("start") is not None and not (since < until and latest - since <= MAX_WINDOW):
+    sessions = case.operation.path == "/api/v1/market/sessions"
+    longest = MAX_SESSIONS_WINDOW if sessions else MAX_WINDOW
+    if query.get("start") is not None and not (since < until and latest - since <= longest):
         del query["start"]
         since = until - DEFAULT_WINDOW
     interval = query.get("interval")

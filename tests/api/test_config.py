@@ -1,4 +1,4 @@
-"""API settings: defaults, environment names, CORS list parsing."""
+"""API settings: defaults, environment names, CORS list parsing, the market before a feed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import pytest
 from pydantic import ValidationError
 
 from services.api.config import ApiSettings
+from services.api.feed import Feed
+
+
+def configured(settings: ApiSettings) -> Feed:
+    return Feed.configured(settings.provider, settings.calendar, settings.extended_hours)
 
 
 def test_defaults() -> None:
@@ -25,6 +30,33 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api_port == 8100 and settings.api_stream_queue_size == 8
     assert settings.cors_origins == ["http://localhost:5006", "https://a.example"]
     assert settings.api_db_role is None  # `none`: stay the login user
+
+
+def test_the_market_the_settings_describe(monkeypatch: pytest.MonkeyPatch) -> None:
+    simulated = configured(ApiSettings())
+    monkeypatch.setenv("STOCKSTREAMER_PROVIDER", "Alpaca, finnhub")
+    vendor = configured(ApiSettings())
+    monkeypatch.setenv("STOCKSTREAMER_CALENDAR", "XLON")
+    monkeypatch.setenv("STOCKSTREAMER_EXTENDED_HOURS", "true")
+    london = configured(ApiSettings())
+    assert (simulated.chain, simulated.calendar, simulated.collapse_closed) == (
+        ("simulated",),
+        "24/7",
+        False,
+    )
+    assert (vendor.chain, vendor.calendar, vendor.collapse_closed) == (
+        ("alpaca", "finnhub"),
+        "XNYS",
+        True,
+    )
+    assert (london.calendar, london.extended_hours) == ("XLON", True)
+
+
+def test_an_unknown_calendar_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKSTREAMER_CALENDAR", "NYSE-ISH")
+    with pytest.raises(ValidationError, match="calendar") as refused:
+        ApiSettings()
+    assert "unknown calendar 'NYSE-ISH'" in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.api.events import Subscriber, encode, history_frame, price_frame
+from services.api.events import Subscriber, encode, history_frame, market_frame, price_frame
 from services.api.listener import stock_frame
-from services.common.contract import HistoryPayload, ResetPayload, Stock
+from services.common.contract import HistoryPayload, Market, ResetPayload, Stock
 
 
 def test_each_event_is_one_frame_of_compact_json() -> None:
@@ -40,6 +40,8 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
         "last_price": 220.0,
         "last_ts": updated,
         "reference": 200.0,
+        "source": "alpaca",
+        "failover": False,
     }
     frame = stock_frame(row)  # type: ignore[arg-type]  # a mapping with queries.STOCKS' columns
 
@@ -48,6 +50,7 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
     stock = Stock.model_validate_json(data)
     assert stock.week52_high == 300.5 and stock.metadata_updated_at == updated
     assert (stock.change, stock.change_pct) == (20.0, 10.0)
+    assert (stock.source, stock.failover) == ("alpaca", False)
 
 
 def test_a_stream_gets_only_its_own_symbols_of_a_history_event() -> None:
@@ -59,3 +62,25 @@ def test_a_stream_gets_only_its_own_symbols_of_a_history_event() -> None:
 
     assert nvda == b'event: history\ndata: {"symbols":["NVDA"],"start":1,"end":2}\n\n'
     assert other == b"" and sent == Counter(history=1)
+
+
+def test_a_market_event_goes_to_every_stream_without_an_id() -> None:
+    market = Market(
+        calendar="XNYS",
+        timezone="America/New_York",
+        is_open=False,
+        next_open=datetime(2026, 1, 5, 14, 30, tzinfo=UTC),
+        next_close=datetime(2026, 1, 5, 21, tzinfo=UTC),
+        extended_hours=False,
+        collapse_closed=True,
+    )
+    frame = market_frame(market)
+    sent: Counter[str] = Counter()
+
+    some = Subscriber(frozenset({"GE"}), capacity=4).render([frame], sent)
+    every = Subscriber(None, capacity=4).render([frame], sent)
+
+    assert some == every == frame.data
+    assert frame.data.startswith(b"event: market\ndata: {") and b"\nid:" not in frame.data
+    assert Market.model_validate_json(frame.data.split(b"data: ")[1]) == market
+    assert sent["market"] == 2

@@ -89,6 +89,8 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
         "/api/v1/prices",
         "/api/v1/prices/latest",
         "/api/v1/bars",
+        "/api/v1/market",
+        "/api/v1/market/sessions",
         "/api/v1/stream",
         "/healthz",
         "/readyz",
@@ -98,3 +100,6 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
     assert "text/event-stream" in stream
     prices = spec["paths"]["/api/v1/prices"]["get"]["responses"]
     assert prices["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
+    sessions = spec["paths"]["/api/v1/market/sessions"]["get"]["responses"]
+    assert sessions["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Sessions")
+    assert sessions["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")

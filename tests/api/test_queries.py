@@ -59,3 +59,25 @@ async def test_a_replay_reads_at_most_its_limit_per_symbol_however_sparse_and_ol
     # a recent resume point: what follows it, in order
     rows, _ = await replay(db, rare - 5, [*dense, "RARE"])
     assert [r["event_id"] for r in rows] == list(range(rare - 4, rare + 1))
+
+
+async def test_the_stocks_read_one_tick_per_symbol_for_its_price_and_source(
+    db: asyncpg.Connection, market: Market
+) -> None:
+    symbols = ["AAPL", "NVDA", "GE"]
+    await market.stocks(*symbols)
+    for symbol in symbols:  # over two daily partitions
+        await market.series(symbol, 1500, step=timedelta(seconds=100))
+    await db.execute("UPDATE ticks SET source = 'alpaca'")
+    await db.execute(
+        "INSERT INTO feed (chain, active, calendar) VALUES ('{finnhub,alpaca}', 'alpaca', 'XNYS')"
+    )
+    await db.execute("ANALYZE ticks")
+
+    plan = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {queries.STOCKS}", None)
+    rows = await db.fetch(queries.STOCKS, None)
+
+    assert [(r["source"], r["failover"]) for r in rows] == [("alpaca", True)] * 3
+    # the last tick, and the first of its day for the change (no previous close here)
+    read = rows_read(json.loads(plan)[0]["Plan"])
+    assert read <= 2 * len(symbols), read

@@ -37,6 +37,8 @@ async def test_lists_every_stock_with_last_price(client: httpx.AsyncClient, mark
         "last_ts": None,
         "change": None,
         "change_pct": None,
+        "source": None,
+        "failover": False,
     }
 
 

@@ -176,11 +176,17 @@ class Event:
 
 
 class EventReader:
-    """Parses a streaming response into events, keeping the comments it skips."""
+    """Parses a streaming response into events, keeping the comments and events it skips.
 
-    def __init__(self, response: httpx.Response) -> None:
+    `market` events (one on connect, more at the market's opens and closes) are skipped unless
+    `skip` says otherwise: most tests are about the other events.
+    """
+
+    def __init__(self, response: httpx.Response, skip: Iterable[str] = ("market",)) -> None:
         self.response = response
         self.comments: list[str] = []
+        self.skipped: list[Event] = []
+        self.skip = frozenset(skip)
         self._lines = response.aiter_lines()
 
     async def next(self, timeout: float = 5.0) -> Event:
@@ -195,16 +201,29 @@ class EventReader:
                     fields[name] = value.removeprefix(" ")
                 elif fields:
                     data = json.loads(fields["data"]) if "data" in fields else None
-                    return Event(fields.get("event", "message"), data, fields.get("id"))
+                    event = Event(fields.get("event", "message"), data, fields.get("id"))
+                    fields = {}
+                    if event.event not in self.skip:
+                        return event
+                    self.skipped.append(event)
             raise EOFError("stream ended")
 
     async def comment(self, timeout: float = 5.0) -> str:
-        """The next comment line (a heartbeat), skipping nothing else: events would fail it."""
+        """The next comment line (a heartbeat), passing over `skip` events only: others fail it."""
         async with asyncio.timeout(timeout):
+            fields: dict[str, str] = {}
             async for line in self._lines:
                 if line.startswith(":"):
                     return line[1:].strip()
-                assert not line, f"expected a comment, got {line!r}"
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                elif fields:
+                    event = fields.get("event", "message")
+                    assert event in self.skip, f"expected a comment, got an event {fields!r}"
+                    data = json.loads(fields["data"]) if "data" in fields else None
+                    self.skipped.append(Event(event, data, fields.get("id")))
+                    fields = {}
             raise EOFError("stream ended")
 
     async def take(self, count: int, timeout: float = 5.0) -> list[Event]:
@@ -222,14 +241,17 @@ class EventReader:
 
 @asynccontextmanager
 async def open_stream(
-    client: httpx.AsyncClient, params: dict[str, str] | None = None, **headers: str
+    client: httpx.AsyncClient,
+    params: dict[str, str] | None = None,
+    skip: Iterable[str] = ("market",),
+    **headers: str,
 ) -> AsyncIterator[EventReader]:
-    """GET /api/v1/stream, checked to be an event stream."""
+    """GET /api/v1/stream, checked to be an event stream; `skip`: event types passed over."""
     headers = {k.replace("_", "-"): v for k, v in headers.items()}
     async with client.stream("GET", "/api/v1/stream", params=params, headers=headers) as response:
         assert response.status_code == 200, (await response.aread()).decode()
         assert response.headers["content-type"].startswith("text/event-stream")
-        yield EventReader(response)
+        yield EventReader(response, skip)
 
 
 def ids(events: Iterable[Event]) -> list[int]:

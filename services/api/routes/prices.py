@@ -36,7 +36,7 @@ MAX_POINTS = 10_000
 TIME_HELP = "ISO 8601 (a time without zone is UTC) or epoch milliseconds."
 
 
-def _time(default: str) -> Any:
+def time_query(default: str) -> Any:
     """A time parameter: declared in the forms of TIME_PATTERN, read in any TIME_HELP form."""
     declared = {"pattern": TIME_PATTERN}
     return Query(
@@ -45,13 +45,18 @@ def _time(default: str) -> Any:
 
 
 StartParam = Annotated[
-    str | None, _time("end - 7 days. It must be before end, and at most ten years before it.")
+    str | None, time_query("end - 7 days. It must be before end, and at most ten years before it.")
 ]
-EndParam = Annotated[str | None, _time("now.")]
+EndParam = Annotated[str | None, time_query("now.")]
 
 
-def window(start: str | None, end: str | None) -> tuple[datetime, datetime]:
-    """The requested [start, end]: by default the 7 days up to now."""
+def window(
+    start: str | None,
+    end: str | None,
+    longest: timedelta = MAX_WINDOW,
+    longest_text: str = "ten years",
+) -> tuple[datetime, datetime]:
+    """The requested [start, end]: by default the 7 days up to now, at most `longest`."""
     until = parse_time("end", end) if end else datetime.now(UTC)
     if start:
         since = parse_time("start", start)
@@ -62,9 +67,9 @@ def window(start: str | None, end: str | None) -> tuple[datetime, datetime]:
             raise InvalidParameter("query parameter", "end", "too early") from None
     if since >= until:
         raise InvalidParameter("query parameter", "start", "must be before end")
-    if until - since > MAX_WINDOW:
+    if until - since > longest:
         raise InvalidParameter(
-            "query parameter", "start", "the window from start to end exceeds ten years"
+            "query parameter", "start", f"the window from start to end exceeds {longest_text}"
         )
     return since, until
 

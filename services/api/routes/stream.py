@@ -24,7 +24,8 @@ from services.api.deps import (
     known_symbols,
     pooled,
 )
-from services.api.events import SHUTDOWN, Frame, Subscriber, encode, price_frame
+from services.api.events import SHUTDOWN, Frame, Subscriber, encode, market_frame, price_frame
+from services.api.feed import MarketWatch, read_feed
 from services.api.limits import STREAM_RETRY_AFTER, Busy, ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
@@ -36,7 +37,7 @@ REPLAY_CHUNK = 1000  # frames per write while replaying
 SHUTDOWN_GRACE = 1.0  # seconds a stream gets to finish its last write on shutdown
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "`price` (with `id:`), `stock`, `history` and `reset` events; "
+        "description": "`price` (with `id:`), `stock`, `history`, `market` and `reset` events; "
         "`: heartbeat` comments.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
@@ -189,7 +190,7 @@ async def _start(
     symbols: list[str] | None,
     resume: int | None,
 ) -> tuple[Subscriber, list[Frame]]:
-    """A new subscriber, and what it is sent first: the ticks after `resume`, or a `reset`."""
+    """A new subscriber and what it is sent first: ticks after `resume` or a `reset`, the market."""
     limit = settings.api_stream_replay_limit
     async with pooled(request, client) as conn:
         await known_symbols(conn, symbols)
@@ -224,6 +225,10 @@ async def _start(
                 payload = ResetPayload(reason=reason, last_event_id=head)
                 first = [Frame("reset", encode("reset", payload, head))]
                 sub.after = head
+            # Read after subscribing, like the ticks: a change from here on arrives live.
+            watch: MarketWatch = request.app.state.market_watch
+            feed = await read_feed(conn, request.app.state.configured_feed)
+            first.append(market_frame(await watch.market(feed)))
         except BaseException:
             broadcaster.unsubscribe(sub)
             raise
