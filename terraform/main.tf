@@ -107,7 +107,7 @@ locals {
   # (a test holds them to compose's own numbers): the default stack with the proxy profile, the
   # one-shots included; what the observability profile adds; each API replica past the first.
   compose_memory_mib = {
-    default_stack     = 1520
+    default_stack     = 1536
     observability     = 960
     extra_api_replica = 192
   }

@@ -593,7 +593,7 @@ run "api_replicas_count_against_the_memory" {
     values = { memory_size = 4096 }
   }
 
-  # 1520 + 192 + 512 MiB: more than a t3.small has.
+  # 1536 + 192 + 512 MiB: more than a t3.small has.
   assert {
     condition     = aws_instance.this.instance_type == "t3.medium"
     error_message = "One more API replica moves the default instance to a t3.medium."
