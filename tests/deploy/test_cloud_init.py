@@ -240,7 +240,9 @@ def key_reader(tmp_path: Path, **overrides: Any) -> tuple[str, Path]:
     under tmp_path (the rest of the script needs the instance)."""
     written = files(yaml.safe_load(render(tmp_path, **overrides)))
     script = written["/usr/local/sbin/stockstreamer-env"]
-    loop = re.search(r"^while read -r file parameter; do\n.+?^done < <\([^\n]+\)$", script, re.M | re.S)
+    loop = re.search(
+        r"^while read -r file parameter; do\n.+?^done < <\([^\n]+\)$", script, re.M | re.S
+    )
     assert loop, script
     listing = tmp_path / "vendor-keys"
     listing.write_text(written["/etc/stockstreamer/vendor-keys"])
