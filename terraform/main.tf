@@ -27,8 +27,47 @@ locals {
   # clear text. Without a domain it stays on the instance's loopback, reached through SSM.
   compose_profiles = var.observability ? "proxy,observability" : "proxy"
   grafana_public   = var.observability && var.domain_name != ""
+}
 
-  provider_key_parameter_arn = var.provider_api_key_parameter == "" ? null : "arn:${data.aws_partition.current.partition}:ssm:${var.aws_region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(var.provider_api_key_parameter, "/")}"
+################################################################################
+# Market data: the provider chain and the vendors' keys
+################################################################################
+
+locals {
+  providers = [for name in split(",", var.market_data_provider) : trimspace(name)]
+  # The vendors whose keys the fetcher needs: the chain's, and the history provider's.
+  vendors = sort(setsubtract(concat(local.providers, var.history_provider == "" ? [] : [var.history_provider]), ["simulated"]))
+
+  # Each vendor's key files, as services/secrets/layout.py names them (a test holds them equal).
+  vendor_key_files = {
+    finnhub    = ["finnhub-api-key"]
+    twelvedata = ["twelvedata-api-key"]
+    alpaca     = ["alpaca-api-key-id", "alpaca-api-secret-key"]
+  }
+  # The parameter given for each file (the variable is the file's name + _parameter); the old
+  # provider_api_key_parameter stands in for the one key of a single finnhub or twelvedata.
+  legacy_key_file = length(local.providers) == 1 && contains(["finnhub", "twelvedata"], local.providers[0]) ? "${local.providers[0]}-api-key" : ""
+  key_parameter_given = {
+    for file, name in {
+      "finnhub-api-key"       = var.finnhub_api_key_parameter
+      "twelvedata-api-key"    = var.twelvedata_api_key_parameter
+      "alpaca-api-key-id"     = var.alpaca_api_key_id_parameter
+      "alpaca-api-secret-key" = var.alpaca_api_secret_key_parameter
+    } : file => name != "" || file != local.legacy_key_file ? name : var.provider_api_key_parameter
+  }
+  # Secret file => SSM parameter, for the vendors in use only: the instance reads no other key.
+  key_parameters = {
+    for file in flatten([for vendor in local.vendors : local.vendor_key_files[vendor]]) :
+    file => local.key_parameter_given[file] if local.key_parameter_given[file] != ""
+  }
+  missing_key_parameters = [
+    for file in flatten([for vendor in local.vendors : local.vendor_key_files[vendor]]) :
+    "${replace(file, "-", "_")}_parameter" if local.key_parameter_given[file] == ""
+  ]
+  key_parameter_arns = [
+    for file in sort(keys(local.key_parameters)) :
+    "arn:${data.aws_partition.current.partition}:ssm:${var.aws_region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(local.key_parameters[file], "/")}"
+  ]
 }
 
 # Ubuntu 24.04 LTS, looked up at plan time from Canonical's public SSM parameter (not hard-coded).
@@ -68,7 +107,7 @@ locals {
   # (a test holds them to compose's own numbers): the default stack with the proxy profile, the
   # one-shots included; what the observability profile adds; each API replica past the first.
   compose_memory_mib = {
-    default_stack     = 1520
+    default_stack     = 1536
     observability     = 960
     extra_api_replica = 192
   }
@@ -156,10 +195,11 @@ resource "aws_vpc_security_group_ingress_rule" "ssh" {
   to_port           = 22
 }
 
-# Outbound: packages, images, the market-data vendor, Let's Encrypt and AWS APIs are all on 80/443.
+# Outbound: packages, images, the market-data vendors (Alpaca, Finnhub, Twelve Data: REST and
+# WebSocket over TLS), Let's Encrypt and AWS APIs are all on 80/443.
 resource "aws_vpc_security_group_egress_rule" "https" {
   security_group_id = aws_security_group.instance.id
-  description       = "HTTPS out: images, packages, vendor API, SSM, ACME"
+  description       = "HTTPS out: images, packages, vendor APIs, SSM, ACME"
   cidr_ipv4         = "0.0.0.0/0"
   ip_protocol       = "tcp"
   from_port         = 443
@@ -194,7 +234,7 @@ locals {
   account_arn = "${data.aws_partition.current.partition}:%s:${var.aws_region}:${data.aws_caller_identity.current.account_id}"
 
   # The instance's whole policy (nothing managed is attached): the SSM agent's Session Manager
-  # channels, the vendor key parameter, and with RDS the master secret and the IAM logins of the
+  # channels, the vendors' key parameters, and with RDS the master secret and the IAM logins of the
   # services' two database users.
   instance_policy = {
     Version = "2012-10-17"
@@ -219,11 +259,11 @@ locals {
         },
       ],
       [
-        for arn in local.provider_key_parameter_arn == null ? [] : [local.provider_key_parameter_arn] : {
-          Sid      = "ProviderKey"
+        for arns in length(local.key_parameter_arns) == 0 ? [] : [distinct(local.key_parameter_arns)] : {
+          Sid      = "VendorKeys"
           Effect   = "Allow"
           Action   = ["ssm:GetParameter"]
-          Resource = arn
+          Resource = arns
         }
       ],
       flatten([
@@ -289,6 +329,39 @@ resource "aws_eip" "this" {
   tags   = { Name = var.name }
 }
 
+# The instance's cloud-init: names and addresses only, secrets are read on the instance at boot
+# (SSM, Secrets Manager).
+locals {
+  user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
+    region                = var.aws_region
+    arch                  = local.arch
+    repository_url        = var.repository_url
+    repository_commit     = var.repository_ref
+    site_address          = var.domain_name != "" ? var.domain_name : ":80"
+    public_host           = local.public_host
+    public_origin         = local.public_origin
+    market_data_provider  = join(",", local.providers)
+    history_provider      = var.history_provider
+    calendar              = var.calendar
+    extended_hours        = var.extended_hours
+    vendor_key_parameters = local.key_parameters
+    settings              = var.settings
+    data_device           = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${replace(aws_ebs_volume.data.id, "-", "")}"
+    backup_keep           = var.backup_keep
+    use_rds               = var.use_rds
+    rds_secret_arn        = var.use_rds ? aws_db_instance.this[0].master_user_secret[0].secret_arn : ""
+    rds_address           = var.use_rds ? aws_db_instance.this[0].address : ""
+    rds_port              = var.use_rds ? aws_db_instance.this[0].port : 5432
+    db_name               = "stockstreamer"
+    compose_profiles      = local.compose_profiles
+    grafana_route         = local.grafana_public ? "on" : "off"
+    grafana_root_url      = local.grafana_public ? "${local.public_origin}/grafana/" : ""
+    edge_rate             = var.edge_connection_rate
+    edge_burst            = var.edge_connection_burst
+    edge_connections      = var.edge_connections_per_address
+  })
+}
+
 resource "aws_instance" "this" {
   #checkov:skip=CKV_AWS_126:Basic 5-minute CloudWatch metrics suffice for one small instance; detailed monitoring is billed extra.
   ami                    = data.aws_ssm_parameter.ami.insecure_value
@@ -315,33 +388,8 @@ resource "aws_instance" "this" {
     delete_on_termination = true
   }
 
-  # Names and addresses only: secrets are read on the instance at boot (SSM, Secrets Manager).
-  user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
-    region                 = var.aws_region
-    arch                   = local.arch
-    repository_url         = var.repository_url
-    repository_commit      = var.repository_ref
-    site_address           = var.domain_name != "" ? var.domain_name : ":80"
-    public_host            = local.public_host
-    public_origin          = local.public_origin
-    market_data_provider   = var.market_data_provider
-    provider_key_parameter = var.provider_api_key_parameter
-    provider_key_file      = "${var.market_data_provider}-api-key"
-    settings               = var.settings
-    data_device            = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${replace(aws_ebs_volume.data.id, "-", "")}"
-    backup_keep            = var.backup_keep
-    use_rds                = var.use_rds
-    rds_secret_arn         = var.use_rds ? aws_db_instance.this[0].master_user_secret[0].secret_arn : ""
-    rds_address            = var.use_rds ? aws_db_instance.this[0].address : ""
-    rds_port               = var.use_rds ? aws_db_instance.this[0].port : 5432
-    db_name                = "stockstreamer"
-    compose_profiles       = local.compose_profiles
-    grafana_route          = local.grafana_public ? "on" : "off"
-    grafana_root_url       = local.grafana_public ? "${local.public_origin}/grafana/" : ""
-    edge_rate              = var.edge_connection_rate
-    edge_burst             = var.edge_connection_burst
-    edge_connections       = var.edge_connections_per_address
-  })
+  # Compressed (cloud-init unpacks it): the script outgrew EC2's 16 KiB of user data in clear.
+  user_data_base64            = base64gzip(local.user_data)
   user_data_replace_on_change = false
 
   tags = { Name = var.name }
@@ -364,8 +412,8 @@ resource "aws_instance" "this" {
     }
 
     precondition {
-      condition     = var.market_data_provider == "simulated" || var.provider_api_key_parameter != ""
-      error_message = "market_data_provider ${var.market_data_provider} needs provider_api_key_parameter (an SSM SecureString)."
+      condition     = length(local.missing_key_parameters) == 0
+      error_message = "market_data_provider ${var.market_data_provider}${var.history_provider != "" ? " with history_provider ${var.history_provider}" : ""} needs ${join(", ", local.missing_key_parameters)}: the names of SSM SecureString parameters holding the vendors' keys (aws ssm put-parameter --type SecureString)."
     }
 
     # The container database's max_connections (30) gives the API login room for two replicas'

@@ -198,20 +198,99 @@ variable "repository_ref" {
 }
 
 variable "market_data_provider" {
-  description = "Value of STOCKSTREAMER_PROVIDER: simulated needs no key; finnhub and twelvedata need provider_api_key_parameter."
+  description = "Value of STOCKSTREAMER_PROVIDER: one provider, or an ordered chain of them, comma-separated (\"alpaca,finnhub\"): the first is used while it works, the next ones take over when it fails. Names: simulated (no key), finnhub, twelvedata, alpaca. Every vendor named here or as history_provider needs its key parameters (finnhub_api_key_parameter, twelvedata_api_key_parameter, alpaca_api_key_id_parameter and alpaca_api_secret_key_parameter)."
   type        = string
   default     = "simulated"
 
   validation {
-    condition     = contains(["simulated", "finnhub", "twelvedata"], var.market_data_provider)
-    error_message = "market_data_provider must be simulated, finnhub or twelvedata."
+    condition     = alltrue([for name in split(",", var.market_data_provider) : contains(["simulated", "finnhub", "twelvedata", "alpaca"], trimspace(name))])
+    error_message = "market_data_provider must be simulated, finnhub, twelvedata or alpaca, or several of them comma-separated in order of preference (\"alpaca,finnhub\")."
+  }
+}
+
+variable "history_provider" {
+  description = "Value of STOCKSTREAMER_HISTORY_PROVIDER: where backfill and gap healing take 1-minute bars: simulated, twelvedata or alpaca (Finnhub's free tier has none). Empty (the default): the first provider of market_data_provider that has history. It may be outside the chain (Finnhub's stream, Alpaca's history); its keys are then needed too."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = contains(["", "simulated", "twelvedata", "alpaca"], var.history_provider)
+    error_message = "history_provider must be empty (the chain's first with history), simulated, twelvedata or alpaca: finnhub has no history on its free tier."
+  }
+}
+
+variable "calendar" {
+  description = "Value of STOCKSTREAMER_CALENDAR: the exchange calendar that says when the market is open (an exchange-calendars name such as XNYS, XNAS, XLON or XTKS, or 24/7); the fetcher refuses to start with a name it does not know. Empty (the default): XNYS when the chain has a vendor, 24/7 for the simulator alone."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9_]{2,16}|24/[57])?$", var.calendar))
+    error_message = "calendar must be empty, 24/7, 24/5 or an exchange-calendars name such as XNYS."
+  }
+}
+
+variable "extended_hours" {
+  description = "Value of STOCKSTREAMER_EXTENDED_HOURS: count US exchanges' pre- and after-market hours (04:00-20:00 New York time) as open, for the live feed, healing and the dashboard."
+  type        = bool
+  default     = false
+}
+
+# One SSM SecureString parameter per vendor key, read on the instance at every start into the
+# fetcher's key files; the instance may read exactly the ones its vendors need.
+variable "finnhub_api_key_parameter" {
+  description = "Name of the SSM SecureString parameter holding the Finnhub API key (needed when finnhub is in market_data_provider); empty for none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(/?[A-Za-z0-9_.-]+)*$", var.finnhub_api_key_parameter))
+    error_message = "finnhub_api_key_parameter must be an SSM parameter name (letters, digits, _ . - and /)."
+  }
+}
+
+variable "twelvedata_api_key_parameter" {
+  description = "Name of the SSM SecureString parameter holding the Twelve Data API key (needed when twelvedata is in market_data_provider or is history_provider); empty for none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(/?[A-Za-z0-9_.-]+)*$", var.twelvedata_api_key_parameter))
+    error_message = "twelvedata_api_key_parameter must be an SSM parameter name (letters, digits, _ . - and /)."
+  }
+}
+
+variable "alpaca_api_key_id_parameter" {
+  description = "Name of the SSM SecureString parameter holding the Alpaca API key ID (needed, with alpaca_api_secret_key_parameter, when alpaca is in market_data_provider or is history_provider); empty for none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(/?[A-Za-z0-9_.-]+)*$", var.alpaca_api_key_id_parameter))
+    error_message = "alpaca_api_key_id_parameter must be an SSM parameter name (letters, digits, _ . - and /)."
+  }
+}
+
+variable "alpaca_api_secret_key_parameter" {
+  description = "Name of the SSM SecureString parameter holding the Alpaca API secret key (with alpaca_api_key_id_parameter); empty for none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(/?[A-Za-z0-9_.-]+)*$", var.alpaca_api_secret_key_parameter))
+    error_message = "alpaca_api_secret_key_parameter must be an SSM parameter name (letters, digits, _ . - and /)."
   }
 }
 
 variable "provider_api_key_parameter" {
-  description = "Name of an SSM SecureString holding the provider's API key, read at boot; empty for none."
+  description = "Deprecated, kept for configurations written before chains: the key parameter of a market_data_provider that names finnhub or twelvedata alone. Use finnhub_api_key_parameter or twelvedata_api_key_parameter; those win when both are set."
   type        = string
   default     = ""
+
+  validation {
+    condition     = can(regex("^(/?[A-Za-z0-9_.-]+)*$", var.provider_api_key_parameter))
+    error_message = "provider_api_key_parameter must be an SSM parameter name (letters, digits, _ . - and /)."
+  }
 }
 
 variable "settings" {
@@ -224,6 +303,13 @@ variable "settings" {
       for k, v in var.settings : can(regex("^[A-Z][A-Z0-9_]*$", k)) && !can(regex("(KEY|PASSWORD|SECRET|TOKEN|DATABASE_URL)", k)) && !can(regex("[\\n$]", v))
     ])
     error_message = "settings keys must be UPPER_CASE names of non-secret settings (secrets go through SSM), values one line without $."
+  }
+
+  # The market's settings have variables of their own: the vendors' keys and the instance's
+  # permissions follow those.
+  validation {
+    condition     = length(setintersection(keys(var.settings), ["STOCKSTREAMER_PROVIDER", "STOCKSTREAMER_HISTORY_PROVIDER", "STOCKSTREAMER_CALENDAR", "STOCKSTREAMER_EXTENDED_HOURS"])) == 0
+    error_message = "Set the provider chain, history provider, calendar and extended hours with market_data_provider, history_provider, calendar and extended_hours, not in settings."
   }
 
   # The instance's memory is sized for the replicas (see instance_type).

@@ -5,13 +5,14 @@ Standard library only: `deploy/make-secrets` runs it with a host's plain `python
 
 from __future__ import annotations
 
-from services.secrets.layout import CONSUMERS, SECRETS, Consumer, Secret
+from services.secrets.layout import CONSUMERS, SECRETS, VENDOR_KEYS, Consumer, Secret
 from services.secrets.scram import scram_verifier, verifies
 from services.secrets.store import Store, install, make
 
 __all__ = [
     "CONSUMERS",
     "SECRETS",
+    "VENDOR_KEYS",
     "Consumer",
     "Secret",
     "Store",

@@ -40,6 +40,8 @@ SECRETS: tuple[Secret, ...] = (
     Secret("grafana-admin-password", "password"),
     Secret("finnhub-api-key", "key"),
     Secret("twelvedata-api-key", "key"),
+    Secret("alpaca-api-key-id", "key"),
+    Secret("alpaca-api-secret-key", "key"),
     Secret("migrate-database-url", "url", of="postgres-password", user="stockstreamer"),
     Secret("fetcher-database-url", "url", of="fetcher-db-password", user="stockstreamer_fetcher"),
     Secret("api-database-url", "url", of="api-db-password", user="stockstreamer_api"),
@@ -49,6 +51,14 @@ SECRETS: tuple[Secret, ...] = (
     Secret("monitor-db-verifier", "verifier", of="monitor-db-password"),
 )
 BY_NAME = {secret.name: secret for secret in SECRETS}
+
+# Each market-data vendor's key files: every one must be filled for the vendor to be used. The
+# fetcher gets them all, empty or not, so a chain of several vendors finds each its own.
+VENDOR_KEYS: dict[str, tuple[str, ...]] = {
+    "finnhub": ("finnhub-api-key",),
+    "twelvedata": ("twelvedata-api-key",),
+    "alpaca": ("alpaca-api-key-id", "alpaca-api-secret-key"),
+}
 
 # One entry per container that holds a secret; compose mounts each one's own volume only.
 CONSUMERS: tuple[Consumer, ...] = (
@@ -73,6 +83,8 @@ CONSUMERS: tuple[Consumer, ...] = (
             "fetcher_database_url": "fetcher-database-url",
             "finnhub_api_key": "finnhub-api-key",
             "twelvedata_api_key": "twelvedata-api-key",
+            "alpaca_api_key_id": "alpaca-api-key-id",
+            "alpaca_api_secret_key": "alpaca-api-secret-key",
         },
     ),
     Consumer("api", APP_UID, APP_UID, {"api_database_url": "api-database-url"}),

@@ -91,7 +91,7 @@ run "default_container_database" {
   }
 
   assert {
-    condition     = output.dashboard_url == "https://stocks.example.com/" && strcontains(aws_instance.this.user_data, "\n      SITE_ADDRESS=stocks.example.com\n")
+    condition     = output.dashboard_url == "https://stocks.example.com/" && strcontains(local.user_data, "\n      SITE_ADDRESS=stocks.example.com\n")
     error_message = "HTTPS on the domain."
   }
 
@@ -103,7 +103,7 @@ run "default_container_database" {
 
   # Exactly the commit; and the per-address limits at the edge, with their defaults.
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "\n      REPOSITORY_COMMIT=0123456789abcdef0123456789abcdef01234567\n")
+    condition     = strcontains(local.user_data, "\n      REPOSITORY_COMMIT=0123456789abcdef0123456789abcdef01234567\n")
     error_message = "The instance is told the commit to check out."
   }
 
@@ -113,7 +113,7 @@ run "default_container_database" {
         "limit rate over 10/second burst 40 packets",
         "ct count over 64",
         "th dport { 80, 443 } ct state new fib daddr type local",
-      ] : strcontains(aws_instance.this.user_data, rule)
+      ] : strcontains(local.user_data, rule)
     ])
     error_message = "The edge firewall carries edge_connection_rate, edge_connection_burst and edge_connections_per_address."
   }
@@ -160,19 +160,31 @@ run "default_container_database" {
     error_message = "Without a vendor key or RDS the instance may only run the Session Manager agent."
   }
 
+  # What the instance is given: the script, compressed within EC2's 16 KiB.
+  assert {
+    condition     = aws_instance.this.user_data_base64 == base64gzip(local.user_data) && length(aws_instance.this.user_data_base64) <= 16384 && startswith(local.user_data, "#cloud-config\n")
+    error_message = "The instance gets the rendered cloud-config, gzip-compressed, within EC2's user data limit."
+  }
+
+  # The simulator: no key to read, the fetcher's own calendar (24/7), regular hours.
+  assert {
+    condition     = strcontains(local.user_data, "\n      # secret file, SSM parameter\n\n") && strcontains(local.user_data, "\n      PROVIDER=simulated\n      HISTORY_PROVIDER=\n      CALENDAR=\n      EXTENDED_HOURS=false\n")
+    error_message = "The default reads no vendor key and leaves the calendar to the fetcher."
+  }
+
   assert {
     condition     = alltrue([for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Effect == "Allow" && !can(regex("\\*", join(",", s.Action)))])
     error_message = "No wildcard actions."
   }
 
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "stockstreamer-backup.timer") && !strcontains(aws_instance.this.user_data, "stockstreamer-db-tokens.timer")
+    condition     = strcontains(local.user_data, "stockstreamer-backup.timer") && !strcontains(local.user_data, "stockstreamer-db-tokens.timer")
     error_message = "The container database is dumped daily; no RDS tokens."
   }
 
   # observability is off by default: Caddy only, and no route to a Grafana that does not run.
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "\n      COMPOSE_PROFILES=proxy\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROUTE=off\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROOT_URL=\n")
+    condition     = strcontains(local.user_data, "\n      COMPOSE_PROFILES=proxy\n") && strcontains(local.user_data, "\n      GRAFANA_ROUTE=off\n") && strcontains(local.user_data, "\n      GRAFANA_ROOT_URL=\n")
     error_message = "By default the instance runs the proxy profile alone, with no Grafana route."
   }
 
@@ -202,12 +214,12 @@ run "observability_on_the_https_site" {
   }
 
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "\n      COMPOSE_PROFILES=proxy,observability\n")
+    condition     = strcontains(local.user_data, "\n      COMPOSE_PROFILES=proxy,observability\n")
     error_message = "observability adds the compose profile to the proxy."
   }
 
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROUTE=on\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROOT_URL=https://stocks.example.com/grafana/\n")
+    condition     = strcontains(local.user_data, "\n      GRAFANA_ROUTE=on\n") && strcontains(local.user_data, "\n      GRAFANA_ROOT_URL=https://stocks.example.com/grafana/\n")
     error_message = "On the HTTPS site Caddy serves Grafana under /grafana/, which knows its public URL."
   }
 
@@ -231,7 +243,7 @@ run "observability_on_the_https_site" {
 
   # The admin password is made on the instance: no trace of it in user data (nor in the state).
   assert {
-    condition     = !strcontains(aws_instance.this.user_data, "GF_SECURITY_ADMIN_PASSWORD") && !can(regex("(?i)grafana[^\n]*password=", aws_instance.this.user_data))
+    condition     = !strcontains(local.user_data, "GF_SECURITY_ADMIN_PASSWORD") && !can(regex("(?i)grafana[^\n]*password=", local.user_data))
     error_message = "Grafana's admin password never goes through Terraform."
   }
 }
@@ -251,12 +263,12 @@ run "observability_without_a_domain_stays_on_loopback" {
   }
 
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "\n      COMPOSE_PROFILES=proxy,observability\n")
+    condition     = strcontains(local.user_data, "\n      COMPOSE_PROFILES=proxy,observability\n")
     error_message = "observability runs the profile with or without a domain."
   }
 
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROUTE=off\n") && strcontains(aws_instance.this.user_data, "\n      GRAFANA_ROOT_URL=\n")
+    condition     = strcontains(local.user_data, "\n      GRAFANA_ROUTE=off\n") && strcontains(local.user_data, "\n      GRAFANA_ROOT_URL=\n")
     error_message = "Plain HTTP: no public Grafana route (its login would cross the internet in clear text)."
   }
 
@@ -283,7 +295,7 @@ run "observability_with_rds_is_refused" {
   expect_failures = [aws_instance.this]
 }
 
-run "with_rds_a_vendor_key_and_ssh" {
+run "with_rds_a_vendor_key_as_before_chains_and_ssh" {
   command = apply
 
   variables {
@@ -312,9 +324,9 @@ run "with_rds_a_vendor_key_and_ssh" {
   assert {
     condition = {
       for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Sid => s.Resource
-      if contains(["ProviderKey", "DatabaseMasterSecret", "DatabaseLogins"], s.Sid)
+      if contains(["VendorKeys", "DatabaseMasterSecret", "DatabaseLogins"], s.Sid)
       } == {
-      ProviderKey          = "arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/finnhub-api-key"
+      VendorKeys           = ["arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/finnhub-api-key"]
       DatabaseMasterSecret = "arn:aws:secretsmanager:us-east-1:111122223333:secret:rds!db-1"
       DatabaseLogins = [
         "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_fetcher",
@@ -325,12 +337,18 @@ run "with_rds_a_vendor_key_and_ssh" {
   }
 
   assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Action if s.Sid == "ProviderKey"] == [["ssm:GetParameter"]]
+    condition     = [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Action if s.Sid == "VendorKeys"] == [["ssm:GetParameter"]]
     error_message = "The vendor key: ssm:GetParameter only."
   }
 
+  # provider_api_key_parameter, from before chains, still names a single vendor's key.
   assert {
-    condition     = strcontains(aws_instance.this.user_data, "stockstreamer-db-tokens.timer") && !strcontains(aws_instance.this.user_data, "stockstreamer-backup.timer")
+    condition     = strcontains(local.user_data, "\n      finnhub-api-key /stockstreamer/finnhub-api-key\n") && strcontains(local.user_data, "\n      PROVIDER=finnhub\n")
+    error_message = "The one key is read into the fetcher's finnhub key file."
+  }
+
+  assert {
+    condition     = strcontains(local.user_data, "stockstreamer-db-tokens.timer") && !strcontains(local.user_data, "stockstreamer-backup.timer")
     error_message = "RDS: IAM tokens renewed by a timer; RDS keeps its own backups."
   }
 
@@ -338,6 +356,110 @@ run "with_rds_a_vendor_key_and_ssh" {
     condition     = output.dashboard_url == "https://stocks.example.com/"
     error_message = "HTTPS when domain_name is set."
   }
+}
+
+run "a_vendor_chain_reads_each_vendors_keys_and_no_other" {
+  command = apply
+
+  variables {
+    market_data_provider            = "alpaca, finnhub"
+    history_provider                = "alpaca"
+    calendar                        = "XNAS"
+    extended_hours                  = true
+    alpaca_api_key_id_parameter     = "/stockstreamer/alpaca-api-key-id"
+    alpaca_api_secret_key_parameter = "/stockstreamer/alpaca-api-secret-key"
+    finnhub_api_key_parameter       = "/stockstreamer/finnhub-api-key"
+    # Given, but no vendor in use needs it: neither read nor readable.
+    twelvedata_api_key_parameter = "/stockstreamer/twelvedata-api-key"
+  }
+
+  assert {
+    condition = [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Resource if s.Sid == "VendorKeys"] == [[
+      "arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/alpaca-api-key-id",
+      "arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/alpaca-api-secret-key",
+      "arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/finnhub-api-key",
+    ]]
+    error_message = "The instance may read exactly the chain's vendors' key parameters."
+  }
+
+  assert {
+    condition = alltrue([
+      for line in [
+        "alpaca-api-key-id /stockstreamer/alpaca-api-key-id",
+        "alpaca-api-secret-key /stockstreamer/alpaca-api-secret-key",
+        "finnhub-api-key /stockstreamer/finnhub-api-key",
+        "PROVIDER=alpaca,finnhub",
+        "HISTORY_PROVIDER=alpaca",
+        "CALENDAR=XNAS",
+        "EXTENDED_HOURS=true",
+      ] : strcontains(local.user_data, "\n      ${line}\n")
+    ]) && !strcontains(local.user_data, "twelvedata-api-key /")
+    error_message = "The boot script reads each key into its file and passes the chain, history provider, calendar and extended hours on."
+  }
+}
+
+run "a_history_provider_outside_the_chain_needs_its_keys" {
+  command = plan
+
+  variables {
+    market_data_provider      = "finnhub"
+    history_provider          = "alpaca"
+    finnhub_api_key_parameter = "/stockstreamer/finnhub-api-key"
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "alpaca_needs_both_of_its_keys" {
+  command = plan
+
+  variables {
+    market_data_provider        = "alpaca"
+    alpaca_api_key_id_parameter = "/stockstreamer/alpaca-api-key-id"
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "the_old_key_parameter_does_not_stand_in_for_a_chain" {
+  command = plan
+
+  variables {
+    market_data_provider       = "finnhub,twelvedata"
+    provider_api_key_parameter = "/stockstreamer/finnhub-api-key"
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "an_unknown_provider_in_the_chain_is_refused" {
+  command = plan
+
+  variables {
+    market_data_provider = "alpaca,polygon"
+  }
+
+  expect_failures = [var.market_data_provider]
+}
+
+run "finnhub_has_no_history" {
+  command = plan
+
+  variables {
+    history_provider = "finnhub"
+  }
+
+  expect_failures = [var.history_provider]
+}
+
+run "the_chain_is_not_a_free_setting" {
+  command = plan
+
+  variables {
+    settings = { STOCKSTREAMER_PROVIDER = "alpaca" }
+  }
+
+  expect_failures = [var.settings]
 }
 
 run "ssh_from_the_internet_is_refused" {
@@ -409,7 +531,7 @@ run "plain_http_when_allowed_opens_port_80_alone" {
   }
 
   assert {
-    condition     = startswith(output.dashboard_url, "http://") && strcontains(aws_instance.this.user_data, "\n      SITE_ADDRESS=:80\n")
+    condition     = startswith(output.dashboard_url, "http://") && strcontains(local.user_data, "\n      SITE_ADDRESS=:80\n")
     error_message = "Plain HTTP by IP."
   }
 }
@@ -471,7 +593,7 @@ run "api_replicas_count_against_the_memory" {
     values = { memory_size = 4096 }
   }
 
-  # 1520 + 192 + 512 MiB: more than a t3.small has.
+  # 1536 + 192 + 512 MiB: more than a t3.small has.
   assert {
     condition     = aws_instance.this.instance_type == "t3.medium"
     error_message = "One more API replica moves the default instance to a t3.medium."

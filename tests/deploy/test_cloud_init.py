@@ -27,9 +27,15 @@ VARS: dict[str, Any] = {
     "site_address": "stocks.example.com",
     "public_host": "stocks.example.com",
     "public_origin": "https://stocks.example.com",
-    "market_data_provider": "finnhub",
-    "provider_key_parameter": "/stockstreamer/finnhub-api-key",
-    "provider_key_file": "finnhub-api-key",
+    "market_data_provider": "alpaca,finnhub",
+    "history_provider": "alpaca",
+    "calendar": "XNYS",
+    "extended_hours": True,
+    "vendor_key_parameters": {
+        "alpaca-api-key-id": "/stockstreamer/alpaca-api-key-id",
+        "alpaca-api-secret-key": "/stockstreamer/alpaca-api-secret-key",
+        "finnhub-api-key": "/stockstreamer/finnhub-api-key",
+    },
     "settings": {"STOCKSTREAMER_SYMBOLS": "AAPL,MSFT"},
     "data_device": "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0",
     "backup_keep": 14,
@@ -51,9 +57,11 @@ WITHOUT_RDS: dict[str, Any] = {
     "use_rds": False,
     "rds_secret_arn": "",
     "rds_address": "",
-    "provider_key_parameter": "",
     "market_data_provider": "simulated",
-    "provider_key_file": "simulated-api-key",
+    "history_provider": "",
+    "calendar": "",
+    "extended_hours": False,
+    "vendor_key_parameters": {},
     "settings": {},
 }
 
@@ -222,7 +230,84 @@ def test_without_rds_or_key_nothing_is_fetched(tmp_path: Path) -> None:
     config = yaml.safe_load(text)
     assert "stockstreamer-db-tokens.timer" not in text
     deploy_env = files(config)["/etc/stockstreamer/deploy.env"]
-    assert "PROVIDER_KEY_PARAMETER=\n" in deploy_env and "RDS_SECRET_ARN=\n" in deploy_env
+    assert "RDS_SECRET_ARN=\n" in deploy_env
+    listing = files(config)["/etc/stockstreamer/vendor-keys"]
+    assert [line for line in listing.splitlines() if not line.startswith("#")] == []
+
+
+def key_reader(tmp_path: Path, **overrides: Any) -> tuple[str, Path]:
+    """The boot script's vendor-key loop alone, with its listing as rendered and `put` writing
+    under tmp_path (the rest of the script needs the instance)."""
+    written = files(yaml.safe_load(render(tmp_path, **overrides)))
+    script = written["/usr/local/sbin/stockstreamer-env"]
+    loop = re.search(
+        r"^while read -r file parameter; do\n.+?^done < <\([^\n]+\)$", script, re.M | re.S
+    )
+    assert loop, script
+    listing = tmp_path / "vendor-keys"
+    listing.write_text(written["/etc/stockstreamer/vendor-keys"])
+    program = "\n".join(
+        [
+            "set -euo pipefail",
+            "AWS_REGION=eu-west-1 secrets=" + str(tmp_path / "secrets"),
+            'put() { cat >"$secrets/$1"; }',
+            loop[0].replace("/etc/stockstreamer/vendor-keys", str(listing)),
+        ]
+    )
+    return program, listing
+
+
+def run_key_reader(
+    tmp_path: Path, program: str, fail: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """With an `aws` that answers each parameter's name, as SSM would its value (text output)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    aws = bin_dir / "aws"
+    aws.write_text(
+        "#!/bin/bash\n"
+        'while [ $# -gt 0 ]; do [ "$1" = --name ] && name=$2; shift; done\n'
+        f'[ "$name" != "{fail}" ] || {{ echo "ParameterNotFound" >&2; exit 254; }}\n'
+        'echo "value of $name"\n'
+    )
+    aws.chmod(0o755)
+    return subprocess.run(  # noqa: S603
+        [shutil.which("bash") or "bash", "-c", program],
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def test_each_vendor_key_is_read_into_its_own_file(tmp_path: Path) -> None:
+    program, _ = key_reader(tmp_path)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    result = run_key_reader(tmp_path, program)
+    assert result.returncode == 0, result.stderr
+    parameters: dict[str, str] = VARS["vendor_key_parameters"]
+    assert {p.name: p.read_text() for p in secrets.iterdir()} == {
+        file: f"value of {name}" for file, name in parameters.items()
+    }, "each key whole, without the CLI's newline"
+    # A parameter that cannot be read fails the start, and the key kept from before stays.
+    (secrets / "finnhub-api-key").write_text("kept")
+    failed = run_key_reader(tmp_path, program, fail="/stockstreamer/finnhub-api-key")
+    assert failed.returncode != 0 and "ParameterNotFound" in failed.stderr
+    assert (secrets / "finnhub-api-key").read_text() == "kept"
+
+
+def test_the_market_settings_reach_env_and_defaults_stay_the_fetchers(tmp_path: Path) -> None:
+    chain = env_writer(tmp_path).splitlines()
+    assert "STOCKSTREAMER_PROVIDER=alpaca,finnhub" in chain
+    assert "STOCKSTREAMER_HISTORY_PROVIDER=alpaca" in chain
+    assert "STOCKSTREAMER_CALENDAR=XNYS" in chain
+    assert "STOCKSTREAMER_EXTENDED_HOURS=true" in chain
+    simulated = env_writer(tmp_path, **WITHOUT_RDS).splitlines()
+    assert "STOCKSTREAMER_PROVIDER=simulated" in simulated
+    assert "STOCKSTREAMER_EXTENDED_HOURS=false" in simulated
+    assert not [line for line in simulated if "HISTORY_PROVIDER" in line or "CALENDAR" in line]
 
 
 def test_env_writer_names_every_setting_it_writes(tmp_path: Path) -> None:

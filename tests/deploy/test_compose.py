@@ -19,7 +19,7 @@ import pytest
 
 from services.common import migrations
 from services.common.config import env_names
-from services.secrets import CONSUMERS
+from services.secrets import CONSUMERS, VENDOR_KEYS
 from tests.deploy.compose import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -68,7 +68,13 @@ SECRETS = {
         "api_db_verifier",
         "monitor_db_verifier",
     },
-    "fetcher": {"fetcher_database_url", "finnhub_api_key", "twelvedata_api_key"},
+    "fetcher": {
+        "fetcher_database_url",
+        "finnhub_api_key",
+        "twelvedata_api_key",
+        "alpaca_api_key_id",
+        "alpaca_api_secret_key",
+    },
     "api": {"api_database_url"},
     "dashboard": set(),
     "proxy": set(),
@@ -230,6 +236,40 @@ def test_container_environment_gives_valid_settings(
         assert "localhost:5006" in settings.allowed_origins
 
 
+def test_a_vendor_chain_finds_each_vendors_keys_in_its_files(
+    compose: dict[str, Any],
+    example_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Keys chosen in the secrets directory for several vendors at once, the chain and the
+    market's settings in .env: the fetcher's settings hold every key, read from its own file."""
+    secrets_dir = make_secrets(tmp_path / "secrets")
+    chosen = {key: f"{key}-value" for keys in VENDOR_KEYS.values() for key in keys}
+    for name, value in chosen.items():
+        (secrets_dir / name).write_text(value)
+    paths = secret_paths(secrets_dir)
+    spec = compose["services"]["fetcher"]
+    dot_env = {
+        **example_env,
+        "STOCKSTREAMER_PROVIDER": "alpaca,finnhub,twelvedata",
+        "STOCKSTREAMER_HISTORY_PROVIDER": "alpaca",
+        "STOCKSTREAMER_CALENDAR": "XNYS",
+        "STOCKSTREAMER_EXTENDED_HOURS": "true",
+    }
+    vendor_settings = {k for k in dot_env if k not in example_env}
+    assert not vendor_settings & set(spec["environment"]), "from .env: compose fixes none of them"
+    for name, value in {**dot_env, **spec["environment"]}.items():
+        monkeypatch.setenv(name, paths.get(str(value), str(value)))
+    settings: Any = settings_class("fetcher")(_env_file=None)
+    # The fetcher's file for a key is named as the setting that holds it.
+    fetcher = next(c for c in CONSUMERS if c.name == "fetcher")
+    for file, secret in fetcher.files.items():
+        if secret in chosen:
+            assert getattr(settings, file).get_secret_value() == chosen[secret], file
+    assert settings.calendar == "XNYS" and settings.extended_hours is True
+
+
 def everything() -> dict[str, Any]:
     """docker-compose.yml with its included profile, after `cp .env.example .env`."""
     env = dotenv(ENV_EXAMPLE.read_text())
@@ -339,7 +379,7 @@ def test_make_secrets_writes_every_file_compose_names(
     for name, path in secret_paths(secrets_dir).items():
         assert Path(path).is_file(), name
     first = {p.name: p.read_text() for p in secrets_dir.iterdir()}
-    assert first["finnhub-api-key"] == "" and first["twelvedata-api-key"] == ""
+    assert all(first[key] == "" for keys in VENDOR_KEYS.values() for key in keys), "to fill in"
     (secrets_dir / "finnhub-api-key").chmod(0o600)
     (secrets_dir / "finnhub-api-key").write_text("my-key")
     again = {p.name: p.read_text() for p in make_secrets(secrets_dir).iterdir()}

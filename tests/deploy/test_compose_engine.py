@@ -457,7 +457,8 @@ def probe(stack: Stack, where: list[str], targets: list[str]) -> dict[str, str]:
 
 def test_the_fetcher_buffer_fits_its_memory_limit(stack: Stack) -> None:
     """The outage buffer filled to the capacity compose gives the fetcher, in the fetcher's
-    image under the fetcher's memory limit (the code it loads, the ticks a provider makes)."""
+    image under the fetcher's memory limit (the code it loads, the market's calendar over the
+    longest backfill, the ticks a provider makes)."""
     fetcher = interpolate_all(load_yaml(COMPOSE_FILE), {})["services"]["fetcher"]
     capacity = int(fetcher["environment"]["STOCKSTREAMER_BUFFER_CAPACITY"])
     limit = fetcher["mem_limit"]
@@ -468,7 +469,11 @@ def test_the_fetcher_buffer_fits_its_memory_limit(stack: Stack) -> None:
         "import services.fetcher.service\n"
         "from services.common.models import Tick\n"
         "from services.fetcher.buffer import TickBuffer\n"
+        "from services.common.market import Market\n"
         f"buffer, start = TickBuffer({capacity}), datetime.now(UTC)\n"
+        "market = Market('XNYS', extended_hours=True)\n"
+        "market.sessions(start - timedelta(days=400), start + timedelta(days=14))\n"
+        "market.open_minutes(start - timedelta(days=1), start)\n"
         f"for i in range({capacity} + 1000):\n"
         "    buffer.put([Tick(('AAPL', 'NVDA', 'GE')[i % 3], start + timedelta(microseconds=i),"
         " Decimal(f'{100 + i % 5000 / 100:.2f}'))])\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import os
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from services.fetcher.config import FetcherSettings
-from services.secrets import CONSUMERS
+from services.common.market import calendar_names
+from services.fetcher import config as fetcher_config
+from services.secrets import CONSUMERS, VENDOR_KEYS
 from tests.deploy.hcl import Terraform, load_terraform, one
 from tests.utils.tools import missing
 
@@ -111,7 +113,10 @@ def test_instance_policy_is_its_own_and_minimal(tf: Terraform) -> None:
 
 
 def test_user_data_carries_no_secret(tf: Terraform) -> None:
-    user_data = tf.resource("aws_instance")["this"]["user_data"]
+    assert tf.resource("aws_instance")["this"]["user_data_base64"] == (
+        "${base64gzip(local.user_data)}"
+    )
+    user_data = tf.locals["user_data"]
     assert user_data.startswith('${templatefile("${path.module}/templates/')
     # Only names and ARNs go in: no password, secret value, SSM value or key-holding variable.
     forbidden = r"password|secret_string|random_|\.value\b|var\.\w*(key|token|secret)\b"
@@ -124,16 +129,36 @@ def test_user_data_carries_no_secret(tf: Terraform) -> None:
     assert "aws secretsmanager get-secret-value" in template
 
 
-def test_provider_key_names_match_the_fetcher_settings(tf: Terraform) -> None:
+def test_vendors_and_their_keys_match_the_secrets_and_the_fetcher(tf: Terraform) -> None:
+    """The provider names Terraform accepts are the fetcher's; each vendor's key files are the
+    ones the secrets layout hands the fetcher, each read from a parameter variable of its own."""
     condition = one(tf.variables["market_data_provider"]["validation"])["condition"]
-    allowed = set(re.findall(r'"(\w+)"', condition))
-    assert allowed == set(FetcherSettings.model_fields["provider"].annotation.__args__)  # type: ignore[union-attr]
-    user_data = tf.resource("aws_instance")["this"]["user_data"]
-    assert 'provider_key_file = "${var.market_data_provider}-api-key"' in user_data
-    # The file the instance writes is the one the secrets one-shot hands the fetcher.
+    names = set(re.findall(r'"(\w+)"', condition))
+    assert names == {"simulated", *VENDOR_KEYS}
+    history = one(tf.variables["history_provider"]["validation"])["condition"]
+    assert set(re.findall(r'"(\w*)"', history)) == names - {"finnhub"} | {""}, "no Finnhub"
+    config = inspect.getsource(fetcher_config)
+    assert not [n for n in names if f'"{n}"' not in config], "a name the fetcher does not know"
+    files = tf.locals["vendor_key_files"]
+    assert {vendor: tuple(keys) for vendor, keys in files.items()} == VENDOR_KEYS
     fetcher = next(c for c in CONSUMERS if c.name == "fetcher").files
-    for vendor in allowed - {"simulated"}:
-        assert fetcher.get(f"{vendor}_api_key") == f"{vendor}-api-key"
+    for key in (k for keys in VENDOR_KEYS.values() for k in keys):
+        assert f"{key.replace('-', '_')}_parameter" in tf.variables, key
+        # In the fetcher's /run/secrets under its setting's name, whose *_FILE the fetcher reads.
+        setting = key.replace("-", "_")
+        assert fetcher.get(setting) == key
+        assert f'"{setting.upper()}_FILE"' in config, f"the fetcher does not read {key}"
+    assert "vendor_key_parameters = local.key_parameters" in tf.locals["user_data"]
+
+
+def test_every_calendar_name_passes_the_calendar_variable(tf: Terraform) -> None:
+    condition = one(tf.variables["calendar"]["validation"])["condition"]
+    match = re.search(r'regex\("(.+)", var\.calendar\)', condition)
+    assert match, condition
+    pattern = re.compile(match[1])
+    assert pattern.fullmatch(""), "empty: the fetcher's default"
+    assert not [n for n in calendar_names() if not pattern.fullmatch(n)]
+    assert not pattern.fullmatch("XNYS\nSTOCKSTREAMER_X=1") and not pattern.fullmatch("$(id)")
 
 
 def test_every_variable_and_output_is_documented(tf: Terraform) -> None:

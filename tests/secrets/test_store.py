@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from services.runner.processes import ROOT
-from services.secrets import CONSUMERS, SECRETS, install, make, verifies
+from services.secrets import CONSUMERS, SECRETS, VENDOR_KEYS, install, make, verifies
 
 
 def _mode(path: Path) -> int:
@@ -90,6 +90,29 @@ def test_a_chosen_value_wins_and_what_derives_from_it_follows(tmp_path: Path) ->
     assert verifies((target / "db-users" / "api_db_verifier").read_text(), "chosen-password")
     assert (target / "fetcher" / "twelvedata_api_key").read_text() == "td-key"
     assert (store / "api-db-password").read_text() == "chosen-password"
+
+
+def test_a_chain_of_vendors_finds_every_key_it_was_given(tmp_path: Path) -> None:
+    """Alpaca's two keys and Finnhub's, chosen at once, reach the fetcher each in its own file;
+    a vendor left out keeps an empty file (it is then refused only if the chain names it)."""
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    given = {
+        "alpaca-api-key-id": "PKTEST0123456789",
+        "alpaca-api-secret-key": "s3cr3t/with+chars=",
+        "finnhub-api-key": "fh-key",
+    }
+    for name, value in given.items():
+        (chosen / name).write_text(value + "\n")
+    _, target = _install(tmp_path, chosen)
+    fetcher = next(c for c in CONSUMERS if c.name == "fetcher")
+    vendor_files = {
+        f: s for f, s in fetcher.files.items() if s in set().union(*VENDOR_KEYS.values())
+    }
+    assert set(vendor_files.values()) == set().union(*VENDOR_KEYS.values()), "every vendor's keys"
+    for file, secret in vendor_files.items():
+        assert (target / "fetcher" / file).read_text() == given.get(secret, ""), file
+    assert "alpaca" not in " ".join(os.listdir(target / "api")), "the fetcher's alone"
 
 
 def test_the_command_runs_on_a_bare_python_without_our_dependencies(tmp_path: Path) -> None:
