@@ -74,6 +74,8 @@ class Healer:
     async def run(self, provider: Provider, backfill: Backfill | None = None) -> None:
         """Heal every `interval` seconds, forever; never raises. Passes wait for `backfill`:
         its first plan, and any run of it, so that the two never ask for the same bars."""
+        if self.lookback <= timedelta(0):
+            return  # no history wanted
         if backfill is not None:
             await backfill.planned.wait()
         down = False

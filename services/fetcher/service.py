@@ -16,7 +16,7 @@ from services.common.models import Profile, Tick, Week52
 from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.config import FetcherSettings
-from services.fetcher.healing import Healer
+from services.fetcher.healing import LOOKBACK, Healer
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError, TradeStream
 from services.fetcher.validation import (
@@ -67,8 +67,15 @@ class Fetcher:
             self.drops,
             self.market,
         )
+        # Healing looks no further back than history is wanted (none when backfill is off).
         self.healer = Healer(
-            self.writer, self.symbols, self.market, self._call, metrics, self.drops
+            self.writer,
+            self.symbols,
+            self.market,
+            self._call,
+            metrics,
+            self.drops,
+            lookback=min(LOOKBACK, settings.backfill),
         )
         # Live ticks wait in the buffer until the backfill has read where history ends.
         self.writer.hold = self.backfill.planned

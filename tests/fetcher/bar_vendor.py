@@ -1,4 +1,4 @@
-"""A stand-in history vendor: deterministic 1-minute bars for any minute, and a record of requests."""
+"""A stand-in history vendor: the same 1-minute bars for a minute every time; its requests kept."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def expected_levels(given: list[Bar]) -> dict[tuple[int, str, datetime], BarRow]
         for bar in given:
             seconds = int(bar.start.timestamp()) // level.seconds * level.seconds
             groups[(level.seconds, bar.symbol, datetime.fromtimestamp(seconds, UTC))].append(bar)
-    result = {}
+    result: dict[tuple[int, str, datetime], BarRow] = {}
     for key, members in groups.items():
         members.sort(key=lambda b: b.start)
         result[key] = (
@@ -56,7 +56,8 @@ def expected_levels(given: list[Bar]) -> dict[tuple[int, str, datetime], BarRow]
 
 async def stored_levels(db: asyncpg.Connection) -> dict[tuple[int, str, datetime], BarRow]:
     rows = await db.fetch(
-        "SELECT width_s, symbol, bucket, open, high, low, close, volume FROM bars WHERE width_s >= 60"
+        "SELECT width_s, symbol, bucket, open, high, low, close, volume FROM bars"
+        " WHERE width_s >= 60"
     )
     return {(r[0], r[1], r[2]): tuple(r.values())[3:] for r in rows}
 
@@ -193,7 +194,7 @@ def of_ticks(ticks: list[asyncpg.Record], width: int) -> dict[tuple[str, datetim
     for t in ticks:
         seconds = int(t["ts"].timestamp()) // width * width
         groups[(t["symbol"], datetime.fromtimestamp(seconds, UTC))].append((t["ts"], t["price"]))
-    result = {}
+    result: dict[tuple[str, datetime], BarRow] = {}
     for key, points in groups.items():
         points.sort()
         high = max(p for _, p in points)
