@@ -31,6 +31,7 @@ REQUEST_SPAN = timedelta(days=31)
 # Bars go to the writer in chunks of whole UTC days of about this many bars: one transaction each,
 # and a day's wider bars are rebuilt once.
 CHUNK_BARS = 8_000
+# Gaps starting this close together are asked for together, from the earliest start.
 GROUP_SLACK = timedelta(hours=1)
 # Requests answered but not yet stored: the writer stores one answer while the next is fetched.
 IN_FLIGHT = 1
@@ -150,13 +151,14 @@ class Backfill:
         requests = self.plan(gaps, until)
         pending: deque[list[asyncio.Future[int]]] = deque()
         total = 0
+        unavailable = False
         try:
             for request in requests:
                 try:
                     bars = await self.call("history", _fetch(provider, request))
                 except HistoryUnavailable as exc:
                     log.info("no history backfill: %s", exc, extra={"provider": provider.name})
-                    requests = []
+                    unavailable = True
                     break
                 if bars:
                     good = self.accept(bars, request, provider.name)
@@ -170,7 +172,7 @@ class Backfill:
             for futures in pending:  # cancelled: queued chunks are not written
                 for future in futures:
                     future.cancel()
-        if requests:
+        if requests and not unavailable:
             log.info(
                 "history backfilled",
                 extra={
