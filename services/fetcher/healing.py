@@ -22,7 +22,7 @@ from services.fetcher.backfill import (
     floor_minute,
 )
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.providers.base import HistoryUnavailable, Provider
+from services.fetcher.providers.base import HistoryUnavailable, Provider, ProviderFatal
 from services.fetcher.validation import DropLog
 from services.fetcher.writer import BatchWriter
 
@@ -87,6 +87,13 @@ class Healer:
                 down = False
             except HistoryUnavailable as exc:
                 log.info("no healing: %s", exc, extra={"provider": provider.name})
+                return
+            except ProviderFatal as exc:  # keys refused: asking again every minute cannot help
+                self.metrics.heal_passes.labels("failed").inc()
+                log.error(
+                    "healing stopped: the history source refused us",
+                    extra={"provider": provider.name, "kind": exc.kind, "error": str(exc)},
+                )
                 return
             except OUTAGE_ERRORS as exc:
                 self.metrics.heal_passes.labels("database_down").inc()

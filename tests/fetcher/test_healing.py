@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -20,6 +21,7 @@ from services.fetcher.backfill import Backfill
 from services.fetcher.config import FetcherSettings
 from services.fetcher.healing import Healer
 from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.providers.base import ProviderFatal
 from services.fetcher.service import Fetcher
 from services.fetcher.store import TickStore
 from services.runner.embedded_db import free_port
@@ -27,6 +29,7 @@ from tests.fetcher.bar_vendor import MINUTE, Asked, BarVendor, vendor_bar
 from tests.utils.vendors import sample
 from tests.utils.waiting import eventually
 
+T = TypeVar("T")
 XNYS = Market("XNYS")
 NOW = datetime(2026, 3, 4, 16, 0, 30, tzinfo=UTC)  # Wednesday, 11:00:30 in New York
 TODAY = datetime(2026, 3, 4, 14, 30, tzinfo=UTC)  # its open
@@ -276,3 +279,29 @@ def test_bars_of_a_vendor_are_the_same_every_time() -> None:
     bars: list[Bar] = [vendor_bar("AAPL", start + MINUTE * i) for i in range(200)]
     assert all(b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high for b in bars)
     assert len({b.close for b in bars}) > 50
+
+
+async def test_healing_stops_when_the_history_source_refuses_its_keys(
+    database_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    fetcher = make_fetcher(database_url, ["AAPL"])
+
+    async def straight(call: str, fn: Callable[[], Awaitable[T]]) -> T | None:
+        return await fn()  # as the fetcher's call passes ProviderFatal on, unretried
+
+    healer = Healer(
+        fetcher.writer,
+        ["AAPL"],
+        Market("24/7"),
+        straight,
+        fetcher.metrics,
+        fetcher.drops,
+        interval=0.01,
+    )
+    vendor = BarVendor(errors=[ProviderFatal("unauthorized", "keys refused")])
+    async with writing(fetcher):
+        with caplog.at_level(logging.ERROR):
+            await asyncio.wait_for(healer.run(vendor), 10)  # returns: it does not raise
+    assert len(vendor.asked) == 1
+    assert "healing stopped: the history source refused us" in caplog.text
+    assert sample(fetcher, "heal_passes_total", outcome="failed") == 1
