@@ -1,29 +1,55 @@
-"""History backfill: fill the window behind each symbol's last stored tick, as history."""
+"""History backfill: the window behind each symbol's last stored data, from vendor minute bars."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import datetime, timedelta
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, TypeVar
 
 from services.common.db import OUTAGE_ERRORS
-from services.common.models import Tick
+from services.common.market import Market
+from services.common.models import Bar
 from services.common.retry import Backoff
+from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import HistoryUnavailable, Provider
+from services.fetcher.validation import DropLog, DropReason, split_valid_bars
 from services.fetcher.writer import BatchWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# Gaps shorter than this are not worth a vendor call (history has one point a minute at best).
-MIN_GAP = timedelta(minutes=1)
-# The most recent part of every gap is filled first, for all symbols: the windows people look at
-# first fill within seconds, before the rest of a long history arrives.
-RECENT = timedelta(days=1)
-IN_FLIGHT = 2  # chunks queued at the writer at once: enough to keep it busy, no more
+MINUTE = timedelta(minutes=1)
+DAY = timedelta(days=1)
+# One request asks for at most about this many bars (symbols x open minutes; the provider pages
+# through them) and at most a month, so that one answer held in memory stays small.
+REQUEST_BARS = 60_000
+REQUEST_SPAN = timedelta(days=31)
+# Bars go to the writer in chunks of whole UTC days of about this many bars: one transaction each,
+# and a day's wider bars are rebuilt once.
+CHUNK_BARS = 8_000
+# Gaps starting this close together are asked for together, from the earliest start.
+GROUP_SLACK = timedelta(hours=1)
+# Requests answered but not yet stored: the writer stores one answer while the next is fetched.
+IN_FLIGHT = 1
 
-CallFn = Callable[[str, Callable[[], Awaitable[list[Tick]]]], Awaitable[list[Tick] | None]]
+
+class CallFn(Protocol):
+    """The fetcher's retrying provider call: the result, or None when the round was skipped."""
+
+    async def __call__(self, call: str, fn: Callable[[], Awaitable[T]]) -> T | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Minute bars of `symbols` starting in [start, end)."""
+
+    symbols: tuple[str, ...]
+    start: datetime
+    end: datetime
 
 
 class Backfill:
@@ -35,19 +61,26 @@ class Backfill:
         symbols: Sequence[str],
         window: timedelta,
         call: CallFn,
-        accept: Callable[[list[Tick]], list[Tick]],
+        metrics: FetcherMetrics,
+        drops: DropLog,
+        market: Market,
     ) -> None:
         self.writer = writer
         self.symbols = list(symbols)
         self.window = window
-        self.call = call  # the fetcher's retrying provider call
-        self.accept = accept  # the fetcher's validation: bad ticks are counted and dropped
+        self.call = call
+        self.metrics = metrics
+        self.drops = drops
+        self.market = market
         # Set once the gaps are known: until then this run's first live ticks (which may carry
         # an old vendor time when the market is closed) could be mistaken for stored history.
         self.planned = asyncio.Event()
+        # Clear while a backfill runs: healing waits for it rather than asking for the same bars.
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def stored_until(self, until: datetime) -> dict[str, datetime | None]:
-        """Each symbol's latest stored tick before `until`, waiting out database outages."""
+        """Each symbol's latest stored data before `until`, waiting out database outages."""
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
@@ -59,83 +92,215 @@ class Backfill:
     def gaps(
         self, stored: dict[str, datetime | None], until: datetime
     ) -> list[tuple[str, datetime]]:
-        """(symbol, start) for every symbol with at least MIN_GAP of history missing."""
+        """(symbol, first missing minute) for every symbol with a whole minute missing."""
         since = until - self.window
+        end = floor_minute(until)
         result = []
         for symbol in self.symbols:
             last = stored.get(symbol)
-            start = since if last is None else max(since, last + timedelta(milliseconds=1))
-            if until - start >= MIN_GAP:
+            # the minute of the last stored tick is not missing, nor is any before it
+            start = (
+                ceil_minute(since)
+                if last is None
+                else max(ceil_minute(since), floor_minute(last) + MINUTE)
+            )
+            if end - start >= MINUTE:
                 result.append((symbol, start))
         return result
 
+    def plan(self, gaps: list[tuple[str, datetime]], until: datetime) -> list[Request]:
+        """The requests that fill `gaps`: the last open day of every group of symbols first, then
+        the rest, newest first; only time when the market is open is asked for."""
+        end = floor_minute(until)
+        # Gaps that start together (within GROUP_SLACK) are asked for together, from the earliest
+        # start: the few minutes a symbol has already are skipped when the answer is stored.
+        groups: dict[datetime, list[str]] = defaultdict(list)
+        first: datetime | None = None
+        for symbol, start in sorted(gaps, key=lambda g: g[1]):
+            if first is None or start - first > GROUP_SLACK:
+                first = start
+            groups[first].append(symbol)
+        recent: list[Request] = []
+        older: list[Request] = []
+        for start, symbols in groups.items():
+            days = _days(self.market.sessions(start, end))
+            if not days:
+                continue
+            names = tuple(symbols)
+            recent.append(Request(names, *days[-1]))
+            older.extend(Request(names, a, b) for a, b in _batches(days[:-1], len(names)))
+        newest_first = sorted(older, key=lambda r: r.end, reverse=True)
+        return sorted(recent, key=lambda r: r.end, reverse=True) + newest_first
+
     async def run(self, provider: Provider, until: datetime) -> int:
-        """Backfill every gap up to `until` (the start of live ticks); returns rows stored."""
-        if self.window <= timedelta(0):
+        """Backfill every gap up to `until` (the start of live ticks); returns minutes stored."""
+        self.idle.clear()
+        try:
+            return await self._run(provider, until)
+        finally:
             self.planned.set()
+            self.idle.set()
+
+    async def _run(self, provider: Provider, until: datetime) -> int:
+        if self.window <= timedelta(0):
             return 0
         try:
             gaps = self.gaps(await self.stored_until(until), until)
         finally:
             self.planned.set()
+        requests = self.plan(gaps, until)
+        pending: deque[list[asyncio.Future[int]]] = deque()
         total = 0
-        split = until - RECENT
-        recent = [(symbol, max(start, split), until) for symbol, start in gaps]
-        older = [(symbol, start, split) for symbol, start in gaps if start < split]
-        for symbol, start, end in recent + older:
-            try:
-                ticks = await self.call("history", self._fetch(provider, symbol, start, end))
-            except HistoryUnavailable as exc:
-                log.info("no history backfill: %s", exc, extra={"provider": provider.name})
-                return total
-            if ticks:
-                total += await self._write(self.accept(ticks))
-        if gaps:
+        unavailable = False
+        try:
+            for request in requests:
+                try:
+                    bars = await self.call("history", _fetch(provider, request))
+                except HistoryUnavailable as exc:
+                    log.info("no history backfill: %s", exc, extra={"provider": provider.name})
+                    unavailable = True
+                    break
+                if bars:
+                    good = self.accept(bars, request, provider.name)
+                    pending.append([self.writer.submit_bars(c) for c in day_chunks(good)])
+                # The writer stores this answer while the next request is in flight.
+                while len(pending) > IN_FLIGHT:
+                    total += await _stored(pending.popleft())
+            while pending:
+                total += await _stored(pending.popleft())
+        finally:
+            for futures in pending:  # cancelled: queued chunks are not written
+                for future in futures:
+                    future.cancel()
+        if requests and not unavailable:
             log.info(
                 "history backfilled",
                 extra={
                     "provider": provider.name,
                     "symbols": len(gaps),
+                    "requests": len(requests),
                     "stored": total,
                     "window_h": round(self.window.total_seconds() / 3600, 1),
                 },
             )
         return total
 
-    @staticmethod
-    def _fetch(
-        provider: Provider, symbol: str, start: datetime, until: datetime
-    ) -> Callable[[], Awaitable[list[Tick]]]:
-        return lambda: provider.history(symbol, start, until)
-
-    async def _write(self, ticks: list[Tick]) -> int:
-        pending: deque[asyncio.Future[int]] = deque()
-        stored = 0
-        chunks = list(whole_minutes(ticks, self.writer.batch_size))
-        for n, chunk in enumerate(chunks, 1):
-            pending.append(self.writer.submit_history(chunk))
-            while len(pending) >= IN_FLIGHT or (pending and n == len(chunks)):
-                try:
-                    stored += await pending.popleft()
-                except Exception:  # noqa: BLE001 - one chunk lost is no reason to stop
-                    log.warning("history chunk not stored", extra={"symbols": len(self.symbols)})
-        return stored
+    def accept(self, bars: list[Bar], request: Request, source: str) -> list[Bar]:
+        """The good bars of `request` (see accept_bars)."""
+        return accept_bars(bars, request, source, self.market, self.metrics, self.drops)
 
 
-def whole_minutes(ticks: list[Tick], size: int) -> Iterator[list[Tick]]:
-    """Chunks of about `size` time-ordered ticks that never split a minute between two writes.
+def accept_bars(
+    bars: list[Bar],
+    request: Request,
+    source: str,
+    market: Market,
+    metrics: FetcherMetrics,
+    drops: DropLog,
+) -> list[Bar]:
+    """The bars that pass validation, inside the request and the market's hours, stamped with
+    their source; the rest are counted by reason."""
+    metrics.bars_fetched.labels(source).inc(len(bars))
+    good, dropped = split_valid_bars(bars, request.symbols, datetime.now(UTC), drops)
+    asked = [b for b in good if request.start <= b.start < request.end]
+    kept = open_minutes_only(asked, market)
+    dropped[DropReason.NOT_ASKED] += len(good) - len(kept)
+    for reason, count in dropped.items():
+        if count:
+            metrics.bars_dropped.labels(reason).inc(count)
+    return [b if b.source == source else replace(b, source=source) for b in kept]
 
-    History older than the raw retention is kept as minute bars, each final once written.
-    """
-    chunk: list[Tick] = []
-    for tick in sorted(ticks, key=lambda t: t.ts):
-        if len(chunk) >= size and _minute(tick) != _minute(chunk[-1]):
+
+def open_minutes_only(bars: list[Bar], market: Market) -> list[Bar]:
+    """The bars of minutes during which `market` was open (a vendor may serve extended hours)."""
+    if market.always_open or not bars:
+        return bars
+    first = min(b.start for b in bars)
+    last = max(b.start for b in bars)
+    sessions = market.sessions(first, last + MINUTE)
+    kept = []
+    i = 0
+    for bar in sorted(bars, key=lambda b: b.start):
+        while i < len(sessions) and sessions[i][1] < bar.start + MINUTE:
+            i += 1
+        if i < len(sessions) and sessions[i][0] <= bar.start:
+            kept.append(bar)
+    return kept
+
+
+def day_chunks(bars: Iterable[Bar], size: int = CHUNK_BARS) -> Iterator[list[Bar]]:
+    """Time-ordered chunks of about `size` bars that never split a UTC day between two writes."""
+    chunk: list[Bar] = []
+    day = None
+    for bar in sorted(bars, key=lambda b: b.start):
+        if len(chunk) >= size and bar.start.date() != day:
             yield chunk
             chunk = []
-        chunk.append(tick)
+        chunk.append(bar)
+        day = bar.start.date()
     if chunk:
         yield chunk
 
 
-def _minute(tick: Tick) -> int:
-    return int(tick.ts.timestamp()) // 60
+async def _stored(futures: list[asyncio.Future[int]]) -> int:
+    stored = 0
+    for future in futures:
+        try:
+            stored += await future
+        except Exception:  # noqa: BLE001 - one chunk lost is no reason to stop
+            log.warning("history chunk not stored")
+    return stored
+
+
+def _fetch(provider: Provider, request: Request) -> Callable[[], Awaitable[list[Bar]]]:
+    return lambda: provider.bars(request.symbols, request.start, request.end)
+
+
+def _days(sessions: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The sessions in whole minutes, a 24/7 one cut into days ending at its end, oldest first."""
+    days: list[tuple[datetime, datetime]] = []
+    for opens, closes in sessions:
+        first, end = ceil_minute(opens), floor_minute(closes)
+        parts = []
+        while end - first > DAY:
+            parts.append((end - DAY, end))
+            end -= DAY
+        if end > first:
+            parts.append((first, end))
+        days.extend(reversed(parts))
+    return days
+
+
+def _batches(
+    days: list[tuple[datetime, datetime]], symbols: int
+) -> Iterator[tuple[datetime, datetime]]:
+    """Runs of consecutive days, newest first, each within the request's bar and time budget."""
+    end: datetime | None = None
+    start: datetime | None = None
+    bars = 0
+    for first, last in reversed(days):
+        size = symbols * int((last - first) / MINUTE)
+        if (
+            end is not None
+            and start is not None
+            and (bars + size > REQUEST_BARS or end - first > REQUEST_SPAN)
+        ):
+            yield start, end
+            end = None
+        if end is None:
+            end, bars = last, 0
+        start = first
+        bars += size
+    if end is not None and start is not None:
+        yield start, end
+
+
+def floor_minute(ts: datetime) -> datetime:
+    """The start of the minute `ts` falls in."""
+    return ts.replace(second=0, microsecond=0)
+
+
+def ceil_minute(ts: datetime) -> datetime:
+    """The first whole minute that starts at or after `ts`."""
+    floor = floor_minute(ts)
+    return floor if floor == ts else floor + MINUTE

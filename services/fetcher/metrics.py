@@ -74,6 +74,36 @@ class FetcherMetrics:
             "disk_free_bytes", "Free space on the disk of STOCKSTREAMER_FETCHER_DISK_PATH."
         )
         self.disk_total = gauge("disk_total_bytes", "Size of the database's disk.")
+        # -- vendor minute bars: backfill and healing ---------------------------------------
+        self.bars_fetched = counter(
+            "bars_fetched",
+            "Minute bars received from the history source, by provider.",
+            ["provider"],
+        )
+        self.bars_stored = counter(
+            "bars_stored", "Vendor minute bars newly stored (a minute already stored is final)."
+        )
+        self.bars_dropped = counter(
+            "bars_dropped", "Vendor minute bars dropped, by reason.", ["reason"]
+        )
+        self.heal_passes = counter("heal_passes", "Healing passes, by outcome.", ["outcome"])
+        self.heal_pass_seconds = Histogram(
+            "heal_pass_seconds",
+            "Time of one healing pass: finding gaps, asking the history source, storing.",
+            namespace=ns,
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.heal_gaps = counter(
+            "heal_gaps", "Gaps found by healing: runs of open-market minutes with nothing stored."
+        )
+        self.heal_minutes_filled = counter(
+            "heal_minutes_filled", "Missing minutes healing filled from the history source."
+        )
+        self.heal_minutes_unavailable = counter(
+            "heal_minutes_unavailable",
+            "Missing minutes the history source had no bar for (not asked again).",
+        )
 
     def watch_disk(self, path: Path) -> None:
         """Report the disk holding `path`, read at each scrape (NaN while it cannot be read)."""

@@ -46,12 +46,14 @@ ON CONFLICT (width_s, symbol, bucket) DO UPDATE SET
 
 # Ticks, then their bars at every level, in one statement: 10 s bars from the ticks actually
 # inserted (a duplicate is skipped, so never counted twice), wider levels ($6: their widths) from
-# those. $5 marks backfilled history. The result says what was new, per symbol.
+# those. $5 marks backfilled history; $7 is each tick's source. The result says what was new, per
+# symbol.
 WRITE_TICKS = f"""
 WITH ins AS (
-    INSERT INTO ticks (symbol, ts, price, volume, backfilled)
-    SELECT s, t, p, v, $5
-    FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bigint[]) AS u(s, t, p, v)
+    INSERT INTO ticks (symbol, ts, price, volume, backfilled, source)
+    SELECT s, t, p, v, $5, src
+    FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bigint[], $7::text[])
+        AS u(s, t, p, v, src)
     ON CONFLICT (symbol, ts) DO NOTHING
     RETURNING symbol, ts, price, event_id
 ), fine AS (
@@ -101,10 +103,50 @@ ON CONFLICT (width_s, symbol, bucket) DO NOTHING
 RETURNING symbol, bucket, ticks
 """
 
-# The $1-second bars of symbols $3 from $4 to $5, rebuilt from the $2-second bars inside them.
+# Vendor minute bars ($1-$12: symbol, start, open, high, low, close, ticks, the times of the
+# open, high, low and close, volume), each stored once: a minute already stored is final. The
+# backfilled ticks they are drawn with ($13-$17: symbol, time, price, volume, source; given only
+# inside the raw retention) are stored for the minutes that were new, with their 10 s bars. Wider
+# levels are rebuilt from the minute bars afterwards (REBUILD_BARS). The result has one row per
+# symbol with new minutes (their count and first and last start) and one per symbol with new ticks.
+WRITE_BARS = f"""
+WITH new AS (
+    INSERT INTO bars ({BAR_COLUMNS}, volume)
+    SELECT 60, * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[],
+                             $5::float8[], $6::float8[], $7::bigint[], $8::timestamptz[],
+                             $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
+                             $12::bigint[])
+    ON CONFLICT (width_s, symbol, bucket) DO NOTHING
+    RETURNING symbol, bucket
+), ins AS (
+    INSERT INTO ticks (symbol, ts, price, volume, backfilled, source)
+    SELECT u.symbol, u.ts, u.price, u.volume, true, u.source
+    FROM unnest($13::text[], $14::timestamptz[], $15::float8[], $16::bigint[], $17::text[])
+        AS u(symbol, ts, price, volume, source)
+    JOIN new ON new.symbol = u.symbol AND new.bucket = date_bin('1 minute', u.ts, 'epoch')
+    ON CONFLICT (symbol, ts) DO NOTHING
+    RETURNING symbol, ts, price
+), fine AS (
+    SELECT 10 AS width_s, symbol, date_bin('10 seconds', ts, 'epoch') AS bucket, {_BAR_OF_TICKS}
+    FROM ins
+    GROUP BY 2, 3
+), merged AS (
+    INSERT INTO bars AS b ({BAR_COLUMNS})
+    SELECT * FROM fine
+    {_ACCUMULATE}
+)
+SELECT symbol, count(*) AS bars, min(bucket) AS first, max(bucket) AS last, 0::bigint AS ticks
+FROM new GROUP BY symbol
+UNION ALL
+SELECT symbol, 0, NULL, NULL, count(*) FROM ins GROUP BY symbol
+"""
+
+# The $1-second bars of symbols $3 from $4 to $5, rebuilt from the $2-second bars inside them;
+# their volume is the vendor volume of the minutes inside (bars of our own ticks have none).
 REBUILD_BARS = f"""
-INSERT INTO bars AS b ({BAR_COLUMNS})
-SELECT $1::int, symbol, date_bin(make_interval(secs => $1::int), bucket, 'epoch'), {_BAR_OF_BARS}
+INSERT INTO bars AS b ({BAR_COLUMNS}, volume)
+SELECT $1::int, symbol, date_bin(make_interval(secs => $1::int), bucket, 'epoch'), {_BAR_OF_BARS},
+       sum(volume)::bigint
 FROM bars
 WHERE width_s = $2::int AND symbol = ANY($3::text[])
   AND bucket >= date_bin(make_interval(secs => $1::int), $4::timestamptz, 'epoch')
@@ -114,13 +156,17 @@ GROUP BY 2, 3
 ON CONFLICT (width_s, symbol, bucket) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
     ticks = excluded.ticks, open_ts = excluded.open_ts, high_ts = excluded.high_ts,
-    low_ts = excluded.low_ts, close_ts = excluded.close_ts
+    low_ts = excluded.low_ts, close_ts = excluded.close_ts, volume = excluded.volume
 """
 
-# Each symbol's newest stored tick: a copy-in of later ticks cannot conflict with anything stored.
+# Each symbol's newest stored tick: a copy-in of later ticks cannot conflict with anything stored;
+# and its source, to tell when the live source changes.
 NEWEST_TICKS = """
-SELECT s AS symbol, (SELECT max(ts) FROM ticks WHERE symbol = s) AS newest
+SELECT s AS symbol, t.ts AS newest, t.source
 FROM unnest($1::text[]) AS s
+LEFT JOIN LATERAL (
+    SELECT ts, source FROM ticks WHERE symbol = s ORDER BY ts DESC LIMIT 1
+) t ON true
 """
 
 # -- Partitions and retention (functions created by the migrations, see db/migrations) ---------
@@ -191,3 +237,45 @@ SELECT s AS symbol,
        ) AS last_ts
 FROM unnest($1::text[]) AS s
 """
+
+# -- Healing -----------------------------------------------------------------------------------
+# The minutes of symbols $1 in the open periods [$2[i], $3[i]) (whole minutes) that have no minute
+# bar and that the history source was not already asked for in vain (heal_misses). Each period's
+# stored minutes are counted first, from the primary key alone; only periods that come up short
+# are expanded minute by minute, so a day without gaps costs one index range count per symbol and
+# period. A miss is counted only while its minute has no bar, so the two counts never overlap.
+MISSING_MINUTES = """
+WITH periods AS (
+    SELECT sym, first, stop
+    FROM unnest($1::text[]) AS sym
+    CROSS JOIN unnest($2::timestamptz[], $3::timestamptz[]) AS p(first, stop)
+), short AS (
+    SELECT p.sym, p.first, p.stop
+    FROM periods p
+    WHERE (SELECT count(*) FROM bars b
+           WHERE b.width_s = 60 AND b.symbol = p.sym AND b.bucket >= p.first AND b.bucket < p.stop)
+        + (SELECT count(*) FROM heal_misses m
+           WHERE m.symbol = p.sym AND m.minute >= p.first AND m.minute < p.stop
+             AND NOT EXISTS (SELECT 1 FROM bars b
+                             WHERE b.width_s = 60 AND b.symbol = m.symbol AND b.bucket = m.minute))
+        < extract(epoch FROM p.stop - p.first) / 60
+)
+SELECT s.sym AS symbol, g.minute
+FROM short s
+CROSS JOIN LATERAL generate_series(s.first, s.stop - interval '1 minute', interval '1 minute')
+    AS g(minute)
+WHERE NOT EXISTS (SELECT 1 FROM bars b
+                  WHERE b.width_s = 60 AND b.symbol = s.sym AND b.bucket = g.minute)
+  AND NOT EXISTS (SELECT 1 FROM heal_misses m WHERE m.symbol = s.sym AND m.minute = g.minute)
+ORDER BY 1, 2
+"""
+
+# Minutes ($1 symbols, $2 minutes) the history source ($3) had no bar for: not asked for again.
+RECORD_MISSES = """
+INSERT INTO heal_misses (symbol, minute, source)
+SELECT *, $3 FROM unnest($1::text[], $2::timestamptz[])
+ON CONFLICT (symbol, minute) DO NOTHING
+"""
+
+# Misses older than healing looks back ($1) are of no more use.
+FORGET_MISSES = "DELETE FROM heal_misses WHERE minute < $1"

@@ -100,3 +100,27 @@ def columns(bars: dict[BarKey, Bar]) -> list[list[object]]:
         for col, value in zip(cols, row, strict=True):
             col.append(value)
     return cols
+
+
+# Where a vendor's minute bar is drawn inside its minute, in seconds from its start: the open
+# first, the close last, the high and the low between them. A rising minute is taken to have
+# dipped first and a falling one to have peaked first, the order its shape suggests (the vendor
+# does not say). Inside the raw retention each placed price is stored as a backfilled tick, and
+# the minute bar stored is exactly the bar of those ticks: raw ticks, 10 s bars and every wider
+# level tell the same story as the vendor's open, high, low and close.
+OPEN_AT, FIRST_AT, SECOND_AT, CLOSE_AT = 0, 20, 40, 59
+
+
+def placed(open_: float, high: float, low: float, close: float) -> list[tuple[int, float]]:
+    """(second of the minute, price) of each tick a vendor bar is drawn with, oldest first."""
+    if high == low:
+        return [(OPEN_AT, open_)]  # one price all minute
+    first, second = (low, high) if close >= open_ else (high, low)
+    points = [(OPEN_AT, open_)]
+    # An extreme equal to the open or the close is already drawn there.
+    if first not in (open_, close):
+        points.append((FIRST_AT, first))
+    if second not in (open_, close):
+        points.append((SECOND_AT, second))
+    points.append((CLOSE_AT, close))
+    return points

@@ -11,10 +11,12 @@ from typing import TypeVar
 import stamina
 
 from services.common.db import OUTAGE_ERRORS
+from services.common.market import ALWAYS, Market
 from services.common.models import Profile, Tick, Week52
 from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.config import FetcherSettings
+from services.fetcher.healing import LOOKBACK, Healer
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError, TradeStream
 from services.fetcher.validation import (
@@ -55,8 +57,25 @@ class Fetcher:
             settings.batch_size,
             settings.fetcher_db_role,
         )
+        self.market = Market(ALWAYS if provider.name == "simulated" else "XNYS")
         self.backfill = Backfill(
-            self.writer, self.symbols, settings.backfill, self._call, self._accept
+            self.writer,
+            self.symbols,
+            settings.backfill,
+            self._call,
+            metrics,
+            self.drops,
+            self.market,
+        )
+        # Healing looks no further back than history is wanted (none when backfill is off).
+        self.healer = Healer(
+            self.writer,
+            self.symbols,
+            self.market,
+            self._call,
+            metrics,
+            self.drops,
+            lookback=min(LOOKBACK, settings.backfill),
         )
         # Live ticks wait in the buffer until the backfill has read where history ends.
         self.writer.hold = self.backfill.planned
@@ -224,11 +243,13 @@ class Fetcher:
             await asyncio.sleep(next_at - loop.time())
 
     async def _backfill(self, live_from: datetime) -> None:
-        """Fill history behind the first live tick; failures are logged, never fatal."""
+        """Fill history behind the first live tick, then heal gaps for good; failures are
+        logged, never fatal."""
         try:
             await self.backfill.run(self.provider, live_from)
         except Exception:
             log.exception("history backfill failed")
+        await self.healer.run(self.provider, self.backfill)
 
     async def refresh_metadata_once(self) -> bool:
         """Fetch profiles and 52-week ranges and upsert them; False if it must be retried."""

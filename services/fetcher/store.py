@@ -1,4 +1,4 @@
-"""The writer's work on its connection: ticks with their bars, partitions and retention."""
+"""The writer's work on its connection: ticks and vendor bars, with their bars; partitions."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
 from services.common.bars import DAILY, LEVELS, MINUTE, MONTHLY
 from services.common.contract import HistoryPayload
-from services.common.models import Profile, Tick, Week52
+from services.common.models import Bar, Profile, Tick, Week52
 from services.fetcher import queries
-from services.fetcher.rollup import columns, rollup
+from services.fetcher.rollup import columns, placed, rollup
 
 log = logging.getLogger(__name__)
 
-COPY_COLUMNS = ("symbol", "ts", "price", "volume")
+COPY_COLUMNS = ("symbol", "ts", "price", "volume", "source")
 WIDER = [level.seconds for level in LEVELS[1:]]
 # Minute bars are the finest level kept for history older than raw ticks; each wider level is
 # rebuilt from the widest finer one whose bars nest in its own (5 minutes from 1, not from 2).
@@ -27,6 +28,7 @@ REBUILT = [
 ]
 LOCK_TIMEOUT = "2s"  # partition DDL waits this long for readers, then the write is retried
 NEVER = datetime.min.replace(tzinfo=UTC)
+SECONDS = [timedelta(seconds=s) for s in range(60)]
 
 
 @dataclass(slots=True)
@@ -71,10 +73,33 @@ class Written:
     def history_payload(self) -> str:
         """The `history` notification: which symbols and window to reload."""
         assert self.first_ts is not None and self.last_ts is not None  # noqa: S101
-        payload = HistoryPayload(
-            symbols=sorted(self.symbols), start=_ms(self.first_ts), end=_ms(self.last_ts)
+        return _history_payload(self.symbols, self.first_ts, self.last_ts)
+
+
+@dataclass(slots=True)
+class BarsWritten:
+    """What one write of vendor minute bars stored."""
+
+    bars: int = 0  # minute bars newly stored
+    ticks: int = 0  # backfilled ticks they were drawn with, inside the raw retention
+    expired: int = 0  # older than the minute retention: not stored
+    symbols: set[str] = field(default_factory=set)
+    first_ts: datetime | None = None  # the first new minute's start
+    last_ts: datetime | None = None  # the last new minute's close
+
+    def history_payload(self) -> str:
+        """The `history` notification: which symbols and window to reload."""
+        assert self.first_ts is not None and self.last_ts is not None  # noqa: S101
+        return _history_payload(self.symbols, self.first_ts, self.last_ts)
+
+    def plus(self, other: BarsWritten) -> BarsWritten:
+        """What two writes stored together (each announced its own window)."""
+        return BarsWritten(
+            self.bars + other.bars,
+            self.ticks + other.ticks,
+            self.expired + other.expired,
+            self.symbols | other.symbols,
         )
-        return payload.model_dump_json()
 
 
 class TickStore:
@@ -85,6 +110,7 @@ class TickStore:
         self.raw_cutoff = NEVER  # older ticks are kept as minute bars only
         self.minute_cutoff = NEVER  # older ticks are not kept at all
         self._newest: dict[str, datetime] = {}
+        self._sources: dict[str, str | None] = {}  # the source of each symbol's newest tick
         self._partitions: set[tuple[str, date]] = set()
 
     @classmethod
@@ -96,6 +122,7 @@ class TickStore:
         await store.upkeep()
         rows = await conn.fetch(queries.NEWEST_TICKS, symbols)
         store._newest = {r["symbol"]: r["newest"] for r in rows if r["newest"] is not None}
+        store._sources = {r["symbol"]: r["source"] for r in rows}
         return store
 
     # -- upkeep ------------------------------------------------------------------------------
@@ -139,6 +166,7 @@ class TickStore:
 
     async def _write(self, ticks: list[Tick], backfilled: bool) -> Written:
         written, raw = await self._prepare(ticks)
+        sources = {} if backfilled else self._source_changes(ticks)
         async with self.conn.transaction():
             if raw:
                 await self._write_raw(raw, written, backfilled)
@@ -149,8 +177,26 @@ class TickStore:
             elif not backfilled and written.max_event_id is not None:
                 # Delivered on commit, with the highest id the readers may now fetch up to.
                 await self.conn.execute(queries.NOTIFY, "prices", str(written.max_event_id))
+            for symbol in sorted(sources):
+                # Its live feed moved to another provider (a failover, or back): the API pushes
+                # the stock again so that viewers see where its prices now come from.
+                await self.conn.execute(queries.NOTIFY, "stocks", symbol)
         self._advance(raw)
+        self._sources.update(sources)
         return written
+
+    def _source_changes(self, ticks: list[Tick]) -> dict[str, str | None]:
+        """The symbols whose newest live tick here has another source than the one before."""
+        newest: dict[str, Tick] = {}
+        for tick in ticks:
+            seen = newest.get(tick.symbol)
+            if seen is None or tick.ts >= seen.ts:
+                newest[tick.symbol] = tick
+        return {
+            symbol: tick.source
+            for symbol, tick in newest.items()
+            if self._sources.get(symbol) != tick.source
+        }
 
     async def _prepare(self, ticks: list[Tick]) -> tuple[Written, list[Tick]]:
         """The ticks kept raw (their partitions made); the rest are counted as expired."""
@@ -172,14 +218,16 @@ class TickStore:
                 return
             except asyncpg.UniqueViolationError:
                 pass  # stored by someone else meanwhile: let ON CONFLICT sort it out
-        rows = await self.conn.fetch(queries.WRITE_TICKS, *_columns(ticks), backfilled, WIDER)
+        rows = await self.conn.fetch(
+            queries.WRITE_TICKS, *_columns(ticks), backfilled, WIDER, [t.source for t in ticks]
+        )
         for row in rows:
             written.add(row["symbol"], row["inserted"], row["first_ts"], row["last_ts"])
         written.max_event_id = max((r["max_event_id"] for r in rows), default=None)
 
     async def _copy(self, ticks: list[Tick], written: Written) -> None:
         """The fast way for ticks later than anything stored: COPY, and bars made in memory."""
-        records = [(t.symbol, t.ts, float(t.price), t.volume) for t in ticks]
+        records = [(t.symbol, t.ts, float(t.price), t.volume, t.source) for t in ticks]
         await self.conn.copy_records_to_table("ticks", records=records, columns=COPY_COLUMNS)
         written.max_event_id = await self.conn.fetchval(queries.LAST_EVENT_ID)
         bars = rollup((r[0], r[1], r[2]) for r in records)
@@ -187,7 +235,7 @@ class TickStore:
         counts: Counter[str] = Counter()
         first: dict[str, datetime] = {}
         last: dict[str, datetime] = {}
-        for symbol, ts, _, _ in records:
+        for symbol, ts, *_ in records:
             counts[symbol] += 1
             first[symbol] = min(ts, first.get(symbol, ts))
             last[symbol] = max(ts, last.get(symbol, ts))
@@ -210,6 +258,39 @@ class TickStore:
             last = self._newest.get(tick.symbol)
             if last is None or tick.ts > last:
                 self._newest[tick.symbol] = tick.ts
+
+    async def write_bars(self, bars: list[Bar]) -> BarsWritten:
+        """Store vendor minute bars (each minute once) in one transaction; NOTIFY `history`.
+
+        Inside the raw retention each bar is also drawn as up to four backfilled ticks (see
+        rollup.placed) with their 10 s bars; older ones are kept as minute bars only. Wider
+        levels are rebuilt from the minute bars.
+        """
+        written = BarsWritten()
+        kept = [b for b in bars if b.start >= self.minute_cutoff]
+        written.expired = len(bars) - len(kept)
+        if not kept:
+            return written
+        await self._ensure(min(b.start for b in kept), max(b.start for b in kept), MONTHLY)
+        raw = [b.start for b in kept if b.start >= self.raw_cutoff]
+        if raw:
+            await self._ensure(min(raw), max(raw), DAILY)
+        async with self.conn.transaction():
+            rows = await self.conn.fetch(queries.WRITE_BARS, *_bar_columns(kept, self.raw_cutoff))
+            new = [r for r in rows if r["bars"]]
+            written.ticks = sum(r["ticks"] for r in rows)
+            if not new:
+                return written
+            written.bars = sum(r["bars"] for r in new)
+            written.symbols = {r["symbol"] for r in new}
+            written.first_ts = min(r["first"] for r in new)
+            written.last_ts = max(r["last"] for r in new) + SECONDS[59]
+            changed = sorted(written.symbols)
+            first, last = written.first_ts, max(r["last"] for r in new)
+            for width, finer in REBUILT:
+                await self.conn.execute(queries.REBUILD_BARS, width, finer, changed, first, last)
+            await self.conn.execute(queries.NOTIFY, "history", written.history_payload())
+        return written
 
     async def upsert_metadata(self, profiles: list[Profile], week52: list[Week52]) -> None:
         """Names, logos and 52-week ranges; NOTIFY `stocks` for each symbol whose values changed."""
@@ -239,6 +320,26 @@ class TickStore:
         """Each symbol's latest stored tick before `until`."""
         rows = await self.conn.fetch(queries.LAST_TICK_BEFORE, symbols, until)
         return {r["symbol"]: r["last_ts"] for r in rows}
+
+    async def missing_minutes(
+        self, symbols: list[str], periods: list[tuple[datetime, datetime]]
+    ) -> list[tuple[str, datetime]]:
+        """(symbol, minute) of every minute in `periods` (whole minutes, [first, stop)) with
+        nothing stored and not known to be missing at the history source, in order."""
+        rows = await self.conn.fetch(
+            queries.MISSING_MINUTES, symbols, [a for a, _ in periods], [b for _, b in periods]
+        )
+        return [(r["symbol"], r["minute"]) for r in rows]
+
+    async def record_misses(self, misses: list[tuple[str, datetime]], source: str) -> None:
+        """Minutes the history source had no bar for, so that they are not asked for again."""
+        await self.conn.execute(
+            queries.RECORD_MISSES, [s for s, _ in misses], [m for _, m in misses], source
+        )
+
+    async def forget_misses(self, before: datetime) -> None:
+        """Drop the misses of minutes before `before` (healing no longer looks there)."""
+        await self.conn.execute(queries.FORGET_MISSES, before)
 
     async def _write_minutes(self, ticks: list[Tick], written: Written) -> None:
         """Ticks older than the raw retention, as minute bars; wider levels rebuilt from them."""
@@ -289,6 +390,46 @@ def _columns(
         [float(t.price) for t in ticks],
         [t.volume for t in ticks],
     )
+
+
+def _bar_columns(bars: list[Bar], raw_cutoff: datetime) -> list[list[Any]]:
+    """The bars, and the ticks drawn for those inside the raw retention, as WRITE_BARS unnests."""
+    cols: list[list[Any]] = [[] for _ in range(17)]
+    (symbol, start, open_, high, low, close, count, open_ts, high_ts, low_ts, close_ts, volume) = (
+        cols[:12]
+    )
+    t_symbol, t_ts, t_price, t_volume, t_source = cols[12:]
+    for bar in bars:
+        o, h, lo, c = float(bar.open), float(bar.high), float(bar.low), float(bar.close)
+        points = placed(o, h, lo, c)
+        at = bar.start
+        symbol.append(bar.symbol)
+        start.append(at)
+        open_.append(o)
+        high.append(h)
+        low.append(lo)
+        close.append(c)
+        count.append(len(points))
+        open_ts.append(at)
+        # the earliest time at the high and at the low, as a bar of these ticks has them
+        high_ts.append(at + SECONDS[next(s for s, p in points if p == h)])
+        low_ts.append(at + SECONDS[next(s for s, p in points if p == lo)])
+        close_ts.append(at + SECONDS[points[-1][0]])
+        volume.append(bar.volume)
+        if at >= raw_cutoff:
+            for n, (second, price) in enumerate(points, 1):
+                t_symbol.append(bar.symbol)
+                t_ts.append(at + SECONDS[second])
+                t_price.append(price)
+                t_volume.append(bar.volume if n == len(points) else None)  # the minute's volume
+                t_source.append(bar.source)
+    return cols
+
+
+def _history_payload(symbols: set[str], first: datetime, last: datetime) -> str:
+    return HistoryPayload(
+        symbols=sorted(symbols), start=_ms(first), end=_ms(last)
+    ).model_dump_json()
 
 
 def _periods(first: datetime, last: datetime, monthly: bool) -> list[date]:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from services.common.models import Profile, Tick, Week52
+from services.common.models import Bar, Profile, Tick, Week52
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ class DropReason(StrEnum):
     BUFFER_FULL = "buffer_full"
     REJECTED = "rejected_by_database"
     EXPIRED = "older_than_retention"
+    INCONSISTENT = "inconsistent_bar"  # a bar's low above its open or close, or high below
+    NOT_ASKED = "outside_request"  # a bar the vendor sent for a minute nobody asked for
 
 
 def check_tick(tick: Tick, tracked: Collection[str], now: datetime) -> DropReason | None:
@@ -42,6 +44,26 @@ def check_tick(tick: Tick, tracked: Collection[str], now: datetime) -> DropReaso
     if tick.ts.tzinfo is None or tick.ts - now > MAX_CLOCK_SKEW:
         return DropReason.FUTURE if tick.ts.tzinfo is not None else DropReason.MALFORMED
     if tick.volume is not None and not 0 <= tick.volume <= MAX_VOLUME:
+        return DropReason.MALFORMED
+    return None
+
+
+def check_bar(bar: Bar, tracked: Collection[str], now: datetime) -> DropReason | None:
+    """The reason vendor bar `bar` must be dropped, or None when it is good."""
+    if bar.symbol not in tracked:
+        return DropReason.UNTRACKED
+    prices = (bar.open, bar.high, bar.low, bar.close)
+    if not all(p.is_finite() for p in prices):
+        return DropReason.NOT_FINITE
+    if bar.low <= 0:
+        return DropReason.NON_POSITIVE
+    if not bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high:
+        return DropReason.INCONSISTENT
+    if bar.start.tzinfo is None or bar.start.second or bar.start.microsecond:
+        return DropReason.MALFORMED  # a minute bar starts on a whole minute, in a known zone
+    if bar.start - now > MAX_CLOCK_SKEW:
+        return DropReason.FUTURE
+    if bar.volume is not None and not 0 <= bar.volume <= MAX_VOLUME:
         return DropReason.MALFORMED
     return None
 
@@ -74,6 +96,26 @@ def split_valid(
         else:
             dropped[reason] += 1
             drops.record(reason, f"{tick.symbol} {tick.price} at {tick.ts.isoformat()}")
+    return good, dropped
+
+
+def split_valid_bars(
+    bars: Iterable[Bar], tracked: Collection[str], now: datetime, drops: DropLog
+) -> tuple[list[Bar], Counter[str]]:
+    """Good vendor bars, and a count of the dropped ones by reason."""
+    good: list[Bar] = []
+    dropped: Counter[str] = Counter()
+    for bar in bars:
+        reason = check_bar(bar, tracked, now)
+        if reason is None:
+            good.append(bar)
+        else:
+            dropped[reason] += 1
+            drops.record(
+                reason,
+                f"{bar.symbol} bar at {bar.start.isoformat()}:"
+                f" {bar.open}/{bar.high}/{bar.low}/{bar.close}",
+            )
     return good, dropped
 
 

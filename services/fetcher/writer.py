@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
-from services.common.models import Tick
+from services.common.models import Bar, Tick
 from services.common.retry import Backoff
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.store import TickStore, Written
+from services.fetcher.store import BarsWritten, TickStore, Written
 from services.fetcher.validation import DropReason
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 UPKEEP_SECONDS = 3600.0  # retention and tomorrow's partitions, checked hourly (and on connect)
 
 WriteFn = Callable[[TickStore, list[Tick]], Awaitable[Written]]
+HistoryWrite = Callable[[TickStore], Awaitable[int]]
 
 
 class BatchWriter:
@@ -56,8 +57,8 @@ class BatchWriter:
         self._wait = 0.0  # before the next attempt, during an outage
         self._upkeep_at = 0.0
         self._newest_live: dict[str, float] = {}  # epoch seconds, per symbol
-        # Backfilled chunks wait here; each is written in a transaction of its own.
-        self._history: deque[tuple[list[Tick], asyncio.Future[int]]] = deque()
+        # History chunks (vendor bars) wait here; each is written in a transaction of its own.
+        self._history: deque[tuple[HistoryWrite, asyncio.Future[int]]] = deque()
         self.hold: asyncio.Event | None = None  # when given, live ticks wait until it is set
 
     @property
@@ -147,23 +148,24 @@ class BatchWriter:
             self._outage_since = None
             self._backoff.reset()
 
-    def submit_history(self, ticks: list[Tick]) -> asyncio.Future[int]:
-        """Queue past ticks (at most one batch) for writing; the future says how many were new."""
+    def submit_bars(self, bars: list[Bar]) -> asyncio.Future[int]:
+        """Queue vendor minute bars (a chunk of whole days) for writing, between live batches;
+        the future says how many minutes were new."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._history.append((ticks, future))
+        self._history.append((lambda store: self._write_bars(store, bars), future))
         return future
 
     async def flush_history_once(self) -> None:
         """Write the oldest queued history chunk, keeping it queued if the database is down."""
         if not self._history:
             return
-        ticks, future = self._history[0]
+        write, future = self._history[0]
         if future.cancelled():
             self._history.popleft()
             return
         try:
             async with self.use() as store:
-                inserted = await self._write_history(store, ticks)
+                inserted = await write(store)
         except OUTAGE_ERRORS as exc:
             self._on_outage(exc, 0)
         except Exception as exc:  # noqa: BLE001 - bad history must not stop live writing
@@ -178,11 +180,36 @@ class BatchWriter:
                 future.set_result(inserted)
             self._recovered()
 
-    async def _write_history(self, store: TickStore, ticks: list[Tick]) -> int:
-        """Insert past ticks in one transaction; count the new ones."""
-        stored = await self._guarded(store, ticks, TickStore.write_history)
-        self.metrics.ticks_backfilled.inc(stored)
-        return stored
+    async def _write_bars(self, store: TickStore, bars: list[Bar]) -> int:
+        """Store vendor bars in one transaction; count the minutes that were new."""
+        written = await self._bars_guarded(store, bars)
+        if written.expired:
+            self.metrics.bars_dropped.labels(DropReason.EXPIRED).inc(written.expired)
+        self.metrics.bars_stored.inc(written.bars)
+        self.metrics.ticks_backfilled.inc(written.ticks)
+        if written.bars:
+            self.metrics.last_write.set(time.time())
+        return written.bars
+
+    async def _bars_guarded(self, store: TickStore, bars: list[Bar]) -> BarsWritten:
+        """`store.write_bars`, halving what the database refuses until the culprit is alone."""
+        try:
+            return await store.write_bars(bars)
+        except DATA_ERRORS as exc:
+            if len(bars) == 1:
+                self.metrics.bars_dropped.labels(DropReason.REJECTED).inc()
+                log.error(
+                    "database refused a bar; dropped",
+                    extra={
+                        "symbol": bars[0].symbol,
+                        "start": bars[0].start.isoformat(),
+                        "error": str(exc),
+                    },
+                )
+                return BarsWritten()
+            mid = len(bars) // 2
+            first = await self._bars_guarded(store, bars[:mid])
+            return first.plus(await self._bars_guarded(store, bars[mid:]))
 
     async def _write(self, store: TickStore, batch: list[Tick]) -> int:
         """Insert live ticks in one transaction and announce them; count the new ones."""

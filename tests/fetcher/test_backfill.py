@@ -1,4 +1,4 @@
-"""History backfill into the real database: stored once, as history, never announced as prices."""
+"""History backfill into the real database: vendor minute bars, recent day first, stored once."""
 
 from __future__ import annotations
 
@@ -12,107 +12,161 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.common.market import Market
+from services.common.models import Tick
+from services.fetcher.backfill import REQUEST_BARS, REQUEST_SPAN, Backfill
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.providers.simulated import SimulatedProvider
+from services.fetcher.providers.base import Provider, ProviderError
 from services.fetcher.service import Fetcher
-from tests.fakes.finnhub import FakeFinnhub
-from tests.fakes.server import Fault
-from tests.fakes.twelvedata import FakeTwelveData
+from tests.fetcher.bar_vendor import MINUTE, Asked, BarVendor
 from tests.fetcher.notifications import Notifications
-from tests.utils.api import Market
-from tests.utils.vendors import finnhub_settings, make_fetcher, sample, twelvedata_settings
+from tests.fetcher.scripted import ScriptedProvider
+from tests.utils.api import Market as Stored
+from tests.utils.vendors import sample
 from tests.utils.waiting import eventually
 
+XNYS = Market("XNYS")
+WEDNESDAY = datetime(2026, 3, 4, 15, 0, 30, tzinfo=UTC)  # 10:00:30 in New York
 
-def sim_fetcher(url: str, **overrides: object) -> Fetcher:
+
+def make_fetcher(url: str, provider: Provider, **overrides: object) -> Fetcher:
     values: dict[str, object] = {
         "database_url": url,
         "symbols": "AAPL,NVDA",
         "backfill": "2h",
         "price_interval": 0.05,
+        "retry_wait_initial": 0.01,
+        "retry_wait_max": 0.02,
         **overrides,
     }
     settings = FetcherSettings(**values)  # type: ignore[arg-type]
-    return Fetcher(settings, SimulatedProvider(seed=5), FetcherMetrics(CollectorRegistry()))
+    return Fetcher(settings, provider, FetcherMetrics(CollectorRegistry()))
 
 
-async def backfill_once(fetcher: Fetcher, until: datetime) -> int:
+def backfill_for(fetcher: Fetcher, market: Market, window: timedelta) -> Backfill:
+    """A backfill with the fetcher's own writer, retrying call and metrics, over `market`."""
+    return Backfill(
+        fetcher.writer,
+        fetcher.symbols,
+        window,
+        fetcher._call,
+        fetcher.metrics,
+        fetcher.drops,
+        market,
+    )
+
+
+async def backfill_once(fetcher: Fetcher, until: datetime, backfill: Backfill | None = None) -> int:
     """Run one backfill with the fetcher's own single writer, as `run()` does."""
     stop = asyncio.Event()
     writer = asyncio.create_task(fetcher.writer.run(stop))
     try:
-        return await fetcher.backfill.run(fetcher.provider, until)
+        return await (backfill or fetcher.backfill).run(fetcher.provider, until)
     finally:
         stop.set()
         await writer
         await fetcher.writer.close()
-        await fetcher.provider.aclose()
 
 
-async def test_simulated_history_is_reproducible_and_ends_at_the_start_price() -> None:
-    end = datetime(2026, 3, 2, 15, 30, 20, tzinfo=UTC)
-    start = end - timedelta(hours=2)
-    one = await SimulatedProvider(seed=3).history("AAPL", start, end)
-    assert one == await SimulatedProvider(seed=3).history("AAPL", start, end)
-    assert one != await SimulatedProvider(seed=4).history("AAPL", start, end)
-    assert len(one) == 120
-    assert all(t.ts.second == 0 and start <= t.ts < end for t in one)
-    assert all(b.ts - a.ts == timedelta(minutes=1) for a, b in zip(one, one[1:], strict=False))
-    assert one[-1].price == Decimal("270.00")  # where the live simulated path starts
-    week = await SimulatedProvider().history("AAPL", end - timedelta(days=7), end)
-    assert len(week) == 7 * 24 * 60  # one point a minute, not one a second
+async def minutes(db: asyncpg.Connection, symbol: str) -> list[datetime]:
+    rows = await db.fetch(
+        "SELECT bucket FROM bars WHERE width_s = 60 AND symbol = $1 ORDER BY bucket", symbol
+    )
+    return [r["bucket"] for r in rows]
 
 
-async def test_backfill_is_stored_as_history_and_announced_once(
+async def test_the_last_session_of_every_symbol_comes_first_and_only_open_hours_are_asked(
     database_url: str, db: asyncpg.Connection, notes: Notifications
 ) -> None:
-    fetcher = sim_fetcher(database_url)
-    until = datetime.now(UTC)
-    assert await backfill_once(fetcher, until) == 240
-    rows = await db.fetch("SELECT symbol, ts, backfilled FROM ticks ORDER BY ts")
-    assert len(rows) == 240 and all(r["backfilled"] for r in rows)
-    assert sample(fetcher, "ticks_backfilled_total") == 240
+    # The vendor also serves pre- and after-market bars: they are not the market's hours here.
+    vendor = BarVendor(hours=Market("XNYS", extended_hours=True))
+    fetcher = make_fetcher(database_url, vendor)
+    week = timedelta(days=7)
+    stored = await backfill_once(fetcher, WEDNESDAY, backfill_for(fetcher, XNYS, week))
+
+    today = datetime(2026, 3, 4, 14, 30, tzinfo=UTC)
+    assert vendor.asked[0] == Asked(("AAPL", "NVDA"), today, today + 30 * MINUTE)
+    # then the rest in one request for both symbols (well inside one request's budget), from the
+    # first open minute of the window to the last close before today
+    assert vendor.asked[1:] == [
+        Asked(
+            ("AAPL", "NVDA"),
+            datetime(2026, 2, 25, 15, 1, tzinfo=UTC),
+            datetime(2026, 3, 3, 21, 0, tzinfo=UTC),
+        )
+    ]
+    expected = XNYS.open_minutes(WEDNESDAY - week, WEDNESDAY.replace(second=0))
+    assert await minutes(db, "AAPL") == await minutes(db, "NVDA") == expected
+    assert stored == 2 * len(expected)
+    assert sample(fetcher, "bars_stored_total") == stored
+    assert sample(fetcher, "bars_dropped_total", reason="outside_request") > 0  # after hours
+    assert await db.fetchval("SELECT bool_and(backfilled) FROM ticks") is True
+    assert await db.fetchval("SELECT count(DISTINCT source) FROM ticks") == 1
+    assert await db.fetchval("SELECT min(source) FROM ticks") == "vendor"
     received = await notes.drain()
     assert {channel for channel, _ in received} == {"history"}  # never as live prices
-    windows = [json.loads(payload) for _, payload in received]
-    assert {s for w in windows for s in w["symbols"]} == {"AAPL", "NVDA"}
-    assert min(w["start"] for w in windows) == int(rows[0]["ts"].timestamp() * 1000)
-    assert max(w["end"] for w in windows) == int(rows[-1]["ts"].timestamp() * 1000)
+    first = json.loads(received[0][1])  # the last session is announced first
+    assert first["start"] == int(today.timestamp() * 1000)
 
-    again = sim_fetcher(database_url)
-    assert await backfill_once(again, until) == 0  # nothing missing: nothing asked for
-    chunk = await SimulatedProvider(seed=5).history("AAPL", until - timedelta(hours=2), until)
-    stop = asyncio.Event()
-    writer = asyncio.create_task(again.writer.run(stop))
-    assert await again.writer.submit_history(chunk) == 0  # and the same ticks are stored once
-    stop.set()
-    await writer
-    await again.writer.close()
-    assert await db.fetchval("SELECT count(*) FROM ticks") == 240
-    assert await notes.drain() == []
+    vendor.asked.clear()
+    again = backfill_for(fetcher, XNYS, week)
+    assert await backfill_once(fetcher, WEDNESDAY, again) == 0
+    assert vendor.asked == []  # nothing missing: nothing asked for
+
+
+def test_long_histories_are_asked_for_in_bounded_requests_newest_first() -> None:
+    writer_less = Backfill(
+        None,  # type: ignore[arg-type]  # planning needs no database
+        ["A", "B", "C", "D", "E", "F"],
+        timedelta(days=90),
+        None,  # type: ignore[arg-type]
+        FetcherMetrics(CollectorRegistry()),
+        None,  # type: ignore[arg-type]
+        XNYS,
+    )
+    since = WEDNESDAY - timedelta(days=90)
+    requests = writer_less.plan([(s, since) for s in writer_less.symbols], WEDNESDAY)
+    assert len(requests) > 3
+    assert requests[0].start == datetime(2026, 3, 4, 14, 30, tzinfo=UTC)
+    ends = [r.end for r in requests[1:]]
+    assert ends == sorted(ends, reverse=True)
+    for older, newer in zip(requests[2:], requests[1:], strict=False):
+        assert older.end <= newer.start  # no minute asked twice
+    for request in requests:
+        assert len(request.symbols) == 6
+        assert len(request.symbols) * len(XNYS.open_minutes(request.start, request.end)) <= (
+            REQUEST_BARS
+        )
+        assert request.end - request.start <= REQUEST_SPAN
+        assert XNYS.is_open(request.start) and XNYS.is_open(request.end - MINUTE)
+    asked = sorted(m for r in requests for m in XNYS.open_minutes(r.start, r.end))
+    assert asked == XNYS.open_minutes(since, WEDNESDAY.replace(second=0))
 
 
 async def test_after_downtime_only_the_gap_is_filled(
     database_url: str, db: asyncpg.Connection
 ) -> None:
-    until = datetime.now(UTC).replace(second=30)
+    until = datetime.now(UTC).replace(second=30, microsecond=0)
     last_live = until - timedelta(minutes=30)
-    await Market(db).stocks("AAPL")
-    await Market(db).ticks([("AAPL", last_live, 1)])
-    await backfill_once(sim_fetcher(database_url), until)
-    aapl = await db.fetch("SELECT ts FROM ticks WHERE symbol = 'AAPL' AND backfilled")
-    assert len(aapl) == 30 and min(r["ts"] for r in aapl) > last_live
-    assert await db.fetchval("SELECT count(*) FROM ticks WHERE symbol = 'NVDA'") == 120
+    await Stored(db).stocks("AAPL")
+    await Stored(db).ticks([("AAPL", last_live, 1)])
+    vendor = BarVendor(name="simulated")  # round the clock, like the simulator
+    await backfill_once(make_fetcher(database_url, vendor), until)
+    aapl = await minutes(db, "AAPL")
+    assert aapl[0] == last_live.replace(second=0) and aapl[1] == aapl[0] + MINUTE
+    assert len(aapl) == 30 and aapl[-1] == until.replace(second=0) - MINUTE
+    assert len(await minutes(db, "NVDA")) == 119  # the whole minutes of the last two hours
+    assert sorted(len(a.symbols) for a in vendor.asked) == [1, 1]  # gaps starting apart
 
 
-async def test_live_ticks_are_not_held_up_by_a_week_of_history(
+async def test_live_ticks_are_not_held_up_by_days_of_history(
     database_url: str, db: asyncpg.Connection, notes: Notifications
 ) -> None:
-    fetcher = sim_fetcher(database_url, backfill="7d", batch_size=2000)
+    fetcher = make_fetcher(database_url, BarVendor(name="simulated"), backfill="3d")
     task = asyncio.create_task(fetcher.run())
     try:
-        await eventually(lambda: sample(fetcher, "ticks_backfilled_total") == 2 * 7 * 24 * 60)
+        await eventually(lambda: sample(fetcher, "bars_stored_total") >= 2 * 3 * 24 * 60 - 2)
     finally:
         fetcher.stop()
         await asyncio.wait_for(task, 10)
@@ -130,61 +184,47 @@ async def test_live_ticks_are_not_held_up_by_a_week_of_history(
             assert row is False
 
 
-async def test_twelve_data_history_comes_from_time_series(
-    database_url: str, db: asyncpg.Connection, twelvedata: FakeTwelveData
+async def test_a_failing_history_call_skips_that_request_only(
+    database_url: str, db: asyncpg.Connection
 ) -> None:
-    until = datetime.now(UTC)
-    fetcher = make_fetcher(twelvedata_settings(database_url, twelvedata, backfill="3h"))
-    stored = await backfill_once(fetcher, until)
-    assert 2 * 179 <= stored <= 2 * 180
-    call = twelvedata.http.calls("/time_series")[0]
-    assert (call.params["interval"], call.params["timezone"]) == ("1min", "UTC")
-    assert await db.fetchval("SELECT bool_and(backfilled) FROM ticks") is True
-    again = make_fetcher(twelvedata_settings(database_url, twelvedata, backfill="3h"))
-    assert await backfill_once(again, until) == 0
-
-
-async def test_a_failing_history_call_skips_that_symbol_only(
-    database_url: str, db: asyncpg.Connection, twelvedata: FakeTwelveData
-) -> None:
-    twelvedata.http.script("/time_series", *[Fault(503, "busy")] * 3)
-    fetcher = make_fetcher(twelvedata_settings(database_url, twelvedata, backfill="1h"))
-    await backfill_once(fetcher, datetime.now(UTC))
-    symbols = await db.fetch("SELECT DISTINCT symbol FROM ticks")
-    assert [r["symbol"] for r in symbols] == ["NVDA"]
+    busy = ProviderError("http_5xx", "busy")
+    vendor = BarVendor(hours=XNYS, errors=[busy] * 3)  # every attempt at the first request
+    fetcher = make_fetcher(database_url, vendor)
+    await backfill_once(fetcher, WEDNESDAY, backfill_for(fetcher, XNYS, timedelta(days=2)))
+    stored = await minutes(db, "AAPL")
+    assert stored and max(stored) < datetime(2026, 3, 4, tzinfo=UTC)  # today's request failed
     assert sample(fetcher, "rounds_skipped_total", call="history") == 1
+    assert len(vendor.asked) == 3 + 1
 
 
-async def test_finnhub_says_its_free_tier_has_no_history(
-    database_url: str,
-    db: asyncpg.Connection,
-    finnhub: FakeFinnhub,
-    caplog: pytest.LogCaptureFixture,
+async def test_a_provider_without_history_is_said_once(
+    database_url: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fetcher = make_fetcher(finnhub_settings(database_url, finnhub, backfill="7d"))
+    fetcher = make_fetcher(database_url, ScriptedProvider(), backfill="7d")
     with caplog.at_level(logging.INFO):
         assert await backfill_once(fetcher, datetime.now(UTC)) == 0
-    assert "no candles" in caplog.text
-    assert await db.fetchval("SELECT count(*) FROM ticks") == 0
+    assert caplog.text.count("no history backfill") == 1
+    assert await db.fetchval("SELECT count(*) FROM bars") == 0
+    assert fetcher.backfill.planned.is_set() and fetcher.backfill.idle.is_set()
+
+
+class StaleVendor(BarVendor):
+    """After hours the first quote carries the last trade's time, well before the start."""
+
+    async def quotes(self, symbols: list[str]) -> list[Tick]:  # type: ignore[override]
+        # (not on a second the vendor's bars are drawn at, so it never meets one of them)
+        stale = datetime.now(UTC).replace(second=7, microsecond=0) - timedelta(minutes=10)
+        return [Tick(s, stale, Decimal("100")) for s in symbols]
 
 
 async def test_a_stale_first_quote_does_not_shrink_the_backfill(
-    database_url: str, db: asyncpg.Connection, twelvedata: FakeTwelveData
+    database_url: str, db: asyncpg.Connection
 ) -> None:
-    # After hours the first quote carries the last bar's time, well before the fetcher started;
-    # it must not be taken for history that is already stored.
-    from tests.fakes.server import fixture
-
-    stale = int(datetime.now(UTC).timestamp()) // 60 * 60 - 600
-    quotes = {
-        s: {**fixture("twelvedata/quote.json"), "symbol": s, "timestamp": stale}
-        for s in ("AAPL", "NVDA")
-    }
-    twelvedata.http.script("/quote", *[Fault.json(quotes)] * 50)
-    fetcher = make_fetcher(twelvedata_settings(database_url, twelvedata, backfill="1h"))
+    fetcher = make_fetcher(database_url, StaleVendor(name="simulated"), backfill="1h")
     task = asyncio.create_task(fetcher.run())
     try:
-        await eventually(lambda: sample(fetcher, "ticks_backfilled_total") >= 2 * 59)
+        # every whole minute of the hour but the stale quote's own (a minute stored is final)
+        await eventually(lambda: sample(fetcher, "bars_stored_total") >= 2 * 58)
     finally:
         fetcher.stop()
         await asyncio.wait_for(task, 10)

@@ -8,8 +8,14 @@ from decimal import Decimal
 
 import pytest
 
-from services.common.models import Profile, Tick
-from services.fetcher.validation import DropLog, DropReason, split_valid, usable_profile
+from services.common.models import Bar, Profile, Tick
+from services.fetcher.validation import (
+    DropLog,
+    DropReason,
+    split_valid,
+    split_valid_bars,
+    usable_profile,
+)
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 TRACKED = ["AAPL", "NVDA"]
@@ -37,6 +43,43 @@ def tick(price: str = "100", symbol: str = "AAPL", ts: datetime = NOW) -> Tick:
 def test_each_kind_of_bad_tick_is_dropped(bad: Tick, reason: DropReason) -> None:
     good, dropped = split_valid([tick(), bad, tick(symbol="NVDA")], TRACKED, NOW, DropLog())
     assert good == [tick(), tick(symbol="NVDA")]
+    assert dropped == {reason: 1}
+
+
+def bar(
+    o: str = "10",
+    h: str = "11",
+    low: str = "9",
+    c: str = "10.5",
+    symbol: str = "AAPL",
+    start: datetime = NOW,
+    volume: int | None = 100,
+) -> Bar:
+    return Bar(symbol, start, Decimal(o), Decimal(h), Decimal(low), Decimal(c), volume)
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (bar(symbol="MSFT"), DropReason.UNTRACKED),
+        (bar(h="NaN"), DropReason.NOT_FINITE),
+        (bar(c="Infinity", h="Infinity"), DropReason.NOT_FINITE),
+        (bar(low="0"), DropReason.NON_POSITIVE),
+        (bar(o="-1", low="-2"), DropReason.NON_POSITIVE),
+        (bar(low="10.2"), DropReason.INCONSISTENT),  # the low above the open
+        (bar(h="10.4"), DropReason.INCONSISTENT),  # the high below the close
+        (bar(h="8", low="12"), DropReason.INCONSISTENT),
+        (bar(volume=-1), DropReason.MALFORMED),
+        (bar(volume=2**63), DropReason.MALFORMED),
+        (bar(start=NOW + timedelta(seconds=30)), DropReason.MALFORMED),  # not on a minute
+        (bar(start=NOW.replace(tzinfo=None)), DropReason.MALFORMED),
+        (bar(start=NOW + timedelta(minutes=2)), DropReason.FUTURE),
+    ],
+)
+def test_each_kind_of_bad_bar_is_dropped(bad: Bar, reason: DropReason) -> None:
+    flat = bar("10", "10", "10", "10", volume=None)  # one price all minute, no volume: fine
+    good, dropped = split_valid_bars([bar(), bad, flat], TRACKED, NOW, DropLog())
+    assert good == [bar(), flat]
     assert dropped == {reason: 1}
 
 

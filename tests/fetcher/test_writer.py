@@ -1,4 +1,4 @@
-"""The single writer against a real PostgreSQL: a tick the database refuses costs only itself."""
+"""The single writer against a real PostgreSQL: what the database refuses costs only itself."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from services.common.models import Tick
+from services.common.models import Bar, Tick
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.writer import BatchWriter
@@ -51,17 +51,26 @@ async def test_a_refused_live_tick_is_dropped_alone(
     assert len(writer.buffer) == 0  # nothing left to retry forever
 
 
-async def test_a_refused_history_tick_is_dropped_alone(
+async def test_a_refused_vendor_bar_is_dropped_alone(
     database_url: str, db: asyncpg.Connection
 ) -> None:
     writer = make_writer(database_url)
+    start, one = T0.replace(second=0), Decimal(1)
+    bars = [
+        Bar("AAPL", start + timedelta(minutes=i), one, one, one, one, -1 if i == 3 else i)
+        for i in range(5)
+    ]  # the fourth breaks the table's `volume >= 0` check (validation was bypassed)
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     try:
-        assert await asyncio.wait_for(writer.submit_history(batch()), 10) == 4
+        assert await asyncio.wait_for(writer.submit_bars(bars), 10) == 4
     finally:
         stop.set()
         await task
         await writer.close()
+    assert await db.fetchval("SELECT count(*) FROM bars WHERE width_s = 60") == 4
     assert await db.fetchval("SELECT count(*) FROM ticks WHERE backfilled") == 4
-    assert rejected(writer) == 1
+    value = writer.metrics.registry.get_sample_value(
+        "stockstreamer_fetcher_bars_dropped_total", {"reason": "rejected_by_database"}
+    )
+    assert value == 1
