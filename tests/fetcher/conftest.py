@@ -19,7 +19,7 @@ from tests.fetcher.notifications import Notifications
 @pytest.fixture(autouse=True)
 def _no_vendor_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith(("TWELVEDATA_", "FINNHUB_")):
+        if name.startswith(("TWELVEDATA_", "FINNHUB_", "ALPACA_")):
             monkeypatch.delenv(name)
 
 

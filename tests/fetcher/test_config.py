@@ -15,7 +15,9 @@ from services.runner.processes import ROOT
 def test_defaults() -> None:
     settings = FetcherSettings()
     assert settings.symbols == ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
-    assert settings.provider == "simulated"
+    assert settings.provider == settings.providers == ["simulated"]
+    assert settings.history_provider == "simulated"
+    assert settings.calendar == "24/7"  # the simulator alone never closes
     assert settings.metadata_interval == 6 * 3600
     assert settings.buffer_capacity >= 1_000_000
 

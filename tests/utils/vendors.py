@@ -10,12 +10,13 @@ from prometheus_client import CollectorRegistry
 
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.providers import create_provider
+from services.fetcher.providers import create_providers
 from services.fetcher.service import Fetcher
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.twelvedata import FakeTwelveData
 
 FAST = {
+    "calendar": "24/7",  # the fakes trade around the clock: tests pass at any hour
     "price_interval": 0.05,
     "retry_wait_initial": 0.01,
     "retry_wait_max": 0.05,
@@ -55,7 +56,9 @@ def twelvedata_settings(url: str, fake: FakeTwelveData, **overrides: Any) -> Fet
 
 
 def make_fetcher(settings: FetcherSettings) -> Fetcher:
-    return Fetcher(settings, create_provider(settings), FetcherMetrics(CollectorRegistry()))
+    """The fetcher `python -m services.fetcher` would run: the settings' chain and history."""
+    chain, history = create_providers(settings)
+    return Fetcher(settings, chain, FetcherMetrics(CollectorRegistry()), history=history)
 
 
 @asynccontextmanager
@@ -66,7 +69,8 @@ async def opened(settings: FetcherSettings) -> AsyncIterator[Fetcher]:
         yield fetcher
     finally:
         await fetcher.writer.close()
-        await fetcher.provider.aclose()
+        for provider in fetcher.providers:
+            await provider.aclose()
 
 
 async def one_round(fetcher: Fetcher) -> None:
