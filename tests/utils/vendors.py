@@ -55,6 +55,30 @@ def twelvedata_settings(url: str, fake: FakeTwelveData, **overrides: Any) -> Fet
     return FetcherSettings(**values)
 
 
+def chain_settings(
+    url: str, finnhub: FakeFinnhub, twelvedata: FakeTwelveData, **overrides: Any
+) -> FetcherSettings:
+    """Finnhub first (its trade stream on), Twelve Data next, failing over after a second."""
+    values = {
+        "database_url": url,
+        "provider": "finnhub,twelvedata",
+        "symbols": "AAPL,NVDA",
+        "failover_after": 1,
+        "finnhub_api_key": finnhub.key,
+        "finnhub_base_url": finnhub.base_url,
+        "finnhub_ws_url": finnhub.ws_url,
+        "finnhub_stream": True,
+        "finnhub_reconnect_max": 0.2,
+        "twelvedata_api_key": twelvedata.key,
+        "twelvedata_base_url": twelvedata.base_url,
+        "twelvedata_rate_limit": 100,
+        "twelvedata_rate_period": 1.0,
+        **FAST,
+        **overrides,
+    }
+    return FetcherSettings(**values)
+
+
 def make_fetcher(settings: FetcherSettings) -> Fetcher:
     """The fetcher `python -m services.fetcher` would run: the settings' chain and history."""
     chain, history = create_providers(settings)

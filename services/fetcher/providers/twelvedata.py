@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from services.common.models import Bar, Profile, Tick, Week52
 from services.fetcher.providers.badges import logo_data_uri
-from services.fetcher.providers.base import EpochSeconds, Provider, ProviderError
+from services.fetcher.providers.base import EpochSeconds, Provider, ProviderError, ProviderFatal
 from services.fetcher.providers.http import BadPayload, VendorClient, gather_per_symbol, validate
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ def _check(data: Any, what: str) -> Any:
         code, message = data.get("code"), str(data.get("message", ""))
         if code == 429:
             raise ProviderError("rate_limited", f"twelvedata {what}: {message}")
-        if code in (401, 403):
+        if code == 401:
+            raise ProviderFatal("unauthorized", f"twelvedata {what}: {message}")
+        if code == 403:  # an endpoint or symbol beyond the plan
             raise ProviderError("unauthorized", f"twelvedata {what}: {message}")
         if isinstance(code, int) and code >= 500:
             raise ProviderError("http_5xx", f"twelvedata {what}: {message}")
