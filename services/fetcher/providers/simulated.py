@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from services.common.models import Bar, Profile, Tick, Week52
 from services.fetcher.config import FetcherSettings
@@ -138,18 +139,19 @@ class SimulatedProvider(Provider):
         return [
             Tick(
                 symbol,
-                datetime.fromtimestamp(ts, UTC),
-                max(Decimal(repr(price)).quantize(CENT), CENT),
-                volume=volume,
+                datetime.fromtimestamp(p.ts, UTC),
+                max(Decimal(repr(p.price)).quantize(CENT), CENT),
+                volume=p.volume,
             )
-            for ts, price, volume in self._points(symbol, start, end, "ticks")
+            for p in self._points(symbol, start, end, "ticks")
         ]
 
     async def bars(self, symbols: Sequence[str], start: datetime, end: datetime) -> list[Bar]:
         """One bar per point of the walk (a minute apart over the last week, 15 before that).
 
-        The bar starting at a point closes at the walk's price there and opens at the point
-        before it; its high and low reach a little beyond both, inside the 52-week band.
+        The bar starting at a point opens at the walk's price there and closes at the next
+        point's (the newest closes at the live path's start price); its high and low reach a
+        little beyond both, inside the 52-week band.
         """
         bars: list[Bar] = []
         for symbol in symbols:
@@ -158,33 +160,26 @@ class SimulatedProvider(Provider):
                 continue
             walk = self._walks[(symbol, "bars")]
             floor, ceiling = _cents(walk.low), _cents(walk.high)
-            previous = _cents(points[0][1])
-            for ts, price, volume in points:
-                opened, close = previous, _cents(price)
-                previous = close
-                # The minute's spread: a seeded fraction of one minute's volatility either side.
-                reach = 1 + self.volatility * MINUTE_SIGMA * abs(walk.wiggle.gauss(0, 1))
-                high = min(max(round(max(opened, close) * reach), opened, close), ceiling)
-                low = max(min(round(min(opened, close) / reach), opened, close), floor)
+            for p in points:
+                opened, close = _cents(p.price), _cents(p.later)
+                high = min(round(max(opened, close) * p.reach), ceiling)
+                low = max(round(min(opened, close) / p.reach), floor)
                 bars.append(
                     Bar(
                         symbol,
-                        datetime.fromtimestamp(ts, UTC),
+                        datetime.fromtimestamp(p.ts, UTC),
                         _price(opened),
                         _price(max(high, opened, close)),
                         _price(min(low, opened, close)),
                         _price(close),
-                        volume=volume,
+                        volume=p.volume,
                         source=self.name,
                     )
                 )
         return bars
 
-    def _points(
-        self, symbol: str, start: datetime, end: datetime, kind: str
-    ) -> list[tuple[int, float, int]]:
-        """(epoch second, price, volume) of the walk back from this run's start price, oldest
-        first.
+    def _points(self, symbol: str, start: datetime, end: datetime, kind: str) -> list[_Point]:
+        """The walk back from this run's start price, over [start, end), oldest first.
 
         Later calls for earlier times continue the same walk, so history asked for in pieces
         (the most recent first) joins up without a jump.
@@ -204,19 +199,22 @@ class SimulatedProvider(Provider):
         for ts in times:
             if ts >= walk.oldest:
                 continue  # already produced by an earlier call
+            later = walk.price
             if walk.fresh:  # the newest point is where the live path starts
                 walk.fresh, walk.oldest = False, ts
             else:
                 self._walk_back(walk, ts)
-            points.append((ts, walk.price, walk.rng.randint(100, 30_000)))
+            # The spread within the point's bar: a seeded share of a minute's volatility.
+            reach = 1 + self.volatility * MINUTE_SIGMA * abs(walk.spread.gauss(0, 1))
+            points.append(_Point(ts, walk.price, later, walk.rng.randint(100, 30_000), reach))
         points.reverse()
         return points
 
     def _new_walk(self, symbol: str, anchor: float) -> _Walk:
         origin = self._new_path(symbol)  # where the live path starts, and its 52-week range
         rng = random.Random(f"{self.seed}:{symbol}:history")  # noqa: S311 - a simulation
-        wiggle = random.Random(f"{self.seed}:{symbol}:spread")  # noqa: S311 - a simulation
-        return _Walk(rng, wiggle, origin.price, origin.low, origin.high, anchor, anchor)
+        spread = random.Random(f"{self.seed}:{symbol}:spread")  # noqa: S311 - a simulation
+        return _Walk(rng, spread, origin.price, origin.low, origin.high, anchor, anchor)
 
     def _walk_back(self, walk: _Walk, ts: float) -> None:
         """Move the walk back to time `ts`: one GBM step, the law of live ticks, reversed."""
@@ -232,12 +230,22 @@ class SimulatedProvider(Provider):
         walk.oldest = ts
 
 
+class _Point(NamedTuple):
+    """One point of a history walk, and the price at the next (newer) point."""
+
+    ts: int
+    price: float
+    later: float
+    volume: int
+    reach: float  # how far the bar starting here reaches beyond its open and close (a factor)
+
+
 @dataclass
 class _Walk:
     """A history walk going back in time from `anchor`; `oldest` is where it has reached."""
 
     rng: random.Random
-    wiggle: random.Random  # the bars' spread, apart from the walk so prices stay the same
+    spread: random.Random  # the bars' highs and lows, apart from the prices' own draws
     price: float
     low: float
     high: float
