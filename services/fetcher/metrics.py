@@ -37,7 +37,7 @@ class FetcherMetrics:
             ["symbol"],
         )
         self.market_open = gauge(
-            "market_open", "1 while the provider says the market is open (the simulator: always)."
+            "market_open", "1 while the market is open by STOCKSTREAMER_CALENDAR (24/7: always)."
         )
         self.provider_requests = counter(
             "provider_requests", "Provider call attempts, failed or not, by call.", ["call"]
@@ -103,6 +103,28 @@ class FetcherMetrics:
         self.heal_minutes_unavailable = counter(
             "heal_minutes_unavailable",
             "Missing minutes the history source had no bar for (not asked again).",
+        )
+        # The provider chain and market hours.
+        self.active_source = gauge(
+            "active_source", "1 for the provider serving live prices, 0 for others.", ["provider"]
+        )
+        self.failovers = counter(
+            "failovers",
+            "Switches of the serving provider, by the one left and the one taking over.",
+            ["from", "to"],
+        )
+        self.provider_out = gauge(
+            "provider_out",
+            "1 for a provider taken out for good (its keys were refused).",
+            ["provider"],
+        )
+        self.probes = counter(
+            "probes",
+            "Checks of a better provider while another serves, by outcome.",
+            ["provider", "outcome"],
+        )
+        self.rounds_saved = counter(
+            "rounds_saved", "Price rounds not spent on a vendor while the market was closed."
         )
 
     def watch_disk(self, path: Path) -> None:

@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from types import EllipsisType
 from typing import TypeVar
 
 import stamina
 
 from services.common.db import OUTAGE_ERRORS
-from services.common.market import ALWAYS, Market
+from services.common.market import Market
 from services.common.models import Profile, Tick, Week52
+from services.common.retry import Backoff
+from services.fetcher import feed_queries
 from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
+from services.fetcher.chain import Member, ProviderChain
 from services.fetcher.config import FetcherSettings
-from services.fetcher.healing import LOOKBACK, Healer
+from services.fetcher.healing import Healer
+from services.fetcher.hours import Hours
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.providers.base import Provider, ProviderError, TradeStream
+from services.fetcher.providers.base import Provider, ProviderError, ProviderFatal, TradeStream
 from services.fetcher.validation import (
     DropLog,
     DropReason,
@@ -33,18 +39,52 @@ T = TypeVar("T")
 
 METADATA_RETRY_SECONDS = 30.0
 RANGE_FLUSH_SECONDS = 5.0  # how soon a broken 52-week high or low reaches the database
+OUTSIDE_SESSION = "outside_session"  # a drop reason: a trade outside the market's hours
+FEED_RETRY_MAX = 30.0  # the longest wait before writing the feed row again after a failure
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Fetcher:
-    """Runs one provider against one database until `stop()`."""
+    """Runs a chain of providers (the first healthy one serves) against one database until
+    `stop()`.
 
-    def __init__(self, settings: FetcherSettings, provider: Provider, metrics: FetcherMetrics):
+    `history` is the source of past bars (default: the first of the chain that has history);
+    `clock` is what market hours are judged by (default: the system clock).
+    """
+
+    def __init__(
+        self,
+        settings: FetcherSettings,
+        provider: Provider | Sequence[Provider],
+        metrics: FetcherMetrics,
+        history: Provider | None | EllipsisType = ...,
+        clock: Callable[[], datetime] = _utcnow,
+    ):
         self.settings = settings
         self.metrics = metrics
         self.drops = DropLog()
         self._ranges: dict[str, Week52] = {}  # the 52-week range last stored, per symbol
         self._broken: dict[str, Week52] = {}  # ranges live prices extended, not yet stored
-        self.provider = provider
+        providers = [provider] if isinstance(provider, Provider) else list(provider)
+        self.chain = ProviderChain(
+            providers,
+            metrics,
+            failover_after=settings.failover_after.total_seconds(),
+            price_interval=settings.price_interval,
+            on_switch=self._switched,
+        )
+        if isinstance(history, EllipsisType):
+            history = next((p for p in providers if p.has_history), None)
+        self.history_provider: Provider | None = history
+        for each in [*providers, history]:
+            if each is not None:
+                each.attach(self._provider_dropped)
+        self.market = Market(settings.calendar, settings.extended_hours)
+        self.hours = Hours(self.market)
+        self.clock = clock
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.buffer_capacity)
         metrics.buffer_capacity.set(settings.buffer_capacity)
@@ -57,7 +97,6 @@ class Fetcher:
             settings.batch_size,
             settings.fetcher_db_role,
         )
-        self.market = Market(ALWAYS if provider.name == "simulated" else "XNYS")
         self.backfill = Backfill(
             self.writer,
             self.symbols,
@@ -75,21 +114,35 @@ class Fetcher:
             self._call,
             metrics,
             self.drops,
-            lookback=min(LOOKBACK, settings.backfill),
+            lookback=min(settings.heal_lookback, settings.backfill),
+            interval=settings.heal_interval.total_seconds(),
         )
         # Live ticks wait in the buffer until the backfill has read where history ends.
         self.writer.hold = self.backfill.planned
-        self.stream: TradeStream | None = None
         self._stop = asyncio.Event()
+        self.exit_code = 0  # 1 once every provider of the chain is refused for good
+        self._round_due = True  # one REST round at start, at the open, and after a switch
+        self._open: bool | None = None  # the market, when last looked at
+        self._feed_changed = asyncio.Event()
+        self._feed_changed.set()  # the feed row is written at start
+        self._probes: set[asyncio.Task[None]] = set()
 
     @property
     def provider(self) -> Provider:
-        return self._provider
+        """The provider serving live prices now."""
+        return self.chain.active.provider
 
-    @provider.setter
-    def provider(self, provider: Provider) -> None:
-        self._provider = provider
-        provider.attach(self._provider_dropped)
+    @property
+    def stream(self) -> TradeStream | None:
+        """The serving provider's trade stream, when it has one."""
+        return self.chain.active.stream
+
+    @property
+    def providers(self) -> list[Provider]:
+        """Every provider in use: the chain, and the history source when it is not in it."""
+        chain = [m.provider for m in self.chain.members]
+        extra = self.history_provider
+        return chain + ([extra] if extra is not None and extra not in chain else [])
 
     def _provider_dropped(self, kind: str, detail: str) -> None:
         self.metrics.provider_dropped.labels(kind).inc()
@@ -99,54 +152,189 @@ class Fetcher:
         """Ask every loop to finish; the writer then drains the buffer."""
         self._stop.set()
 
-    async def run(self) -> None:
-        """Fetch and write until stopped; on stop, flush for at most `shutdown_timeout` s."""
+    async def run(self) -> int:
+        """Fetch and write until stopped; on stop, flush for at most `shutdown_timeout` s.
+
+        Returns the exit code: 0, or 1 when every provider of the chain was refused for good.
+        """
         log.info(
             "fetcher starting",
-            extra={"provider": self.provider.name, "symbols": ",".join(self.symbols)},
+            extra={
+                "provider": self.provider.name,
+                "chain": ",".join(self.chain.names),
+                "history": self.history_provider.name if self.history_provider else None,
+                "calendar": self.market.name,
+                "symbols": ",".join(self.symbols),
+            },
         )
         live_from = datetime.now(UTC)
-        self.stream = self.provider.trade_stream(self.symbols)
+        self._start_stream(self.chain.active)
         writer = asyncio.create_task(self.writer.run(self._stop), name="writer")
         loops = [
             asyncio.create_task(self._price_loop(), name="prices"),
+            asyncio.create_task(self._watch_loop(), name="failover"),
+            asyncio.create_task(self._feed_loop(), name="feed"),
             asyncio.create_task(self._metadata_loop(), name="metadata"),
             asyncio.create_task(self._range_loop(), name="ranges"),
             asyncio.create_task(self._backfill(live_from), name="backfill"),
         ]
-        if self.stream is not None:
-            loops.append(asyncio.create_task(self.stream.run(self._accept_live), name="stream"))
         await self._stop.wait()
         # One budget for the whole shutdown: closing a trade socket may take part of it.
         clock = asyncio.get_running_loop().time
         deadline = clock() + self.settings.shutdown_timeout
-        for task in loops:
+        streams = [m.stream_task for m in self.chain.members if m.stream_task is not None]
+        for task in [*loops, *streams, *self._probes]:
             task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*loops, *streams, *self._probes, return_exceptions=True)
         try:
             await asyncio.wait_for(writer, max(deadline - clock(), 0))
         except TimeoutError:
             log.error("shutdown: ticks not flushed in time", extra={"lost": len(self.buffer)})
         await self.writer.close()
-        await self.provider.aclose()
+        for provider in self.providers:
+            await provider.aclose()
         log.info(
             "fetcher stopped",
             extra={
-                "fetched": self._sample("ticks_fetched_total", provider=self.provider.name),
+                "fetched": self._sample("ticks_fetched_total"),
                 "written": self._sample("ticks_written_total"),
                 "unflushed": len(self.buffer),
             },
         )
+        return self.exit_code
+
+    # -- the chain ------------------------------------------------------------------------------
+
+    def _start_stream(self, member: Member) -> None:
+        """Run `member`'s trade stream, when it has one and it is not running already."""
+        if member.out or (member.stream_task is not None and not member.stream_task.done()):
+            return
+        if member.stream is None:
+            member.stream = member.provider.trade_stream(self.symbols)
+        if member.stream is not None:
+            member.stream_task = asyncio.create_task(
+                self._run_stream(member, member.stream), name=f"stream-{member.name}"
+            )
+
+    def _stop_stream(self, member: Member) -> None:
+        if member.stream_task is not None:
+            member.stream_task.cancel()
+            member.stream_task = None
+
+    async def _run_stream(self, member: Member, stream: TradeStream) -> None:
+
+        def sink(ticks: list[Tick]) -> None:
+            self._accept_live(ticks, member)
+
+        try:
+            await stream.run(sink)
+        except ProviderFatal as exc:
+            self._take_out(member, exc)
+        except Exception:  # the stream is down; REST serves until a switch restarts it
+            log.exception("trade stream ended", extra={"provider": member.name})
+
+    def _switched(self, previous: Member, to: Member, reason: str) -> None:
+        """Another provider serves: its stream runs, the old one's stops, the feed row changes."""
+        self._stop_stream(previous)
+        self._start_stream(to)
+        self._round_due = True
+        self._feed_changed.set()
+
+    def _take_out(self, member: Member, error: ProviderError) -> None:
+        """`member` refused us for good; with nobody left the fetcher stops with exit code 1."""
+        self._stop_stream(member)
+        self.chain.take_out(member, error)
+        if self.chain.all_out and self.exit_code == 0:
+            log.error(
+                "every live provider refused its keys; stopping",
+                extra={"chain": ",".join(self.chain.names)},
+            )
+            self.exit_code = 1
+            self.stop()
+
+    def _market_open(self) -> bool:
+        """Whether the market is open now; at the open, silence restarts and a round is due."""
+        is_open = self.hours.is_open(self.clock())
+        if is_open and self._open is False:
+            log.info("market open", extra={"calendar": self.market.name})
+            self._round_due = True
+            self.chain.market_opened()
+        self._open = is_open
+        self.metrics.market_open.set(int(is_open))
+        return is_open
+
+    async def _watch_loop(self) -> None:
+        """Fail over when the serving provider falls silent; probe the better ones."""
+        step = min(1.0, self.chain.failover_after / 4)
+        while True:
+            try:
+                if self._market_open():
+                    self.chain.check(market_open=True)
+                    for member in self.chain.due_probes():
+                        member.probing = True
+                        task = asyncio.create_task(self._probe(member), name=f"probe-{member.name}")
+                        self._probes.add(task)
+                        task.add_done_callback(self._probes.discard)
+            except Exception:  # a bug here must not end failover for good
+                log.exception("failover check failed")
+            await asyncio.sleep(step)
+
+    async def _probe(self, member: Member) -> None:
+        """One cheap quote from a better provider: fresh, good ticks mean it is healthy again."""
+        ok = False
+        try:
+            ticks = await asyncio.wait_for(
+                member.provider.quotes(self.symbols[:1]),
+                self.settings.provider_timeout + self.chain.failover_after,
+            )
+            ok = self._accept_live(ticks, member) > 0
+        except ProviderFatal as exc:
+            self._take_out(member, exc)
+        except (ProviderError, TimeoutError) as exc:
+            log.debug("probe failed", extra={"provider": member.name, "error": str(exc)})
+        except Exception:
+            log.exception("probe failed", extra={"provider": member.name})
+        self.chain.probed(member, ok)
+
+    async def write_feed_once(self) -> None:
+        """Store the feed row (chain, serving provider, history, calendar) and NOTIFY feed."""
+        history = self.history_provider.name if self.history_provider else None
+        async with self.writer.use() as store:
+            await store.conn.execute(
+                feed_queries.WRITE_FEED,
+                self.chain.names,
+                self.chain.active.name,
+                history,
+                self.market.name,
+                self.settings.extended_hours,
+            )
+
+    async def _feed_loop(self) -> None:
+        backoff = Backoff(0.2, FEED_RETRY_MAX)
+        while True:
+            await self._feed_changed.wait()
+            self._feed_changed.clear()
+            try:
+                await self.write_feed_once()
+                backoff.reset()
+            except Exception as exc:  # noqa: BLE001 - the database may be down: try again later
+                self._feed_changed.set()
+                if backoff.failures == 0:
+                    log.warning("feed row not stored; retrying", extra={"error": str(exc)})
+                await backoff.sleep()
 
     def _sample(self, name: str, **labels: str) -> int:
         return int(self.metrics.total(name, **labels))
 
     async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T | None:
-        """Call the provider with bounded, jittered exponential back-off; None skips the round."""
+        """Call the provider with bounded, jittered exponential back-off; None skips the round.
+
+        ProviderFatal (keys refused) is not retried: it is raised for the caller to act on.
+        """
         s = self.settings
         try:
             async for attempt in stamina.retry_context(
-                on=ProviderError,
+                on=_retryable,
                 attempts=s.retry_attempts,
                 timeout=None,
                 wait_initial=s.retry_wait_initial,
@@ -158,9 +346,13 @@ class Fetcher:
                         return await fn()
                     except ProviderError as exc:
                         self.metrics.provider_errors.labels(exc.kind).inc()
+                        if isinstance(exc, ProviderFatal):
+                            raise
                         if exc.retry_after:
                             await asyncio.sleep(min(exc.retry_after, s.retry_wait_max))
                         raise
+        except ProviderFatal:
+            raise
         except ProviderError as exc:
             self.metrics.rounds_skipped.labels(call).inc()
             log.warning(
@@ -170,29 +362,53 @@ class Fetcher:
         return None
 
     async def fetch_prices_once(self) -> None:
-        """One round: quotes for every symbol, validated, into the buffer."""
-        ticks = await self._call("quotes", lambda: self.provider.quotes(self.symbols))
-        if ticks is None:
+        """One round: quotes for every symbol from the serving provider, into the buffer."""
+        await self._round(self.chain.active, self.symbols)
+
+    async def _round(self, member: Member, symbols: Sequence[str]) -> None:
+        """Quotes of `symbols` from `member`, validated, into the buffer."""
+        try:
+            ticks = await self._call("quotes", lambda: member.provider.quotes(symbols))
+        except ProviderFatal as exc:
+            self._take_out(member, exc)
             return
-        self._accept_live(ticks)
+        if ticks:
+            self._accept_live(ticks, member)
 
     def _accept(self, ticks: list[Tick]) -> list[Tick]:
         """The ticks that pass validation; the rest are counted by reason."""
         self.metrics.ticks_fetched.labels(self.provider.name).inc(len(ticks))
+        return self._valid(ticks)
+
+    def _valid(self, ticks: list[Tick]) -> list[Tick]:
         good, dropped = split_valid(ticks, self.symbols, datetime.now(UTC), self.drops)
         for reason, count in dropped.items():
             self.metrics.ticks_dropped.labels(reason).inc(count)
         return good
 
-    def _accept_live(self, ticks: list[Tick]) -> None:
-        """Validate ticks (from a round or the trade stream) and queue them for the writer."""
-        good = self._accept(ticks)
+    def _accept_live(self, ticks: list[Tick], member: Member | None = None) -> int:
+        """Stamp live ticks (from a round or a trade stream) with their provider, keep those in
+        the market's session that pass validation, and queue them; returns how many."""
+        member = member or self.chain.active
+        source = member.name
+        self.metrics.ticks_fetched.labels(source).inc(len(ticks))
+        stamped = [t if t.source == source else replace(t, source=source) for t in ticks]
+        inside = [t for t in stamped if self.hours.in_session(t.ts)]
+        if len(inside) < len(stamped):
+            outside = len(stamped) - len(inside)
+            self.metrics.ticks_dropped.labels(OUTSIDE_SESSION).inc(outside)
+            self.drops.record(OUTSIDE_SESSION, f"{outside} ticks from {source} outside the session")
+        good = self._valid(inside)
+        if not good:
+            return 0
+        self.chain.heard(member)
         self._extend_ranges(good)
         evicted = self.buffer.put(good)
         if evicted:
             self.metrics.ticks_dropped.labels(DropReason.BUFFER_FULL).inc(evicted)
             self.drops.record(DropReason.BUFFER_FULL, f"{evicted} oldest ticks evicted")
         self.metrics.buffer_depth.set(len(self.buffer))
+        return len(good)
 
     def _extend_ranges(self, ticks: list[Tick]) -> None:
         """A live price outside the stored 52-week range is its new high or low."""
@@ -224,17 +440,9 @@ class Fetcher:
         loop = asyncio.get_running_loop()
         interval = self.settings.price_interval
         next_at = loop.time()
-        first = True
         while True:
-            streaming = self.stream is not None and self.stream.connected
-            self.metrics.stream_connected.set(int(streaming))
-            self.metrics.market_open.set(int(self.provider.market_open(datetime.now(UTC))))
             try:
-                # One REST round at start so a price exists before the first trade; after
-                # that, REST is polled only while the trade stream is down.
-                if first or not streaming:
-                    await self.fetch_prices_once()
-                first = False
+                await self.price_round_once()
             except Exception:  # one bad round must never end the loop
                 self.metrics.provider_errors.labels("unexpected").inc()
                 log.exception("price round failed")
@@ -242,19 +450,61 @@ class Fetcher:
             next_at = max(next_at + interval, loop.time())
             await asyncio.sleep(next_at - loop.time())
 
+    async def price_round_once(self) -> None:
+        """The REST part of one price interval, as the market and the trade stream allow.
+
+        One round for every symbol at start, at the open and after a switch, so a price exists
+        before the first trade; then, while the market is open, the symbols the stream does not
+        deliver (all of them while it is down). A closed market costs no vendor calls.
+        """
+        is_open = self._market_open()
+        member = self.chain.active
+        streaming = member.streaming
+        self.metrics.stream_connected.set(int(streaming))
+        wanted = self.symbols
+        if streaming and member.stream is not None:
+            covered = member.stream.covered
+            wanted = [s for s in self.symbols if s not in covered]
+        if self._round_due:
+            self._round_due = False
+            await self._round(member, self.symbols)
+        elif wanted and not is_open:
+            self.metrics.rounds_saved.inc()
+        elif wanted:
+            await self._round(member, wanted)
+
     async def _backfill(self, live_from: datetime) -> None:
         """Fill history behind the first live tick, then heal gaps for good; failures are
         logged, never fatal."""
+        source = self.history_provider
+        if source is None:
+            log.info("no history source: no backfill, no healing")
+            self.backfill.planned.set()  # live ticks need not wait for history
+            self.backfill.idle.set()
+            return
         try:
-            await self.backfill.run(self.provider, live_from)
+            await self.backfill.run(source, live_from)
+        except ProviderFatal as exc:
+            self.backfill.planned.set()
+            log.error(
+                "history source refused: no backfill, no healing",
+                extra={"provider": source.name, "error": str(exc)},
+            )
+            return
         except Exception:
             log.exception("history backfill failed")
-        await self.healer.run(self.provider, self.backfill)
+        await self.healer.run(source, self.backfill)
 
     async def refresh_metadata_once(self) -> bool:
         """Fetch profiles and 52-week ranges and upsert them; False if it must be retried."""
-        profiles = await self._call("profiles", lambda: self.provider.profiles(self.symbols))
-        week52 = await self._call("week52", lambda: self.provider.week52(self.symbols))
+        member = self.chain.active
+        provider = member.provider
+        try:
+            profiles = await self._call("profiles", lambda: provider.profiles(self.symbols))
+            week52 = await self._call("week52", lambda: provider.week52(self.symbols))
+        except ProviderFatal as exc:
+            self._take_out(member, exc)
+            return False
         try:
             await self._store_metadata(profiles or [], week52 or [])
         except OUTAGE_ERRORS as exc:
@@ -289,3 +539,8 @@ class Fetcher:
                 ok = False
             delay = self.settings.metadata_interval if ok else METADATA_RETRY_SECONDS
             await asyncio.sleep(min(delay, self.settings.metadata_interval))
+
+
+def _retryable(exc: Exception) -> bool:
+    """Provider failures are retried, except those retrying cannot mend."""
+    return isinstance(exc, ProviderError) and not isinstance(exc, ProviderFatal)

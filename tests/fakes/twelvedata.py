@@ -88,8 +88,18 @@ class FakeTwelveData:
         values: list[dict[str, str]] = []
         ts, price = first, self.prices[symbol]
         while ts <= end and len(values) < int(q.get("outputsize", "30")):
-            price *= 1 + random.uniform(-0.001, 0.001)
-            values.append({**bar, "datetime": ts.strftime(FMT), "close": f"{price:.5f}"})
+            opened, price = price, price * (1 + random.uniform(-0.001, 0.001))
+            spread = abs(random.gauss(0, 0.0005))
+            values.append(
+                {
+                    **bar,
+                    "datetime": ts.strftime(FMT),
+                    "open": f"{opened:.5f}",
+                    "high": f"{max(opened, price) * (1 + spread):.5f}",
+                    "low": f"{min(opened, price) * (1 - spread):.5f}",
+                    "close": f"{price:.5f}",
+                }
+            )
             ts += timedelta(seconds=step)
         if not values:
             return json_response(fixture("twelvedata/error_no_data.json"))

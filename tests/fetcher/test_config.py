@@ -15,7 +15,9 @@ from services.runner.processes import ROOT
 def test_defaults() -> None:
     settings = FetcherSettings()
     assert settings.symbols == ["GE", "AMZN", "NVDA", "INTC", "AAPL", "NFLX"]
-    assert settings.provider == "simulated"
+    assert settings.provider == settings.providers == ["simulated"]
+    assert settings.history_provider == "simulated"
+    assert settings.calendar == "24/7"  # the simulator alone never closes
     assert settings.metadata_interval == 6 * 3600
     assert settings.buffer_capacity >= 1_000_000
 
@@ -73,3 +75,31 @@ def test_db_role_none_keeps_the_login_user(
     monkeypatch.setenv("STOCKSTREAMER_FETCHER_DB_ROLE", value)
     assert FetcherSettings().fetcher_db_role == role
     assert FetcherSettings(fetcher_db_role="").fetcher_db_role is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STOCKSTREAMER_PROVIDER": "finnhub,iex"}, "unknown provider 'iex'"),
+        (
+            {"STOCKSTREAMER_PROVIDER": "alpaca,simulated", "ALPACA_API_KEY_ID": "id"},
+            "provider alpaca needs ALPACA_API_SECRET_KEY (or ALPACA_API_SECRET_KEY_FILE)",
+        ),
+        ({"STOCKSTREAMER_HISTORY_PROVIDER": "finnhub"}, "finnhub has no history"),
+        ({"STOCKSTREAMER_CALENDAR": "MOON"}, "unknown calendar 'MOON'"),
+        ({"STOCKSTREAMER_BACKFILL": "500d"}, "at most 400 days"),
+    ],
+)
+def test_a_bad_chain_is_a_clear_startup_error(env: dict[str, str], message: str) -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "services.fetcher"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

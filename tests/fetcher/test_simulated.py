@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from services.fetcher.providers.badges import logo_data_uri
 from services.fetcher.providers.simulated import SimulatedProvider
@@ -71,3 +72,33 @@ async def test_a_month_of_history_stays_inside_the_52_week_band() -> None:
         history = await provider.history(symbol, end - timedelta(days=30), end)
         prices = [t.price for t in history]
         assert w.low <= min(prices) and max(prices) <= w.high, symbol
+
+
+async def test_bars_follow_the_history_walk_minute_by_minute() -> None:
+    end = datetime(2026, 3, 2, 15, 30, 20, tzinfo=UTC)
+    start = end - timedelta(days=9)
+    provider = SimulatedProvider(seed=3)
+    assert provider.has_history
+    bars = await provider.bars(["AAPL", "NVDA"], start, end)
+    assert bars == await SimulatedProvider(seed=3).bars(["AAPL", "NVDA"], start, end)
+    assert bars != await SimulatedProvider(seed=4).bars(["AAPL", "NVDA"], start, end)
+    for symbol in ("AAPL", "NVDA"):
+        mine = [b for b in bars if b.symbol == symbol]
+        history = await SimulatedProvider(seed=3).history(symbol, start, end)
+        # the same walk: each bar opens at the point history has for its minute
+        assert [(b.start, b.open) for b in mine] == [(t.ts, t.price) for t in history]
+        assert all(a.close == b.open for a, b in zip(mine, mine[1:], strict=False))
+        steps = {b.start - a.start for a, b in zip(mine, mine[1:], strict=False)}
+        assert steps == {timedelta(minutes=1), timedelta(minutes=15)}  # finer in the last week
+        assert all(start <= b.start < end and b.start.second == 0 for b in mine)
+        (w,) = await provider.week52([symbol])
+        for b in mine:
+            assert w.low <= b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high
+            assert b.high <= w.high and b.volume is not None and b.source == "simulated"
+    assert mine[-1].close == Decimal("185.00")  # where NVDA's live path starts
+    # asked in pieces, most recent first, the walk goes on where it stopped
+    split = end - timedelta(days=1)
+    again = SimulatedProvider(seed=3)
+    pieces = await again.bars(["AAPL"], split, end)
+    pieces = await again.bars(["AAPL"], start, split) + pieces
+    assert pieces == [b for b in bars if b.symbol == "AAPL"]

@@ -7,13 +7,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, ClassVar, Protocol
-from zoneinfo import ZoneInfo
 
 from pydantic import Field
 
 from services.common.models import Bar, Profile, Tick, Week52
 
-NEW_YORK = ZoneInfo("America/New_York")
 log = logging.getLogger(__name__)
 
 # Receives (kind, detail) for every response or item a provider had to throw away.
@@ -100,12 +98,6 @@ class Provider(ABC):
     async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
         """Past ticks of `symbol` in [start, end) (being replaced by `bars`)."""
         raise HistoryUnavailable(f"{self.name} has no history endpoint")
-
-    def market_open(self, now: datetime) -> bool:
-        """Whether prices move now: regular NYSE/Nasdaq hours, Monday to Friday (no holidays)."""
-        local = now.astimezone(NEW_YORK)
-        minutes = local.hour * 60 + local.minute
-        return local.weekday() < 5 and 9 * 60 + 30 <= minutes < 16 * 60
 
     def trade_stream(self, symbols: Sequence[str]) -> TradeStream | None:
         """A push feed of trades, when the provider has one and it is enabled."""

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 
 from services.common.models import Tick
 from services.common.retry import Backoff
-from services.fetcher.providers.base import EpochMillis, TickSink
+from services.fetcher.providers.base import EpochMillis, ProviderFatal, TickSink
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,12 @@ class FinnhubStream:
             try:
                 await self._session(sink)
                 reason = "closed by the server"
+            except websockets.InvalidStatus as exc:
+                if exc.response.status_code == 401:
+                    raise ProviderFatal(
+                        "unauthorized", "finnhub trade stream: the key is refused (HTTP 401)"
+                    ) from None
+                reason = f"HTTP {exc.response.status_code}"
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 reason = type(exc).__name__
             except Exception as exc:  # a bug or an unforeseen message must not end the stream

@@ -13,7 +13,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, ValidationError
 
-from services.fetcher.providers.base import ProviderError
+from services.fetcher.providers.base import ProviderError, ProviderFatal
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -120,8 +120,11 @@ class VendorClient:
             raise ProviderError("rate_limited", f"{self.name} {path}: HTTP 429", retry_after=wait)
         if status >= 500:
             raise ProviderError("http_5xx", f"{self.name} {path}: HTTP {status}")
-        if status in (401, 403):
-            raise ProviderError("unauthorized", f"{self.name} {path}: HTTP {status}; check the key")
+        if status == 401:
+            # The key itself is refused: no retry, no later round can mend that.
+            raise ProviderFatal("unauthorized", f"{self.name} {path}: HTTP 401; check the key")
+        if status == 403:  # often one endpoint beyond the plan, not the whole key
+            raise ProviderError("unauthorized", f"{self.name} {path}: HTTP 403; check the plan")
         if status >= 400:
             raise ProviderError("http_4xx", f"{self.name} {path}: HTTP {status}")
         body = response.content.strip()

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
-from services.common.models import Profile, Tick, Week52
+from services.common.models import Bar, Profile, Tick, Week52
 from services.fetcher.config import FetcherSettings
 from services.fetcher.providers.badges import logo_data_uri
 from services.fetcher.providers.base import Provider
@@ -21,6 +22,7 @@ CENT = Decimal("0.01")
 HISTORY_STEP_SECONDS = 60
 HISTORY_FINE_SPAN = timedelta(days=7)
 HISTORY_COARSE_STEP_SECONDS = 900
+MINUTE_SIGMA = math.sqrt(60 / TRADING_SECONDS_PER_YEAR)  # one minute's share of a year's spread
 
 # Realistic starting levels for well-known tickers; others get a level derived from the seed.
 KNOWN: dict[str, tuple[str, float]] = {
@@ -53,6 +55,7 @@ class SimulatedProvider(Provider):
     """No network, no key: one GBM step per symbol per `quotes()` call."""
 
     name = "simulated"
+    has_history = True
 
     def __init__(
         self,
@@ -66,7 +69,7 @@ class SimulatedProvider(Provider):
         self.drift = drift
         self.step_seconds = step_seconds
         self._paths: dict[str, _Path] = {}
-        self._walks: dict[str, _Walk] = {}
+        self._walks: dict[tuple[str, str], _Walk] = {}
 
     def _path(self, symbol: str) -> _Path:
         path = self._paths.get(symbol)
@@ -111,10 +114,6 @@ class SimulatedProvider(Provider):
             ticks.append(Tick(symbol, ts, max(price, CENT), volume=path.rng.randint(1, 500)))
         return ticks
 
-    def market_open(self, now: datetime) -> bool:
-        """The simulated market never closes."""
-        return True
-
     async def profiles(self, symbols: Sequence[str]) -> list[Profile]:
         return [
             Profile(s, KNOWN[s][0] if s in KNOWN else f"{s} (simulated)", logo_data_uri(s))
@@ -136,45 +135,86 @@ class SimulatedProvider(Provider):
         return result
 
     async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        """A past ending at this run's start price: a seeded walk backwards in time.
+        """Past ticks of `symbol` in [start, end): the walk's points (being replaced by `bars`)."""
+        return [
+            Tick(
+                symbol,
+                datetime.fromtimestamp(p.ts, UTC),
+                max(Decimal(repr(p.price)).quantize(CENT), CENT),
+                volume=p.volume,
+            )
+            for p in self._points(symbol, start, end, "ticks")
+        ]
+
+    async def bars(self, symbols: Sequence[str], start: datetime, end: datetime) -> list[Bar]:
+        """One bar per point of the walk (a minute apart over the last week, 15 before that).
+
+        The bar starting at a point opens at the walk's price there and closes at the next
+        point's (the newest closes at the live path's start price); its high and low reach a
+        little beyond both, inside the 52-week band.
+        """
+        bars: list[Bar] = []
+        for symbol in symbols:
+            points = self._points(symbol, start, end, "bars")
+            if not points:
+                continue
+            walk = self._walks[(symbol, "bars")]
+            floor, ceiling = _cents(walk.low), _cents(walk.high)
+            for p in points:
+                opened, close = _cents(p.price), _cents(p.later)
+                high = min(round(max(opened, close) * p.reach), ceiling)
+                low = max(round(min(opened, close) / p.reach), floor)
+                bars.append(
+                    Bar(
+                        symbol,
+                        datetime.fromtimestamp(p.ts, UTC),
+                        _price(opened),
+                        _price(max(high, opened, close)),
+                        _price(min(low, opened, close)),
+                        _price(close),
+                        volume=p.volume,
+                        source=self.name,
+                    )
+                )
+        return bars
+
+    def _points(self, symbol: str, start: datetime, end: datetime, kind: str) -> list[_Point]:
+        """The walk back from this run's start price, over [start, end), oldest first.
 
         Later calls for earlier times continue the same walk, so history asked for in pieces
         (the most recent first) joins up without a jump.
         """
         if end <= start:
             return []
-        walk = self._walks.get(symbol)
+        walk = self._walks.get((symbol, kind))
         if walk is None or end.timestamp() > walk.oldest:
-            walk = self._walks[symbol] = self._new_walk(symbol, end.timestamp())
+            walk = self._walks[(symbol, kind)] = self._new_walk(symbol, end.timestamp())
         # Points sit on whole minutes (quarter hours before the last week), so a second run
         # produces the same (symbol, ts) keys.
         fine_from = max(start.timestamp(), walk.anchor - HISTORY_FINE_SPAN.total_seconds())
         times = _steps(fine_from, end.timestamp(), HISTORY_STEP_SECONDS)
         if start.timestamp() < fine_from:
             times += _steps(start.timestamp(), fine_from, HISTORY_COARSE_STEP_SECONDS)
-        ticks = []
+        points = []
         for ts in times:
             if ts >= walk.oldest:
                 continue  # already produced by an earlier call
+            later = walk.price
             if walk.fresh:  # the newest point is where the live path starts
                 walk.fresh, walk.oldest = False, ts
             else:
                 self._walk_back(walk, ts)
-            ticks.append(
-                Tick(
-                    symbol,
-                    datetime.fromtimestamp(ts, UTC),
-                    max(Decimal(repr(walk.price)).quantize(CENT), CENT),
-                    volume=walk.rng.randint(100, 30_000),
-                )
-            )
-        ticks.reverse()
-        return ticks
+            # The spread within the point's bar: a seeded share of a minute's volatility.
+            reach = 1 + self.volatility * MINUTE_SIGMA * abs(walk.spread.gauss(0, 1))
+            points.append(_Point(ts, walk.price, later, walk.rng.randint(100, 30_000), reach))
+        points.reverse()
+        return points
 
     def _new_walk(self, symbol: str, anchor: float) -> _Walk:
         origin = self._new_path(symbol)  # where the live path starts, and its 52-week range
         rng = random.Random(f"{self.seed}:{symbol}:history")  # noqa: S311 - a simulation
-        return _Walk(rng, origin.price, origin.low, origin.high, anchor, anchor)
+        spread = random.Random(f"{self.seed}:{symbol}:spread")  # noqa: S311 - a simulation
+        return _Walk(rng, spread, origin.price, origin.low, origin.high, anchor, anchor)
 
     def _walk_back(self, walk: _Walk, ts: float) -> None:
         """Move the walk back to time `ts`: one GBM step, the law of live ticks, reversed."""
@@ -190,17 +230,37 @@ class SimulatedProvider(Provider):
         walk.oldest = ts
 
 
+class _Point(NamedTuple):
+    """One point of a history walk, and the price at the next (newer) point."""
+
+    ts: int
+    price: float
+    later: float
+    volume: int
+    reach: float  # how far the bar starting here reaches beyond its open and close (a factor)
+
+
 @dataclass
 class _Walk:
     """A history walk going back in time from `anchor`; `oldest` is where it has reached."""
 
     rng: random.Random
+    spread: random.Random  # the bars' highs and lows, apart from the prices' own draws
     price: float
     low: float
     high: float
     anchor: float
     oldest: float
     fresh: bool = True
+
+
+def _cents(price: float) -> int:
+    """A price in whole cents, at least one (bars are made of many: integers are fast)."""
+    return max(round(price * 100), 1)
+
+
+def _price(cents: int) -> Decimal:
+    return Decimal(cents).scaleb(-2)
 
 
 def _steps(start: float, end: float, step: int) -> list[int]:

@@ -10,15 +10,19 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.common.models import Profile, Tick, Week52
+from services.common.models import Bar, Profile, Tick, Week52
 from services.fetcher.providers.badges import logo_data_uri
-from services.fetcher.providers.base import EpochSeconds, Provider, ProviderError
+from services.fetcher.providers.base import EpochSeconds, Provider, ProviderError, ProviderFatal
 from services.fetcher.providers.http import BadPayload, VendorClient, gather_per_symbol, validate
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 120  # symbols per /quote call the vendor accepts
 MAX_POINTS = 5000  # the largest `outputsize` of /time_series
+# A window of 1-minute bars asked for in one call: at most MAX_POINTS minutes even on a feed that
+# trades around the clock, so no call can be cut short.
+BARS_SPAN = timedelta(minutes=MAX_POINTS)
+FMT = "%Y-%m-%d %H:%M:%S"
 # Bar sizes from finest to coarsest; history uses the finest that covers the window in one call.
 INTERVALS = [
     ("1min", 60),
@@ -56,8 +60,13 @@ class Logo(BaseModel):
     url: str | None = None
 
 
-class Bar(BaseModel):
+class Value(BaseModel):
+    """One bar of `/time_series`: its start (in the requested time zone) and OHLCV as strings."""
+
     datetime: str
+    open: Decimal | None = None
+    high: Decimal | None = None
+    low: Decimal | None = None
     close: Decimal
     volume: Decimal | None = None
 
@@ -65,7 +74,7 @@ class Bar(BaseModel):
 class TimeSeries(BaseModel):
     """`GET /time_series`: `values` newest first unless `order=asc`."""
 
-    values: list[Bar]
+    values: list[Value]
 
 
 def _check(data: Any, what: str) -> Any:
@@ -74,7 +83,9 @@ def _check(data: Any, what: str) -> Any:
         code, message = data.get("code"), str(data.get("message", ""))
         if code == 429:
             raise ProviderError("rate_limited", f"twelvedata {what}: {message}")
-        if code in (401, 403):
+        if code == 401:
+            raise ProviderFatal("unauthorized", f"twelvedata {what}: {message}")
+        if code == 403:  # an endpoint or symbol beyond the plan
             raise ProviderError("unauthorized", f"twelvedata {what}: {message}")
         if isinstance(code, int) and code >= 500:
             raise ProviderError("http_5xx", f"twelvedata {what}: {message}")
@@ -82,6 +93,10 @@ def _check(data: Any, what: str) -> Any:
             "unknown_symbol" if code in (400, 404) else "vendor_error", f"{what}: {message}"
         )
     return data
+
+
+def _volume(value: Value) -> int | None:
+    return int(value.volume) if value.volume is not None and value.volume >= 0 else None
 
 
 def pick_interval(window: timedelta) -> tuple[str, int]:
@@ -96,6 +111,7 @@ class TwelveDataProvider(Provider):
     """Free tier: 8 credits a minute, 800 a day; one credit per symbol per call."""
 
     name = "twelvedata"
+    has_history = True
 
     def __init__(
         self,
@@ -199,35 +215,84 @@ class TwelveDataProvider(Provider):
             result.append(Week52(symbol, w.high, w.low, quote.previous_close))
         return result
 
-    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        interval, _ = pick_interval(end - start)
-        fmt = "%Y-%m-%d %H:%M:%S"
+    async def _series(
+        self, symbol: str, interval: str, start: datetime, end: datetime
+    ) -> list[Value]:
+        """`/time_series` values in [start, end], oldest first; none when the vendor has none."""
         params = {
             "symbol": symbol,
             "interval": interval,
             "timezone": "UTC",
             "order": "asc",
-            "start_date": start.astimezone(UTC).strftime(fmt),
-            "end_date": end.astimezone(UTC).strftime(fmt),
+            "start_date": start.astimezone(UTC).strftime(FMT),
+            "end_date": end.astimezone(UTC).strftime(FMT),
             "outputsize": str(MAX_POINTS),
         }
         try:
             data = _check(await self.http.get_json("/time_series", params), f"history {symbol}")
-            bars = validate(TimeSeries, data, f"history {symbol}").values
+            return validate(TimeSeries, data, f"history {symbol}").values
         except BadPayload as exc:
             if "no data" not in str(exc).lower():  # "no data": e.g. nothing traded that weekend
                 self.dropped(exc.kind, f"{symbol}: {exc}")
             return []
+
+    async def bars(self, symbols: Sequence[str], start: datetime, end: datetime) -> list[Bar]:
+        """1-minute bars from `/time_series` (one credit per symbol per call, in spans that fit
+        one call), oldest first per symbol."""
+        bars: list[Bar] = []
+        for symbol in symbols:
+            bars += await self._symbol_bars(symbol, start, end)
+        return bars
+
+    async def _symbol_bars(self, symbol: str, start: datetime, end: datetime) -> list[Bar]:
+        bars: list[Bar] = []
+        lo = start
+        while lo < end:
+            hi = min(lo + BARS_SPAN, end)
+            # end_date is inclusive at the vendor: ask up to the last minute before `hi`
+            last = hi - timedelta(seconds=1)
+            for value in await self._series(symbol, "1min", lo, last):
+                bar = self._bar(symbol, value)
+                if bar is not None and lo <= bar.start < hi:
+                    bars.append(bar)
+            lo = hi
+        bars.sort(key=lambda b: b.start)
+        return bars
+
+    def _bar(self, symbol: str, value: Value) -> Bar | None:
+        try:
+            ts = datetime.fromisoformat(value.datetime).replace(tzinfo=UTC)
+        except ValueError:
+            self.dropped("invalid_fields", f"bars {symbol}: bad datetime")
+            return None
+        if value.open is None or value.high is None or value.low is None:
+            self.dropped("invalid_fields", f"bars {symbol}: no open, high or low")
+            return None
+        volume = _volume(value)
+        return Bar(
+            symbol,
+            ts,
+            value.open,
+            value.high,
+            value.low,
+            value.close,
+            volume=volume,
+            source=self.name,
+        )
+
+    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
+        """Past closes of `symbol` in [start, end) at the finest size one call covers (being
+        replaced by `bars`)."""
+        interval, _ = pick_interval(end - start)
         ticks = []
-        for bar in bars:
+        for value in await self._series(symbol, interval, start, end):
             try:
-                ts = datetime.fromisoformat(bar.datetime).replace(tzinfo=UTC)
+                ts = datetime.fromisoformat(value.datetime).replace(tzinfo=UTC)
             except ValueError:
                 self.dropped("invalid_fields", f"history {symbol}: bad datetime")
                 continue
             if start <= ts < end:
-                volume = int(bar.volume) if bar.volume is not None and bar.volume >= 0 else None
-                ticks.append(Tick(symbol, ts, bar.close, volume))
+                ticks.append(Tick(symbol, ts, value.close, _volume(value)))
         return sorted(ticks, key=lambda t: t.ts)
 
     async def aclose(self) -> None:

@@ -150,11 +150,14 @@ async def test_a_rate_limit_message_with_http_200_backs_off(
     assert await db.fetchval("SELECT count(*) FROM ticks") == 1  # the retry got through
 
 
-async def test_a_wrong_key_is_an_unauthorized_error(
+async def test_a_wrong_key_takes_the_provider_out_without_retrying(
     database_url: str, finnhub: FakeFinnhub
 ) -> None:
     settings = finnhub_settings(database_url, finnhub, finnhub_api_key="not-the-key")
     async with opened(settings) as fetcher:
         await fetcher.fetch_prices_once()
-    assert sample(fetcher, "provider_errors_total", kind="unauthorized") >= 1
+    assert sample(fetcher, "provider_errors_total", kind="unauthorized") == 1
+    assert len(finnhub.http.calls("/api/v1/quote")) == 2  # one per symbol, none retried
     assert len(fetcher.buffer) == 0
+    assert sample(fetcher, "provider_out", provider="finnhub") == 1
+    assert fetcher.exit_code == 1  # the only provider of the chain: the fetcher stops

@@ -177,6 +177,7 @@ async def test_the_fetcher_process_streams_real_trades(
         "STOCKSTREAMER_FETCHER_METRICS_PORT": str(free_port()),
         "STOCKSTREAMER_SYMBOLS": "AAPL,NVDA,MSFT",
         "STOCKSTREAMER_LOG_LEVEL": "DEBUG",
+        "STOCKSTREAMER_CALENDAR": "24/7",  # the fake trades around the clock
         **settings_env(finnhub),
     }
     with ServiceProcess("services.fetcher", env) as proc:

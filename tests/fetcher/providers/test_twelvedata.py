@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from services.fetcher.providers.twelvedata import pick_interval
+from services.fetcher.providers.twelvedata import (
+    BARS_SPAN,
+    MAX_POINTS,
+    TwelveDataProvider,
+    pick_interval,
+)
 from services.fetcher.service import Fetcher
 from tests.fakes.server import Fault, fixture
 from tests.fakes.twelvedata import FakeTwelveData
@@ -131,3 +136,34 @@ def test_history_resolution_fits_one_call() -> None:
     assert pick_interval(timedelta(days=7)) == ("1min", 60)
     assert pick_interval(timedelta(days=30))[0] == "5min"
     assert pick_interval(timedelta(days=20_000))[0] == "1day"
+
+
+async def test_one_minute_bars_come_from_time_series_in_spans_of_one_call(
+    twelvedata: FakeTwelveData,
+) -> None:
+    provider = TwelveDataProvider(
+        twelvedata.key,
+        base_url=twelvedata.base_url,
+        rate_limit=100,
+        rate_period=1.0,
+        concurrency=2,
+        timeout=5.0,
+        daily_limit=None,
+    )
+    end = datetime(2026, 3, 9, 15, 0, tzinfo=UTC)
+    start = end - BARS_SPAN - timedelta(minutes=30)  # one call more than a span
+    try:
+        assert provider.has_history
+        bars = await provider.bars(["AAPL", "ZZZZ"], start, end)
+    finally:
+        await provider.aclose()
+    calls = twelvedata.http.calls("/time_series")
+    assert [c.params["symbol"] for c in calls] == ["AAPL", "AAPL", "ZZZZ", "ZZZZ"]
+    assert {c.params["interval"] for c in calls} == {"1min"}
+    assert int(calls[0].params["outputsize"]) == MAX_POINTS
+    assert {b.symbol for b in bars} == {"AAPL"}  # ZZZZ is unknown to the vendor: dropped
+    assert [b.start for b in bars] == [start + timedelta(minutes=i) for i in range(len(bars))]
+    assert bars[0].start == start and bars[-1].start == end - timedelta(minutes=1)
+    for bar in bars:
+        assert bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high
+        assert bar.volume is not None and bar.volume > 0 and bar.source == "twelvedata"
