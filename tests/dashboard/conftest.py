@@ -40,7 +40,8 @@ def parsed_stock(symbol: str, price: float, **extra: Any) -> Stock:
 
 def bare_stock(symbol: str) -> Stock:
     """A stock the API knows nothing else about: every other field null."""
-    return Stock.model_validate({**dict.fromkeys(Stock.model_fields), "symbol": symbol})
+    fields = {**dict.fromkeys(Stock.model_fields), "symbol": symbol, "failover": False}
+    return Stock.model_validate(fields)
 
 
 @pytest.fixture
