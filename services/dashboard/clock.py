@@ -25,10 +25,12 @@ WEEK = timedelta(days=6)
 
 
 def zone_abbreviation(zone: str, at: datetime) -> str:
-    """The zone's short name at `at`, generic for US zones (EST and EDT are both ET)."""
+    """The zone's short name at `at`, generic for North American zones (EST and EDT: ET)."""
     name = at.astimezone(ZoneInfo(zone)).tzname() or zone
-    us = re.fullmatch(r"([A-Z]{1,2})[SD]T", name)
-    return f"{us.group(1)}T" if us and name not in {"BST", "IST", "MSD"} else name
+    generic = re.fullmatch(r"([A-Z]{1,2})[SD]T", name)
+    if generic and zone.startswith(("America/", "US/", "Canada/")):
+        return f"{generic.group(1)}T"
+    return name
 
 
 def zone_label(zone: str, at: datetime | None = None) -> str:

@@ -87,6 +87,7 @@ class Feed:
         self.last_event_id: str | None = None
         self.stocks: dict[str, Stock] = {}
         self.market: Market | None = None  # None until the API says (or when it cannot)
+        self.market_lag, self.market_recheck = MARKET_LAG, MARKET_RECHECK
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._clock: asyncio.Task[None] | None = None
@@ -198,7 +199,8 @@ class Feed:
             if until is None:
                 timeout = None
             elif until > -MARKET_STALE:
-                timeout = max(until + MARKET_LAG, MARKET_RECHECK if until < 0 else MARKET_LAG)
+                lag, recheck = self.market_lag, self.market_recheck
+                timeout = max(until + lag, recheck if until < 0 else lag)
             else:
                 timeout = 60.0
             self._market_changed.clear()
