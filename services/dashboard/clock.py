@@ -192,8 +192,10 @@ _LABELS = (
 if (this.mode === undefined) {
   let gap = Infinity;
   for (let i = 1; i < ticks.length; i++) gap = Math.min(gap, ticks[i] - ticks[i - 1]);
-  const unit = N ? day : DAY;
-  this.mode = gap >= 25 * unit ? 'month' : gap >= 0.6 * unit ? 'day' : 'time';
+  // session opens only (collapsed) are days, whatever a half day makes the gap
+  const opens_only = N > 0 && ticks.length > 0 && ticks.every((x) => starts.includes(x));
+  const month = N ? 15 * day : 25 * DAY;
+  this.mode = gap >= month ? 'month' : opens_only || gap >= 0.6 * DAY ? 'day' : 'time';
   this.date = new Intl.DateTimeFormat('en-GB', {timeZone: zone, weekday: 'short',
     day: 'numeric', month: 'short'});
   this.month = new Intl.DateTimeFormat('en-GB', {timeZone: zone, month: 'short',

@@ -387,7 +387,6 @@ class DashboardSession:
         self.timeline = self._timeline(sessions)
         end = sessions.end if sessions is not None else prices.end
         self.chart.set_window(self.window, self._width(end))
-        self._show_times()
         for symbol, line in self.chart.lines.items():
             try:
                 cols = series_columns(series.get(symbol))
@@ -402,6 +401,7 @@ class DashboardSession:
         self._place_logos()
         if bars is not None:
             self._draw_candles(bars)
+        self._show_times()  # the lines' and the candles' axes, on their new timelines
 
     def _draw_candles(self, bars: Bars) -> None:
         width = bars.interval_ms

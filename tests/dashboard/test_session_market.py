@@ -222,6 +222,7 @@ async def test_the_candles_collapse_too(session: DashboardSession, vendor_api: F
     x = list(chart.source.data["x"])
     assert x[1] - x[0] == 60 * 60_000  # adjacent, though 17.5 hours apart
     assert chart.axis.ticker.args["tz"] == "America/New_York"
+    assert chart.axis.ticker.args["opens"] == list(chart.timeline.opens) != []  # labels map back
 
 
 async def test_an_api_without_market_hours_shows_real_time_in_the_browsers_zone(

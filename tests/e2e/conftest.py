@@ -14,7 +14,7 @@ from services.common.symbols import parse_symbols
 from services.fetcher.config import DEFAULT_SYMBOLS
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
-from tests.dashboard.conftest import market_payload, session_table, stock
+from tests.dashboard.conftest import market_payload, ms, session_table, stock
 from tests.dashboard.fake_api import FakeApi
 from tests.utils.tools import missing
 
@@ -117,8 +117,11 @@ def closed_market_api(now: datetime) -> FakeApi:
         market=market,
         sessions=spans,
     )
+    # history inside the week the page asks for (the API never sends older points)
+    week = ms(now - timedelta(days=7, minutes=-10))
+    recent = [(max(a, week), b) for a, b in spans if b > week]
     for symbol, base in (("AAPL", 270.0), ("INTC", 38.0)):
-        ts = [t for a, b in spans for t in range(a, b, 5 * 60_000)]
+        ts = [t for a, b in recent for t in range(a, b, 5 * 60_000)]
         price = [base * (1 + 0.01 * ((i % 40) - 20) / 20) for i in range(len(ts))]
         api.series[symbol] = {
             "symbol": symbol,
