@@ -423,10 +423,10 @@ def test_a_closed_exchange_in_a_browser(vendor_dashboard: VendorDashboard, tmp_p
             page.get_by_text("finnhub · failover").wait_for(state="visible", timeout=10_000)
             assert page.get_by_text("alpaca", exact=True).is_visible()
 
-            # -- a week over a closed weekend (and nights) is as wide as its open time --------
+            # -- a week of nights and a weekend closed is as wide as its open time -------------
             axis = wait_for_axis(
                 page,
-                lambda a: len(a["ts"]) > 100 and a["end"] - a["start"] < 3 * DAY_MS,
+                lambda a: len(a["ts"]) > 100 and a["axis_label"].endswith("closed hours hidden"),
                 "the week's lines with closed hours collapsed",
             )
             ts_gaps = [b - a for a, b in zip(axis["ts"], axis["ts"][1:], strict=False)]
@@ -462,8 +462,8 @@ def test_a_closed_exchange_in_a_browser(vendor_dashboard: VendorDashboard, tmp_p
                 page,
                 lambda a: (
                     a["x"] == a["ts"]
-                    and a["end"] - a["start"] > 6 * DAY_MS
-                    and len(a["ticks"]) >= 6
+                    and a["end"] - a["start"] > 2.5 * DAY_MS  # even over Christmas
+                    and len(a["ticks"]) >= 3
                     and a["labels"] == [day_label(t, AUCKLAND) for t in a["ticks"]]
                 ),
                 "the week in real time, a tick each local day",
@@ -471,7 +471,11 @@ def test_a_closed_exchange_in_a_browser(vendor_dashboard: VendorDashboard, tmp_p
             assert real["axis_label"] == "Times: Your local time"
             assert {datetime.fromtimestamp(t / 1000, AUCKLAND).hour for t in real["ticks"]} == {0}
             click(page, "Trading hours")
-            wait_for_axis(page, lambda a: a["end"] - a["start"] < 3 * DAY_MS, "collapsed again")
+            wait_for_axis(
+                page,
+                lambda a: a["x"] != a["ts"] and a["axis_label"].endswith("closed hours hidden"),
+                "closed hours hidden again",
+            )
             assert errors == [], errors
         finally:
             browser.close()
