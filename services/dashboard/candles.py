@@ -12,18 +12,34 @@ from bokeh.models.tools import HoverTool
 
 from services.common.contract import BarSeries
 from services.dashboard.chart import price_figure
+from services.dashboard.clock import TimeAxis
 from services.dashboard.shaping import DOWN_COLOUR, UP_COLOUR, WINDOW_LABELS, Columns
+from services.dashboard.timeline import REAL, Timeline
 
 CANDLES = 120  # bars asked for per window: wide enough to read, enough to show the shape
 BODY = 0.7  # a candle's body, as a fraction of its bar's width
-KEYS = ("ts", "mid", "open", "high", "low", "close", "top", "bottom", "colour")
+KEYS = ("ts", "x", "w", "open", "high", "low", "close", "top", "bottom", "colour")
 
 
-def candle_row(ts: int, width: int, o: float, h: float, lo: float, c: float) -> dict[str, Any]:
-    """One candle's columns: centred in its bar, body from open to close, coloured by direction."""
+def candle_row(
+    ts: int,
+    width: int,
+    o: float,
+    h: float,
+    lo: float,
+    c: float,
+    timeline: Timeline = REAL,
+) -> dict[str, Any]:
+    """One candle's columns: centred in its bar, body from open to close, coloured by direction.
+
+    x and w are the bar's middle and its body's width on the axis: with closed hours collapsed,
+    the open part of the bar only (a bar wholly in closed hours has no width).
+    """
+    left, right = timeline.x(ts), timeline.x(ts + width)
     return {
         "ts": ts,
-        "mid": ts + width / 2,
+        "x": (left + right) / 2,
+        "w": (right - left) * BODY,
         "open": o,
         "high": h,
         "low": lo,
@@ -34,7 +50,7 @@ def candle_row(ts: int, width: int, o: float, h: float, lo: float, c: float) -> 
     }
 
 
-def candle_columns(series: BarSeries | None, width: int) -> Columns:
+def candle_columns(series: BarSeries | None, width: int, timeline: Timeline = REAL) -> Columns:
     """One `/bars` series as the candle source's columns."""
     cols: Columns = {k: [] for k in KEYS}
     if series is None:
@@ -43,7 +59,7 @@ def candle_columns(series: BarSeries | None, width: int) -> Columns:
     if len({len(f) for f in fields}) != 1:
         raise ValueError(f"bars of {series.symbol!r}: columns of different lengths")
     for ts, o, h, lo, c in zip(*fields, strict=True):
-        for key, value in candle_row(ts, width, o, h, lo, c).items():
+        for key, value in candle_row(ts, width, o, h, lo, c, timeline).items():
             cols[key].append(value)
     return cols
 
@@ -57,7 +73,11 @@ class CandleUpdate:
 
 
 def candle_update(
-    data: Mapping[str, Sequence[Any]], width: int, ts: int, price: float
+    data: Mapping[str, Sequence[Any]],
+    width: int,
+    ts: int,
+    price: float,
+    timeline: Timeline = REAL,
 ) -> CandleUpdate | None:
     """Fold one live price into the candles; None when it is older than the last candle."""
     if not width:
@@ -71,8 +91,8 @@ def candle_update(
         if start == last_ts:
             o = float(data["open"][last])
             h, lo = max(float(data["high"][last]), price), min(float(data["low"][last]), price)
-            return CandleUpdate(candle_row(start, width, o, h, lo, price), last)
-    return CandleUpdate(candle_row(start, width, price, price, price, price), None)
+            return CandleUpdate(candle_row(start, width, o, h, lo, price, timeline), last)
+    return CandleUpdate(candle_row(start, width, price, price, price, price, timeline), None)
 
 
 class CandleChart:
@@ -81,11 +101,12 @@ class CandleChart:
     def __init__(self) -> None:
         self.source = ColumnDataSource({k: [] for k in KEYS}, name="candle_source")
         self.title_model = Title(text="", name="candle_title")
-        self.figure = p = price_figure("candles", self.title_model, visible=False)
-        p.segment("mid", "high", "mid", "low", source=self.source, color="colour", name="wicks")
+        self.axis = TimeAxis("candles")
+        self.figure = p = price_figure("candles", self.title_model, self.axis, visible=False)
+        p.segment("x", "high", "x", "low", source=self.source, color="colour", name="wicks")
         self.bodies = p.vbar(
-            x="mid",
-            width=1,
+            x="x",
+            width="w",
             top="top",
             bottom="bottom",
             source=self.source,
@@ -97,31 +118,32 @@ class CandleChart:
             HoverTool(
                 renderers=[self.bodies],
                 tooltips=[
-                    ("from", "@ts{%F %T}"),
+                    ("from", "@ts{custom}"),
                     ("open", "@open{$0,0.00}"),
                     ("high", "@high{$0,0.00}"),
                     ("low", "@low{$0,0.00}"),
                     ("close", "@close{$0,0.00}"),
                 ],
-                formatters={"@ts": "datetime"},
+                formatters={"@ts": self.axis.hover},
             )
         )
         self.width = 0  # ms per candle, as last served
+        self.timeline = REAL
 
     def show(self, symbol: str | None, window: str, interval: str | None = None) -> None:
         every = f" · {interval} candles" if interval else ""
         name = symbol or "no stock picked"
         self.title_model.text = f"{name} · last {WINDOW_LABELS[window]}{every}"
 
-    def set_bars(self, columns: Columns, width: int) -> None:
+    def set_bars(self, columns: Columns, width: int, timeline: Timeline = REAL) -> None:
         self.width = width
-        self.bodies.glyph.width = width * BODY
+        self.timeline = timeline
         self.source.data = columns
 
     def apply(self, ts: int, price: float, rollover: int) -> None:
         """A live price for the stock shown: move the last candle or open a new one."""
         data = cast(Mapping[str, Sequence[Any]], self.source.data)
-        update = candle_update(data, self.width, ts, price)
+        update = candle_update(data, self.width, ts, price, self.timeline)
         if update is None:
             return
         if update.replace is None:

@@ -17,12 +17,10 @@ from bokeh.models.sources import CDSView, ColumnDataSource
 from bokeh.models.tools import HoverTool
 from bokeh.plotting import figure
 
+from services.dashboard.clock import TimeAxis
 from services.dashboard.shaping import WINDOW_LABELS, WINDOWS
 
-BAND_CAPTION = (
-    "Shaded bands: each stock's 52-week range, from its 52-week low to its 52-week high. "
-    "Times are UTC."
-)
+BAND_CAPTION = "Shaded bands: each stock's 52-week range, from its 52-week low to its 52-week high."
 PRICE_FORMAT = "$0,0.00"
 PCT_FORMAT = "+0.0%"
 LOGO_PX = 24
@@ -30,12 +28,11 @@ LOGO_PX = 24
 BAND_ALPHA = {"price": 0.035, "pct": 0.015}
 
 
-def price_figure(name: str, title: Title, **options: Any) -> Any:
-    """A figure of prices over time (UTC) with the dashboard's tools, size and dollar axis."""
+def price_figure(name: str, title: Title, axis: TimeAxis, **options: Any) -> Any:
+    """A figure of prices over time (`axis`) with the dashboard's tools, size and dollar axis."""
     p = figure(
         name=name,
         title=title,
-        x_axis_type="datetime",
         tools="pan,box_zoom,wheel_zoom,reset,save",
         active_scroll="wheel_zoom",
         sizing_mode="stretch_width",
@@ -45,6 +42,9 @@ def price_figure(name: str, title: Title, **options: Any) -> Any:
         **options,
     )
     p.toolbar.logo = None
+    p.xaxis.ticker = axis.ticker
+    p.xaxis.formatter = axis.formatter
+    p.xaxis.name = f"{name}_xaxis"
     p.yaxis.formatter = NumeralTickFormatter(format=PRICE_FORMAT)
     p.yaxis.axis_label = "Price (USD)"
     return p
@@ -83,8 +83,9 @@ class PriceChart:
         self.y_range = DataRange1d(range_padding=0.12, only_visible=True, renderers=[])
         self.ranged: list[GlyphRenderer[Any]] = []
         self.title_model = Title(text=self.title(window), name="title")
+        self.axis = TimeAxis("chart")
         self.figure = p = price_figure(
-            "chart", self.title_model, x_range=self.x_range, y_range=self.y_range
+            "chart", self.title_model, self.axis, x_range=self.x_range, y_range=self.y_range
         )
         p.add_layout(Title(text=BAND_CAPTION, text_font_style="italic", name="caption"), "below")
         self.bands = ColumnDataSource(
@@ -92,7 +93,7 @@ class PriceChart:
             name="bands",
         )
         self.logos = ColumnDataSource(
-            {k: [] for k in ("symbol", "url", "ts", "price", "pct")}, name="logos"
+            {k: [] for k in ("symbol", "url", "ts", "x", "price", "pct")}, name="logos"
         )
         self.legend = Legend(items=[], click_policy="hide", name="legend", location="top_left")
         p.add_layout(self.legend, "right")
@@ -100,11 +101,11 @@ class PriceChart:
             renderers=[],
             tooltips=[
                 ("stock", "$name"),
-                ("time", "@ts{%F %T}"),
+                ("time", "@ts{custom}"),
                 ("price", "@price{$0,0.00}"),
                 ("change", "@pct{+0.00%} since window start"),
             ],
-            formatters={"@ts": "datetime"},
+            formatters={"@ts": self.axis.hover},
             mode="mouse",
             limit=1,  # dense lines put many points under the cursor: name the nearest only
         )
@@ -120,7 +121,9 @@ class PriceChart:
         """Draw a new stock: band behind, then line, markers and logo; one legend entry for all."""
         p = self.figure
         y = self.mode
-        source = ColumnDataSource({"ts": [], "price": [], "pct": []}, name=f"source_{symbol}")
+        source = ColumnDataSource(
+            {"ts": [], "x": [], "price": [], "pct": []}, name=f"source_{symbol}"
+        )
         # Glyph renderers made directly, not through figure's glyph methods: those add a
         # selection and a muted copy of every glyph, a third of a page's models, which nothing
         # here selects or mutes (BokehJS derives them when needed).
@@ -141,13 +144,13 @@ class PriceChart:
         )
         line = p.add_glyph(
             source,
-            glyphs.Line(x="ts", y=y, line_color=colour, line_width=2),
+            glyphs.Line(x="x", y=y, line_color=colour, line_width=2),
             name=f"line_{symbol}",
         )
         markers = p.add_glyph(
             source,
             glyphs.Scatter(
-                x="ts", y=y, size=5, fill_color="white", line_color=colour, line_width=1.5
+                x="x", y=y, size=5, fill_color="white", line_color=colour, line_width=1.5
             ),
             name=symbol,
         )
@@ -156,7 +159,7 @@ class PriceChart:
         frame = p.add_glyph(
             self.logos,
             glyphs.Scatter(
-                x="ts",
+                x="x",
                 y=y,
                 marker="square",
                 size=LOGO_PX + 6,
@@ -171,7 +174,7 @@ class PriceChart:
             self.logos,
             glyphs.ImageURL(
                 url="url",
-                x="ts",
+                x="x",
                 y=y,
                 w=value(LOGO_PX, units="screen"),
                 h=value(LOGO_PX, units="screen"),
@@ -192,8 +195,9 @@ class PriceChart:
         self.lines[symbol] = entry
         return entry
 
-    def set_window(self, window: str) -> None:
-        self.x_range.follow_interval = WINDOWS[window]
+    def set_window(self, window: str, width: float | None = None) -> None:
+        """Show `window`; `width` is its width on the axis when closed hours are collapsed."""
+        self.x_range.follow_interval = width if width is not None else WINDOWS[window]
         self.title_model.text = self.title(window)
 
     def set_mode(self, mode: str) -> None:

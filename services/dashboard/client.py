@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import ValidationError
 
-from services.common.contract import Bars, Prices, Stock
+from services.common.contract import Bars, Market, Prices, Sessions, Stock
 from services.dashboard.metrics import DashboardMetrics
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,16 @@ class ApiClient:
         """Stored open/high/low/close bars of one stock since `start`, at most `max_bars`."""
         params = {"symbols": symbol, "start": start_ms, "max_bars": max_bars, "interval": "auto"}
         return await self._get("/api/v1/bars", Bars.model_validate_json, params, client)
+
+    async def market(self) -> Market:
+        """The market's state: open or closed, and when it next opens and closes."""
+        return await self._get("/api/v1/market", Market.model_validate_json)
+
+    async def sessions(self, start_ms: int, end_ms: int, client: str | None = None) -> Sessions:
+        """The market's open intervals in [start, end] (extended hours when the feed keeps them)."""
+        params = {"start": start_ms, "end": end_ms}
+        parse = Sessions.model_validate_json
+        return await self._get("/api/v1/market/sessions", parse, params, client)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -8,18 +8,26 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from services.common.contract import HistoryPayload, PricePayload, ResetPayload, Stock
+from services.common.contract import HistoryPayload, Market, PricePayload, ResetPayload, Stock
 from services.common.retry import Backoff
 from services.dashboard.client import ApiClient, ApiError
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.shaping import Point
 
 log = logging.getLogger(__name__)
+
+# After the market's announced open or close, ask the API this many seconds later (its clock
+# and ours may differ a little); while it has not turned yet, again this often.
+MARKET_LAG = 1.0
+MARKET_RECHECK = 5.0
+# An announced change this long past that the API never reported: look once a minute only.
+MARKET_STALE = 300.0
 
 
 class Status(StrEnum):
@@ -57,7 +65,14 @@ class StatusEvent:
     status: Status
 
 
-Event = PriceEvent | StockEvent | ReloadEvent | StatusEvent
+@dataclass(frozen=True, slots=True)
+class MarketEvent:
+    """The market opened or closed, or its calendar changed."""
+
+    market: Market
+
+
+Event = PriceEvent | StockEvent | ReloadEvent | StatusEvent | MarketEvent
 Subscriber = Callable[[Event], None]
 
 
@@ -71,8 +86,12 @@ class Feed:
         self.status = Status.CONNECTING
         self.last_event_id: str | None = None
         self.stocks: dict[str, Stock] = {}
+        self.market: Market | None = None  # None until the API says (or when it cannot)
+        self.market_lag, self.market_recheck = MARKET_LAG, MARKET_RECHECK
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
+        self._clock: asyncio.Task[None] | None = None
+        self._market_changed = asyncio.Event()
 
     # -- sessions ---------------------------------------------------------------------------
     @property
@@ -105,12 +124,15 @@ class Feed:
     def start(self) -> None:
         """Start consuming on the running loop (once)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="feed")
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self.run(), name="feed")
+            self._clock = loop.create_task(self.watch_market(), name="market-clock")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._clock) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
 
     async def run(self) -> None:
@@ -120,6 +142,7 @@ class Feed:
             resumed = self.last_event_id is not None
             try:
                 await self._refresh_stocks()
+                await self._refresh_market()
                 await self._consume(resumed)
                 status = Status.RECONNECTING  # the API closed the stream: it may be restarting
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.HTTPStatusError, ApiError) as e:
@@ -143,6 +166,53 @@ class Feed:
     async def _refresh_stocks(self) -> None:
         for stock in await self.client.stocks():
             self._apply_stock(stock)
+
+    async def _refresh_market(self) -> None:
+        try:
+            market = await self.client.market()
+        except ApiError as exc:
+            # An API without the market's hours: no banner, real time on the charts.
+            log.debug("market state not available", extra={"error": str(exc)})
+            return
+        self._apply_market(market)
+
+    def _apply_market(self, market: Market) -> None:
+        if market != self.market:
+            self.market = market
+            self._market_changed.set()
+            self._publish(MarketEvent(market))
+
+    def _until_change(self) -> float | None:
+        """Seconds until the market is due to open or close (None: never, or not known)."""
+        market = self.market
+        if market is None:
+            return None
+        due = market.next_close if market.is_open else market.next_open
+        if due is None:
+            return None
+        return (due - datetime.now(UTC)).total_seconds()
+
+    async def watch_market(self) -> None:
+        """At each open and close, ask the API for the market's state (events may be missed)."""
+        while True:
+            until = self._until_change()
+            if until is None:
+                timeout = None
+            elif until > -MARKET_STALE:
+                lag, recheck = self.market_lag, self.market_recheck
+                timeout = max(until + lag, recheck if until < 0 else lag)
+            else:
+                timeout = 60.0
+            self._market_changed.clear()
+            try:
+                await asyncio.wait_for(self._market_changed.wait(), timeout)
+                continue  # told by an event or a reconnect: wait for the new state's change
+            except TimeoutError:
+                pass
+            try:
+                await self._refresh_market()
+            except Exception:  # never let the clock stop: the next change is tried again
+                log.exception("market state refresh failed")
 
     def _apply_stock(self, stock: Stock) -> None:
         if self.stocks.get(stock.symbol) != stock:
@@ -192,6 +262,8 @@ class Feed:
                 self._publish(ReloadEvent(frozenset(symbols), history.start, history.end))
             else:
                 log.debug("history event for no tracked stock", extra={"symbols": history.symbols})
+        elif event == "market":
+            self._apply_market(Market.model_validate_json(data))
         elif event == "reset":
             reset = ResetPayload.model_validate_json(data)
             self.last_event_id = str(reset.last_event_id)

@@ -24,26 +24,46 @@ from typing import Any, cast
 from bokeh.document import Document
 from bokeh.events import DocumentReady
 from bokeh.models.widgets.markups import Div
+from bokeh.models.widgets.tables import HTMLTemplateFormatter
 
-from services.common.contract import Bars, Prices, Stock
+from services.common.contract import Bars, Market, Prices, Sessions, Stock
 from services.dashboard.candles import CANDLES, CandleChart, candle_columns
 from services.dashboard.chart import PriceChart
 from services.dashboard.client import ApiError
-from services.dashboard.feed import Event, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
+from services.dashboard.clock import (
+    LOCAL,
+    LOCAL_LABEL,
+    banner_html,
+    default_zone,
+    is_always_open,
+    table_time_template,
+    zone_label,
+)
+from services.dashboard.feed import (
+    Event,
+    MarketEvent,
+    PriceEvent,
+    ReloadEvent,
+    Status,
+    StatusEvent,
+    StockEvent,
+)
 from services.dashboard.runtime import Runtime
 from services.dashboard.shaping import (
+    DAY_MS,
     WINDOWS,
     Point,
     band_columns,
     bucket_ms,
     colour_for,
-    logo_anchor,
     logo_columns,
+    logo_index,
     merge_ticks,
     rollover_for,
     series_columns,
     table_row,
 )
+from services.dashboard.timeline import REAL, Timeline
 from services.dashboard.widgets import MODES, VIEWS, WINDOW_NAMES, Controls, status_html
 
 log = logging.getLogger(__name__)
@@ -59,6 +79,9 @@ BUSY_NOTICE = (
     "<h2>stockstreamer</h2><p data-status='busy'>This dashboard is serving as many viewers as it "
     "can right now. Please try again in a minute.</p>"
 )
+
+
+Loaded = tuple[Prices, Bars | None, Sessions | None]
 
 
 class Phase(Enum):
@@ -116,6 +139,11 @@ class DashboardSession:
         self.later: asyncio.TimerHandle | None = None  # a load put off (debounced, throttled)
         self.last_load = -math.inf  # monotonic time the last load began
         self.inbox = Inbox(doc, self._flush)
+        self.market: Market | None = runtime.feed.market
+        self.timeline = REAL  # the lines' time axis, as of the last load
+        self.zone = LOCAL  # the zone times are shown in ("" for the browser's)
+        self.chosen: set[str] = set()  # the time toggles the viewer set (kept over defaults)
+        self.defaulting = False
 
         self.chart = PriceChart(self.window)
         self.candles: CandleChart | None = None  # made when the candle view is first shown
@@ -125,6 +153,8 @@ class DashboardSession:
         self.ui.view.on_change("active", self._on_view)
         self.ui.candle_symbol.on_change("value", self._on_candle_symbol)
         self.ui.picker.on_change("value", self._on_pick)
+        self.ui.zone.on_change("active", self._on_zone)
+        self.ui.closed.on_change("active", self._on_closed)
         doc.title = "stockstreamer · live stock prices"
 
         self.layout = self.ui.page(self.chart.figure)
@@ -134,6 +164,7 @@ class DashboardSession:
             doc.add_root(self.layout)
             for stock in sorted(runtime.feed.stocks.values(), key=lambda s: s.symbol):
                 self._add_stock(stock)
+            self._market_defaults()
         self._show_status(runtime.feed.status)
         doc.on_event(DocumentReady, self._ready)
 
@@ -153,6 +184,9 @@ class DashboardSession:
         with self.doc.models.freeze():
             for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
                 self._sync_stock(stock)  # what changed since the page was built
+            if feed.market != self.market:
+                self.market = feed.market
+                self._market_defaults()
         self._show_status(feed.status)
         feed.subscribe(self.deliver)
         self.reload()
@@ -190,6 +224,8 @@ class DashboardSession:
             elif isinstance(event, ReloadEvent):
                 if self._overlaps(event):
                     self._reload_for_feed()
+            elif isinstance(event, MarketEvent):
+                self._update_market(event.market)
             elif isinstance(event, StatusEvent):
                 self._show_status(event.status)
                 if event.status is Status.LIVE and self.phase is Phase.WAITING:
@@ -230,14 +266,21 @@ class DashboardSession:
                 self.bases[symbol] = first.price
                 self._refresh_bands()
             base = self.bases[symbol] or 1.0
+            x = self.timeline.x
             if merge.replace_last is not None:
                 i, p = len(data["ts"]) - 1, merge.replace_last
                 line.source.patch(
-                    {"ts": [(i, p.ts)], "price": [(i, p.price)], "pct": [(i, p.price / base - 1)]}
+                    {
+                        "ts": [(i, p.ts)],
+                        "x": [(i, x(p.ts))],
+                        "price": [(i, p.price)],
+                        "pct": [(i, p.price / base - 1)],
+                    }
                 )
             if merge.append:
                 new = {
                     "ts": [p.ts for p in merge.append],
+                    "x": [x(p.ts) for p in merge.append],
                     "price": [p.price for p in merge.append],
                     "pct": [p.price / base - 1 for p in merge.append],
                 }
@@ -245,7 +288,7 @@ class DashboardSession:
                 self._move_logo(symbol)
             latest = merge.append[-1] if merge.append else merge.replace_last
             if latest is not None:
-                self._patch_row(symbol, latest.price)
+                self._patch_row(symbol, latest)
 
     # -- history -----------------------------------------------------------------------------
     def _reload_soon(self) -> None:
@@ -292,27 +335,33 @@ class DashboardSession:
         self.phase = Phase.LOADING
         candle = self.ui.candle_symbol.value if self.view == "candles" else None
         self.load = asyncio.get_running_loop().create_task(
-            self._fetch(symbols, WINDOWS[self.window], candle or None), name="history"
+            self._fetch(symbols, WINDOWS[self.window], candle or None, self._collapsing()),
+            name="history",
         )
 
-    async def _fetch(self, symbols: list[str], window_ms: int, candle: str | None) -> None:
+    async def _fetch(
+        self, symbols: list[str], window_ms: int, candle: str | None, collapse: bool
+    ) -> None:
         api, max_points, viewer = self.runtime.client, self.max_points, self.client
-        start = int(time.time() * 1000) - window_ms
-        result: tuple[Prices, Bars | None] | ApiError
+        now = int(time.time() * 1000)
+        start = now - window_ms
+        result: Loaded | ApiError
         try:
             prices = await api.prices(symbols, start, None, max_points, client=viewer)
             bars = await api.bars(candle, start, CANDLES, client=viewer) if candle else None
-            result = (prices, bars)
+            sessions = None
+            if collapse:
+                try:
+                    sessions = await api.sessions(start, now, client=viewer)
+                except ApiError as exc:  # the lines in real time beat no lines
+                    log.warning("market sessions not loaded", extra={"error": str(exc)})
+            result = (prices, bars, sessions)
         except ApiError as exc:
             result = exc
         task = asyncio.current_task()
         self.doc.add_next_tick_callback(partial(self._loaded, task, result))
 
-    def _loaded(
-        self,
-        task: asyncio.Task[Any] | None,
-        result: tuple[Prices, Bars | None] | ApiError,
-    ) -> None:
+    def _loaded(self, task: asyncio.Task[Any] | None, result: Loaded | ApiError) -> None:
         if task is not self.load:
             return  # superseded while its result was on its way
         self.load = None
@@ -328,19 +377,23 @@ class DashboardSession:
             ticks[event.symbol].append(event.point)
         self._apply_ticks(ticks)
 
-    def _draw_history(self, prices: Prices, bars: Bars | None) -> None:
+    def _draw_history(self, prices: Prices, bars: Bars | None, sessions: Sessions | None) -> None:
         series = {s.symbol: s for s in prices.series}
         # History comes at most max_points per window (downsampled by the API when denser);
         # live ticks are merged to the same density, so a line keeps about one window.
         window_ms = WINDOWS[self.window]
         self.bucket = bucket_ms(window_ms, self.max_points)
         self.rollover = rollover_for(window_ms, self.bucket, self.max_points)
+        self.timeline = self._timeline(sessions)
+        end = sessions.end if sessions is not None else prices.end
+        self.chart.set_window(self.window, self._width(end))
         for symbol, line in self.chart.lines.items():
             try:
                 cols = series_columns(series.get(symbol))
             except ValueError as exc:  # one bad series must not stop the rest
                 log.warning("bad history series", extra={"symbol": symbol, "error": repr(exc)})
                 cols = series_columns(None)
+            cols["x"] = self.timeline.xs(cols["ts"])
             line.source.data = cols
             self.bases[symbol] = cols["price"][0] if cols["price"] else None
         self.chart.set_marker_size(max((len(s.ts) for s in series.values()), default=0))
@@ -348,13 +401,14 @@ class DashboardSession:
         self._place_logos()
         if bars is not None:
             self._draw_candles(bars)
+        self._show_times()  # the lines' and the candles' axes, on their new timelines
 
     def _draw_candles(self, bars: Bars) -> None:
         width = bars.interval_ms
         first = bars.series[0] if bars.series else None
         candles = self._candle_chart()
         try:
-            candles.set_bars(candle_columns(first, width), width)
+            candles.set_bars(candle_columns(first, width, self.timeline), width, self.timeline)
         except ValueError as exc:
             log.warning("bad bars series", extra={"error": repr(exc)})
         candles.show(first.symbol if first else None, self.window, bars.interval)
@@ -366,6 +420,7 @@ class DashboardSession:
             children = list(self.layout.children)
             at = children.index(self.chart.figure) + 1
             self.layout.children = [*children[:at], self.candles.figure, *children[at:]]
+            self._show_times()
         return self.candles
 
     def _overlaps(self, event: ReloadEvent) -> bool:
@@ -410,38 +465,52 @@ class DashboardSession:
         if old.logo_url != stock.logo_url:
             self._place_logos()
 
-    def _patch_row(self, symbol: str, price: float) -> None:
-        row_ = table_row(self.stocks[symbol], price)
+    def _patch_row(self, symbol: str, tick: Point) -> None:
+        row_ = table_row(self.stocks[symbol], tick.price, tick.ts)
         i = self.rows[symbol]
-        self.ui.table_source.patch({k: [(i, row_[k])] for k in ("price", "change", "change_pct")})
+        keys = ("price", "change", "change_pct", "time")
+        self.ui.table_source.patch({k: [(i, row_[k])] for k in keys})
 
     def _refresh_bands(self) -> None:
         self.chart.bands.data = band_columns(self._ordered(), self.bases)
 
-    def _anchor(self, symbol: str, slot: int) -> Point | None:
+    def _anchor(self, symbol: str, slot: int) -> tuple[Point, float] | None:
+        """The point (and its x) a line's logo sits on."""
         data = self.chart.lines[symbol].source.data
-        ts, price = cast(Sequence[int], data["ts"]), cast(Sequence[float], data["price"])
-        return logo_anchor(ts, price, WINDOWS[self.window], slot)
+        xs = cast(Sequence[float], data["x"])
+        width = self.chart.x_range.follow_interval
+        i = logo_index(xs, width if isinstance(width, int | float) else WINDOWS[self.window], slot)
+        if i is None:
+            return None
+        return Point(int(data["ts"][i]), float(data["price"][i])), float(xs[i])
 
     def _place_logos(self) -> None:
         anchors = {s: self._anchor(s, slot) for slot, s in enumerate(self.chart.lines)}
-        self.chart.logos.data = logo_columns(self._ordered(), anchors, self.bases)
+        starts = {s: a[0] if a else None for s, a in anchors.items()}
+        xs = {s: a[1] for s, a in anchors.items() if a}
+        self.chart.logos.data = logo_columns(self._ordered(), starts, self.bases, xs)
 
     def _move_logo(self, symbol: str) -> None:
         """Keep a logo where its line visibly starts as the window slides (a one-row patch)."""
-        anchor = self._anchor(symbol, list(self.chart.lines).index(symbol))
+        found = self._anchor(symbol, list(self.chart.lines).index(symbol))
         symbols = list(self.chart.logos.data["symbol"])
-        if anchor is None or symbol not in symbols:
-            if anchor is not None and self.stocks[symbol].logo_url:
+        if found is None or symbol not in symbols:
+            if found is not None and self.stocks[symbol].logo_url:
                 self._place_logos()  # its first point: the logo appears
             return
+        anchor, x = found
         i = symbols.index(symbol)
         if self.chart.logos.data["ts"][i] == anchor.ts:
             return
         base = self.bases.get(symbol)
         pct = anchor.price / base - 1 if base else 0.0
         self.chart.logos.patch(
-            {"ts": [(i, anchor.ts)], "price": [(i, anchor.price)], "pct": [(i, pct)]}
+            {
+                "ts": [(i, anchor.ts)],
+                "x": [(i, x)],
+                "price": [(i, anchor.price)],
+                "pct": [(i, pct)],
+            }
         )
 
     # -- widgets -----------------------------------------------------------------------------
@@ -450,7 +519,9 @@ class DashboardSession:
 
     def _on_window(self, _attr: str, _old: int, new: int) -> None:
         self.window = WINDOW_NAMES[new]
-        self.chart.set_window(self.window)
+        # Until the load: the old timeline's width of the new window, roughly right.
+        self.chart.set_window(self.window, self._width(int(time.time() * 1000)))
+        self._show_closed_toggle()
         if self.candles is not None:
             self.candles.show(self.ui.candle_symbol.value or None, self.window)
         self._reload_soon()
@@ -476,3 +547,98 @@ class DashboardSession:
     def _on_pick(self, _attr: str, _old: list[str], new: list[str]) -> None:
         self.chart.set_visible(set(new))
         self.ui.table_rows.indices = sorted(self.rows[s] for s in new if s in self.rows)
+
+    # -- the market and the time axis --------------------------------------------------------
+    def _collapsing(self) -> bool:
+        """Whether the next load hides closed hours: asked for, a vendor's market, a day or more."""
+        return (
+            not is_always_open(self.market)
+            and self.ui.closed.active == 0
+            and WINDOWS[self.window] >= DAY_MS
+        )
+
+    def _timeline(self, sessions: Sessions | None) -> Timeline:
+        market = self.market
+        if sessions is None or market is None or not self._collapsing():
+            return REAL
+        spans = sessions.sessions
+        # Open now: the last session runs on to its close (the API clips it to the window's end),
+        # so live points keep their place to the right of the history.
+        live = market.is_open and spans and spans[-1][1] >= sessions.end - 60_000
+        until = int(market.next_close.timestamp() * 1000) if live and market.next_close else None
+        return Timeline.collapsed(spans, live_until=until)
+
+    def _width(self, end: int) -> float | None:
+        """The window's width on the axis when closed hours are hidden (None: real time)."""
+        if not self.timeline.collapsing:
+            return None
+        return self.timeline.span(end - WINDOWS[self.window], end) or None
+
+    def _update_market(self, market: Market) -> None:
+        old, self.market = self.market, market
+        if old is not None and (old.calendar, old.timezone) == (market.calendar, market.timezone):
+            self._show_market()
+            if old.is_open != market.is_open and self.timeline.collapsing:
+                self._reload_for_feed()  # the session's edge moved: the timeline with it
+            return
+        with self.doc.models.freeze():
+            self._market_defaults()
+        if WINDOWS[self.window] >= DAY_MS:
+            self._reload_for_feed()
+
+    def _market_defaults(self) -> None:
+        """The time toggles as this market wants them, unless the viewer set them already."""
+        market = self.market
+        self.defaulting = True
+        try:
+            if "zone" not in self.chosen:
+                self.ui.zone.active = 1 if default_zone(market) == LOCAL else 0
+            if "closed" not in self.chosen:
+                self.ui.closed.active = 0 if market is not None and market.collapse_closed else 1
+        finally:
+            self.defaulting = False
+        self._show_market()
+
+    def _show_market(self) -> None:
+        """The banner, the toggles' words, and the times in the chosen zone."""
+        market = self.market
+        banner = banner_html(market)
+        self.ui.market.text = banner
+        self.ui.market.visible = bool(banner)
+        exchange = "UTC" if market is None else zone_label(market.timezone)
+        self.ui.zone.labels = [exchange, LOCAL_LABEL]
+        self._show_closed_toggle()
+        self._show_times()
+
+    def _show_closed_toggle(self) -> None:
+        self.ui.closed.visible = not is_always_open(self.market)
+        self.ui.closed.disabled = WINDOWS[self.window] < DAY_MS  # an hour is shown as it is
+
+    def _show_times(self) -> None:
+        """Axes, tooltips and the table's times in the chosen zone and on the current axis."""
+        market = self.market
+        exchange = "UTC" if market is None else market.timezone
+        self.zone = exchange if self.ui.zone.active == 0 else LOCAL
+        label = self.ui.zone.labels[self.ui.zone.active or 0]
+        hidden = " · closed hours hidden" if self.timeline.collapsing else ""
+        self.chart.axis.show(self.timeline, self.zone)
+        self.chart.figure.xaxis.axis_label = f"Times: {label}{hidden}"
+        if self.candles is not None:
+            self.candles.axis.show(self.candles.timeline, self.zone)
+            self.candles.figure.xaxis.axis_label = f"Times: {label}{hidden}"
+        column = next(c for c in self.ui.table.columns if c.field == "time")
+        template = table_time_template(self.zone)
+        if getattr(column.formatter, "template", None) != template:
+            # a new formatter, not a changed one: the table redraws on its columns' changes only
+            column.formatter = HTMLTemplateFormatter(template=template)
+
+    def _on_zone(self, _attr: str, _old: int, _new: int) -> None:
+        if not self.defaulting:
+            self.chosen.add("zone")
+        self._show_times()
+
+    def _on_closed(self, _attr: str, _old: int, _new: int) -> None:
+        if not self.defaulting:
+            self.chosen.add("closed")
+        if self.started and WINDOWS[self.window] >= DAY_MS:
+            self._reload_soon()  # the sessions of the window, or none

@@ -39,6 +39,18 @@ UP_COLOUR = "#009E73"
 DOWN_COLOUR = "#D55E00"
 
 Columns = dict[str, list[Any]]
+# The latest-prices table's columns (time: the last tick's, epoch ms; source: its provider).
+TABLE_KEYS = (
+    "symbol",
+    "name",
+    "price",
+    "change",
+    "change_pct",
+    "range",
+    "time",
+    "source",
+    "failover",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,25 +139,31 @@ def band_columns(stocks: Sequence[Stock], bases: Mapping[str, float | None]) -> 
     return cols
 
 
+def logo_index(xs: Sequence[float], width: float, slot: int = 0) -> int | None:
+    """The point the `slot`-th line's logo sits on: near its visible start, staggered by slot."""
+    if not len(xs):
+        return None
+    edge = max(xs[0], xs[-1] - width * (1 - LOGO_INSET))
+    drawn = min(width, xs[-1] - xs[0])
+    return min(len(xs) - 1, bisect_left(xs, edge + slot * LOGO_STEP * drawn))
+
+
 def logo_anchor(
     ts: Sequence[int], price: Sequence[float], window_ms: int, slot: int = 0
 ) -> Point | None:
-    """Where the `slot`-th line's logo goes: near its visible start, staggered by slot."""
-    if not len(ts):
-        return None
-    edge = max(int(ts[0]), ts[-1] - window_ms * (1 - LOGO_INSET))
-    drawn = min(window_ms, ts[-1] - ts[0])
-    i = min(len(ts) - 1, bisect_left(ts, edge + slot * LOGO_STEP * drawn))
-    return Point(int(ts[i]), float(price[i]))
+    """Where the `slot`-th line's logo goes (in real time): see `logo_index`."""
+    i = logo_index(ts, window_ms, slot)
+    return None if i is None else Point(int(ts[i]), float(price[i]))
 
 
 def logo_columns(
     stocks: Sequence[Stock],
     starts: Mapping[str, Point | None],
     bases: Mapping[str, float | None],
+    xs: Mapping[str, float] | None = None,
 ) -> Columns:
-    """Each company's logo at the start of its line (none for empty lines)."""
-    cols: Columns = {k: [] for k in ("symbol", "url", "ts", "price", "pct")}
+    """Each company's logo at the start of its line (none for empty lines); `xs`: on the axis."""
+    cols: Columns = {k: [] for k in ("symbol", "url", "ts", "x", "price", "pct")}
     for stock in stocks:
         start = starts.get(stock.symbol)
         if start is None or not stock.logo_url:
@@ -154,6 +172,7 @@ def logo_columns(
         cols["symbol"].append(stock.symbol)
         cols["url"].append(stock.logo_url)
         cols["ts"].append(start.ts)
+        cols["x"].append(xs[stock.symbol] if xs and stock.symbol in xs else start.ts)
         cols["price"].append(start.price)
         cols["pct"].append(start.price / base - 1.0 if base else math.nan)
     return cols
@@ -166,9 +185,11 @@ def day_change(price: float | None, previous_close: float | None) -> tuple[float
     return price - previous_close, price / previous_close - 1.0
 
 
-def table_row(stock: Stock, price: float | None = None) -> dict[str, Any]:
-    """One row of the latest-prices table; `price` overrides the stock's last price."""
+def table_row(stock: Stock, price: float | None = None, ts: int | None = None) -> dict[str, Any]:
+    """One row of the latest-prices table; `price` and `ts` override the stock's last tick."""
     last = price if price is not None else stock.last_price
+    if ts is None and stock.last_ts is not None:
+        ts = int(stock.last_ts.timestamp() * 1000)
     change, change_pct = day_change(last, stock.previous_close)
     low, high = stock.week52_low, stock.week52_high
     return {
@@ -178,11 +199,13 @@ def table_row(stock: Stock, price: float | None = None) -> dict[str, Any]:
         "change": change,
         "change_pct": change_pct,
         "range": f"${low:,.2f} – ${high:,.2f}" if low is not None and high is not None else "—",
+        "time": math.nan if ts is None else ts,
+        "source": stock.source or "",
+        "failover": stock.failover,
     }
 
 
 def table_columns(stocks: Sequence[Stock]) -> Columns:
     """The whole latest-prices table, one row per stock in the given order."""
     rows = [table_row(stock) for stock in stocks]
-    keys = ("symbol", "name", "price", "change", "change_pct", "range")
-    return {key: [row[key] for row in rows] for key in keys}
+    return {key: [row[key] for row in rows] for key in TABLE_KEYS}

@@ -19,8 +19,15 @@ from bokeh.models.widgets.tables import (
     TableColumn,
 )
 
+from services.dashboard.clock import LOCAL_LABEL, WARNING_COLOUR, table_time_template
 from services.dashboard.feed import Status
-from services.dashboard.shaping import DOWN_COLOUR, UP_COLOUR, WINDOW_LABELS, WINDOWS
+from services.dashboard.shaping import (
+    DOWN_COLOUR,
+    TABLE_KEYS,
+    UP_COLOUR,
+    WINDOW_LABELS,
+    WINDOWS,
+)
 
 WINDOW_NAMES = list(WINDOWS)
 MODES = ["price", "pct"]
@@ -40,6 +47,15 @@ STATUS_TEXT = {
 # Colour plus an arrow, so up and down differ for everyone, not only by hue.
 _CHANGE_TEMPLATE = """<% if (value == null || isNaN(value)) { %><span>—</span><% } else { %>
 <span style="color:<%= value >= 0 ? '{up}' : '{down}' %>;font-weight:600"><%= value >= 0 ? '▲ +' : '▼ ' %><%= {expr} %></span><% } %>"""  # noqa: E501
+
+
+# The provider of a stock's last tick; a fallback provider is marked in words and colour.
+SOURCE_TEMPLATE = (
+    '<% if (value) { %><span class="source" data-source="<%- value %>" '
+    "data-failover=\"<%= failover ? 'true' : 'false' %>\" "
+    "style=\"<%= failover ? 'color:{warn};font-weight:600' : 'color:#555' %>\">"
+    "<%- value %><% if (failover) { %> · failover<% } %></span><% } else { %>—<% } %>"
+).replace("{warn}", WARNING_COLOUR)
 
 
 def _change_formatter(expr: str) -> HTMLTemplateFormatter:
@@ -91,10 +107,27 @@ def status_div() -> Div:
     return Div(text=status_html(Status.CONNECTING), name="status")
 
 
+def market_div() -> Div:
+    """The closed-market banner (hidden while the market is open)."""
+    return Div(text="", name="market", visible=False, sizing_mode="stretch_width")
+
+
+def zone_toggle() -> RadioButtonGroup:
+    """The exchange's time zone (first) or the browser's, for every time on the page."""
+    return RadioButtonGroup(labels=["UTC", LOCAL_LABEL], active=1, name="timezone")
+
+
+def closed_toggle() -> RadioButtonGroup:
+    """Closed hours hidden (trading hours only) or shown (real time)."""
+    return RadioButtonGroup(
+        labels=["Trading hours", "Real time"], active=0, name="closed_hours", visible=False
+    )
+
+
 def latest_table() -> tuple[DataTable, ColumnDataSource, IndexFilter]:
     """A table of latest price, day change and 52-week range, one row per stock."""
     source = ColumnDataSource(
-        {k: [] for k in ("symbol", "name", "price", "change", "change_pct", "range")},
+        {k: [] for k in TABLE_KEYS},
         name="latest_source",
     )
     # Widths are proportions of the table's width: numbers get no more room than they need.
@@ -120,6 +153,18 @@ def latest_table() -> tuple[DataTable, ColumnDataSource, IndexFilter]:
             formatter=_change_formatter("(value * 100).toFixed(2) + '%'"),
         ),
         TableColumn(field="range", title="52-week range", width=170),
+        TableColumn(
+            field="time",
+            title="Last trade",
+            width=110,
+            formatter=HTMLTemplateFormatter(template=table_time_template(""), name="time_format"),
+        ),
+        TableColumn(
+            field="source",
+            title="Source",
+            width=130,
+            formatter=HTMLTemplateFormatter(template=SOURCE_TEMPLATE),
+        ),
     ]
     shown = IndexFilter(indices=[])
     table = DataTable(
@@ -146,6 +191,9 @@ class Controls:
     candle_symbol: Select
     picker: MultiChoice
     status: Div
+    market: Div
+    zone: RadioButtonGroup
+    closed: RadioButtonGroup
     table: DataTable
     table_source: ColumnDataSource
     table_rows: IndexFilter
@@ -160,6 +208,9 @@ class Controls:
             candle_picker(),
             stock_picker(),
             status_div(),
+            market_div(),
+            zone_toggle(),
+            closed_toggle(),
             table,
             source,
             rows,
@@ -180,8 +231,10 @@ class Controls:
     def page(self, chart: Plot) -> Column:
         """Title and indicator, controls, the chart, then the table (candles go under the chart)."""
         heading = Div(text="<h2 style='margin:0'>stockstreamer</h2>", name="heading")
+        times = Div(text="<span style='color:#444'>Times:</span>", name="times_label")
         return column(
             row(heading, self.status, sizing_mode="stretch_width"),
+            self.market,
             row(
                 self.window,
                 self.mode,
@@ -190,6 +243,7 @@ class Controls:
                 self.picker,
                 sizing_mode="stretch_width",
             ),
+            row(self.closed, times, self.zone, sizing_mode="stretch_width"),
             chart,
             self.table,
             sizing_mode="stretch_width",

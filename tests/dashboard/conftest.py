@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.contract import Stock
+from services.common.market import Market
 from services.dashboard.metrics import DashboardMetrics
 from tests.dashboard.fake_api import FakeApi
 
@@ -40,7 +42,8 @@ def parsed_stock(symbol: str, price: float, **extra: Any) -> Stock:
 
 def bare_stock(symbol: str) -> Stock:
     """A stock the API knows nothing else about: every other field null."""
-    return Stock.model_validate({**dict.fromkeys(Stock.model_fields), "symbol": symbol})
+    fields = {**dict.fromkeys(Stock.model_fields), "symbol": symbol, "failover": False}
+    return Stock.model_validate(fields)
 
 
 @pytest.fixture
@@ -72,3 +75,29 @@ def fake_api() -> Iterator[FakeApi]:
 @pytest.fixture
 def metrics() -> DashboardMetrics:
     return DashboardMetrics(CollectorRegistry())
+
+
+def ms(at: datetime) -> int:
+    """Epoch milliseconds of an aware datetime."""
+    return int(at.timestamp() * 1000)
+
+
+def session_table(calendar: str, start: datetime, end: datetime, **options: Any) -> list[list[int]]:
+    """The open intervals of a real exchange calendar, as the API sends them."""
+    return [[ms(a), ms(b)] for a, b in Market(calendar, **options).sessions(start, end)]
+
+
+def market_payload(
+    calendar: str, at: datetime, collapse_closed: bool = True, **options: Any
+) -> dict[str, Any]:
+    """A `Market` body for a real calendar's state at `at`."""
+    state = Market(calendar, **options).state(at)
+    return {
+        "calendar": state.calendar,
+        "timezone": state.timezone,
+        "is_open": state.is_open,
+        "next_open": state.next_open and state.next_open.isoformat(),
+        "next_close": state.next_close and state.next_close.isoformat(),
+        "extended_hours": bool(options.get("extended_hours")),
+        "collapse_closed": collapse_closed,
+    }

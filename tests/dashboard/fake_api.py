@@ -43,6 +43,10 @@ class FakeApi:
     bar_requests: list[dict[str, str]] = field(default_factory=list)
     forwarded_for: list[str | None] = field(default_factory=list)  # of history requests
     abandoned: int = 0  # history requests whose client went away before the answer
+    market: dict[str, Any] | None = None  # GET /api/v1/market (404 while None: an older API)
+    sessions: list[list[int]] = field(default_factory=list)  # open intervals, epoch ms
+    session_requests: list[dict[str, str]] = field(default_factory=list)
+    market_requests: int = 0
     fail_prices: bool = False
     delay: float = 0.0  # seconds every history answer takes
     port: int = field(default_factory=free_port)
@@ -102,6 +106,26 @@ class FakeApi:
         body = {"start": 0, "end": 0, "interval": "1m", "interval_ms": 60_000, "series": series}
         return JSONResponse(body)
 
+    async def _market(self, request: Request) -> Response:
+        self.market_requests += 1
+        if self.market is None:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return JSONResponse(self.market)
+
+    async def _sessions(self, request: Request) -> Response:
+        self.session_requests.append(dict(request.query_params))
+        start, end = (int(request.query_params[k]) for k in ("start", "end"))
+        clipped = [[max(a, start), min(b, end)] for a, b in self.sessions if a < end and b > start]
+        market = self.market or {"calendar": "24/7", "timezone": "UTC"}
+        body = {
+            "start": start,
+            "end": end,
+            "calendar": market["calendar"],
+            "timezone": market["timezone"],
+            "sessions": clipped,
+        }
+        return JSONResponse(body)
+
     async def _stream(self, request: Request) -> Response:
         last = request.headers.get("last-event-id")
         self.stream_requests.append(last)
@@ -127,6 +151,8 @@ class FakeApi:
                 Route("/api/v1/stocks", self._stocks),
                 Route("/api/v1/prices", self._prices),
                 Route("/api/v1/bars", self._bars),
+                Route("/api/v1/market", self._market),
+                Route("/api/v1/market/sessions", self._sessions),
                 Route("/api/v1/stream", self._stream),
             ]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,6 +13,7 @@ from services.dashboard.client import ApiClient
 from services.dashboard.feed import (
     Event,
     Feed,
+    MarketEvent,
     PriceEvent,
     ReloadEvent,
     Status,
@@ -160,3 +162,59 @@ async def test_malformed_stocks_are_skipped_and_the_feed_goes_live(
     await until(lambda: len(fake_api.stream_requests) == 2 and f.status is Status.LIVE)
     assert sorted(f.stocks) == ["AAPL", "INTC"]
     assert f._task is not None and not f._task.done()
+
+
+def market_at(is_open: bool, change_in: float) -> dict[str, object]:
+    """A market that opens (or closes) `change_in` seconds from now."""
+    change = (datetime.now(UTC) + timedelta(seconds=change_in)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=6)).isoformat()
+    return {
+        "calendar": "XNYS",
+        "timezone": "America/New_York",
+        "is_open": is_open,
+        "next_open": later if is_open else change,
+        "next_close": change if is_open else later,
+        "extended_hours": False,
+        "collapse_closed": True,
+    }
+
+
+async def test_the_market_comes_on_connect_and_with_market_events(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    fake_api.market = market_at(False, 3600)
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    assert f.market is not None and not f.market.is_open and f.market.calendar == "XNYS"
+    fake_api.push("market", market_at(True, 3600))
+    fake_api.push("market", {"calendar": "XNYS"})  # malformed: dropped, the stream survives
+    fake_api.push("price", {"symbol": "AAPL", "ts": T0 + 5, "price": 1.0}, id=1)
+    await until(lambda: len(prices(events)) == 1)
+    markets = [e.market for e in events if isinstance(e, MarketEvent)]
+    assert [m.is_open for m in markets] == [False, True] and f.market.is_open
+
+
+async def test_an_api_without_market_hours_still_goes_live(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    assert f.market is None and fake_api.market_requests == 1
+    assert not any(isinstance(e, MarketEvent) for e in events)
+
+
+async def test_the_market_is_asked_again_when_it_is_due_to_open(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    f.market_lag, f.market_recheck = 0.05, 0.1
+    fake_api.market = market_at(False, 0.3)
+    await until(lambda: f.market is not None)
+    # the API has not turned yet when the open is due: asked again, until it has
+    await until(lambda: fake_api.market_requests >= 3)
+    fake_api.market = market_at(True, 3600)
+    await until(lambda: f.market is not None and f.market.is_open)
+    assert [e.market.is_open for e in events if isinstance(e, MarketEvent)] == [False, True]
+    asked = fake_api.market_requests
+    await asyncio.sleep(0.3)
+    assert fake_api.market_requests == asked  # the close is an hour away: nothing until then

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from services.common.market import Market
 from services.common.symbols import parse_symbols
 from services.fetcher.config import DEFAULT_SYMBOLS
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
+from tests.dashboard.conftest import market_payload, ms, session_table, stock
+from tests.dashboard.fake_api import FakeApi
 from tests.utils.tools import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,3 +87,71 @@ def stack(database_url: str) -> Iterator[Stack]:
         for process in (dashboard, stack.api, fetcher):
             if process is not None:
                 process.__exit__()
+
+
+@dataclass
+class VendorDashboard:
+    """The dashboard as a process, fed by a stand-in API whose market is a closed exchange."""
+
+    api: FakeApi
+    dashboard: ServiceProcess
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+
+def closed_market_api(now: datetime) -> FakeApi:
+    """New York's real sessions of the last eight days, two stocks with a point every 5 minutes
+    of them, and the market closed until its next open (the sources: alpaca, and a failover)."""
+    spans = session_table("XNYS", now - timedelta(days=8), now)
+    market = market_payload("XNYS", now)
+    following = Market("XNYS").next_open(now)
+    market.update(is_open=False, next_open=following and following.isoformat())
+    api = FakeApi(
+        stocks=[
+            stock("AAPL", 270.0, source="alpaca", failover=False),
+            stock("INTC", 38.0, source="finnhub", failover=True),
+        ],
+        market=market,
+        sessions=spans,
+    )
+    # history inside the week the page asks for (the API never sends older points)
+    week = ms(now - timedelta(days=7, minutes=-10))
+    recent = [(max(a, week), b) for a, b in spans if b > week]
+    for symbol, base in (("AAPL", 270.0), ("INTC", 38.0)):
+        ts = [t for a, b in recent for t in range(a, b, 5 * 60_000)]
+        price = [base * (1 + 0.01 * ((i % 40) - 20) / 20) for i in range(len(ts))]
+        api.series[symbol] = {
+            "symbol": symbol,
+            "ts": ts,
+            "price": price,
+            "downsampled": False,
+            "bucket_ms": None,
+        }
+    return api
+
+
+@pytest.fixture
+def vendor_dashboard() -> Iterator[VendorDashboard]:
+    require_chromium()
+    api = closed_market_api(datetime.now(UTC)).start()
+    port = free_port()
+    dashboard = ServiceProcess(
+        "services.dashboard",
+        {
+            "STOCKSTREAMER_API_URL": api.url,
+            "STOCKSTREAMER_DASHBOARD_PORT": str(port),
+            "STOCKSTREAMER_DASHBOARD_WINDOW": "1w",
+            "STOCKSTREAMER_DASHBOARD_MAX_POINTS": "3000",
+            "STOCKSTREAMER_DASHBOARD_RECONNECT_MAX": "1",
+        },
+    )
+    try:
+        dashboard.start()
+        dashboard.wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield VendorDashboard(api, dashboard, port)
+    finally:
+        dashboard.__exit__()
+        api.stop()

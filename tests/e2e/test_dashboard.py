@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import statistics
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from services.dashboard.shaping import DAY_MS, HOUR_MS, PALETTE
+from services.dashboard.timeline import Timeline
 from services.runner.processes import ROOT
-from tests.e2e.conftest import CHROMIUM, SYMBOLS, Stack
+from tests.e2e.conftest import CHROMIUM, SYMBOLS, Stack, VendorDashboard
 
 pytestmark = pytest.mark.browser
 
@@ -88,7 +92,7 @@ POINT_JS = """
   const view = Bokeh.index.find_one(doc.get_model_by_name('chart'));
   const data = doc.get_model_by_name('source_' + symbol).data;
   const box = view.canvas.el.getBoundingClientRect();
-  return [box.left + view.frame.x_scale.compute(data.ts[index]),
+  return [box.left + view.frame.x_scale.compute(data.x[index]),
           box.top + view.frame.y_scale.compute(data.price[index])];
 }
 """
@@ -109,7 +113,14 @@ LINE_COLOUR_JS = """
   return typeof colour === 'string' ? colour : colour.value;
 }
 """
-VISIBLE_JS = "(name) => Bokeh.documents[0].get_model_by_name(name).visible"
+# null until the model exists (the candle view is made when first shown)
+VISIBLE_JS = """
+(name) => {
+  const doc = window.Bokeh && Bokeh.documents[0];
+  const model = doc ? doc.get_model_by_name(name) : null;
+  return model ? model.visible : null;
+}
+"""
 
 State = dict[str, Any]
 
@@ -266,12 +277,12 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
     intc = [rgb(page.evaluate(f"() => ({LINE_COLOUR_JS})('INTC')"))]
     shown = page.evaluate(PIXELS_JS, intc)[0]
     page.mouse.click(*page.evaluate(LEGEND_JS, "INTC"))
-    page.wait_for_function(f"() => !({VISIBLE_JS})('line_INTC')")
+    page.wait_for_function(f"() => ({VISIBLE_JS})('line_INTC') === false")
     page.wait_for_timeout(300)
     hidden = page.evaluate(PIXELS_JS, intc)[0]
     assert hidden < shown / 5, (shown, hidden)
     page.mouse.click(*page.evaluate(LEGEND_JS, "INTC"))
-    page.wait_for_function(f"() => ({VISIBLE_JS})('line_INTC')")
+    page.wait_for_function(f"() => ({VISIBLE_JS})('line_INTC') === true")
 
     # -- hovering a point names the stock, its time, price and change ---------------------
     page.evaluate("() => document.activeElement?.blur()")  # no focus ring in the picture
@@ -310,7 +321,9 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
 
     # -- candlesticks of one stock, the last one kept live ---------------------------------
     click(page, "Candles")
-    page.wait_for_function(f"() => ({VISIBLE_JS})('candles') && !({VISIBLE_JS})('chart')")
+    page.wait_for_function(
+        f"() => ({VISIBLE_JS})('candles') === true && ({VISIBLE_JS})('chart') === false"
+    )
     candles = wait_for_candles(page, lambda c: len(c["ts"]) > 50, "a year of candles")
     assert candles["ts"] == sorted(candles["ts"])
     assert all(
@@ -336,7 +349,136 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(tmp_path / "candles.png", ROOT / "docs" / "dashboard-candles.png")
     click(page, "Lines")
-    page.wait_for_function(f"() => ({VISIBLE_JS})('chart') && !({VISIBLE_JS})('candles')")
+    page.wait_for_function(
+        f"() => ({VISIBLE_JS})('chart') === true && ({VISIBLE_JS})('candles') === false"
+    )
+
+
+# -- a closed exchange: banner, source badges, closed hours collapsed, the exchange's time ------
+# The lines' axis as drawn: its range, the ticks and labels BokehJS computes, the points' x and ts.
+AXIS_JS = """
+() => {
+  const doc = window.Bokeh && Bokeh.documents[0];
+  const chart = doc && doc.get_model_by_name('chart');
+  const axis = doc && doc.get_model_by_name('chart_xaxis');
+  const src = doc && doc.get_model_by_name('source_AAPL');
+  if (!chart || !axis || !src || !src.data.x || src.data.x.length == 0) return null;
+  const r = chart.x_range;
+  if (!Number.isFinite(r.start) || !Number.isFinite(r.end)) return null;
+  const ticks = axis.ticker.get_ticks(r.start, r.end, r, 0).major;
+  const banner = doc.get_model_by_name('market');
+  return {
+    start: r.start, end: r.end, ticks: Array.from(ticks),
+    labels: axis.formatter.doFormat(Array.from(ticks), {loc: 0}),
+    axis_label: axis.axis_label,
+    x: Array.from(src.data.x), ts: Array.from(src.data.ts),
+    banner: banner.visible ? banner.text : null,
+  };
+}
+"""
+NEW_YORK, AUCKLAND = ZoneInfo("America/New_York"), ZoneInfo("Pacific/Auckland")
+
+
+def day_label(ts: float, zone: ZoneInfo) -> str:
+    """A day tick's label as the page writes it: "Mon 30 Nov"."""
+    return datetime.fromtimestamp(ts / 1000, zone).strftime("%a %-d %b")
+
+
+def wait_for_axis(page: Page, check: Callable[[State], bool], what: str) -> State:
+    deadline = time.monotonic() + 20
+    current: State | None = None
+    while time.monotonic() < deadline:
+        current = page.evaluate(AXIS_JS)
+        if current is not None and check(current):
+            return current
+        time.sleep(0.1)
+    summary = current and {k: v for k, v in current.items() if k not in ("x", "ts")}
+    raise AssertionError(f"timed out waiting for {what}; last: {summary}")
+
+
+def test_a_closed_exchange_in_a_browser(vendor_dashboard: VendorDashboard, tmp_path: Path) -> None:
+    api = vendor_dashboard.api
+    window_start = time.time() * 1000 - 7 * DAY_MS
+    open_ms = sum(max(0, b - max(a, window_start)) for a, b in api.sessions)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS
+        )
+        try:
+            # a viewer far from New York: "local time" must differ from the exchange's
+            context = browser.new_context(
+                viewport={"width": 1280, "height": 900}, timezone_id="Pacific/Auckland"
+            )
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(vendor_dashboard.url)
+
+            # -- the banner names the next open in New York time ----------------------------
+            banner = page.get_by_text("Market closed — opens")
+            banner.wait_for(state="visible", timeout=20_000)
+            assert re.search(r"opens \w{3}( \d+ \w{3})? \d\d:\d\d ET", banner.inner_text())
+
+            # -- each stock's source, a fallback marked as such ------------------------------
+            page.get_by_text("finnhub · failover").wait_for(state="visible", timeout=10_000)
+            assert page.get_by_text("alpaca", exact=True).is_visible()
+
+            # -- a week of nights and a weekend closed is as wide as its open time -------------
+            axis = wait_for_axis(
+                page,
+                lambda a: len(a["ts"]) > 100 and a["axis_label"].endswith("closed hours hidden"),
+                "the week's lines with closed hours collapsed",
+            )
+            ts_gaps = [b - a for a, b in zip(axis["ts"], axis["ts"][1:], strict=False)]
+            x_gaps = [b - a for a, b in zip(axis["x"], axis["x"][1:], strict=False)]
+            assert max(ts_gaps) > 15 * HOUR_MS and max(x_gaps) <= 5 * 60_000  # nights: no width
+            width = axis["end"] - axis["start"]
+            assert 0.9 * open_ms <= width <= 1.1 * open_ms, (width, open_ms)
+            # ticks at session opens, labelled with New York's trading days
+            assert axis["axis_label"] == "Times: New York (ET) · closed hours hidden"
+            assert len(axis["labels"]) >= 3, axis["labels"]
+            assert not {label[:3] for label in axis["labels"]} & {"Sat", "Sun"}
+            asked = api.session_requests[-1]  # the page's window, its sessions clipped to it
+            lo, hi = int(asked["start"]), int(asked["end"])
+            line = Timeline.collapsed([(max(a, lo), min(b, hi)) for a, b in api.sessions])
+            opens = {line.x(a) for a, _ in api.sessions}
+            assert set(axis["ticks"]) <= opens, axis["ticks"]
+            assert axis["labels"] == [day_label(line.ts(x), NEW_YORK) for x in axis["ticks"]]
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "closed.png"), full_page=True)
+
+            # -- the browser's own zone on request: Auckland is a day ahead of New York -------
+            click(page, "Your local time")
+            local = wait_for_axis(
+                page, lambda a: a["axis_label"].startswith("Times: Your local time"), "local time"
+            )
+            assert local["labels"] == [day_label(line.ts(x), AUCKLAND) for x in local["ticks"]]
+            assert local["labels"] != axis["labels"]
+
+            # -- real time on request: the weekend is back ------------------------------------
+            click(page, "Real time")
+            # a tick each local midnight, named by its local day
+            real = wait_for_axis(
+                page,
+                lambda a: (
+                    a["x"] == a["ts"]
+                    and a["end"] - a["start"] > 2.5 * DAY_MS  # even over Christmas
+                    and len(a["ticks"]) >= 3
+                    and a["labels"] == [day_label(t, AUCKLAND) for t in a["ticks"]]
+                ),
+                "the week in real time, a tick each local day",
+            )
+            assert real["axis_label"] == "Times: Your local time"
+            assert {datetime.fromtimestamp(t / 1000, AUCKLAND).hour for t in real["ticks"]} == {0}
+            click(page, "Trading hours")
+            wait_for_axis(
+                page,
+                lambda a: a["x"] != a["ts"] and a["axis_label"].endswith("closed hours hidden"),
+                "closed hours hidden again",
+            )
+            assert errors == [], errors
+        finally:
+            browser.close()
 
 
 # -- a flood of page loads ----------------------------------------------------------------------
