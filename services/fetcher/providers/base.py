@@ -95,10 +95,6 @@ class Provider(ABC):
         """
         raise HistoryUnavailable(f"{self.name} has no history endpoint")
 
-    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        """Past ticks of `symbol` in [start, end) (being replaced by `bars`)."""
-        raise HistoryUnavailable(f"{self.name} has no history endpoint")
-
     def trade_stream(self, symbols: Sequence[str]) -> TradeStream | None:
         """A push feed of trades, when the provider has one and it is enabled."""
         return None

@@ -14,7 +14,6 @@ from services.common.models import Profile, Tick, Week52
 from services.fetcher.providers.badges import logo_data_uri
 from services.fetcher.providers.base import (
     EpochSeconds,
-    HistoryUnavailable,
     Provider,
     ProviderError,
     TradeStream,
@@ -159,12 +158,6 @@ class FinnhubProvider(Provider):
 
     async def week52(self, symbols: Sequence[str]) -> list[Week52]:
         return await gather_per_symbol(symbols, self._week52, self.dropped)
-
-    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        raise HistoryUnavailable(
-            "Finnhub's free tier has no candles (/stock/candle is a premium endpoint); "
-            "history starts with the first live tick"
-        )
 
     def trade_stream(self, symbols: Sequence[str]) -> TradeStream | None:
         if not self._stream_enabled:

@@ -134,18 +134,6 @@ class SimulatedProvider(Provider):
             )
         return result
 
-    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        """Past ticks of `symbol` in [start, end): the walk's points (being replaced by `bars`)."""
-        return [
-            Tick(
-                symbol,
-                datetime.fromtimestamp(p.ts, UTC),
-                max(Decimal(repr(p.price)).quantize(CENT), CENT),
-                volume=p.volume,
-            )
-            for p in self._points(symbol, start, end, "ticks")
-        ]
-
     async def bars(self, symbols: Sequence[str], start: datetime, end: datetime) -> list[Bar]:
         """One bar per point of the walk (a minute apart over the last week, 15 before that).
 

@@ -23,18 +23,6 @@ MAX_POINTS = 5000  # the largest `outputsize` of /time_series
 # trades around the clock, so no call can be cut short.
 BARS_SPAN = timedelta(minutes=MAX_POINTS)
 FMT = "%Y-%m-%d %H:%M:%S"
-# Bar sizes from finest to coarsest; history uses the finest that covers the window in one call.
-INTERVALS = [
-    ("1min", 60),
-    ("5min", 300),
-    ("15min", 900),
-    ("30min", 1800),
-    ("1h", 3600),
-    ("2h", 7200),
-    ("4h", 14400),
-    ("1day", 86400),
-]
-TRADING_FRACTION = 0.2  # US equities trade 6.5 h on 5 of 7 days: about 19 % of wall time
 
 
 class FiftyTwoWeek(BaseModel):
@@ -97,14 +85,6 @@ def _check(data: Any, what: str) -> Any:
 
 def _volume(value: Value) -> int | None:
     return int(value.volume) if value.volume is not None and value.volume >= 0 else None
-
-
-def pick_interval(window: timedelta) -> tuple[str, int]:
-    """The finest bar size whose bars over `window` fit in one call."""
-    for name, seconds in INTERVALS:
-        if window.total_seconds() * TRADING_FRACTION / seconds <= MAX_POINTS:
-            return name, seconds
-    return INTERVALS[-1]
 
 
 class TwelveDataProvider(Provider):
@@ -279,21 +259,6 @@ class TwelveDataProvider(Provider):
             volume=volume,
             source=self.name,
         )
-
-    async def history(self, symbol: str, start: datetime, end: datetime) -> list[Tick]:
-        """Past closes of `symbol` in [start, end) at the finest size one call covers (being
-        replaced by `bars`)."""
-        interval, _ = pick_interval(end - start)
-        ticks = []
-        for value in await self._series(symbol, interval, start, end):
-            try:
-                ts = datetime.fromisoformat(value.datetime).replace(tzinfo=UTC)
-            except ValueError:
-                self.dropped("invalid_fields", f"history {symbol}: bad datetime")
-                continue
-            if start <= ts < end:
-                ticks.append(Tick(symbol, ts, value.close, _volume(value)))
-        return sorted(ticks, key=lambda t: t.ts)
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -184,7 +184,7 @@ async def test_the_fetcher_process_streams_real_trades(
         await eventually(lambda: _symbols_with_trades(db), timeout=15)
         assert proc.stop() == 0
     assert "trade stream connected" in proc.output
-    assert "no candles" in proc.output  # Finnhub's free tier has no history to backfill
+    assert "no history source" in proc.output  # Finnhub's free tier has no history to backfill
     assert finnhub.key not in proc.output
     assert finnhub.subscriptions[0] == ["AAPL", "NVDA", "MSFT"]
 

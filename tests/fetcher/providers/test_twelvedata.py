@@ -12,7 +12,6 @@ from services.fetcher.providers.twelvedata import (
     BARS_SPAN,
     MAX_POINTS,
     TwelveDataProvider,
-    pick_interval,
 )
 from services.fetcher.service import Fetcher
 from tests.fakes.server import Fault, fixture
@@ -130,12 +129,6 @@ async def test_the_limiter_counts_credits_per_symbol(
     calls = twelvedata.http.calls("/quote")
     assert len(calls) == 4
     assert calls[-1].at - calls[0].at >= 1.4  # the first is free (a full bucket), then 1 per period
-
-
-def test_history_resolution_fits_one_call() -> None:
-    assert pick_interval(timedelta(days=7)) == ("1min", 60)
-    assert pick_interval(timedelta(days=30))[0] == "5min"
-    assert pick_interval(timedelta(days=20_000))[0] == "1day"
 
 
 async def test_one_minute_bars_come_from_time_series_in_spans_of_one_call(
