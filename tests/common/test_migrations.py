@@ -6,20 +6,18 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from services.common.migrations import MIGRATIONS_DIR, dbmate, migrate
-from services.common.models import Tick
 from services.common.retention import set_retention
-from services.fetcher.store import TickStore, create_partitions, partitions_for
+from services.fetcher.store import create_partitions, partitions_for
 from tests.utils.postgres import create_database, drop_database
 
 TS = datetime(2026, 1, 2, 15, 30, tzinfo=UTC)
-TABLES = {"stocks", "ticks", "bars", "partition_policy"}
+TABLES = {"stocks", "ticks", "bars", "partition_policy", "feed", "heal_misses"}
 PARTITIONING = "20261126000000_partitioned_ticks_and_bars.sql"
 
 
@@ -340,21 +338,44 @@ async def _all_tables(conn: asyncpg.Connection) -> set[str]:
 
 
 async def _populate_through_the_writer(url: str) -> None:
-    """Ticks and bars of today and of five days ago, written as the fetcher writes them."""
+    """Ticks and bars of today and of five days ago, written as the fetcher wrote them then
+    (the schema is the one before tick sources: plain SQL, not today's writer)."""
     conn = await asyncpg.connect(url)
     try:
         await set_retention(conn, timedelta(days=90), timedelta(days=400))
-        store = await TickStore.open(conn, ["AAPL", "NVDA"])
+        await conn.execute("INSERT INTO stocks (symbol) VALUES ('AAPL'), ('NVDA')")
         now = datetime.now(UTC).replace(microsecond=0)
         for start in (now - timedelta(days=5), now - timedelta(hours=1)):
-            ticks = [
-                Tick(s, start + timedelta(seconds=7 * n), Decimal(100 + n % 13))
+            for day in {start.date(), (start + timedelta(seconds=7 * 300)).date()}:
+                at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                for parent in ("ticks", "bars_10s", "bars_1m"):
+                    await conn.fetchval("SELECT stockstreamer_ensure_partition($1, $2)", parent, at)
+            rows = [
+                (s, start + timedelta(seconds=7 * n), float(100 + n % 13))
                 for s in ("AAPL", "NVDA")
                 for n in range(300)
             ]
-            assert (await store.write_history(ticks)).inserted == len(ticks)
+            await conn.executemany(
+                "INSERT INTO ticks (symbol, ts, price, backfilled) VALUES ($1, $2, $3, true)", rows
+            )
+            await conn.execute(POPULATE_BARS, start, start + timedelta(seconds=7 * 300))
     finally:
         await conn.close()
+
+
+# Minute and 10 s bars of the ticks in [$1, $2], as the writer of the time built them.
+POPULATE_BARS = """
+INSERT INTO bars (width_s, symbol, bucket, open, high, low, close, ticks,
+                  open_ts, high_ts, low_ts, close_ts)
+SELECT w, symbol, date_bin(make_interval(secs => w), ts, 'epoch'),
+       (array_agg(price ORDER BY ts))[1], max(price), min(price),
+       (array_agg(price ORDER BY ts DESC))[1], count(*),
+       min(ts), (array_agg(ts ORDER BY price DESC, ts))[1],
+       (array_agg(ts ORDER BY price, ts))[1], max(ts)
+FROM ticks CROSS JOIN unnest(ARRAY[10, 60]) AS w
+WHERE ts BETWEEN $1 AND $2
+GROUP BY 1, 2, 3
+"""
 
 
 async def _signatures(url: str) -> set[str]:

@@ -92,8 +92,9 @@ async def test_a_tick_delivered_twice_is_stored_once(
     await fetcher.writer.close()
     assert await db.fetchval("SELECT count(*) FROM ticks") == 1
     assert sample(fetcher, "ticks_written_total") == 1
-    # a batch that stored nothing new announces nothing
-    assert [channel for channel, _ in await notes.drain()] == ["prices"]
+    # the first batch announces the price and the symbol's first source; a batch that stored
+    # nothing new announces nothing
+    assert [channel for channel, _ in await notes.drain()] == ["prices", "stocks"]
 
 
 async def test_bad_data_is_dropped_counted_and_never_written(
@@ -231,7 +232,7 @@ async def test_run_writes_every_symbol_and_stops_cleanly(
     fetcher.stop()
     await asyncio.wait_for(task, 10)
     assert len(fetcher.buffer) == 0
-    written = await db.fetchval("SELECT count(*) FROM ticks")
+    written = await db.fetchval("SELECT count(*) FROM ticks WHERE NOT backfilled")
     assert written == sample(fetcher, "ticks_written_total") > 0
 
 

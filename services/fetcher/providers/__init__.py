@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import cast
-
 from services.fetcher.config import FetcherSettings
+from services.fetcher.providers.alpaca import AlpacaProvider
 from services.fetcher.providers.base import (
     HistoryUnavailable,
     Provider,
@@ -18,6 +16,7 @@ from services.fetcher.providers.simulated import SimulatedProvider
 from services.fetcher.providers.twelvedata import TwelveDataProvider
 
 __all__ = [
+    "AlpacaProvider",
     "FinnhubProvider",
     "HistoryUnavailable",
     "Provider",
@@ -62,23 +61,18 @@ def create_provider(settings: FetcherSettings, name: str | None = None) -> Provi
             timeout=s.provider_timeout,
         )
     if name == "alpaca" and s.alpaca_api_key_id is not None and s.alpaca_api_secret_key is not None:
-        # Imported here: only a chain that names Alpaca loads its client.
-        alpaca = importlib.import_module("services.fetcher.providers.alpaca")
-        return cast(
-            Provider,
-            alpaca.AlpacaProvider(
-                s.alpaca_api_key_id.get_secret_value(),
-                s.alpaca_api_secret_key.get_secret_value(),
-                data_url=s.alpaca_data_url,
-                stream_url=s.alpaca_stream_url,
-                trading_url=s.alpaca_trading_url,
-                stream=s.alpaca_stream,
-                rate_limit=s.alpaca_rate_limit,
-                rate_period=s.alpaca_rate_period,
-                concurrency=s.provider_concurrency,
-                timeout=s.provider_timeout,
-                stream_symbol_limit=s.alpaca_stream_symbol_limit,
-            ),
+        return AlpacaProvider(
+            s.alpaca_api_key_id.get_secret_value(),
+            s.alpaca_api_secret_key.get_secret_value(),
+            data_url=s.alpaca_data_url,
+            stream_url=s.alpaca_stream_url,
+            trading_url=s.alpaca_trading_url,
+            stream=s.alpaca_stream,
+            rate_limit=s.alpaca_rate_limit,
+            rate_period=s.alpaca_rate_period,
+            concurrency=s.provider_concurrency,
+            timeout=s.provider_timeout,
+            stream_symbol_limit=s.alpaca_stream_symbol_limit,
         )
     raise ValueError(f"provider {name!r} is unknown or has no API key")
 

@@ -370,6 +370,9 @@ async def test_the_fake_serves_a_calendar_and_pages_a_year_cheaply() -> None:
 async def test_the_keys_never_reach_a_url_or_a_log(
     alpaca: FakeAlpaca, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # every logger at DEBUG, whatever an earlier test's logging set-up left on httpx's own
+    caplog.set_level(logging.DEBUG, logger="httpx")
+    caplog.set_level(logging.DEBUG, logger="httpcore")
     with caplog.at_level(logging.DEBUG):
         async with _provider(alpaca) as p:
             end = _minute(datetime.now(UTC))

@@ -155,7 +155,7 @@ async def test_a_drop_reconnects_reauthenticates_and_resubscribes(alpaca: FakeAl
     async with running(stream_for(alpaca)) as run:
         await eventually(lambda: len(run.batches) > 3)
         alpaca.drop_connections()
-        await eventually(lambda: not run.stream.connected)
+        # (the drop is seen by the fake's second login: reconnecting may be quicker than a poll)
         await eventually(lambda: alpaca.auths == 2 and run.stream.connected)
         seen = len(run.batches)
         await eventually(lambda: len(run.batches) > seen + 3, message="no trades after")
