@@ -33,6 +33,8 @@ INTERVAL = 60.0
 # A vendor publishes a minute's bar shortly after the minute ends: a minute it has no bar for yet
 # is asked for again until it is this old, and only then remembered as having none.
 SETTLE = timedelta(minutes=5)
+# A minute's bar is final once the minute is over; vendors publish it within seconds.
+PUBLISHED = timedelta(seconds=10)
 
 
 @dataclass(slots=True)
@@ -110,7 +112,7 @@ class Healer:
         returns the minutes filled."""
         started = time.perf_counter()
         since = now - self.lookback
-        periods = _periods(self.market.sessions(since, now - MINUTE))
+        periods = _periods(self.market.sessions(since, now - PUBLISHED))
         async with self.writer.use() as store:
             await store.forget_misses(since)
             missing = await store.missing_minutes(self.symbols, periods) if periods else []

@@ -44,7 +44,7 @@ class Durations:
     heal_within: float  # after both vendors return
 
 
-QUICK = Durations(failover_after=4, heal_interval=5, primary_cut=20, heal_within=60)
+QUICK = Durations(failover_after=4, heal_interval=5, primary_cut=15, heal_within=60)
 FULL = Durations(failover_after=30, heal_interval=60, primary_cut=150, heal_within=240)
 
 
@@ -83,7 +83,7 @@ async def _bars(
             "interval": interval,
             "start": _ms(start),
             "end": _ms(end),
-            "max_bars": 5000,
+            "max_bars": 1000,
         },
     )
     answer.raise_for_status()
@@ -103,7 +103,10 @@ async def _bars(
 
 async def _sources_are(api: httpx.AsyncClient, source: str, failover: bool) -> bool:
     stocks = await _stocks(api)
-    return all(stocks[s]["source"] == source and stocks[s]["failover"] is failover for s in SYMBOLS)
+    return all(
+        s in stocks and stocks[s]["source"] == source and stocks[s]["failover"] is failover
+        for s in SYMBOLS
+    )
 
 
 async def _prices_move(api: httpx.AsyncClient, seconds: float = 2.0) -> bool:
@@ -144,6 +147,8 @@ async def test_make_run_on_alpaca_then_finnhub_fails_over_and_heals(data_dir: Pa
     }
     keys = (primary.key_id, primary.secret_key, secondary.key)
     runner = ServiceProcess("services.runner", env, name="runner").start()
+    seen: dict[str, object] = {}
+    expected: dict[str, dict[int, tuple[float, float, float, float]]] = {}
     try:
         runner.wait_http(f"http://127.0.0.1:{ports['api']}/healthz", timeout=90)
         async with httpx.AsyncClient(
@@ -199,36 +204,46 @@ async def test_make_run_on_alpaca_then_finnhub_fails_over_and_heals(data_dir: Pa
             returned = time.monotonic()
             hole_end = datetime.now(UTC).replace(second=0, microsecond=0)  # whole minutes only
             assert hole_end > hole
-            expected = {
-                symbol: {
-                    _ms(datetime.fromisoformat(b["t"].replace("Z", "+00:00"))): (
-                        b["o"],
-                        b["h"],
-                        b["l"],
-                        b["c"],
-                    )
-                    for b in primary.minute_bars(symbol, hole, hole_end)
+            expected.update(
+                {
+                    symbol: {
+                        _ms(datetime.fromisoformat(b["t"].replace("Z", "+00:00"))): (
+                            b["o"],
+                            b["h"],
+                            b["l"],
+                            b["c"],
+                        )
+                        for b in primary.minute_bars(symbol, hole, hole_end)
+                    }
+                    for symbol in SYMBOLS
                 }
-                for symbol in SYMBOLS
-            }
+            )
             assert all(expected.values())
 
             async def hole_filled_with_the_vendors_bars() -> bool:
                 for symbol in SYMBOLS:
-                    stored = await _bars(api, symbol, "1m", hole, hole_end - timedelta(minutes=1))
-                    got = {ts: stored.get(ts) for ts in expected[symbol]}
-                    if got != expected[symbol]:
+                    stored = await _bars(api, symbol, "1m", hole, hole_end)
+                    seen[symbol] = stored
+                    if {ts: stored.get(ts) for ts in expected[symbol]} != expected[symbol]:
                         return False
                 return True
 
             await eventually(
-                hole_filled_with_the_vendors_bars, timeout=steps.heal_within, interval=2
+                hole_filled_with_the_vendors_bars,
+                timeout=steps.heal_within,
+                interval=2,
+                message=f"hole {hole}..{hole_end}",
             )
             assert time.monotonic() - returned <= steps.heal_within
             await eventually(lambda: _sources_are(api, "alpaca", False), timeout=60, interval=0.5)
 
         runner.signal(signal.SIGINT)
         assert runner.wait(30) == 0
+    except AssertionError as exc:
+        lines = runner.output.splitlines()
+        notable = [ln for ln in lines if any(w in ln for w in ("heal", "gap", "ERROR", "backfill"))]
+        tail = "\n".join(notable[-40:] + lines[-20:])
+        raise AssertionError(f"{exc}\nexpected {expected}\nstored {seen}\n{tail}") from exc
     finally:
         runner.stop()
         await primary.stop()

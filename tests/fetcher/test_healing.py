@@ -123,16 +123,16 @@ async def test_gaps_anywhere_are_healed_and_aligned_ones_asked_for_together(
         with caplog.at_level(logging.INFO):
             filled = await healer.heal_once(vendor, NOW)
 
-    # the minute that ended less than a minute ago is left to the live feed
-    assert filled == 20 + 3 + 9
+    # the minute that ended 30 s ago is over, its bar published: healed too
+    assert filled == 20 + 3 + 10
     assert sorted(vendor.asked, key=lambda a: a.start) == [
         Asked(("AAPL",), at(17, 0, day=3), at(17, 3, day=3)),
         Asked(("AAPL", "NVDA"), at(15, 0), at(15, 10)),
-        Asked(("NVDA",), at(15, 50), at(15, 59)),
+        Asked(("NVDA",), at(15, 50), at(16, 0)),
     ]
     expected = XNYS.open_minutes(NOW - timedelta(days=1), NOW)
     assert await stored_minutes(db, "AAPL") == expected
-    assert await stored_minutes(db, "NVDA") == expected[:-1]  # the last is not over long enough
+    assert await stored_minutes(db, "NVDA") == expected
     row = await db.fetchrow(
         "SELECT open, high, low, close, volume FROM bars"
         " WHERE width_s = 60 AND symbol = 'NVDA' AND bucket = $1",
@@ -146,20 +146,27 @@ async def test_gaps_anywhere_are_healed_and_aligned_ones_asked_for_together(
     )
     assert [r["source"] for r in sources] == ["vendor"]
     assert sample(fetcher, "heal_gaps_total") == 4
-    assert sample(fetcher, "heal_minutes_filled_total") == 32
+    assert sample(fetcher, "heal_minutes_filled_total") == 33
     assert sample(fetcher, "heal_passes_total", outcome="ok") == 1
     healed = [r.__dict__ for r in caplog.records if r.getMessage() == "gap healed"]
     assert {(h["symbol"], h["from"], h["to"], h["filled"], h["source"]) for h in healed} == {
         ("AAPL", at(17, 0, day=3).isoformat(), at(17, 3, day=3).isoformat(), 3, "vendor"),
         ("AAPL", at(15, 0).isoformat(), at(15, 10).isoformat(), 10, "vendor"),
         ("NVDA", at(15, 0).isoformat(), at(15, 10).isoformat(), 10, "vendor"),
-        ("NVDA", at(15, 50).isoformat(), at(15, 59).isoformat(), 9, "vendor"),
+        ("NVDA", at(15, 50).isoformat(), at(16, 0).isoformat(), 10, "vendor"),
     }
 
     vendor.asked.clear()
     async with writing(fetcher):
         assert await healer.heal_once(vendor, NOW) == 0
     assert vendor.asked == []  # nothing left to heal
+    # a minute over for less than the vendor takes to publish its bar waits for the next pass
+    await db.execute(
+        "DELETE FROM bars WHERE width_s = 60 AND symbol = 'AAPL' AND bucket = $1", at(16, 0)
+    )
+    async with writing(fetcher):
+        assert await healer.heal_once(vendor, at(16, 1) + timedelta(seconds=5)) == 0
+    assert vendor.asked == []
 
 
 async def test_a_minute_the_vendor_has_no_bar_for_is_asked_for_once(
@@ -209,9 +216,9 @@ async def test_minutes_when_the_market_was_closed_are_never_asked_for(
     friday = datetime(2026, 2, 27, 15, 1, tzinfo=UTC)  # three days back, to the minute
     assert vendor.asked == [
         Asked(("AAPL", "NVDA"), friday, datetime(2026, 2, 27, 21, 0, tzinfo=UTC)),
-        Asked(("AAPL", "NVDA"), datetime(2026, 3, 2, 14, 30, tzinfo=UTC), at(14, 59, day=2)),
+        Asked(("AAPL", "NVDA"), datetime(2026, 3, 2, 14, 30, tzinfo=UTC), at(15, 0, day=2)),
     ]
-    expected = XNYS.open_minutes(friday, at(14, 59, day=2))
+    expected = XNYS.open_minutes(friday, at(15, 0, day=2))
     assert await stored_minutes(db, "AAPL") == await stored_minutes(db, "NVDA") == expected
 
 
