@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from services.common.models import Tick
 from services.common.retry import Backoff
-from services.fetcher.providers.base import ProviderFatal, TickSink
+from services.fetcher.providers.base import ProviderFatal, TickSink, pause_before_reconnect
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,7 @@ class AlpacaStream:
             except Exception as exc:  # a bug or an unforeseen message must not end the stream
                 log.exception("trade stream failed")
                 reason = type(exc).__name__
-            if self._was_healthy:
-                backoff.reset()
-            delay = max(backoff.next(), floor)
-            log.warning(
-                "trade stream down; polling REST until it is back",
-                extra={"url": self.url, "reason": reason, "retry_in_s": round(delay, 2)},
-            )
-            await asyncio.sleep(delay)
+            await pause_before_reconnect(log, backoff, self._was_healthy, self.url, reason, floor)
 
     async def _session(self, sink: TickSink) -> None:
         self._was_healthy = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from typing import Annotated, ClassVar, Protocol
 from pydantic import Field
 
 from services.common.models import Bar, Profile, Tick, Week52
+from services.common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,25 @@ class TradeStream(Protocol):
 
     async def run(self, sink: TickSink) -> None:
         """Deliver tick batches to `sink` until cancelled."""
+
+
+async def pause_before_reconnect(
+    logger: logging.Logger,
+    backoff: Backoff,
+    healthy: bool,
+    url: str,
+    reason: str,
+    floor: float = 0.0,
+) -> None:
+    """Wait before a trade stream reconnects (REST is polled meanwhile), saying why."""
+    if healthy:
+        backoff.reset()  # a socket that delivered starts its back-off afresh
+    delay = max(backoff.next(), floor)
+    logger.warning(
+        "trade stream down; polling REST until it is back",
+        extra={"url": url, "reason": reason, "retry_in_s": round(delay, 2)},
+    )
+    await asyncio.sleep(delay)
 
 
 def _log_drop(kind: str, detail: str) -> None:

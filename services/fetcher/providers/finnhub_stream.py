@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -16,7 +15,12 @@ from websockets.asyncio.client import connect
 
 from services.common.models import Tick
 from services.common.retry import Backoff
-from services.fetcher.providers.base import EpochMillis, ProviderFatal, TickSink
+from services.fetcher.providers.base import (
+    EpochMillis,
+    ProviderFatal,
+    TickSink,
+    pause_before_reconnect,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +119,7 @@ class FinnhubStream:
             except Exception as exc:  # a bug or an unforeseen message must not end the stream
                 log.exception("trade stream failed")
                 reason = type(exc).__name__
-            if self._was_healthy:
-                backoff.reset()
-            delay = backoff.next()
-            log.warning(
-                "trade stream down; polling REST until it is back",
-                extra={"url": self.safe_url, "reason": reason, "retry_in_s": round(delay, 2)},
-            )
-            await asyncio.sleep(delay)
+            await pause_before_reconnect(log, backoff, self._was_healthy, self.safe_url, reason)
 
     async def _session(self, sink: TickSink) -> None:
         self._was_healthy = False
