@@ -49,8 +49,8 @@ QUICK = Durations(failover_after=4, heal_interval=5, primary_cut=15, heal_within
 FULL = Durations(failover_after=30, heal_interval=60, primary_cut=150, heal_within=240)
 
 
-def durations() -> Durations:
-    return FULL if os.environ.get("STOCKSTREAMER_ACCEPTANCE") == "full" else QUICK
+# Read at import: each test starts without the STOCKSTREAMER_* variables of its environment.
+STEPS = FULL if os.environ.get("STOCKSTREAMER_ACCEPTANCE") == "full" else QUICK
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ async def _until_second(second: float) -> None:
 
 
 async def test_make_run_on_alpaca_then_finnhub_fails_over_and_heals(data_dir: Path) -> None:
-    steps = durations()
+    steps = STEPS
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=BACKFILL_DAYS + 1)
     primary = await alpaca.FakeAlpaca(start=start, calendar="24/7", trade_interval=0.2).start()
     secondary = await finnhub.FakeFinnhub(trade_interval=0.2).start()
