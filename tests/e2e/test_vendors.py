@@ -125,6 +125,7 @@ async def _until_second(second: float) -> None:
     await asyncio.sleep(wait)
 
 
+@pytest.mark.timeout(1200 if STEPS is FULL else 300)
 async def test_make_run_on_alpaca_then_finnhub_fails_over_and_heals(data_dir: Path) -> None:
     steps = STEPS
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=BACKFILL_DAYS + 1)
