@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import TypeVar
 
 from services.common.models import Bar, Profile, Tick, Week52
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_CLOCK_SKEW = timedelta(minutes=1)
 MAX_VOLUME = 2**63 - 1  # the `volume bigint` column: more would fail the whole batch's insert
@@ -83,40 +85,47 @@ class DropLog:
             )
 
 
+def _split(
+    items: Iterable[T],
+    check: Callable[[T], str | None],
+    describe: Callable[[T], str],
+    drops: DropLog,
+) -> tuple[list[T], Counter[str]]:
+    """The items `check` finds nothing wrong with, and a count of the others by reason."""
+    good: list[T] = []
+    dropped: Counter[str] = Counter()
+    for item in items:
+        reason = check(item)
+        if reason is None:
+            good.append(item)
+        else:
+            dropped[reason] += 1
+            drops.record(reason, describe(item))
+    return good, dropped
+
+
 def split_valid(
     ticks: Iterable[Tick], tracked: Collection[str], now: datetime, drops: DropLog
 ) -> tuple[list[Tick], Counter[str]]:
     """Good ticks, and a count of the dropped ones by reason."""
-    good: list[Tick] = []
-    dropped: Counter[str] = Counter()
-    for tick in ticks:
-        reason = check_tick(tick, tracked, now)
-        if reason is None:
-            good.append(tick)
-        else:
-            dropped[reason] += 1
-            drops.record(reason, f"{tick.symbol} {tick.price} at {tick.ts.isoformat()}")
-    return good, dropped
+    return _split(
+        ticks,
+        lambda t: check_tick(t, tracked, now),
+        lambda t: f"{t.symbol} {t.price} at {t.ts.isoformat()}",
+        drops,
+    )
 
 
 def split_valid_bars(
     bars: Iterable[Bar], tracked: Collection[str], now: datetime, drops: DropLog
 ) -> tuple[list[Bar], Counter[str]]:
     """Good vendor bars, and a count of the dropped ones by reason."""
-    good: list[Bar] = []
-    dropped: Counter[str] = Counter()
-    for bar in bars:
-        reason = check_bar(bar, tracked, now)
-        if reason is None:
-            good.append(bar)
-        else:
-            dropped[reason] += 1
-            drops.record(
-                reason,
-                f"{bar.symbol} bar at {bar.start.isoformat()}:"
-                f" {bar.open}/{bar.high}/{bar.low}/{bar.close}",
-            )
-    return good, dropped
+    return _split(
+        bars,
+        lambda b: check_bar(b, tracked, now),
+        lambda b: f"{b.symbol} bar at {b.start.isoformat()}: {b.open}/{b.high}/{b.low}/{b.close}",
+        drops,
+    )
 
 
 MAX_NAME = 200
