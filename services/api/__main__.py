@@ -9,6 +9,7 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.api.server import ApiServer
 from services.common.config import load_settings
 from services.common.logging import setup_logging
 
@@ -34,7 +35,7 @@ def main() -> int:
     # graceful, so the process ends with 0 like the other services rather than dying by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.Server(config).run()
+    ApiServer(config).run()
     return 0
 
 
