@@ -21,6 +21,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 RDS_OVERRIDE = ROOT / "deploy" / "compose.rds.yaml"
 OBSERVABILITY_COMPOSE = ROOT / "deploy" / "observability" / "compose.yaml"
 SERVER_OVERRIDE = ROOT / "deploy" / "compose.server.yaml"
+WEB_OVERRIDE = ROOT / "deploy" / "compose.web.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 # compose service → the settings-doc service whose class it runs (migrate is `make migrate`).

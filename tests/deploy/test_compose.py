@@ -27,6 +27,8 @@ from tests.deploy.compose import (
     RDS_OVERRIDE,
     ROOT,
     SERVER_OVERRIDE,
+    WEB_OVERRIDE,
+    MissingVariable,
     all_setting_names,
     documented,
     dotenv,
@@ -145,7 +147,9 @@ def test_compose_file_matches_the_compose_spec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("override", [RDS_OVERRIDE, SERVER_OVERRIDE], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "override", [RDS_OVERRIDE, SERVER_OVERRIDE, WEB_OVERRIDE], ids=lambda p: p.name
+)
 def test_overrides_match_the_compose_spec(override: Path) -> None:
     schema_file = files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
     schema = json.loads(schema_file.read_text())
@@ -587,7 +591,7 @@ def test_env_example_documents_every_setting_and_variable() -> None:
     names = documented(ENV_EXAMPLE.read_text())
     missing_settings = all_setting_names() - names
     assert not missing_settings, f".env.example lacks {sorted(missing_settings)}"
-    files = (COMPOSE_FILE, RDS_OVERRIDE, SERVER_OVERRIDE, OBSERVABILITY_COMPOSE)
+    files = (COMPOSE_FILE, RDS_OVERRIDE, SERVER_OVERRIDE, WEB_OVERRIDE, OBSERVABILITY_COMPOSE)
     compose_vars = set().union(*map(variables_used, files))
     assert not compose_vars - names
     unknown = names - all_setting_names() - compose_vars - {"COMPOSE_PROFILES", "COMPOSE_FILE"}
@@ -622,6 +626,38 @@ def test_rds_override_swaps_the_database(compose: dict[str, Any]) -> None:
         assert mounts(override[name])[f"/run/secrets/{name}_database_url"] == (
             f"{env['STOCKSTREAMER_SECRETS_DIR']}/{name}-database-url:ro"
         )
+
+
+def test_web_override_runs_api_and_dashboard_behind_the_load_balancer(
+    compose: dict[str, Any],
+) -> None:
+    """The scale-out mode's API instances: the API waits for its secret files alone (the
+    migrations run elsewhere), both publish their own port on every interface, and each believes
+    the load balancer's X-Forwarded-For (and the API the dashboard's, as behind Caddy)."""
+    env = {"STOCKSTREAMER_LOAD_BALANCER_NETWORKS": "10.0.0.0/24,10.0.1.0/24"}
+    web = interpolate_all(load_yaml(WEB_OVERRIDE), env)["services"]
+    assert set(web) == {"api", "dashboard"}
+    assert web["api"]["depends_on"] == {"secrets": {"condition": "service_completed_successfully"}}
+    for name, port in (("api", "STOCKSTREAMER_API_PORT"), ("dashboard", LISTEN_PORT["dashboard"])):
+        container = compose["services"][name]["environment"][port]
+        assert web[name]["ports"] == [f"{container}:{container}"], name
+    base = compose["services"]
+    assert web["api"]["environment"]["STOCKSTREAMER_TRUSTED_PROXIES"] == (
+        base["api"]["environment"]["STOCKSTREAMER_TRUSTED_PROXIES"].replace(
+            "proxy", env["STOCKSTREAMER_LOAD_BALANCER_NETWORKS"]
+        )
+    )
+    assert (
+        web["dashboard"]["environment"]["STOCKSTREAMER_TRUSTED_PROXIES"]
+        == (env["STOCKSTREAMER_LOAD_BALANCER_NETWORKS"])
+    )
+    with pytest.raises(MissingVariable):
+        interpolate_all(load_yaml(WEB_OVERRIDE), {})
+    # With RDS the migrations wait for the secrets one-shot themselves (no postgres in between).
+    rds = load_yaml(RDS_OVERRIDE)["services"]
+    assert rds["migrate"]["depends_on"] == {
+        "secrets": {"condition": "service_completed_successfully"}
+    }
 
 
 def test_caddy_routes_to_the_container_ports(compose: dict[str, Any]) -> None:
