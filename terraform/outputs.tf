@@ -4,7 +4,7 @@ output "instance_id" {
 }
 
 output "public_ip" {
-  description = "Elastic IP of the instance: point domain_name's DNS record here."
+  description = "Elastic IP of the instance: point domain_name's DNS record here (with api_instances > 1, at load_balancer_dns_name instead: this is the singleton's own address)."
   value       = aws_eip.this.public_ip
 }
 
@@ -19,7 +19,7 @@ output "api_url" {
 }
 
 output "ssm_shell_command" {
-  description = "Opens a shell on the instance through SSM Session Manager (no SSH needed)."
+  description = "Opens a shell on the instance (with api_instances > 1, the singleton) through SSM Session Manager (no SSH needed)."
   value       = "aws ssm start-session --region ${var.aws_region} --target ${aws_instance.this.id}"
 }
 
@@ -41,4 +41,27 @@ output "rds_endpoint" {
 output "data_volume_id" {
   description = "The EBS volume holding the container database, its dumps and the secret files (snapshotted daily)."
   value       = aws_ebs_volume.data.id
+}
+
+output "load_balancer_dns_name" {
+  description = "The load balancer's DNS name (api_instances > 1): point domain_name here, with a CNAME record (or a Route 53 alias)."
+  value       = local.scale_out ? aws_lb.web[0].dns_name : null
+}
+
+output "acm_validation_records" {
+  description = "The DNS records that prove domain_name to ACM (api_instances > 1): create each in the domain's zone; `terraform apply` waits for them to validate the load balancer's certificate."
+  value = local.scale_out ? flatten([
+    for certificate in aws_acm_certificate.web : [
+      for option in certificate.domain_validation_options : {
+        name  = option.resource_record_name
+        type  = option.resource_record_type
+        value = option.resource_record_value
+      }
+    ]
+  ]) : null
+}
+
+output "api_autoscaling_group" {
+  description = "The Auto Scaling group of the API instances (api_instances > 1): `aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names <it>` lists them, for `aws ssm start-session --target <instance id>`."
+  value       = local.scale_out ? aws_autoscaling_group.web[0].name : null
 }

@@ -129,7 +129,7 @@ variable "ssh_cidrs" {
 }
 
 variable "domain_name" {
-  description = "DNS name pointing at the elastic IP; set it for automatic HTTPS (Let's Encrypt) and HTTP/3. Empty: plain HTTP by IP, refused unless allow_plain_http."
+  description = "DNS name pointing at the elastic IP; set it for automatic HTTPS (Let's Encrypt) and HTTP/3. Empty: plain HTTP by IP, refused unless allow_plain_http. With api_instances > 1 it is required and points at the load balancer instead (output load_balancer_dns_name), whose ACM certificate is validated by a DNS record (output acm_validation_records)."
   type        = string
   default     = ""
 }
@@ -316,6 +316,50 @@ variable "settings" {
   validation {
     condition     = can(regex("^[1-9][0-9]?$", lookup(var.settings, "STOCKSTREAMER_API_REPLICAS", "1")))
     error_message = "settings.STOCKSTREAMER_API_REPLICAS must be a whole number from 1 to 99."
+  }
+}
+
+################################################################################
+# Optional: scale-out behind an Application Load Balancer
+################################################################################
+
+variable "api_instances" {
+  description = "API instances. 1 (the default): one instance runs the whole stack behind Caddy, on its elastic IP. More: an Application Load Balancer (HTTPS with an ACM certificate for domain_name) in front of an Auto Scaling group of that many instances, each running the API and the dashboard; the existing instance keeps everything that must run once (the fetcher, the migrations and database users) and serves nothing. Needs use_rds = true and domain_name."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.api_instances >= 1 && floor(var.api_instances) == var.api_instances
+    error_message = "api_instances must be a whole number, at least 1 (1: the single-instance deployment)."
+  }
+}
+
+variable "api_instance_type" {
+  description = "EC2 instance type of each API instance (api_instances > 1): its memory must hold the API's and the dashboard's limits plus 512 MiB for the system, checked at plan time. Graviton types get the arm64 image."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "alb_subnet_ids" {
+  description = "Public subnets (of the instance's VPC, in at least two availability zones) for the load balancer and the API instances (api_instances > 1). Empty (the default): the default subnets of the default VPC, which is where the instance is when subnet_id is unset; with subnet_id set, name them here."
+  type        = list(string)
+  default     = []
+}
+
+variable "alb_deletion_protection" {
+  description = "Refuse to delete the load balancer (api_instances > 1); set false before `terraform destroy` or before going back to api_instances = 1."
+  type        = bool
+  default     = true
+}
+
+variable "alb_access_logs_bucket" {
+  description = "S3 bucket for the load balancer's access logs (api_instances > 1), whose bucket policy lets Elastic Load Balancing write to it; empty (the default): no access logs."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$", var.alb_access_logs_bucket))
+    error_message = "alb_access_logs_bucket must be an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens), or empty."
   }
 }
 

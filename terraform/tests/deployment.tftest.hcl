@@ -1,7 +1,8 @@
 # `terraform test`: plans and applies against a mocked AWS provider (no network, no credentials)
 # and checks what the deployment promises: exposure, IMDSv2, encryption, the elastic IP, an
 # instance policy that reaches only what the stack needs, HTTPS unless plain HTTP is asked for,
-# a deployed commit, and an instance whose memory holds the containers' limits.
+# a deployed commit, and an instance whose memory holds the containers' limits; and with
+# api_instances > 1, the load balancer, the API instances and who may reach whom.
 
 mock_provider "aws" {
   # Values the provider itself validates, where the mock's random strings would not pass.
@@ -25,6 +26,24 @@ mock_provider "aws" {
     target = data.aws_subnets.vpc
     values = { ids = ["subnet-0a", "subnet-0b"] }
   }
+  # The load balancer's subnets (scale-out): the default VPC's, in two availability zones.
+  override_data {
+    target = data.aws_subnet.alb["subnet-0a"]
+    values = { vpc_id = "vpc-0123", cidr_block = "172.31.16.0/20", availability_zone = "us-east-1a" }
+  }
+  override_data {
+    target = data.aws_subnet.alb["subnet-0b"]
+    values = { vpc_id = "vpc-0123", cidr_block = "172.31.0.0/20", availability_zone = "us-east-1b" }
+  }
+  override_data {
+    target = data.aws_ssm_parameter.web_ami
+    values = { insecure_value = "ami-0fedcba9876543210" }
+  }
+  # A t3.small's memory, for the API instances.
+  override_data {
+    target = data.aws_ec2_instance_type.web
+    values = { memory_size = 2048 }
+  }
   override_data {
     target = data.aws_caller_identity.current
     values = { account_id = "111122223333" }
@@ -37,6 +56,35 @@ mock_provider "aws" {
   override_data {
     target = data.aws_ec2_instance_type.this
     values = { memory_size = 2048 }
+  }
+  mock_resource "aws_lb" {
+    defaults = {
+      arn      = "arn:aws:elasticloadbalancing:us-east-1:111122223333:loadbalancer/app/stockstreamer-alb/50dc6c495c0c9188"
+      dns_name = "stockstreamer-alb-1234567890.us-east-1.elb.amazonaws.com"
+    }
+  }
+  mock_resource "aws_lb_target_group" {
+    defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:111122223333:targetgroup/stockstreamer/73e2d6bc24d8a067" }
+  }
+  mock_resource "aws_lb_listener" {
+    defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:111122223333:listener/app/stockstreamer-alb/50dc6c495c0c9188/f2f7dc8efc522ab2" }
+  }
+  mock_resource "aws_acm_certificate" {
+    defaults = {
+      arn = "arn:aws:acm:us-east-1:111122223333:certificate/12345678-1234-1234-1234-123456789012"
+      domain_validation_options = [{
+        domain_name           = "stocks.example.com"
+        resource_record_name  = "_0123456789abcdef.stocks.example.com."
+        resource_record_type  = "CNAME"
+        resource_record_value = "_fedcba9876543210.acm-validations.aws."
+      }]
+    }
+  }
+  mock_resource "aws_launch_template" {
+    defaults = { id = "lt-0123456789abcdef0", latest_version = 1 }
+  }
+  mock_resource "aws_acm_certificate_validation" {
+    defaults = { certificate_arn = "arn:aws:acm:us-east-1:111122223333:certificate/12345678-1234-1234-1234-123456789012" }
   }
   override_resource {
     target = aws_db_instance.this
@@ -191,6 +239,35 @@ run "default_container_database" {
   assert {
     condition     = output.grafana_url == null && output.grafana_tunnel_command == null
     error_message = "No Grafana outputs without observability."
+  }
+
+  # api_instances = 1 (the default): the single instance as it always was, and nothing of the
+  # scale-out mode.
+  assert {
+    condition = (
+      length(aws_lb.web) + length(aws_autoscaling_group.web) + length(aws_launch_template.web)
+      + length(aws_lb_target_group.api) + length(aws_lb_target_group.dashboard) + length(aws_lb_listener.https)
+      + length(aws_lb_listener.http) + length(aws_acm_certificate.web) + length(aws_security_group.alb)
+      + length(aws_security_group.web) + length(aws_iam_role.web) + length(aws_vpc_security_group_ingress_rule.web_from_alb)
+    ) == 0
+    error_message = "api_instances = 1 creates no load balancer, no Auto Scaling group and nothing else of the scale-out mode."
+  }
+
+  assert {
+    condition     = output.load_balancer_dns_name == null && output.acm_validation_records == null && output.api_autoscaling_group == null
+    error_message = "No scale-out outputs with api_instances = 1."
+  }
+
+  assert {
+    condition = alltrue([
+      for line in [
+        "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait",
+        "for service in fetcher api; do",
+        "COMPOSE_PROFILES=proxy",
+        "RequiresMountsFor=/var/lib/stockstreamer",
+      ] : strcontains(local.user_data, "\n      ${line}\n")
+    ]) && !strcontains(local.user_data, "compose.web.yaml")
+    error_message = "api_instances = 1: the instance runs every service behind Caddy, the fetcher's and the API's tokens renewed."
   }
 }
 
@@ -623,4 +700,309 @@ run "api_replicas_that_are_not_a_number_are_refused" {
   }
 
   expect_failures = [var.settings]
+}
+
+# api_instances > 1: a load balancer in front of an Auto Scaling group of API instances; the
+# instance keeps what must run once.
+run "scale_out_behind_a_load_balancer" {
+  command = apply
+
+  variables {
+    api_instances             = 3
+    use_rds                   = true
+    market_data_provider      = "finnhub"
+    finnhub_api_key_parameter = "/stockstreamer/finnhub-api-key"
+    ssh_cidrs                 = ["203.0.113.0/24"]
+  }
+
+  # The load balancer: public, in the default VPC's subnets, HTTPS with the ACM certificate.
+  assert {
+    condition = (
+      !aws_lb.web[0].internal && aws_lb.web[0].load_balancer_type == "application"
+      && toset(aws_lb.web[0].subnets) == toset(["subnet-0a", "subnet-0b"])
+      && toset(aws_lb.web[0].security_groups) == toset([aws_security_group.alb[0].id])
+    )
+    error_message = "An internet-facing Application Load Balancer in two availability zones, behind its own security group."
+  }
+
+  assert {
+    condition     = aws_lb.web[0].idle_timeout == 3600 && aws_lb.web[0].drop_invalid_header_fields && aws_lb.web[0].enable_deletion_protection
+    error_message = "An hour's idle timeout (WebSockets of a quiet market), invalid headers dropped, deletion protected by default."
+  }
+
+  assert {
+    condition = (
+      aws_acm_certificate.web[0].domain_name == "stocks.example.com" && aws_acm_certificate.web[0].validation_method == "DNS"
+      && aws_lb_listener.https[0].port == 443 && aws_lb_listener.https[0].protocol == "HTTPS"
+      && aws_lb_listener.https[0].certificate_arn == aws_acm_certificate_validation.web[0].certificate_arn
+      && aws_acm_certificate_validation.web[0].certificate_arn == aws_acm_certificate.web[0].arn
+      && startswith(aws_lb_listener.https[0].ssl_policy, "ELBSecurityPolicy-TLS13-1-2-")
+    )
+    error_message = "HTTPS on 443 with the validated ACM certificate for domain_name and a TLS 1.3/1.2 policy."
+  }
+
+  assert {
+    condition = (
+      aws_lb_listener.http[0].port == 80 && aws_lb_listener.http[0].default_action[0].type == "redirect"
+      && aws_lb_listener.http[0].default_action[0].redirect[0].protocol == "HTTPS"
+      && aws_lb_listener.http[0].default_action[0].redirect[0].port == "443"
+    )
+    error_message = "Port 80 redirects to HTTPS."
+  }
+
+  assert {
+    condition = (
+      aws_lb_listener.https[0].routing_http_response_strict_transport_security_header_value == "max-age=31536000; includeSubDomains"
+      && aws_lb_listener.https[0].routing_http_response_x_content_type_options_header_value == "nosniff"
+      && aws_lb_listener.https[0].routing_http_response_x_frame_options_header_value == "DENY"
+      && strcontains(aws_lb_listener.https[0].routing_http_response_content_security_policy_header_value, "frame-ancestors 'none'")
+    )
+    error_message = "The load balancer adds Caddy's security headers."
+  }
+
+  # Routing: the API's paths, the private ones refused, the rest the dashboard's.
+  assert {
+    condition = (
+      aws_lb_listener.https[0].default_action[0].target_group_arn == aws_lb_target_group.dashboard[0].arn
+      && aws_lb_listener_rule.api[0].action[0].target_group_arn == aws_lb_target_group.api[0].arn
+      && toset(one(aws_lb_listener_rule.api[0].condition).path_pattern[0].values) == toset(["/api/*", "/openapi.json"])
+      && aws_lb_listener_rule.private[0].action[0].fixed_response[0].status_code == "404"
+      && toset(one(aws_lb_listener_rule.private[0].condition).path_pattern[0].values) == toset(["/metrics*", "/docs*", "/redoc*"])
+      && aws_lb_listener_rule.private[0].priority < aws_lb_listener_rule.api[0].priority
+    )
+    error_message = "/api/* and /openapi.json to the API, /metrics and the docs refused, everything else to the dashboard."
+  }
+
+  # The target groups: health on /readyz (the API) and /healthz (the dashboard), the dashboard sticky.
+  assert {
+    condition = (
+      aws_lb_target_group.api[0].port == 8000 && aws_lb_target_group.api[0].protocol == "HTTP"
+      && aws_lb_target_group.api[0].health_check[0].path == "/readyz" && aws_lb_target_group.api[0].health_check[0].matcher == "200"
+      && aws_lb_target_group.api[0].load_balancing_algorithm_type == "least_outstanding_requests"
+    )
+    error_message = "The API's target group: its port, health checked on /readyz, streams balanced by count."
+  }
+
+  assert {
+    condition = (
+      aws_lb_target_group.dashboard[0].port == 5006 && aws_lb_target_group.dashboard[0].health_check[0].path == "/healthz"
+      && aws_lb_target_group.dashboard[0].stickiness[0].enabled && aws_lb_target_group.dashboard[0].stickiness[0].type == "lb_cookie"
+      && length([for group in [aws_lb_target_group.api[0], aws_lb_target_group.dashboard[0]] : group if group.deregistration_delay == "30"]) == 2
+    )
+    error_message = "The dashboard's target group: sticky (a Bokeh page and its WebSocket on one instance), health on /healthz; both release leaving instances after 30 s."
+  }
+
+  # The group: N instances from the launch template, in both target groups, replaced on failed
+  # load balancer health checks, a replacement healthy before the instance it replaces goes.
+  assert {
+    condition = (
+      aws_autoscaling_group.web[0].desired_capacity == 3 && aws_autoscaling_group.web[0].min_size == 3
+      && aws_autoscaling_group.web[0].max_size == 6
+      && aws_autoscaling_group.web[0].health_check_type == "ELB" && aws_autoscaling_group.web[0].health_check_grace_period >= 600
+      && toset(aws_autoscaling_group.web[0].target_group_arns) == toset([aws_lb_target_group.api[0].arn, aws_lb_target_group.dashboard[0].arn])
+      && toset(aws_autoscaling_group.web[0].vpc_zone_identifier) == toset(["subnet-0a", "subnet-0b"])
+      && aws_autoscaling_group.web[0].launch_template[0].id == aws_launch_template.web[0].id
+      && aws_autoscaling_group.web[0].instance_maintenance_policy[0].min_healthy_percentage == 100
+      && aws_autoscaling_group.web[0].instance_maintenance_policy[0].max_healthy_percentage == 200
+    )
+    error_message = "api_instances API instances in both target groups, ELB health checks with a grace period, launched before what they replace."
+  }
+
+  assert {
+    condition = (
+      aws_launch_template.web[0].metadata_options[0].http_tokens == "required" && aws_launch_template.web[0].metadata_options[0].http_put_response_hop_limit == 1
+      && aws_launch_template.web[0].block_device_mappings[0].ebs[0].encrypted == "true"
+      && aws_launch_template.web[0].image_id == "ami-0fedcba9876543210" && aws_launch_template.web[0].instance_type == "t3.small"
+      && aws_launch_template.web[0].iam_instance_profile[0].name == aws_iam_instance_profile.web[0].name
+      && toset(aws_launch_template.web[0].network_interfaces[0].security_groups) == toset([aws_security_group.web[0].id])
+    )
+    error_message = "The API instances: IMDSv2 out of the containers' reach, an encrypted root volume, the image lookup, their own profile and security group."
+  }
+
+  assert {
+    condition     = aws_launch_template.web[0].user_data == base64gzip(local.web_user_data) && length(aws_launch_template.web[0].user_data) <= 16384 && startswith(local.web_user_data, "#cloud-config\n")
+    error_message = "The API instances get their cloud-config, gzip-compressed, within EC2's user data limit."
+  }
+
+  # Who reaches whom: the internet the load balancer; the load balancer alone the API instances'
+  # two ports; the instances alone RDS; the singleton serves nothing.
+  assert {
+    condition = (
+      [for rule in values(aws_vpc_security_group_ingress_rule.alb_http) : [rule.ip_protocol, rule.from_port, rule.cidr_ipv4]] == [["tcp", 80, "0.0.0.0/0"]]
+      && [for rule in values(aws_vpc_security_group_ingress_rule.alb_https) : [rule.ip_protocol, rule.from_port, rule.cidr_ipv4]] == [["tcp", 443, "0.0.0.0/0"]]
+    )
+    error_message = "The load balancer takes 80 and 443 from allowed_cidrs."
+  }
+
+  assert {
+    condition = (
+      toset([for rule in values(aws_vpc_security_group_ingress_rule.web_from_alb) : rule.from_port]) == toset([8000, 5006])
+      && alltrue([for rule in values(aws_vpc_security_group_ingress_rule.web_from_alb) : rule.referenced_security_group_id == aws_security_group.alb[0].id && rule.cidr_ipv4 == null && rule.from_port == rule.to_port])
+      && alltrue([for rule in values(aws_vpc_security_group_egress_rule.alb_to_web) : rule.referenced_security_group_id == aws_security_group.web[0].id])
+      && [for rule in values(aws_vpc_security_group_ingress_rule.web_ssh) : rule.cidr_ipv4] == ["203.0.113.0/24"]
+    )
+    error_message = "The API instances' ports from the load balancer's security group alone (and SSH from ssh_cidrs); the load balancer sends only there."
+  }
+
+  assert {
+    condition = (
+      length(aws_vpc_security_group_ingress_rule.http) + length(aws_vpc_security_group_ingress_rule.https) + length(aws_vpc_security_group_ingress_rule.http3) == 0
+    )
+    error_message = "The singleton opens no web port: the load balancer serves the site."
+  }
+
+  assert {
+    condition = (
+      aws_vpc_security_group_ingress_rule.rds_from_instance[0].referenced_security_group_id == aws_security_group.instance.id
+      && aws_vpc_security_group_ingress_rule.rds_from_web[0].referenced_security_group_id == aws_security_group.web[0].id
+      && aws_vpc_security_group_ingress_rule.rds_from_web[0].from_port == 5432 && aws_vpc_security_group_ingress_rule.rds_from_web[0].cidr_ipv4 == null
+      && aws_vpc_security_group_egress_rule.web_postgres[0].referenced_security_group_id == aws_security_group.rds[0].id
+    )
+    error_message = "PostgreSQL from the singleton's and the API instances' security groups only."
+  }
+
+  # Each role's permissions: the API instances their login alone; the singleton the fetcher's.
+  assert {
+    condition = (
+      toset(flatten([for s in jsondecode(aws_iam_role_policy.web[0].policy).Statement : s.Action])) == toset([
+        "ssm:UpdateInstanceInformation",
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+        "rds-db:connect",
+      ])
+      && [for s in jsondecode(aws_iam_role_policy.web[0].policy).Statement : s.Resource if s.Sid == "DatabaseLogins"] == [["arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_api"]]
+    )
+    error_message = "An API instance may run the Session Manager agent and log in as the API: no key, no master secret."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Resource if s.Sid == "DatabaseLogins"] == [["arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_fetcher"]]
+    error_message = "The singleton logs in as the fetcher only (and keeps the master secret for the migrations)."
+  }
+
+  # What each runs.
+  assert {
+    condition = alltrue([
+      for line in [
+        "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher",
+        "ExecReload=/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher",
+        "for service in fetcher; do",
+        "COMPOSE_PROFILES=",
+        "finnhub-api-key /stockstreamer/finnhub-api-key",
+      ] : strcontains(local.user_data, "\n      ${line}\n")
+    ])
+    error_message = "The singleton runs the fetcher (and the one-shots before it), no proxy, and reads the vendor's key."
+  }
+
+  assert {
+    condition = alltrue([
+      for line in [
+        "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait api dashboard",
+        "compose_file=docker-compose.yml:deploy/compose.rds.yaml:deploy/compose.web.yaml",
+        "for service in api; do",
+        "LOAD_BALANCER_NETWORKS=172.31.0.0/20,172.31.16.0/20",
+        "# secret file, SSM parameter",
+      ] : strcontains(local.web_user_data, "\n      ${line}\n")
+    ])
+    error_message = "An API instance runs the API and the dashboard, trusts the load balancer's subnets, renews the API's token."
+  }
+
+  assert {
+    condition = (
+      !strcontains(local.web_user_data, "secretsmanager") && !strcontains(local.web_user_data, "finnhub-api-key /")
+      && !strcontains(local.web_user_data, "fs_setup") && !strcontains(local.web_user_data, "edge-firewall")
+    )
+    error_message = "An API instance reads no secret and no key, has no data volume and no per-address firewall (the load balancer's addresses would trip it)."
+  }
+
+  assert {
+    condition = (
+      output.load_balancer_dns_name == aws_lb.web[0].dns_name && output.dashboard_url == "https://stocks.example.com/"
+      && output.acm_validation_records == [{ name = "_0123456789abcdef.stocks.example.com.", type = "CNAME", value = "_fedcba9876543210.acm-validations.aws." }]
+      && output.api_autoscaling_group == aws_autoscaling_group.web[0].name
+    )
+    error_message = "The outputs name the load balancer to point domain_name at, and the records that validate its certificate."
+  }
+}
+
+run "scale_out_needs_rds" {
+  command = plan
+
+  variables {
+    api_instances = 2
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "scale_out_needs_a_domain" {
+  command = plan
+
+  variables {
+    api_instances    = 2
+    use_rds          = true
+    domain_name      = ""
+    allow_plain_http = true
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "scale_out_in_a_named_subnet_needs_the_load_balancers_subnets" {
+  command = plan
+
+  variables {
+    api_instances = 2
+    use_rds       = true
+    subnet_id     = "subnet-0a"
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "scale_out_names_no_api_replicas" {
+  command = plan
+
+  variables {
+    api_instances = 2
+    use_rds       = true
+    settings      = { STOCKSTREAMER_API_REPLICAS = "2" }
+  }
+
+  # Memory enough for the replicas: only the combination is refused.
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 4096 }
+  }
+
+  expect_failures = [aws_instance.this]
+}
+
+run "an_api_instance_smaller_than_its_containers_is_refused" {
+  command = plan
+
+  variables {
+    api_instances     = 2
+    use_rds           = true
+    api_instance_type = "t3.nano"
+  }
+
+  override_data {
+    target = data.aws_ec2_instance_type.web
+    values = { memory_size = 512 }
+  }
+
+  expect_failures = [aws_launch_template.web]
+}
+
+run "api_instances_must_be_a_whole_number_from_one" {
+  command = plan
+
+  variables {
+    api_instances = 0
+  }
+
+  expect_failures = [var.api_instances]
 }

@@ -50,6 +50,11 @@ VARS: dict[str, Any] = {
     "edge_rate": 10,
     "edge_burst": 40,
     "edge_connections": 64,
+    # api_instances = 1: the whole stack on one instance.
+    "role": "all",
+    "compose_services": [],
+    "db_token_services": ["fetcher", "api"],
+    "load_balancer_networks": "",
 }
 
 
@@ -72,6 +77,30 @@ OBSERVABILITY: dict[str, Any] = {
     "grafana_route": "on",
     "grafana_root_url": "https://stocks.example.com/grafana/",
 }
+
+
+# api_instances > 1: the instance that runs what must run once (RDS required)...
+SINGLETON: dict[str, Any] = {
+    "role": "singleton",
+    "compose_profiles": "",
+    "compose_services": ["fetcher"],
+    "db_token_services": ["fetcher"],
+}
+
+# ... and an API instance behind the load balancer: no data volume, no key, no master secret.
+WEB: dict[str, Any] = {
+    "role": "web",
+    "arch": "amd64",
+    "vendor_key_parameters": {},
+    "data_device": "",
+    "rds_secret_arn": "",
+    "compose_profiles": "",
+    "compose_services": ["api", "dashboard"],
+    "db_token_services": ["api"],
+    "load_balancer_networks": "172.31.0.0/20,172.31.16.0/20",
+}
+
+ROLES = {"all": {}, "singleton": SINGLETON, "web": WEB}
 
 
 def render(tmp_path: Path, **overrides: Any) -> str:
@@ -138,9 +167,16 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
 
 
 def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
-    """Debian's cloud-init validates both renderings (.ci/run installs it)."""
+    """Debian's cloud-init validates every rendering (.ci/run installs it)."""
     cloud_init = require_tool("cloud-init", package="cloud-init")
-    for name, overrides in (("rds", {}), ("container", WITHOUT_RDS), ("obs", OBSERVABILITY)):
+    renderings: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("rds", {}),
+        ("container", WITHOUT_RDS),
+        ("obs", OBSERVABILITY),
+        ("singleton", SINGLETON),
+        ("web", WEB),
+    )
+    for name, overrides in renderings:
         path = tmp_path / f"{name}.yaml"
         path.write_text(render(tmp_path, **overrides))
         result = subprocess.run(  # noqa: S603
@@ -214,10 +250,11 @@ def test_container_database_is_dumped_daily(tmp_path: Path) -> None:
     assert "/etc/systemd/system/stockstreamer-db-tokens.timer" not in written
 
 
-def test_scripts_are_valid_bash(tmp_path: Path) -> None:
+@pytest.mark.parametrize("role", ROLES)
+def test_scripts_are_valid_bash(tmp_path: Path, role: str) -> None:
     bash = shutil.which("bash")
     assert bash is not None
-    for path, content in files(yaml.safe_load(render(tmp_path))).items():
+    for path, content in files(yaml.safe_load(render(tmp_path, **ROLES[role]))).items():
         if content.startswith("#!/bin/bash"):
             result = subprocess.run(  # noqa: S603
                 [bash, "-n"], input=content, capture_output=True, text=True, check=False
@@ -518,3 +555,107 @@ def test_edge_firewall_is_loaded_at_boot_before_docker(tmp_path: Path) -> None:
     assert "nftables" in config["packages"]
     stack = written["/etc/systemd/system/stockstreamer.service"].splitlines()
     assert "Wants=stockstreamer-edge-firewall.service" in stack
+
+
+def unit_commands(unit: str, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(f"{key}=")]
+
+
+def test_singleton_runs_what_must_run_once(tmp_path: Path) -> None:
+    """api_instances > 1: the fetcher and the one-shots it starts after, no proxy, no web port."""
+    written = files(yaml.safe_load(render(tmp_path, **SINGLETON)))
+    unit = written["/etc/systemd/system/stockstreamer.service"]
+    up = "/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher"
+    assert unit_commands(unit, "ExecStart") == [up]
+    assert up in unit_commands(unit, "ExecReload")
+    assert "for service in fetcher; do" in written["/usr/local/sbin/stockstreamer-db-tokens"]
+    # Its data volume, its vendors' keys and the master secret (for the migrations) as before.
+    assert "RequiresMountsFor=/var/lib/stockstreamer" in unit.splitlines()
+    assert "aws secretsmanager get-secret-value" in written["/usr/local/sbin/stockstreamer-env"]
+    assert "COMPOSE_PROFILES=" in env_writer(tmp_path, **SINGLETON).splitlines()
+
+
+def test_web_instance_runs_the_api_and_the_dashboard_alone(tmp_path: Path) -> None:
+    config = yaml.safe_load(render(tmp_path, **WEB))
+    written = files(config)
+    unit = written["/etc/systemd/system/stockstreamer.service"]
+    up = "/usr/bin/docker compose up -d --build --remove-orphans --wait api dashboard"
+    assert unit_commands(unit, "ExecStart") == [up]
+    assert up in unit_commands(unit, "ExecReload")
+    # No data volume: nothing waits for one, formats or mounts it.
+    assert "fs_setup" not in config and "mounts" not in config
+    assert len(config["bootcmd"]) == 1 and "public-ipv4" in config["bootcmd"][0][2]
+    assert not [line for line in unit.splitlines() if "RequiresMountsFor" in line]
+    # No per-address limits: every connection comes from the load balancer's few addresses.
+    assert not [p for p in written if "edge-firewall" in p]
+    assert "edge-firewall" not in unit and "edge-firewall" not in json.dumps(config["runcmd"])
+    # The API's token alone, renewed by the timer; the compose files exist in the repository.
+    assert "for service in api; do" in written["/usr/local/sbin/stockstreamer-db-tokens"]
+    assert "OnUnitActiveSec=5min" in written["/etc/systemd/system/stockstreamer-db-tokens.timer"]
+    script = written["/usr/local/sbin/stockstreamer-env"]
+    for name in re.findall(r"deploy/[\w.-]+\.yaml", script):
+        assert (ROOT / name).is_file(), name
+    assert "deploy/compose.web.yaml" in script and "deploy/compose.server.yaml" not in script
+    env = env_writer(tmp_path, **WEB).splitlines()
+    assert "STOCKSTREAMER_LOAD_BALANCER_NETWORKS=172.31.0.0/20,172.31.16.0/20" in env
+    assert "COMPOSE_PROFILES=" in env
+
+
+def test_web_instance_start_reads_no_secret(tmp_path: Path) -> None:
+    """The API instance's whole start script, run with stand-ins for curl, the AWS CLI and the
+    token renewer: .env for the web override, the RDS CA fetched once, and no AWS call at all
+    (no vendor key, no master secret)."""
+    written = files(yaml.safe_load(render(tmp_path, **WEB)))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("deploy.env", "settings.env", "vendor-keys"):
+        (etc / name).write_text(written[f"/etc/stockstreamer/{name}"])
+    data, repo, bin_dir = tmp_path / "data", tmp_path / "repo", tmp_path / "bin"
+    for directory in (repo, bin_dir):
+        directory.mkdir()
+    calls = tmp_path / "calls"
+    stubs = {
+        "aws": f'echo "aws $*" >>{calls}\n',
+        "curl": f'echo "curl $*" >>{calls}\n'
+        'while [ $# -gt 0 ]; do [ "$1" = -o ] && echo CA >"$2"; shift; done\n',
+        "db-tokens": f"echo tokens >>{calls}\n",
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}")
+        (bin_dir / name).chmod(0o755)
+    script = written["/usr/local/sbin/stockstreamer-env"]
+    for path, here in (
+        ("/etc/stockstreamer", str(etc)),
+        ("/var/lib/stockstreamer", str(data)),
+        ("/opt/stockstreamer", str(repo)),
+        ("/usr/local/sbin/stockstreamer-db-tokens", str(bin_dir / "db-tokens")),
+    ):
+        script = script.replace(path, here)
+    (tmp_path / "env.sh").write_text(script)
+
+    def start() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603
+            [shutil.which("bash") or "bash", str(tmp_path / "env.sh")],
+            env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+
+    result = start()
+    assert result.returncode == 0, result.stderr
+    env = (repo / ".env").read_text().splitlines()
+    assert "COMPOSE_FILE=docker-compose.yml:deploy/compose.rds.yaml:deploy/compose.web.yaml" in env
+    assert "STOCKSTREAMER_RDS_ADDRESS=db.example.internal" in env
+    assert f"STOCKSTREAMER_RDS_CA_FILE={data}/rds-ca.pem" in env
+    assert f"STOCKSTREAMER_SECRETS_DIR={data}/secrets" in env
+    assert "STOCKSTREAMER_LOAD_BALANCER_NETWORKS=172.31.0.0/20,172.31.16.0/20" in env
+    assert (data / "rds-ca.pem").read_text() == "CA\n"
+    assert (data / "secrets").stat().st_mode & 0o777 == 0o700
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith("curl ") and "truststore.pki.rds.amazonaws.com" in lines[0]
+    assert lines[1:] == ["tokens"], "no AWS call: no key, no secret"
+    # Every later start keeps the CA it has and renews the token again.
+    assert start().returncode == 0
+    assert calls.read_text().splitlines()[2:] == ["tokens"]

@@ -450,10 +450,13 @@ def test_terraform_sizes_the_instance_by_these_limits() -> None:
         mib(s["mem_limit"]) for s in services.values() if s.get("profiles") == ["observability"]
     )
     numbers = load_terraform(ROOT / "terraform").locals["compose_memory_mib"]
+    # An API instance of the scale-out mode runs these alone (deploy/compose.web.yaml).
+    web = sum(mib(services[n]["mem_limit"]) for n in ("secrets", "api", "dashboard"))
     assert numbers == {
         "default_stack": default,
         "observability": profile,
         "extra_api_replica": mib(services["api"]["mem_limit"]),
+        "web_stack": web,
     }
 
 

@@ -17,12 +17,14 @@ import pytest
 from services.common.market import calendar_names
 from services.fetcher import config as fetcher_config
 from services.secrets import CONSUMERS, VENDOR_KEYS
+from tests.deploy.compose import WEB_OVERRIDE, load_yaml
 from tests.deploy.hcl import Terraform, load_terraform, one
 from tests.utils.tools import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = ROOT / "terraform"
 SENSITIVE_PORTS = (22, 5432)
+CADDYFILE = ROOT / "deploy" / "Caddyfile"
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +48,46 @@ def _world_open(rule: dict[str, Any], tf: Terraform) -> bool:
     return any(ipaddress.ip_network(c).prefixlen == 0 for c in cidrs)
 
 
+def _port_ranges(rule: dict[str, Any], tf: Terraform) -> list[tuple[int, int]]:
+    """A rule's ports: literal, or each value of the local map its for_each runs over."""
+    if rule["from_port"] == rule["to_port"] == "${each.value}":
+        maps = [tf.locals[n] for n in re.findall(r"local\.(\w+)", rule["for_each"])]
+        ports = [p for m in maps if isinstance(m, dict) for p in m.values()]
+        assert ports and all(isinstance(p, int) for p in ports), rule["for_each"]
+        return [(p, p) for p in ports]
+    return [(rule["from_port"], rule["to_port"])]
+
+
 def test_no_world_ingress_to_ssh_or_postgres(tf: Terraform) -> None:
     rules = tf.resource("aws_vpc_security_group_ingress_rule")
     assert rules, "ingress must be one aws_vpc_security_group_ingress_rule per rule"
     for name, rule in rules.items():
-        low, high = rule["from_port"], rule["to_port"]
-        exposed = [p for p in SENSITIVE_PORTS if low <= p <= high or rule["ip_protocol"] == "-1"]
+        exposed = [
+            p
+            for low, high in _port_ranges(rule, tf)
+            for p in SENSITIVE_PORTS
+            if low <= p <= high or rule["ip_protocol"] == "-1"
+        ]
         assert not (exposed and _world_open(rule, tf)), f"{name} opens {exposed} to 0.0.0.0/0"
     for name, group in tf.resource("aws_security_group").items():
         assert "ingress" not in group, f"{name}: inline ingress bypasses the per-rule resources"
 
 
 def test_https_is_opened_only_with_a_domain(tf: Terraform) -> None:
+    """The instance's own web ports: 443 only with a domain, and none when the load balancer
+    serves the site (api_instances > 1)."""
     rules = tf.resource("aws_vpc_security_group_ingress_rule")
     for name, protocol in (("https", "tcp"), ("http3", "udp")):
         rule = rules[name]
         assert (rule["from_port"], rule["to_port"], rule["ip_protocol"]) == (443, 443, protocol)
         assert rule["for_each"] == "${local.https_cidrs}", name
     assert tf.locals["https_cidrs"] == (
-        '${var.domain_name != "" ? toset(var.allowed_cidrs) : toset([])}'
+        '${var.domain_name != "" && !local.scale_out ? toset(var.allowed_cidrs) : toset([])}'
     )
-    assert rules["http"]["for_each"] == "${toset(var.allowed_cidrs)}"
+    assert rules["http"]["for_each"] == "${local.http_cidrs}"
+    assert tf.locals["http_cidrs"] == "${local.scale_out ? toset([]) : toset(var.allowed_cidrs)}"
+    assert tf.locals["scale_out"] == "${var.api_instances > 1}"
+    assert tf.variables["api_instances"]["default"] == 1, "one instance unless asked"
     assert tf.variables["allow_plain_http"]["default"] is False
 
 
@@ -107,8 +128,11 @@ def test_instance_policy_is_its_own_and_minimal(tf: Terraform) -> None:
     text = "".join(p.read_text() for p in TERRAFORM_DIR.glob("*.tf"))
     assert "AmazonSSMManagedInstanceCore" not in text
     attachments = tf.resource("aws_iam_role_policy_attachment")
-    assert all("aws_iam_role.instance" not in a["role"] for a in attachments.values())
-    assert set(tf.resource("aws_iam_role_policy")) == {"instance"}
+    assert not [
+        a for a in attachments.values() if re.search(r"aws_iam_role\.(instance|web)", a["role"])
+    ]
+    # The instance's, and the API instances' of the scale-out mode.
+    assert set(tf.resource("aws_iam_role_policy")) == {"instance", "web"}
     # The details (actions, resources) are asserted on a plan by terraform/tests.
 
 
@@ -116,13 +140,22 @@ def test_user_data_carries_no_secret(tf: Terraform) -> None:
     assert tf.resource("aws_instance")["this"]["user_data_base64"] == (
         "${base64gzip(local.user_data)}"
     )
-    user_data = tf.locals["user_data"]
-    assert user_data.startswith('${templatefile("${path.module}/templates/')
+    assert tf.resource("aws_launch_template")["web"]["user_data"] == (
+        "${base64gzip(local.web_user_data)}"
+    )
+    template = '${templatefile("${path.module}/templates/cloud-init.yaml.tftpl", merge('
+    for name in ("user_data", "web_user_data"):
+        assert tf.locals[name].startswith(template + "local.cloud_init, {"), name
     # Only names and ARNs go in: no password, secret value, SSM value or key-holding variable.
     forbidden = r"password|secret_string|random_|\.value\b|var\.\w*(key|token|secret)\b"
-    assert not re.search(forbidden, user_data, re.IGNORECASE), user_data
     sensitive = [n for n, v in tf.variables.items() if v.get("sensitive")]
-    assert not [n for n in sensitive if f"var.{n}" in user_data]
+    for name in ("cloud_init", "user_data", "web_user_data"):
+        user_data = str(tf.locals[name])
+        assert not re.search(forbidden, user_data, re.IGNORECASE), user_data
+        assert not [n for n in sensitive if f"var.{n}" in user_data]
+    # The API instances are handed no vendor key parameter and no master secret.
+    assert "vendor_key_parameters = {}" in tf.locals["web_user_data"]
+    assert 'rds_secret_arn = ""' in tf.locals["web_user_data"]
     template = (TERRAFORM_DIR / "templates" / "cloud-init.yaml.tftpl").read_text()
     # Secrets are fetched on the instance, by name, when the unit starts.
     assert "aws ssm get-parameter" in template and "--with-decryption" in template
@@ -170,6 +203,77 @@ def test_every_variable_and_output_is_documented(tf: Terraform) -> None:
     assert {"public_ip", "dashboard_url", "api_url", "ssm_shell_command"} <= set(tf.outputs)
     aws = one(one(tf.terraform)["required_providers"])["aws"]
     assert re.fullmatch(r"~> \d+\.\d+", aws["version"]), "pin the AWS provider"
+
+
+def test_scale_out_matches_the_api_instances_compose_and_caddys_site(tf: Terraform) -> None:
+    """The load balancer reaches the ports deploy/compose.web.yaml publishes, routes the paths
+    Caddy routes, and sends the dashboard's Content-Security-Policy as Caddy does."""
+    web = load_yaml(WEB_OVERRIDE)["services"]
+    published = {name: {int(p.split(":")[0]) for p in web[name]["ports"]} for name in web}
+    ports = tf.locals["web_ports"]
+    assert published == {name: {port} for name, port in ports.items()}
+    groups = tf.resource("aws_lb_target_group")
+    assert groups["api"]["port"] == "${local.web_ports.api}"
+    assert groups["dashboard"]["port"] == "${local.web_ports.dashboard}"
+    assert one(groups["api"]["health_check"])["path"] == "/readyz"
+    assert one(groups["dashboard"]["health_check"])["path"] == "/healthz"
+    caddyfile = CADDYFILE.read_text()
+    policies = re.findall(r'Content-Security-Policy "([^"]+)"', caddyfile)
+    assert tf.locals["dashboard_csp"] == policies[-1], "the dashboard's, the site's last handle"
+    rules = tf.resource("aws_lb_listener_rule")
+
+    def paths(rule: str) -> set[str]:
+        return set(one(one(rules[rule]["condition"])["path_pattern"])["values"])
+
+    api = re.search(r"@api path (.+)", caddyfile)
+    private = re.search(r"@private path (.+)", caddyfile)
+    assert api and private
+    assert paths("api") == set(api[1].split())
+    # Caddy names /docs and /docs/*; the load balancer's patterns cover both with /docs*.
+    assert {p.rstrip("*") for p in paths("private")} == {
+        p.removesuffix("/*") for p in private[1].split()
+    }
+
+
+def test_scale_out_instances_are_hardened_and_reached_by_the_load_balancer_alone(
+    tf: Terraform,
+) -> None:
+    template = tf.resource("aws_launch_template")["web"]
+    assert one(template["metadata_options"])["http_tokens"] == "required"
+    assert one(template["metadata_options"])["http_put_response_hop_limit"] == 1
+    assert one(one(template["block_device_mappings"])["ebs"])["encrypted"] is True
+    assert template["image_id"].startswith("${data.aws_ssm_parameter."), "AMI must be looked up"
+    assert one(template["iam_instance_profile"])["name"] == (
+        "${aws_iam_instance_profile.web[0].name}"
+    )
+    rules = tf.resource("aws_vpc_security_group_ingress_rule")
+    to_web = {
+        n: r
+        for n, r in rules.items()
+        if r["security_group_id"].startswith("${aws_security_group.web[")
+    }
+    # The load balancer's security group, nothing by address (SSH from ssh_cidrs aside).
+    assert {n for n, r in to_web.items() if "cidr_ipv4" in r} == {"web_ssh"}
+    assert to_web["web_ssh"]["for_each"] == (
+        "${local.scale_out ? toset(var.ssh_cidrs) : toset([])}"
+    )
+    assert to_web["web_from_alb"]["referenced_security_group_id"] == (
+        "${aws_security_group.alb[0].id}"
+    )
+    to_rds = {n: r for n, r in rules.items() if "aws_security_group.rds" in r["security_group_id"]}
+    assert {r["referenced_security_group_id"] for r in to_rds.values()} == {
+        "${aws_security_group.instance.id}",
+        "${aws_security_group.web[0].id}",
+    }
+    assert not [r for r in to_rds.values() if "cidr_ipv4" in r]
+    lb = tf.resource("aws_lb")["web"]
+    assert lb["drop_invalid_header_fields"] is True
+    assert lb["internal"] is False
+    assert lb["enable_deletion_protection"] == "${var.alb_deletion_protection}"
+    assert tf.variables["alb_deletion_protection"]["default"] is True
+    https = tf.resource("aws_lb_listener")["https"]
+    assert https["ssl_policy"].startswith("ELBSecurityPolicy-TLS13-1-2-")
+    assert one(tf.resource("aws_lb_target_group")["dashboard"]["stickiness"])["enabled"] is True
 
 
 def _terraform() -> str:
@@ -286,7 +390,8 @@ def test_terraform_validate(terraform_env: dict[str, str]) -> None:
 
 
 def test_terraform_test_with_a_mocked_provider(terraform_env: dict[str, str]) -> None:
-    """terraform/tests: plans and applies with and without RDS, no network, no credentials."""
+    """terraform/tests: plans and applies with and without RDS, and with api_instances > 1 (a
+    load balancer and API instances), no network, no credentials."""
     result = _run_terraform(terraform_env, "test", "-no-color", timeout=600)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr
     summary = re.search(r"Success! (\d+) passed, 0 failed", result.stdout)
