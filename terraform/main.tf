@@ -110,9 +110,11 @@ data "aws_subnet" "instance" {
   id = var.subnet_id != null ? var.subnet_id : sort(data.aws_subnets.default[0].ids)[0]
 }
 
-# Scale-out: the load balancer's subnets (one per availability zone), where the API instances run too.
+# Scale-out: the load balancer's subnets, where the API instances run too. Unless named, two of
+# the default VPC's (one per availability zone, the instance's first): the least the load balancer
+# takes, and each zone it spans holds a public IPv4 address of its own, billed like any other.
 locals {
-  alb_subnet_ids = length(var.alb_subnet_ids) > 0 ? var.alb_subnet_ids : var.subnet_id == null ? sort(data.aws_subnets.default[0].ids) : []
+  alb_subnet_ids = length(var.alb_subnet_ids) > 0 ? var.alb_subnet_ids : var.subnet_id == null ? slice(sort(data.aws_subnets.default[0].ids), 0, min(2, length(data.aws_subnets.default[0].ids))) : []
 }
 
 data "aws_subnet" "alb" {

@@ -341,7 +341,7 @@ variable "api_instance_type" {
 }
 
 variable "alb_subnet_ids" {
-  description = "Public subnets (of the instance's VPC, in at least two availability zones) for the load balancer and the API instances (api_instances > 1). Empty (the default): the default subnets of the default VPC, which is where the instance is when subnet_id is unset; with subnet_id set, name them here."
+  description = "Public subnets (of the instance's VPC, in at least two availability zones) for the load balancer and the API instances (api_instances > 1). Empty (the default): two default subnets of the default VPC, the instance's among them, when subnet_id is unset; with subnet_id set, name them here. Each zone the load balancer spans holds a public IPv4 address, billed like any other."
   type        = list(string)
   default     = []
 }

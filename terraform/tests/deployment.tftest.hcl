@@ -14,9 +14,10 @@ mock_provider "aws" {
     target = data.aws_ssm_parameter.ami
     values = { insecure_value = "ami-0123456789abcdef0" }
   }
+  # The default VPC's default subnets, one per availability zone.
   override_data {
     target = data.aws_subnets.default
-    values = { ids = ["subnet-0a", "subnet-0b"] }
+    values = { ids = ["subnet-0c", "subnet-0a", "subnet-0b"] }
   }
   override_data {
     target = data.aws_subnet.instance
@@ -715,14 +716,16 @@ run "scale_out_behind_a_load_balancer" {
     ssh_cidrs                 = ["203.0.113.0/24"]
   }
 
-  # The load balancer: public, in the default VPC's subnets, HTTPS with the ACM certificate.
+  # The load balancer: public, in two of the default VPC's subnets (the instance's first), HTTPS
+  # with the ACM certificate.
   assert {
     condition = (
       !aws_lb.web[0].internal && aws_lb.web[0].load_balancer_type == "application"
       && toset(aws_lb.web[0].subnets) == toset(["subnet-0a", "subnet-0b"])
       && toset(aws_lb.web[0].security_groups) == toset([aws_security_group.alb[0].id])
+      && aws_instance.this.subnet_id == "subnet-0a"
     )
-    error_message = "An internet-facing Application Load Balancer in two availability zones, behind its own security group."
+    error_message = "An internet-facing Application Load Balancer in two availability zones (the instance's among them), behind its own security group."
   }
 
   assert {
