@@ -663,6 +663,63 @@ def test_web_override_runs_api_and_dashboard_behind_the_load_balancer(
     }
 
 
+def compose_config(tmp_path: Path, files: str, *services: str, **env: str) -> dict[str, Any]:
+    """Compose's own model (`docker compose config`, no engine needed) of what `up SERVICES`
+    starts with COMPOSE_FILE=files: the services named and those they depend on."""
+    docker = require_tool("docker", package="docker.io")
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    result = subprocess.run(  # noqa: S603
+        [docker, "compose", "--env-file", str(env_file), "config", "--format", "json", *services],
+        cwd=ROOT,
+        # Nothing of this environment's own STOCKSTREAMER_* settings; HOME finds the compose plugin.
+        env={"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], "COMPOSE_FILE": files},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    model: dict[str, Any] = json.loads(result.stdout)
+    return model
+
+
+def test_each_instance_role_starts_its_own_services(tmp_path: Path) -> None:
+    """What Terraform's instances run, merged by Compose itself: the scale-out mode's singleton
+    (`up fetcher`) the fetcher and the one-shots before it, secrets first; an API instance
+    (`up api dashboard`) those two and the secrets one-shot alone, published for the load
+    balancer."""
+    rds = {
+        "STOCKSTREAMER_RDS_ADDRESS": "db.example",
+        "STOCKSTREAMER_RDS_CA_FILE": str(tmp_path / "ca.pem"),
+        "STOCKSTREAMER_SECRETS_DIR": str(tmp_path / "secrets"),
+    }
+    singleton = compose_config(
+        tmp_path,
+        "docker-compose.yml:deploy/compose.server.yaml:deploy/compose.rds.yaml",
+        "fetcher",
+        STOCKSTREAMER_PGDATA_DIR=str(tmp_path / "pgdata"),
+        **rds,
+    )["services"]
+    assert set(singleton) == {"secrets", "migrate", "db-users", "fetcher"}
+    assert set(singleton["migrate"]["depends_on"]) == {"secrets"}
+    web = compose_config(
+        tmp_path,
+        "docker-compose.yml:deploy/compose.rds.yaml:deploy/compose.web.yaml",
+        "api",
+        "dashboard",
+        STOCKSTREAMER_LOAD_BALANCER_NETWORKS="172.31.0.0/20",
+        **rds,
+    )["services"]
+    assert set(web) == {"secrets", "api", "dashboard"}
+    assert set(web["api"]["depends_on"]) == {"secrets"}
+    for name, port in (("api", 8000), ("dashboard", 5006)):
+        (published,) = web[name]["ports"]
+        assert (published["target"], int(published["published"])) == (port, port), name
+        assert published.get("host_ip") in (None, "", "0.0.0.0"), "every interface"  # noqa: S104
+    assert web["api"]["environment"]["STOCKSTREAMER_TRUSTED_PROXIES"] == "172.31.0.0/20,dashboard"
+
+
 def test_caddy_routes_to_the_container_ports(compose: dict[str, Any]) -> None:
     caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
     proxy = compose["services"]["proxy"]
