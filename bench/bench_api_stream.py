@@ -104,6 +104,8 @@ async def _streaming(url: str) -> tuple[float, float, float]:
                     await ready.wait()
                     count = 0
                     async for event in source.aiter_sse():
+                        if event.event != "price":
+                            continue  # the `market` event every stream begins with
                         seen.append((int(event.id), time.time()))
                         count += 1
                         if count == BATCHES * len(SYMBOLS):
