@@ -262,15 +262,16 @@ async def _fan_out(url: str, streams: int, batches: int, rate: float, offset: in
 
 
 def _fan_out_rows(f: FanOut, rate: float) -> list[str]:
-    load = f"{f.streams:,} streams on one process, {rate:g} batches of {len(SYMBOLS)} ticks/s"
+    batches = "batch" if rate == 1 else "batches"
+    load = f"{f.streams:,} streams on one process, {rate:g} {batches} of {len(SYMBOLS)} ticks/s"
     return [
         f"| api: {load}: API CPU per delivered event (target <= 5 µs) "
         f"| {f.delivered:,} of {f.expected:,} events delivered | {f.cpu_us:.1f} µs "
         f"| {'ok' if f.cpu_us <= 5 and f.delivered == f.expected else 'missed'} |",
         f"| api: {load}: commit-to-receipt p50 / p99, first subscriber vs last (subscribed after "
         f"the others) | {f.first[0]:.0f} / {f.first[1]:.0f} ms | {f.last[0]:.0f} / "
-        f"{f.last[1]:.0f} ms | spread +{f.last[0] - f.first[0]:.0f} / "
-        f"+{f.last[1] - f.first[1]:.0f} ms |",
+        f"{f.last[1]:.0f} ms | spread {f.last[0] - f.first[0]:+.0f} / "
+        f"{f.last[1] - f.first[1]:+.0f} ms |",
         f"| api: {load}: API memory per 1,000 open streams (resident) | — "
         f"| {f.rss_per_1000:.1f} MiB | — |",
     ]

@@ -81,8 +81,11 @@ class Client:
             if not data:
                 raise EOFError("stream ended")
             data = carry + data
-            end = data.rfind(b"\n\n") + 2  # complete frames end here; the rest waits for more
-            whole, carry = data[:end], data[end:]
+            end = data.rfind(b"\n\n")  # complete frames end here; the rest waits for more
+            if end < 0:
+                carry = data
+                continue
+            whole, carry = data[: end + 2], data[end + 2 :]
             if self.record is None:
                 self.received += whole.count(PRICE)
             else:
@@ -117,9 +120,11 @@ async def main(
     _, pending = await asyncio.wait(reading, timeout=within)
     for task in pending:
         task.cancel()
-    failed = [t.exception() for t in reading if not t.cancelled() and t.exception()]
+    ended = await asyncio.gather(*reading, return_exceptions=True)
+    failed = [e for e in ended if isinstance(e, BaseException)]
     if failed:
-        print(f"{len(failed)} streams failed, e.g. {failed[0]!r}", file=sys.stderr)
+        short = sum(1 for c in streams if c.received < events)
+        print(f"{short} streams short of {events} events, e.g. {failed[0]!r}", file=sys.stderr)
     out.write_text(json.dumps({"received": [c.received for c in streams], "times": times}))
     print("done", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
