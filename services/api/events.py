@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -104,12 +103,11 @@ def render(
 class Unfinished:
     """A write that found its socket full: the stream's own task finishes it."""
 
-    __slots__ = ("write", "waiting", "notified")
+    __slots__ = ("write", "waiting")
 
-    def __init__(self, write: Coroutine[Any, Any, None], waiting: Any, notified: float | None):
+    def __init__(self, write: Coroutine[Any, Any, None], waiting: Any) -> None:
         self.write = write  # the ASGI send, suspended
         self.waiting = waiting  # what it waits for (room in the socket), as it yielded it
-        self.notified = notified
 
     async def finish(self) -> None:
         """Carry the write on to its end: wait for what it waits for, then let it go on."""
@@ -150,9 +148,8 @@ class Subscriber:
         "sending",
         "cut",
         "fresh",
-        "_idle",
+        "idle",
         "_send",
-        "_observe",
         "_queue",
         "_waiter",
         "_loop",
@@ -169,9 +166,8 @@ class Subscriber:
         self.sending = False  # whether that task is inside a write (which a full socket blocks)
         self.cut = False  # the task was cancelled, mid-write, to drop the connection
         self.fresh = False  # handed something since the broadcaster last looked (heartbeats)
-        self._idle = False  # live and nothing queued: chunks are written at once
+        self.idle = False  # live and nothing queued: chunks are written at once
         self._send: Send | None = None
-        self._observe: Callable[[float], None] | None = None
         # rarely used (a socket full, or not live yet): a list, not a deque's 64-slot block
         self._queue: list[Chunk | Sequence[Frame] | Unfinished] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -183,7 +179,7 @@ class Subscriber:
         if self.closed:
             return True
         self.fresh = True
-        if self._idle:
+        if self.idle:
             self._write(cast(Chunk, item))  # never a batch: it is live
             return True
         if len(self._queue) >= self.capacity:
@@ -193,22 +189,21 @@ class Subscriber:
         return True
 
     def _write(self, chunk: Chunk) -> None:
-        """Hand a chunk to the socket; what cannot be written at once goes to the stream's task."""
-        assert self._send is not None and self._observe is not None  # noqa: S101 - idle: live
+        """Hand a chunk to the socket; what cannot be written at once goes to the stream's task
+        (and the stream is no longer idle)."""
+        assert self._send is not None  # noqa: S101 - idle, so live
         message = {"type": "http.response.body", "body": chunk.data, "more_body": True}
         write = cast(Coroutine[Any, Any, None], self._send(message))  # ASGI sends are coroutines
         try:
             waiting = write.send(None)  # run it now: it ends here unless the socket is full
         except StopIteration:
-            if chunk.notified is not None:
-                self._observe(time.monotonic() - chunk.notified)
             return
         except Exception:
             log.exception("stream write failed; ending the stream")
             self.close(GONE)
             return
-        self._idle = False
-        self._queue.append(Unfinished(write, waiting, chunk.notified))
+        self.idle = False
+        self._queue.append(Unfinished(write, waiting))
         self._wake()
 
     def _wake(self) -> None:
@@ -232,11 +227,9 @@ class Subscriber:
                 self._queue.append(chunk)
         return sent
 
-    def go_live(self, send: Send, observe: Callable[[float], None]) -> None:
-        """Its writer sent what came first: from now on chunks may go straight to `send`, and
-        each batch's commit-to-send lag to `observe`."""
+    def go_live(self, send: Send) -> None:
+        """Its writer sent what came first: from now on chunks may go straight to `send`."""
         self._send = send
-        self._observe = observe
 
     def close(self, reason: str) -> None:
         """End the stream: SLOW drops it at once, SHUTDOWN and GONE let it finish cleanly.
@@ -245,7 +238,7 @@ class Subscriber:
         """
         if self.closed is None:
             self.closed = reason
-            self._idle = False
+            self.idle = False
             for item in self._queue:  # nothing more is sent, so hold nothing
                 if isinstance(item, Unfinished):
                     item.write.close()
@@ -261,10 +254,10 @@ class Subscriber:
         while not self._queue:
             if self.closed:
                 return None
-            self._idle = self._send is not None
+            self.idle = self._send is not None
             self._waiter = self._loop.create_future()
             await self._waiter
-        self._idle = False
+        self.idle = False
         items = cast(list[Chunk | Unfinished], self._queue)  # no batches once resumed
         self._queue = []
         return items

@@ -47,6 +47,7 @@ DROP_LOG_EVERY = 60.0  # seconds between two log lines about ignored notificatio
 # The market's state is looked at again at least this often, whatever the calendar says: a
 # suspended machine's timers may wake late.
 MARKET_RECHECK_SECONDS = 60.0
+LAG_SAMPLES = 100  # streams per fan-out whose commit-to-send lag is observed, at least
 
 
 def history_fault(payload: HistoryPayload, now: datetime) -> str | None:
@@ -173,7 +174,11 @@ class Broadcaster:
         shared: dict[frozenset[str] | None, tuple[Chunk | None, Counter[str]]] = {}
         takers: dict[frozenset[str] | None, int] = {}
         cut: list[Subscriber] = []
-        for sub in self.subscribers:
+        # Commit-to-send lag of one stream in `every`, spread evenly over the fan-out's order
+        # (the lag grows along it): an observation costs about as much as the write it times.
+        every = max(1, len(self.subscribers) // LAG_SAMPLES)
+        observe = self.metrics.commit_to_send.observe
+        for i, sub in enumerate(self.subscribers):
             if sub.pending:
                 if not sub.offer(batch):  # encoded for it once its resume point is known
                     cut.append(sub)
@@ -195,10 +200,12 @@ class Broadcaster:
             chunk = found[0]
             if chunk is None:
                 continue
-            if sub.offer(chunk):
-                takers[key] += 1
-            else:
+            if not sub.offer(chunk):
                 cut.append(sub)
+                continue
+            takers[key] += 1
+            if chunk.notified is not None and i % every == 0 and sub.idle:
+                observe(time.monotonic() - chunk.notified)  # written to its socket just now
         for key, (_, sent) in shared.items():
             self._count(sent, takers[key])
         self._cut(cut)

@@ -129,8 +129,9 @@ class ApiMetrics:
             "commit_to_send_seconds",
             "Per stream and batch of price events: from the LISTEN connection's receipt of the "
             "`prices` notification (delivered on commit, so a proxy for the commit time) to the "
-            "batch's bytes being handed to that client's socket. Observed once per stream and "
-            "batch, not per event: the events of a batch share one write.",
+            "batch's bytes being handed to the stream's socket by the fan-out. Sampled: every "
+            "stream of a fan-out to fewer than 200, else one in len/100, spread evenly over the "
+            "fan-out's order; a stream whose socket is full (its client's lag) is not counted.",
             namespace=ns,
             registry=registry,
             buckets=LAG_BUCKETS,

@@ -27,6 +27,7 @@ async def test_live_tick_arrives_at_once(
     assert event.data == {"symbol": "AAPL", "ts": int(T0.timestamp() * 1000), "price": 101.5}
     assert latency < 1.0
     assert api.metric("stockstreamer_api_events_sent_total", event="price") == 1
+    assert api.metric("stockstreamer_api_commit_to_send_seconds_count") == 1
 
 
 async def test_symbols_filter_and_order(client: httpx.AsyncClient, market: Market) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -31,7 +30,6 @@ from services.api.events import (
     Chunk,
     Frame,
     Subscriber,
-    Unfinished,
     encode,
     market_frame,
     price_frame,
@@ -157,8 +155,7 @@ class StreamResponse(Response):
             for event, count in Counter(f.event for f in frames).items():
                 self.metrics.events_sent.labels(event).inc(count)
             await _send(body, sub, b"".join(f.data for f in frames))
-        observe = self.metrics.commit_to_send.observe
-        sub.go_live(body, observe)
+        sub.go_live(body)
         # Live chunks are written by the fan-out itself while this task waits; it only takes
         # over a write that found the socket full, and what queued behind it.
         while (items := await sub.next_write()) is not None:
@@ -169,13 +166,11 @@ class StreamResponse(Response):
                     continue
                 if chunks:
                     await _send(body, sub, b"".join([c.data for c in chunks]))
-                    _observe(observe, chunks)
                     chunks = []
                 if item is not None:
                     sub.sending = True
                     await item.finish()
                     sub.sending = False
-                    _observe(observe, [item])
         if sub.closed != SLOW:
             sub.sending = True
             await body({"type": "http.response.body", "body": b"", "more_body": False})
@@ -186,14 +181,6 @@ async def _send(send: Send, sub: Subscriber, data: bytes) -> None:
     sub.sending = True
     await send({"type": "http.response.body", "body": data, "more_body": True})
     sub.sending = False
-
-
-def _observe(observe: Callable[[float], None], written: Sequence[Chunk | Unfinished]) -> None:
-    """Commit-to-send lag of the batches just written: once per stream per batch."""
-    now = time.monotonic()
-    for item in written:
-        if item.notified is not None:
-            observe(now - item.notified)
 
 
 async def _watch(receive: Receive, sub: Subscriber) -> None:
