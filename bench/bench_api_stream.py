@@ -1,5 +1,12 @@
 """Live delivery to many clients: per-client polling (the original design) vs LISTEN + fan-out,
-and one API process fanning out to 1,000 streams, measured by a client in a process of its own."""
+and one API process fanning out to 1,000 and to 10,000 streams.
+
+The fan-out runs hold their streams from processes of their own (bench.stream_clients, 2,500
+streams each), plus a client subscribed before all of them and one after, whose commit-to-receipt
+times show what a place in the fan-out costs. They need an open-file limit of more than 10,200
+(the API holds one socket per stream): the soft limit is raised to the hard one, which the run
+checks (`ulimit -Hn`; raise `nofile` in /etc/security/limits.conf or the container's ulimits).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -31,22 +39,31 @@ CLIENTS = 50
 BATCHES = 30  # of one tick per symbol, like one fetcher round
 RATE = 10.0  # batches per second
 POLL_SECONDS = 1.0
+# Fan-out runs: (streams, batches, batches a second). 10,000 streams at the real fetcher's pace.
+FAN_OUTS = [(MANY, BATCHES, RATE), (10 * MANY, 20, 1.0)]
+LOAD_PER_PROCESS = 2500  # streams per load-generating process
 POLL = "SELECT symbol, ts, price, event_id FROM ticks WHERE event_id > $1 ORDER BY event_id"
 
 
-async def _write(conn: asyncpg.Connection, offset: int, committed: dict[int, float]) -> None:
-    """BATCHES rounds at RATE per second, through the fetcher's store; records commit times."""
+async def _write(
+    conn: asyncpg.Connection,
+    offset: int,
+    committed: dict[int, float],
+    batches: int = BATCHES,
+    rate: float = RATE,
+) -> None:
+    """`batches` rounds at `rate` per second, through the fetcher's store; records commit times."""
     await set_retention(conn, LONG, LONG)
     store = await TickStore.open(conn, SYMBOLS)
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6 - offset)
-    for b in range(BATCHES):
+    for b in range(batches):
         ts = t0 + timedelta(seconds=b)
         written = await store.write_live([Tick(s, ts, Decimal("100.5")) for s in SYMBOLS])
         now = time.time()
         assert written.max_event_id is not None
         for event_id in range(written.max_event_id - len(SYMBOLS) + 1, written.max_event_id + 1):
             committed[event_id] = now
-        await asyncio.sleep(1 / RATE)
+        await asyncio.sleep(1 / rate)
 
 
 def _summary(latencies: list[float]) -> tuple[float, float]:
@@ -104,6 +121,8 @@ async def _streaming(url: str) -> tuple[float, float, float]:
                     await ready.wait()
                     count = 0
                     async for event in source.aiter_sse():
+                        if event.event != "price":
+                            continue  # the `market` event every stream begins with
                         seen.append((int(event.id), time.time()))
                         count += 1
                         if count == BATCHES * len(SYMBOLS):
@@ -131,50 +150,131 @@ async def _fetches(http: httpx.AsyncClient) -> float:
     return 0.0
 
 
-async def _fan_out(url: str) -> tuple[float, float, float, int]:
-    """1,000 streams from one process, one more from another; the API's CPU per event sent."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the API's sockets, inherited
+async def _clients(
+    base: str, count: int, events: int, out: Path, within: float, record: bool = False
+) -> asyncio.subprocess.Process:
+    """`count` streams in a process of their own, once all are open."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.stream_clients",
+        base,
+        str(count),
+        str(events),
+        str(out),
+        f"--within={within}",
+        *(["--record"] if record else []),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    assert line.strip() == b"ready", f"stream clients did not start: {line!r}"
+    return proc
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of a process, bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class FanOut:
+    streams: int
+    expected: int
+    delivered: int
+    cpu_us: float  # API CPU per delivered event
+    first: tuple[float, float]  # commit-to-receipt p50 / p99 (ms) of the first subscriber
+    last: tuple[float, float]  # and of the last
+    rss_per_1000: float  # MiB of API resident memory per 1,000 open streams
+
+
+async def _fan_out(url: str, streams: int, batches: int, rate: float, offset: int) -> FanOut:
+    """`streams` streams of one API process, plus one subscribed before them and one after.
+
+    The load clients run in processes of their own, 2,500 streams each at most; the first and the
+    last subscriber each in one more, recording when every event arrives. The API's CPU time
+    (from /proc) over the writes, divided by the events its clients received, is the CPU per
+    delivered event.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # inherited by the API and the clients
+    if hard < streams + 200:
+        raise SystemExit(
+            f"{streams:,} streams need an open-file limit above {streams + 200:,} "
+            f"(the hard RLIMIT_NOFILE is {hard:,}): raise it (ulimit -Hn, or nofile in limits.conf)"
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     api, base = await start_api(
         url,
-        STOCKSTREAMER_API_MAX_STREAMS=str(MANY + 10),
-        STOCKSTREAMER_API_LIMIT_CONCURRENCY=str(MANY + 100),
+        STOCKSTREAMER_API_MAX_STREAMS=str(streams + 10),
+        STOCKSTREAMER_API_LIMIT_CONCURRENCY=str(streams + 100),
     )
     conn = await asyncpg.connect(url)
-    events = BATCHES * len(SYMBOLS)
+    events = batches * len(SYMBOLS)
+    within = batches / rate + 60  # seconds a client reads for at most
     out = Path(tempfile.mkdtemp(prefix="stockstreamer-clients-"))
+    procs: list[asyncio.subprocess.Process] = []
     try:
-        load, probe = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bench.stream_clients",
-                base,
-                str(n),
-                str(events),
-                str(out / f"{n}.json"),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            for n in (MANY, 1)
-        ]
-        for client in (load, probe):
-            assert client.stdout is not None
-            assert (await asyncio.wait_for(client.stdout.readline(), 120)).strip() == b"ready"
-        assert api.proc is not None
+        idle = _rss(api.pid)
+        procs.append(await _clients(base, 1, events, out / "first.json", within, record=True))
+        per = LOAD_PER_PROCESS
+        shares = [min(per, streams - i) for i in range(0, streams, per)]
+        loads = [_clients(base, n, events, out / f"{i}.json", within) for i, n in enumerate(shares)]
+        procs += await asyncio.gather(*loads)
+        procs.append(await _clients(base, 1, events, out / "last.json", within, record=True))
+        rss = (_rss(api.pid) - idle) / (streams + 2) * 1000 / 2**20
         cpu = cpu_seconds(api.pid)
         committed: dict[int, float] = {}
-        await _write(conn, 2, committed)
-        await asyncio.wait_for(asyncio.gather(load.wait(), probe.wait()), 120)
+        await _write(conn, offset, committed, batches, rate)
+        for proc in procs:
+            assert proc.stdout is not None
+            assert (await asyncio.wait_for(proc.stdout.readline(), within)).strip() == b"done"
         cpu = cpu_seconds(api.pid) - cpu
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 60)
     finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
         await conn.close()
         api.stop()
-    many = json.loads((out / f"{MANY}.json").read_text())
-    one = json.loads((out / "1.json").read_text())
-    delivered = sum(many["received"]) + sum(one["received"])
-    latencies = [t - committed[int(i)] for i, t in one["first"].items()]
-    p50, p99 = _summary(latencies)
-    return p50, p99, cpu / delivered * 1e6, delivered
+    results = {f.stem: json.loads(f.read_text()) for f in out.glob("*.json")}
+    delivered = sum(sum(r["received"]) for r in results.values())
+
+    def lags(name: str) -> tuple[float, float]:
+        times = results[name]["times"]
+        return _summary([t - committed[int(i)] for i, t in times.items()])
+
+    return FanOut(
+        streams=streams,
+        expected=(streams + 2) * events,
+        delivered=delivered,
+        cpu_us=cpu / delivered * 1e6,
+        first=lags("first"),
+        last=lags("last"),
+        rss_per_1000=rss,
+    )
+
+
+def _fan_out_rows(f: FanOut, rate: float) -> list[str]:
+    batches = "batch" if rate == 1 else "batches"
+    load = f"{f.streams:,} streams on one process, {rate:g} {batches} of {len(SYMBOLS)} ticks/s"
+    return [
+        f"| api: {load}: API CPU per delivered event (target <= 5 µs) "
+        f"| {f.delivered:,} of {f.expected:,} events delivered | {f.cpu_us:.1f} µs "
+        f"| {'ok' if f.cpu_us <= 5 and f.delivered == f.expected else 'missed'} |",
+        f"| api: {load}: commit-to-receipt p50 / p99, first subscriber vs last (subscribed after "
+        f"the others) | {f.first[0]:.0f} / {f.first[1]:.0f} ms | {f.last[0]:.0f} / "
+        f"{f.last[1]:.0f} ms | spread {f.last[0] - f.first[0]:+.0f} / "
+        f"{f.last[1] - f.first[1]:+.0f} ms |",
+        f"| api: {load}: API memory per 1,000 open streams (resident) | — "
+        f"| {f.rss_per_1000:.1f} MiB | — |",
+    ]
 
 
 async def _both(url: str) -> list[str]:
@@ -183,19 +283,16 @@ async def _both(url: str) -> list[str]:
     await conn.close()
     poll50, poll99, poll_qps = await _polling(url)
     sse50, sse99, sse_qps = await _streaming(url)
-    many50, many99, cpu_us, delivered = await _fan_out(url)
-    expected = (MANY + 1) * BATCHES * len(SYMBOLS)
-    return [
+    rows = [
         f"| api: commit-to-client latency p50 / p99, {CLIENTS} clients (polling each 1 s vs "
         f"LISTEN + fan-out) | {poll50:.0f} / {poll99:.0f} ms | {sse50:.1f} / {sse99:.1f} ms "
         f"| {poll50 / sse50:.0f}x |",
         f"| api: database queries per second, {CLIENTS} clients, {RATE:.0f} batches/s "
         f"| {poll_qps:.0f}/s | {sse_qps:.1f}/s | {poll_qps / max(sse_qps, 0.1):.1f}x |",
-        f"| api: {MANY:,} streams on one process (clients in another), commit-to-client p50 / p99 "
-        f"for one more client in a third process; API CPU per event sent | {delivered:,} of "
-        f"{expected:,} events delivered | {many50:.0f} / {many99:.0f} ms, {cpu_us:.0f} µs CPU "
-        f"per event | — |",
     ]
+    for offset, (streams, batches, rate) in enumerate(FAN_OUTS, start=2):
+        rows += _fan_out_rows(await _fan_out(url, streams, batches, rate, offset), rate)
+    return rows
 
 
 def run(url: str, scale: str = "default") -> list[str]:

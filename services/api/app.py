@@ -47,6 +47,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings.api_history_event_interval,
             app.state.market_watch,
             app.state.configured_feed,
+            heartbeat=settings.api_stream_heartbeat,
         )
         broadcaster.start()
         resolving = asyncio.create_task(limits.trusted.keep_resolving(), name="trusted-proxies")
@@ -95,4 +96,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             allow_headers=["Last-Event-ID"],
         )
     app.add_middleware(TimingMiddleware, metrics=metrics)
+    app.add_middleware(stream.ServerSend)  # outermost: see there
     return app

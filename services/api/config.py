@@ -66,7 +66,11 @@ class ApiSettings(CommonSettings):
         description="Comma-separated origins allowed by CORS (e.g. http://localhost:5006).",
     )
     api_stream_heartbeat: float = Field(
-        15.0, gt=0, le=300, description="Seconds between `: heartbeat` comments on streams."
+        15.0,
+        gt=0,
+        le=300,
+        description="Most seconds a stream goes without a byte: one sent nothing else for so "
+        "long gets a `: heartbeat` comment.",
     )
     api_stream_queue_size: int = Field(
         256, ge=1, le=100_000, description="Undelivered batches a stream may hold before it is cut."

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -14,14 +15,17 @@ from pydantic import ValidationError
 
 from services.api import queries
 from services.api.events import (
+    HEARTBEAT,
     SHUTDOWN,
     SLOW,
+    Chunk,
     Frame,
     Subscriber,
     encode,
     history_frame,
     market_frame,
     price_frame,
+    render,
 )
 from services.api.feed import Feed, MarketWatch, seconds_until
 from services.api.metrics import ApiMetrics
@@ -43,6 +47,7 @@ DROP_LOG_EVERY = 60.0  # seconds between two log lines about ignored notificatio
 # The market's state is looked at again at least this often, whatever the calendar says: a
 # suspended machine's timers may wake late.
 MARKET_RECHECK_SECONDS = 60.0
+LAG_SAMPLES = 100  # streams per fan-out whose commit-to-send lag is observed, at least
 
 
 def history_fault(payload: HistoryPayload, now: datetime) -> str | None:
@@ -82,12 +87,16 @@ class Broadcaster:
         history_interval: float = 5.0,
         watch: MarketWatch | None = None,
         configured: Feed | None = None,
+        heartbeat: float = 15.0,
     ) -> None:
         self.url = url
         self.role = role or None
         self.metrics = metrics
         self.history_interval = history_interval  # least seconds between two `history` events
-        self.subscribers: set[Subscriber] = set()
+        self.heartbeat = heartbeat  # most seconds a stream goes without a byte
+        # Open streams, in the order they subscribed: the order of every fan-out.
+        self.subscribers: dict[Subscriber, None] = {}
+        self.closing = False  # the process is stopping: streams end as soon as they start
         self.last_seen: int | None = None  # highest live event id fanned out so far
         self.connected = False
         self._wake = asyncio.Event()
@@ -109,37 +118,126 @@ class Broadcaster:
         self._feed_announce = False  # and then send every stock again (its failover flag)
         self._market_wake = asyncio.Event()
         self._market_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     def subscribe(self, symbols: frozenset[str] | None, capacity: int) -> Subscriber:
+        """A new stream; live batches reach it from now on (see `resume`)."""
         sub = Subscriber(symbols, capacity)
-        self.subscribers.add(sub)
+        self.subscribers[sub] = None
+        if self.closing:
+            sub.close(SHUTDOWN)
         return sub
 
+    def resume(self, sub: Subscriber, after: int | None) -> None:
+        """`sub`'s live prices up to `after` reached its client another way (None: none did)."""
+        self._count(sub.resume(after), 1)
+
     def unsubscribe(self, sub: Subscriber) -> None:
-        self.subscribers.discard(sub)
+        self.subscribers.pop(sub, None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stream-listener")
         self._market_task = asyncio.create_task(self._watch_market(), name="market-watch")
+        self._heartbeat_task = asyncio.create_task(self._beat(), name="stream-heartbeat")
+
+    async def end_streams(self, grace: float) -> None:
+        """End every stream cleanly, and those that start from now on; drop those still
+        writing after `grace` seconds (their clients stopped reading)."""
+        self.closing = True
+        for sub in list(self.subscribers):
+            sub.close(SHUTDOWN)
+        deadline = time.monotonic() + grace
+        while self.subscribers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for sub in list(self.subscribers):
+            sub.close(SLOW)
 
     async def stop(self) -> None:
         """End every stream and the listener."""
+        self.closing = True
         for sub in list(self.subscribers):
             sub.close(SHUTDOWN)
-        for task in (self._task, self._market_task):
+        for task in (self._task, self._market_task, self._heartbeat_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
     def publish(self, batch: Sequence[Frame]) -> None:
-        """Hand a batch to every stream; a stream whose queue is full is cut, not waited for."""
-        for sub in list(self.subscribers):
-            if not sub.offer(batch):
-                self.subscribers.discard(sub)
-                sub.close(SLOW)
-                self.metrics.slow_disconnects.inc()
-                log.warning("stream client too slow; disconnected", extra={"queued": sub.capacity})
+        """Hand a batch to every stream, encoded once per subscription (all symbols, or one set
+        of them); a stream whose queue is full is cut, not waited for."""
+        if not self.subscribers:
+            return
+        # Live ticks are published in id order: a stream whose resume point is below the
+        # batch's first tick is past it for good and shares what its subscription gets.
+        first = next((f.event_id for f in batch if f.event == "price"), None)
+        shared: dict[frozenset[str] | None, tuple[Chunk | None, Counter[str]]] = {}
+        takers: dict[frozenset[str] | None, int] = {}
+        cut: list[Subscriber] = []
+        # Commit-to-send lag of one stream in `every`, spread evenly over the fan-out's order
+        # (the lag grows along it): an observation costs about as much as the write it times.
+        every = max(1, len(self.subscribers) // LAG_SAMPLES)
+        observe = self.metrics.commit_to_send.observe
+        for i, sub in enumerate(self.subscribers):
+            if sub.pending:
+                if not sub.offer(batch):  # encoded for it once its resume point is known
+                    cut.append(sub)
+                continue
+            if sub.after is not None and first is not None:
+                if first <= sub.after:
+                    # still inside its resume overlap: a chunk of its own
+                    own, sent = render(batch, sub.symbols, sub.after)
+                    self._count(sent, 1)
+                    if own is not None and not sub.offer(own):
+                        cut.append(sub)
+                    continue
+                sub.after = None
+            key = sub.symbols
+            found = shared.get(key)
+            if found is None:
+                found = shared[key] = render(batch, key)
+                takers[key] = 0
+            chunk = found[0]
+            if chunk is None:
+                continue
+            if not sub.offer(chunk):
+                cut.append(sub)
+                continue
+            takers[key] += 1
+            if chunk.notified is not None and i % every == 0 and sub.idle:
+                observe(time.monotonic() - chunk.notified)  # written to its socket just now
+        for key, (_, sent) in shared.items():
+            self._count(sent, takers[key])
+        self._cut(cut)
+
+    def _count(self, sent: Counter[str], streams: int) -> None:
+        """Events handed to `streams` streams: counted once per fan-out, not once per stream."""
+        if streams:
+            for event, count in sent.items():
+                self.metrics.events_sent.labels(event).inc(count * streams)
+
+    def _cut(self, subs: Sequence[Subscriber]) -> None:
+        for sub in subs:
+            self.subscribers.pop(sub, None)
+            sub.close(SLOW)
+            self.metrics.slow_disconnects.inc()
+            log.warning("stream client too slow; disconnected", extra={"queued": sub.capacity})
+
+    async def _beat(self) -> None:
+        """A `: heartbeat` comment on every stream that was sent nothing for `heartbeat` seconds.
+
+        One timer for every stream, not one each; a stream that live events keep busy gets none.
+        Looked at twice an interval, an idle stream gets one every interval.
+        """
+        while True:
+            await asyncio.sleep(self.heartbeat / 2)
+            cut = []
+            for sub in self.subscribers:
+                if sub.fresh:
+                    sub.fresh = False
+                elif not sub.offer(HEARTBEAT):
+                    cut.append(sub)
+            self._cut(cut)
 
     def _on_notification(self, _conn: object, _pid: int, channel: str, message: object) -> None:
         payload = str(message)

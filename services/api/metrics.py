@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -14,8 +13,6 @@ from prometheus_client import (
     ProcessCollector,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from services.api.events import Frame
 
 # Seconds between a tick's commit and its delivery: tens of milliseconds when all is well.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -43,7 +40,8 @@ class ApiMetrics:
         )
         self.events_sent = Counter(
             "events_sent",
-            "Events handed to stream clients, by type.",
+            "Events handed to stream clients, by type (counted once per fan-out: each event "
+            "times the streams it went to).",
             ["event"],
             namespace=ns,
             registry=registry,
@@ -121,28 +119,23 @@ class ApiMetrics:
         )
         self.stream_lag = Histogram(
             "stream_fetch_seconds",
-            "Time to fetch and fan out the ticks of one notification.",
+            "Time to fetch and fan out the ticks of one notification (the writes to streams "
+            "with room in their sockets included).",
             namespace=ns,
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
         self.commit_to_send = Histogram(
             "commit_to_send_seconds",
-            "Per price event: from the LISTEN connection's receipt of the `prices` notification "
-            "(delivered on commit, so a proxy for the commit time) to the event's bytes being "
-            "handed to the client's socket.",
+            "Per stream and batch of price events: from the LISTEN connection's receipt of the "
+            "`prices` notification (delivered on commit, so a proxy for the commit time) to the "
+            "batch's bytes being handed to the stream's socket by the fan-out. Sampled: every "
+            "stream of a fan-out to fewer than 200, else one in len/100, spread evenly over the "
+            "fan-out's order; a stream whose socket is full (its client's lag) is not counted.",
             namespace=ns,
             registry=registry,
             buckets=LAG_BUCKETS,
         )
-
-    def observe_sent(self, batch: Sequence[Frame], prices: int) -> None:
-        """Commit-to-send lag of the `prices` price events of `batch`, just handed to a socket."""
-        notified = next((f.notified for f in batch if f.notified is not None), None)
-        if notified is not None and prices:
-            lag = time.monotonic() - notified
-            for _ in range(prices):
-                self.commit_to_send.observe(lag)
 
 
 class TimingMiddleware:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.api.events import Subscriber, encode, history_frame, market_frame, price_frame
-from services.api.listener import stock_frame
+from services.api.events import (
+    Chunk,
+    Unfinished,
+    encode,
+    history_frame,
+    market_frame,
+    price_frame,
+    render,
+)
+from services.api.listener import Broadcaster, stock_frame
+from services.api.metrics import ApiMetrics
 from services.common.contract import HistoryPayload, Market, ResetPayload, Stock
 
 
@@ -55,13 +65,13 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
 
 def test_a_stream_gets_only_its_own_symbols_of_a_history_event() -> None:
     frame = history_frame(HistoryPayload(symbols=["AAPL", "NVDA"], start=1, end=2))
-    sent: Counter[str] = Counter()
 
-    nvda = Subscriber(frozenset({"NVDA"}), capacity=4).render([frame], sent)
-    other = Subscriber(frozenset({"GE"}), capacity=4).render([frame], sent)
+    nvda, nvda_sent = render([frame], frozenset({"NVDA"}))
+    other, other_sent = render([frame], frozenset({"GE"}))
 
-    assert nvda == b'event: history\ndata: {"symbols":["NVDA"],"start":1,"end":2}\n\n'
-    assert other == b"" and sent == Counter(history=1)
+    assert nvda is not None
+    assert nvda.data == b'event: history\ndata: {"symbols":["NVDA"],"start":1,"end":2}\n\n'
+    assert other is None and nvda_sent["history"] == 1 and not other_sent
 
 
 def test_a_market_event_goes_to_every_stream_without_an_id() -> None:
@@ -75,12 +85,46 @@ def test_a_market_event_goes_to_every_stream_without_an_id() -> None:
         collapse_closed=True,
     )
     frame = market_frame(market)
-    sent: Counter[str] = Counter()
 
-    some = Subscriber(frozenset({"GE"}), capacity=4).render([frame], sent)
-    every = Subscriber(None, capacity=4).render([frame], sent)
+    some, some_sent = render([frame], frozenset({"GE"}))
+    every, every_sent = render([frame], None)
 
-    assert some == every == frame.data
+    assert some is not None and every is not None
+    assert some.data == every.data == frame.data
     assert frame.data.startswith(b"event: market\ndata: {") and b"\nid:" not in frame.data
     assert Market.model_validate_json(frame.data.split(b"data: ")[1]) == market
-    assert sent["market"] == 2
+    assert some_sent["market"] == every_sent["market"] == 1
+
+
+async def test_a_batch_is_encoded_once_per_subscription() -> None:
+    """Streams of one subscription share one chunk; one still inside its resume overlap gets
+    its own, without the ticks it already had; events are counted once per fan-out."""
+    metrics = ApiMetrics()
+    broadcaster = Broadcaster("postgresql://127.0.0.1/unused", None, metrics)
+    every = [broadcaster.subscribe(None, 4) for _ in range(3)]
+    ge = broadcaster.subscribe(frozenset({"GE"}), 4)
+    behind = broadcaster.subscribe(None, 4)
+    for sub in [*every, ge]:
+        broadcaster.resume(sub, 10)
+    broadcaster.resume(behind, 11)  # its replay went up to 11
+
+    broadcaster.publish([price_frame("AAPL", 1, 1.0, 11), price_frame("GE", 1, 2.0, 12)])
+    broadcaster.publish([price_frame("AAPL", 2, 3.0, 13)])
+    every_got = [await sub.next_write() for sub in every]
+    ge_got, behind_got = await ge.next_write(), await behind.next_write()
+
+    assert every_got[0] and every_got[1] and every_got[2]
+    assert every_got[0][0] is every_got[1][0] is every_got[2][0]  # the very same bytes
+    assert _ids(every_got[0]) == [11, 12, 13]
+    assert _ids(ge_got) == [12]
+    assert _ids(behind_got) == [12, 13]
+    sent = metrics.registry.get_sample_value(
+        "stockstreamer_api_events_sent_total", {"event": "price"}
+    )
+    assert sent == 3 * 3 + 1 + 2
+
+
+def _ids(queued: Sequence[Chunk | Unfinished] | None) -> list[int]:
+    assert queued is not None
+    data = b"".join(c.data for c in queued if isinstance(c, Chunk))
+    return [int(i) for i in re.findall(rb"id: (\d+)", data)]

@@ -55,12 +55,18 @@ async def test_api_reads_as_the_reader_role(api: ThreadedApi) -> None:
     assert api.run(probe()) == ("stockstreamer_reader", "InsufficientPrivilegeError")
 
 
-async def test_cors_allow_list(database_url: str) -> None:
+async def test_cors_allow_list(database_url: str, market: Market) -> None:
+    await market.stocks("AAPL")
     api = ThreadedApi(
         database_url, cors_origins="http://localhost:5006, https://ticker.example/"
     ).start()
     try:
         async with httpx.AsyncClient(base_url=api.url) as client:
+            # a stream's headers pass every middleware; its live chunks go straight out
+            async with open_stream(client, Origin="https://ticker.example") as stream:
+                await market.ticks([("AAPL", T0, 1)])
+                (price,) = await stream.prices(1)
+            streamed = stream.response.headers["access-control-allow-origin"]
             allowed = await client.get("/healthz", headers={"Origin": "https://ticker.example"})
             other = await client.get("/healthz", headers={"Origin": "https://evil.example"})
             preflight = await client.options(
@@ -74,6 +80,7 @@ async def test_cors_allow_list(database_url: str) -> None:
     finally:
         api.stop()
     assert allowed.headers["access-control-allow-origin"] == "https://ticker.example"
+    assert streamed == "https://ticker.example" and price.data["symbol"] == "AAPL"
     assert "access-control-allow-origin" not in other.headers
     assert preflight.status_code == 200
     assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()

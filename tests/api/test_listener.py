@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from datetime import timedelta
@@ -13,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
+from services.api.events import Chunk
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
 from tests.utils.api import T0, Market, ThreadedApi, ids, open_stream
@@ -164,9 +166,11 @@ async def test_ticks_announced_during_a_read_are_read_next(
         await asyncio.wait_for(drain, 5)
     finally:
         await conn.close()
-    delivered = []
-    while sub._batches:
-        delivered += [f.event_id for f in sub._batches.popleft()]
+    broadcaster.resume(sub, None)  # its stream starts: what it was handed is encoded for it
+    queued = await asyncio.wait_for(sub.next_write(), 1)
+    assert queued is not None
+    data = b"".join(c.data for c in queued if isinstance(c, Chunk))
+    delivered = [int(i) for i in re.findall(rb"id: (\d+)", data)]
     assert delivered == [first, second]
 
 

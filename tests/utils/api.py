@@ -20,6 +20,7 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.api.server import ApiServer
 from services.common.models import Tick
 from services.common.retention import set_retention
 from services.fetcher import queries as fetcher_queries
@@ -51,7 +52,7 @@ class ThreadedApi:
             # as `python -m services.api` serves: the app alone decides whose X-Forwarded-For counts
             proxy_headers=False,
         )
-        self.server = uvicorn.Server(config)
+        self.server = ApiServer(config)  # what `python -m services.api` runs: it ends streams
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
 
