@@ -26,6 +26,10 @@ SPAWN_RATE = 250  # REST users started per second
 PROBE_SOURCE = "127.0.0.2"  # another client address: outside the load's per-client share
 
 
+class NoAnswer(RuntimeError):
+    """A load process said nothing in time."""
+
+
 class Clients:
     """One process of lean SSE clients (bench/capacity/streams.py), driven over stdin/stdout.
 
@@ -42,6 +46,7 @@ class Clients:
     ) -> None:
         self.label = label
         self.count = count
+        self.progress: dict[str, Any] = {"opening": 0, "refused": {}, "errors": {}}
         args = [sys.executable, "-m", "bench.capacity.streams", base, str(count)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSTREAMER_")}
         if probe_url:
@@ -65,16 +70,28 @@ class Clients:
         self.lines.put("")
 
     def expect(self, timeout: float) -> dict[str, Any]:
-        """The process's next message."""
+        """The process's next message but progress (kept in `progress`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise NoAnswer(f"{self.label}: no answer in {timeout:.0f} s") from None
+            if not line:
+                self.stderr.seek(0)
+                err = self.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.label} exited ({self.proc.wait()}):\n{err}")
+            message = dict(json.loads(line))
+            if "opening" not in message:
+                return message
+            self.progress = message
+
+    def opened(self, timeout: float) -> dict[str, Any] | None:
+        """Its message once every stream is open; None while they are still opening."""
         try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise RuntimeError(f"{self.label}: no answer in {timeout:.0f} s") from None
-        if not line:
-            self.stderr.seek(0)
-            err = self.stderr.read().decode(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.label} exited ({self.proc.wait()}):\n{err}")
-        return dict(json.loads(line))
+            return self.expect(timeout)
+        except NoAnswer:
+            return None
 
     def send(self, command: str) -> None:
         assert self.proc.stdin is not None

@@ -16,6 +16,7 @@ process's clock.
 
 Talks to its parent over stdin/stdout, one JSON object per line out, one command per line in:
 
+    out  {"opening": n, ...} every few seconds while the streams open
     out  {"open": n, ...}    once every stream is open (HTTP 200, headers read) or time ran out
     in   start F             count price events with id > F ...
     in   stop E              ... up to E included; once every stream has read an id >= E (or 30 s
@@ -48,6 +49,9 @@ from urllib.parse import urlsplit
 
 NEVER = 2**63  # an id no stream reaches: counting is off until `start`
 OPEN_RETRY_CAP = 5.0  # longest wait honoured from a Retry-After while opening
+OPEN_WAIT = 30.0  # seconds for the response's head before an opening is given up and retried
+OPEN_GATE = 32  # openings in flight per process
+PROGRESS_EVERY = 5.0  # seconds between two progress messages while opening
 FRAME_END = b"\n\n"
 PRICE = b"event: price"
 
@@ -78,6 +82,7 @@ class Run:
         self.counting = False  # after `start`: a stream ending now is a cut inside the window
         self.refused: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.opened = 0
         self.eof = 0  # open streams the server ended
         self.eof_in_window = 0
         self.probe = probe
@@ -267,24 +272,28 @@ async def open_stream(
 ) -> Stream | None:
     """One stream, retried until it opens (honouring Retry-After) or the deadline passes."""
     loop = asyncio.get_running_loop()
-    while time.monotonic() < deadline:
+    while True:
         async with gate:
+            if time.monotonic() >= deadline:
+                return None
             opened: asyncio.Future[int] = loop.create_future()
             stream = Stream(run, opened)
             try:
                 await loop.create_connection(
                     functools.partial(_same, stream), host, port, local_addr=(source, 0)
                 )
-                status = await asyncio.wait_for(opened, 60)
+                status = await asyncio.wait_for(opened, OPEN_WAIT)
             except (OSError, TimeoutError) as exc:
-                run.errors[type(exc).__name__] += 1
+                stream.closing = True  # never counted: it did not open
+                stream.close()
+                run.errors[f"opening: {type(exc).__name__}"] += 1
                 await asyncio.sleep(1.0)
                 continue
         if status == 200:
+            run.opened += 1
             return stream
         run.refused[str(status)] += 1
         await asyncio.sleep(min(max(stream.retry_after, 0.2), OPEN_RETRY_CAP))
-    return None
 
 
 async def listen(run: Run) -> Any:
@@ -333,11 +342,19 @@ async def main(base: str, clients: int, source: str, probe: bool, open_timeout: 
     began = time.monotonic()
     # A few opening at a time per process: a burst of thousands of connects would overflow the
     # server's accept backlog and measure SYN retries instead of the API.
-    gate = asyncio.Semaphore(32)
+    gate = asyncio.Semaphore(OPEN_GATE)
     deadline = began + open_timeout
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            emit({"opening": run.opened, "refused": dict(run.refused), "errors": dict(run.errors)})
+
+    ticker = asyncio.create_task(progress())
     opened = await asyncio.gather(
         *(open_stream(run, host, port, source, gate, deadline) for _ in range(clients))
     )
+    ticker.cancel()
     streams = [s for s in opened if s is not None]
     emit({"open": len(streams), "seconds": round(time.monotonic() - began, 2)})
 
