@@ -378,8 +378,8 @@ def cpu_report(result: Result, w: Window) -> None:
     for label, (pid, used) in w.cpu.items():
         mem = f"{w.memory[label]:,.0f}" if label in w.memory else ""
         lines.append(f"| {label} | {pid} | {used:.2f} | {mem} |")
-    tracked = sum(used for _, used in w.cpu.values())
-    lines.append(f"| other processes of the machine | | {max(0.0, w.machine - tracked):.2f} | |")
+    other = max(0.0, w.machine - sum(used for _, used in w.cpu.values()))
+    lines.append(f"| other processes of the machine | | {other:.2f} | |")
     lines += [f"| the machine (/proc/stat) | | {w.machine:.2f} of {cores} | |", ""]
     # One process can use one core (one event loop); PostgreSQL is many processes.
     single = {k: used for k, (_, used) in w.cpu.items() if not k.startswith(("PostgreSQL", "this"))}
@@ -387,7 +387,10 @@ def cpu_report(result: Result, w: Window) -> None:
     if single[hot] >= SATURATED:
         result.saturated = f"{hot} CPU {single[hot]:.2f} cores"
     elif w.machine >= SATURATED * cores:
-        result.saturated = f"the machine's CPU ({w.machine:.2f} of {cores} cores)"
+        result.saturated = (
+            f"the machine's CPU ({w.machine:.2f} of {cores} cores, {other:.2f} of them "
+            "processes outside the run)"
+        )
     else:
         result.saturated = (
             f"nothing (busiest: {hot} {single[hot]:.2f} cores; machine {w.machine:.2f} of {cores})"

@@ -19,7 +19,11 @@ from services.api.config import ApiSettings
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
 
-SPREAD = 1.2  # stream cap over the streams asked: the kernel spreads them over workers unevenly
+# The kernel spreads connections over the API's workers unevenly, and each worker holds its share
+# of the stream cap: a default cap is used if it leaves MARGIN, else it is raised to SPREAD times
+# the streams asked.
+MARGIN = 1.1
+SPREAD = 1.2
 HEAD = "SELECT coalesce(max(event_id), 0) FROM ticks"
 
 Metrics = dict[str, list[tuple[dict[str, str], float]]]
@@ -39,11 +43,11 @@ def api_env(streams: int, workers: int | None) -> tuple[dict[str, str], str]:
     if workers:
         env["STOCKSTREAMER_API_WORKERS"] = str(workers)
     cap, limit = default_of("api_max_streams"), default_of("api_limit_concurrency")
-    needed = math.ceil((streams + 1) * SPREAD) if streams else 0
     how = f"the default stream cap ({cap:,}) and limit_concurrency ({limit:,})"
-    if cap < needed:
+    if cap < (streams + 1) * MARGIN:
+        raised = math.ceil((streams + 1) * SPREAD)
         # the default's room for requests beside the streams, kept
-        limit, cap = max(limit, needed + limit - cap), needed
+        limit, cap = max(limit, raised + limit - cap), raised
         how = f"the stream cap raised to {cap:,} and limit_concurrency to {limit:,}"
     env |= many_users(cap - 1)  # the cap, and per-client shares of one less
     env["STOCKSTREAMER_API_LIMIT_CONCURRENCY"] = str(limit)
@@ -75,18 +79,22 @@ class Api:
     def processes(self) -> list[tuple[str, int]]:
         """(label, pid) of the API: a supervisor and the workers it forked, else one process.
 
-        Workers are the children running the supervisor's own command line (anything else it
-        starts, such as a resource tracker, is not serving).
+        Workers are the children running the supervisor's own command line (forked); any other
+        child (a helper it started) is listed apart, its CPU counted too.
         """
         assert self.proc is not None
         pid = self.proc.pid
         own = cmdline(pid)
-        workers = [c for c in children(pid) if own and cmdline(c) == own]
+        kids = sorted(children(pid), key=started)
+        workers = [c for c in kids if own and cmdline(c) == own]
+        others = [c for c in kids if c not in workers]
+        helpers = [(f"API helper {i}", c) for i, c in enumerate(others, 1)]
         if not workers:
-            return [("API", pid)]
-        ordered = sorted(workers, key=started)
-        return [("API supervisor", pid)] + [
-            (f"API worker {i}", w) for i, w in enumerate(ordered, 1)
+            return [("API", pid), *helpers]
+        return [
+            ("API supervisor", pid),
+            *((f"API worker {i}", w) for i, w in enumerate(workers, 1)),
+            *helpers,
         ]
 
     def stop(self) -> None:
