@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -559,6 +560,7 @@ def main() -> int:
         if fetcher is not None:
             fetcher.__exit__()
         server.destroy()
+        shutil.rmtree(work, ignore_errors=True)  # locust's CSVs: the tables above say it all
     return 0
 
 
