@@ -13,7 +13,8 @@ help:
 	@echo "make migrate  apply database migrations"
 	@echo "make psql     a psql shell on the database in use"
 	@echo "make bench    run the benchmarks (see BENCHMARKS.md; SCALE=full for the big data set)"
-	@echo "make capacity the API under load: REST users and 1,000 streams (about 9 minutes)"
+	@echo "make capacity the API under load: 10,000 streams, REST beside 1,000 streams, a ramp;"
+	@echo "              CPU per process (about 12 minutes; CAPACITY_ARGS='--steps rest' or '--quick')"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +56,7 @@ bench: install
 	$(BIN)/python -m bench --scale $(SCALE)
 
 capacity: install
-	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.capacity $(CAPACITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

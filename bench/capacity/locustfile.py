@@ -1,6 +1,8 @@
 """Locust users for the capacity scenario: REST readers over every endpoint, and SSE streams.
 
-Run by `python -m bench.capacity`; by hand:
+`python -m bench.capacity` runs the REST users (its streams are the lean clients of
+bench/capacity/streams.py: a locust user per stream costs more CPU than the API spends on it);
+by hand, both:
     .venv/capacity/bin/locust -f bench/capacity/locustfile.py -H http://127.0.0.1:8000
 Settings from the environment: CAPACITY_STREAMS (SSE clients, 1000), CAPACITY_REST_RATE
 (requests per second per REST user, 1.0), CAPACITY_SYMBOLS (the tracked symbols).
