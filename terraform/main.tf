@@ -107,9 +107,9 @@ locals {
   # (a test holds them to compose's own numbers): the default stack with the proxy profile, the
   # one-shots included; what the observability profile adds; each API replica past the first.
   compose_memory_mib = {
-    default_stack     = 1536
+    default_stack     = 2368
     observability     = 960
-    extra_api_replica = 192
+    extra_api_replica = 1024
   }
   # The system beside the containers: the kernel, dockerd, containerd, the SSM agent, and the
   # image builds of `docker compose up --build`.
