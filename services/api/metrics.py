@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -24,6 +24,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,6 +45,16 @@ def worker_restarts(registry: CollectorRegistry | None) -> Counter:
         namespace=NAMESPACE,
         registry=registry,
     )
+
+
+class _Families:
+    """Metric families already collected, as generate_latest takes them."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 class ApiMetrics:
@@ -218,7 +229,16 @@ class ApiMetrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         PlatformCollector(registry=registry)
-        return generate_latest(registry)
+        families = list(registry.collect())
+        # A labelled metric no worker has used yet has no file entry: name it anyway, as one
+        # process's registry does, so that queries and dashboards find every series they expect.
+        found = {family.name for family in families}
+        families += [
+            Metric(family.name, family.documentation, family.type)
+            for family in self.registry.collect()
+            if family.name not in found
+        ]
+        return generate_latest(_Families(families))
 
     def sample_process(self) -> None:
         """This worker's CPU time, memory and open files, into its worker_* series (Linux)."""

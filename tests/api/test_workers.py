@@ -229,3 +229,21 @@ async def test_each_worker_raises_its_open_file_limit_or_says_it_cannot(
         )
         await eventually(lambda: len(log_lines(proc, warning)) == 2, message=proc.output)
     assert raised == [(needed, needed * 2)] * 2
+
+
+async def test_workers_export_every_family_one_process_does(database_url: str) -> None:
+    """Dashboards and alerts query the same names, labelled families with no child yet included;
+    only the one process's own process_* series are the workers' worker_* ones instead (and
+    the multiprocess files keep no `_created` times)."""
+
+    def families(text: str) -> dict[str, str]:
+        return {f.name: f.type for f in text_string_to_metric_families(text)}
+
+    with api_process(database_url) as (_, one), api_process(database_url, TWO) as (_, two):
+        async with httpx.AsyncClient(timeout=10) as client:
+            alone = families((await client.get(f"{one}/metrics")).text)
+            workers = families((await client.get(f"{two}/metrics")).text)
+    own = {name for name in alone if name.startswith("process_") or name.endswith("_created")}
+    assert own and not own & set(workers)
+    assert {n: t for n, t in alone.items() if n not in own} == workers
+    assert workers["stockstreamer_api_history_query_seconds"] == "histogram"  # never used yet
