@@ -166,12 +166,16 @@ class Supervisor:
     _metrics_dir: str = field(init=False, default="")
     _reservation: socket.socket | None = field(init=False, default=None)
     _pid: int = field(init=False, default=0)
+    share: ApiSettings = field(init=False)  # each worker's settings, once the port is known
 
     def __post_init__(self) -> None:
         self.slots = [_Slot(i) for i in range(self.workers)]
 
     def run(self) -> int:
         self._pid = os.getpid()
+        # A signal from now on waits for the loop below (which stops the workers once started);
+        # the workers take them again.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         gc.disable()  # until the fork: no collection leaves holes in pages the workers share
         self._metrics_dir = tempfile.mkdtemp(prefix="stockstreamer-api-metrics-")
         try:
@@ -180,6 +184,7 @@ class Supervisor:
             if self._reservation is not None:
                 self._reservation.close()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
     def _run(self) -> int:
         # prometheus_client decides at its import how values are kept: in files shared by the
@@ -196,6 +201,7 @@ class Supervisor:
             return 1
         port = int(self._reservation.getsockname()[1])
         self.share = settings.worker_share(self.workers).model_copy(update={"api_port": port})
+
         # Everything the workers run, imported once here and shared copy-on-write.
         import uvicorn.protocols.http.httptools_impl  # noqa: F401
         import uvloop  # noqa: F401
@@ -219,17 +225,13 @@ class Supervisor:
                 "pool_size_per_worker": self.share.api_pool_size,
             },
         )
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         # Measured with two workers, idle: 130 MiB PSS for the three processes with the freeze,
         # 146 without (a collection in a worker would write to every object's header).
         gc.freeze()
-        try:
-            for slot in self.slots:
-                self._spawn(slot)
-            gc.enable()
-            return self._supervise()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        for slot in self.slots:
+            self._spawn(slot)
+        gc.enable()
+        return self._supervise()
 
     def _supervise(self) -> int:
         stopping: float | None = None
