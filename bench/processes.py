@@ -30,13 +30,17 @@ def many_users(streams: int = 1000) -> dict[str, str]:
 
 
 async def start_api(url: str, **settings: str) -> tuple[ServiceProcess, str]:
-    """`python -m services.api` against `url` on a free port, once ready; and its base URL."""
+    """`python -m services.api` against `url` on a free port, once ready; and its base URL.
+
+    One process unless `settings` say STOCKSTREAMER_API_WORKERS: the benchmarks measure its CPU.
+    """
     port = free_port()
     streams = int(settings.get("STOCKSTREAMER_API_MAX_STREAMS", "1001")) - 1
     env = {
         "DATABASE_URL": url,
         "STOCKSTREAMER_API_PORT": str(port),
         "STOCKSTREAMER_LOG_LEVEL": "WARNING",
+        "STOCKSTREAMER_API_WORKERS": "1",
         **many_users(streams),
         **settings,
     }

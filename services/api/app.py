@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,11 +24,24 @@ from services.common.db import create_pool, redact_url
 
 log = logging.getLogger(__name__)
 
+PROCESS_SAMPLE_SECONDS = 5.0  # how often a process's CPU, memory and open files are sampled
 
-def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    """A new application; nothing connects until it starts."""
+
+async def sample_process(metrics: ApiMetrics) -> None:
+    """Keep this process's worker_* metrics current until cancelled."""
+    while True:
+        metrics.sample_process()
+        await asyncio.sleep(PROCESS_SAMPLE_SECONDS)
+
+
+def create_app(settings: ApiSettings | None = None, worker: int | None = None) -> FastAPI:
+    """A new application; nothing connects until it starts.
+
+    `worker`: this process's index among several worker processes (settings then hold its share
+    of the caps, see ApiSettings.worker_share), whose metrics add up; None for a process alone.
+    """
     settings = settings or ApiSettings()
-    metrics = ApiMetrics()
+    metrics = ApiMetrics(multiprocess=worker is not None, worker=worker or 0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,13 +65,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         broadcaster.start()
         resolving = asyncio.create_task(limits.trusted.keep_resolving(), name="trusted-proxies")
-        log.info("api started", extra={"database": redact_url(settings.database_url)})
+        sampling = asyncio.create_task(sample_process(metrics), name="process-metrics")
+        metrics.workers.set(1)
+        log.info(
+            "api started",
+            extra={
+                "database": redact_url(settings.database_url),
+                "worker": worker or 0,
+                "pid": os.getpid(),
+                "workers": settings.api_workers or 1,
+                "max_streams": settings.api_max_streams,
+                "pool_size": settings.api_pool_size,
+            },
+        )
         try:
             yield
         finally:
-            resolving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await resolving
+            metrics.workers.set(0)
+            for task in (resolving, sampling):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await broadcaster.stop()
             try:
                 await asyncio.wait_for(app.state.pool.close(), 2.0)

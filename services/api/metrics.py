@@ -1,32 +1,109 @@
-"""Prometheus metrics of one API process, and the middleware that times requests."""
+"""Prometheus metrics of the API, and the middleware that times requests.
+
+One process keeps its metrics in a registry of its own. Several worker processes (api_workers)
+keep theirs in prometheus_client's multiprocess files, in the directory PROMETHEUS_MULTIPROC_DIR
+that the supervisor sets before prometheus_client is first imported (it picks how values are
+kept at import): a scrape of any worker reads every worker's files, so counters and histograms
+add up over the workers, and the gauges say how they are combined (`multiprocess_mode`).
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Seconds between a tick's commit and its delivery: tens of milliseconds when all is well.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+NAMESPACE = "stockstreamer_api"
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def worker_restarts(registry: CollectorRegistry | None) -> Counter:
+    """Worker processes started again after one died (the supervisor counts them)."""
+    return Counter(
+        "worker_restarts",
+        "API worker processes started again after one died unexpectedly.",
+        namespace=NAMESPACE,
+        registry=registry,
+    )
+
+
+class _Families:
+    """Metric families already collected, as generate_latest takes them."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 class ApiMetrics:
-    """The API's metrics, in a registry of their own (one per app, so tests can run several)."""
+    """The API's metrics: in a registry of their own (one per app, so tests can run several), or
+    with `multiprocess`, in the files every worker process's scrape adds up."""
 
-    def __init__(self) -> None:
-        ns = "stockstreamer_api"
+    def __init__(self, multiprocess: bool = False, worker: int = 0) -> None:
+        ns = NAMESPACE
+        self.multiprocess = multiprocess
+        self.worker = str(worker)
         self.registry = registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
+        if not multiprocess:
+            # process_* describe the one process that answers; with workers, see worker_* below
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        self.workers = Gauge(
+            "workers",
+            "API worker processes serving now.",
+            namespace=ns,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.worker_restarts = worker_restarts(registry)
+        # Each worker's own process (ProcessCollector sees only the process that is scraped).
+        self.worker_cpu = Counter(
+            "worker_cpu_seconds",
+            "CPU time (user and system) of each API worker process, by worker index; a worker "
+            "started again continues its index's count. Sampled every few seconds.",
+            ["worker"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.worker_memory = Gauge(
+            "worker_resident_memory_bytes",
+            "Resident memory of each API worker process, by worker index (pages shared between "
+            "the workers count in each). Sampled every few seconds.",
+            ["worker"],
+            namespace=ns,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.worker_open_fds = Gauge(
+            "worker_open_fds",
+            "Open files (sockets included) of each API worker process, by worker index. "
+            "Sampled every few seconds.",
+            ["worker"],
+            namespace=ns,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._cpu_seen = 0.0
         self.request_seconds = Histogram(
             "request_seconds",
             "Time to the response's headers, by route and status.",
@@ -36,7 +113,11 @@ class ApiMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.open_streams = Gauge(
-            "open_streams", "Event streams open now.", namespace=ns, registry=registry
+            "open_streams",
+            "Event streams open now.",
+            namespace=ns,
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.events_sent = Counter(
             "events_sent",
@@ -60,7 +141,12 @@ class ApiMetrics:
             registry=registry,
         )
         self.listener_up = Gauge(
-            "listener_up", "1 while the LISTEN connection is open.", namespace=ns, registry=registry
+            "listener_up",
+            "API processes whose LISTEN connection is open (1 per process; compare with "
+            "stockstreamer_api_workers).",
+            namespace=ns,
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.listener_reconnects = Counter(
             "listener_reconnects",
@@ -93,6 +179,7 @@ class ApiMetrics:
             "History reads (prices, bars, stream replays) holding a slot now.",
             namespace=ns,
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.client_refused = Counter(
             "client_limit_refused",
@@ -136,6 +223,39 @@ class ApiMetrics:
             registry=registry,
             buckets=LAG_BUCKETS,
         )
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's metrics, or with workers, all of theirs."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        PlatformCollector(registry=registry)
+        families = list(registry.collect())
+        # A labelled metric no worker has used yet has no file entry: name it anyway, as one
+        # process's registry does, so that queries and dashboards find every series they expect.
+        found = {family.name for family in families}
+        families += [
+            Metric(family.name, family.documentation, family.type)
+            for family in self.registry.collect()
+            if family.name not in found
+        ]
+        return generate_latest(_Families(families))
+
+    def sample_process(self) -> None:
+        """This worker's CPU time, memory and open files, into its worker_* series (Linux)."""
+        proc = Path("/proc/self")
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            pages = int((proc / "statm").read_text().split()[1])
+            fds = len(os.listdir(proc / "fd"))
+        except (OSError, IndexError, ValueError):
+            return  # no procfs here: the series stay at what they were
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        self.worker_cpu.labels(self.worker).inc(max(0.0, cpu - self._cpu_seen))
+        self._cpu_seen = cpu
+        self.worker_memory.labels(self.worker).set(pages * os.sysconf("SC_PAGE_SIZE"))
+        self.worker_open_fds.labels(self.worker).set(fds)
 
 
 class TimingMiddleware:

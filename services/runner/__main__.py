@@ -68,13 +68,14 @@ def start_database(settings: RunnerSettings) -> Database:
     return database
 
 
-def banner(ports: Ports, url: str) -> str:
+def banner(ports: Ports, url: str, api_workers: int = 1) -> str:
     procfile = (ROOT / "Procfile").read_text()
     lines = ["", "stockstreamer is starting:", f"  database   {redact_url(url)}"]
     if "services.dashboard" in procfile:
         lines.append(f"  dashboard  http://localhost:{ports.dashboard}/")
     if "services.api" in procfile:
-        lines.append(f"  api        http://localhost:{ports.api}/docs")
+        processes = "1 process" if api_workers == 1 else f"{api_workers} worker processes"
+        lines.append(f"  api        http://localhost:{ports.api}/docs  ({processes})")
     lines.append(f"  fetcher    http://localhost:{ports.fetcher_metrics}/metrics")
     lines += ["Ctrl-C stops everything.", ""]
     return "\n".join(lines)
@@ -157,7 +158,8 @@ def main() -> int:
         if args.command == "migrate":
             return 0
         ports = Ports.read()
-        print(banner(ports, database.url), flush=True)
+        workers = load_settings(ApiSettings, "api").worker_count()
+        print(banner(ports, database.url, workers), flush=True)
         return run_services(ports, database)
     finally:
         if database.server is not None and args.command not in ("url", "psql"):

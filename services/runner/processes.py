@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -20,8 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]
 class ServiceProcess:
     """`python -m <module>` with the given environment; its output goes to a log file."""
 
-    def __init__(self, module: str, env: Mapping[str, str], name: str | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        env: Mapping[str, str],
+        name: str | None = None,
+        open_files: tuple[int, int] | None = None,
+    ) -> None:
         self.module = module
+        self.open_files = open_files  # (soft, hard) RLIMIT_NOFILE for the process, if given
         self.name = name or module.rsplit(".", 1)[-1]
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("STOCKSTREAMER_")},
@@ -43,12 +51,21 @@ class ServiceProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         return self
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None  # noqa: S101 - only used when given
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     @property
     def pid(self) -> int:
         return self._started().pid
+
+    def children(self) -> list[int]:
+        """The process's children now (an API's workers), from /proc."""
+        return child_pids(self.pid)
 
     @property
     def output(self) -> str:
@@ -103,3 +120,18 @@ class ServiceProcess:
             self.stop()
         except subprocess.TimeoutExpired:
             pass
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of `pid`'s children now, from /proc (Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == pid:
+            found.append(int(entry.name))
+    return sorted(found)

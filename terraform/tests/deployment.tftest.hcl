@@ -53,10 +53,10 @@ mock_provider "aws" {
     target = data.aws_partition.current
     values = { partition = "aws" }
   }
-  # A t3.small's memory; runs that pick or name a bigger type override it.
+  # A t3.medium's memory (the default stack's); runs that pick or name another type override it.
   override_data {
     target = data.aws_ec2_instance_type.this
-    values = { memory_size = 2048 }
+    values = { memory_size = 4096 }
   }
   mock_resource "aws_lb" {
     defaults = {
@@ -144,10 +144,11 @@ run "default_container_database" {
     error_message = "HTTPS on the domain."
   }
 
-  # The default stack fits the default instance: t3.small, picked because it is enough.
+  # The default stack fits the default instance: t3.medium, picked because it is enough (2368 +
+  # 512 MiB: the API's limit holds 10,000 open streams, which a t3.small's 2 GiB does not).
   assert {
-    condition     = aws_instance.this.instance_type == "t3.small" && data.aws_ec2_instance_type.this.instance_type == "t3.small"
-    error_message = "The default stack runs on a t3.small, whose memory is looked up."
+    condition     = aws_instance.this.instance_type == "t3.medium" && data.aws_ec2_instance_type.this.instance_type == "t3.medium"
+    error_message = "The default stack runs on a t3.medium, whose memory is looked up."
   }
 
   # Exactly the commit; and the per-address limits at the edge, with their defaults.
@@ -285,10 +286,10 @@ run "observability_on_the_https_site" {
     values = { memory_size = 4096 }
   }
 
-  # The observability profile's limits do not fit a t3.small: the next size up is picked.
+  # The observability profile's limits fit beside the default stack on its t3.medium.
   assert {
     condition     = aws_instance.this.instance_type == "t3.medium" && data.aws_ec2_instance_type.this.instance_type == "t3.medium"
-    error_message = "observability moves the default instance to a t3.medium."
+    error_message = "observability keeps the default instance, a t3.medium."
   }
 
   assert {
@@ -622,6 +623,11 @@ run "observability_on_a_named_small_instance_is_refused" {
     instance_type = "t3.small"
   }
 
+  override_data {
+    target = data.aws_ec2_instance_type.this
+    values = { memory_size = 2048 }
+  }
+
   expect_failures = [aws_instance.this]
 }
 
@@ -663,18 +669,19 @@ run "api_replicas_count_against_the_memory" {
   command = plan
 
   variables {
-    settings = { STOCKSTREAMER_API_REPLICAS = "2" }
+    observability = true
+    settings      = { STOCKSTREAMER_API_REPLICAS = "2" }
   }
 
   override_data {
     target = data.aws_ec2_instance_type.this
-    values = { memory_size = 4096 }
+    values = { memory_size = 8192 }
   }
 
-  # 1536 + 192 + 512 MiB: more than a t3.small has.
+  # 2368 + 960 + 1024 + 512 MiB: more than a t3.medium has.
   assert {
-    condition     = aws_instance.this.instance_type == "t3.medium"
-    error_message = "One more API replica moves the default instance to a t3.medium."
+    condition     = aws_instance.this.instance_type == "t3.large"
+    error_message = "One more API replica beside observability moves the instance to a t3.large."
   }
 }
 

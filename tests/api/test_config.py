@@ -107,3 +107,45 @@ def test_one_client_may_never_be_given_everything(
     monkeypatch.setenv(share, "6")
     with pytest.raises(ValidationError, match="one client must never hold them all"):
         ApiSettings()
+
+
+def test_the_defaults_admit_ten_thousand_streams_on_any_number_of_workers() -> None:
+    settings = ApiSettings()
+    for workers in (1, 2, 4, 8):
+        share = settings.worker_share(workers)
+        # an uneven spread over the workers (a few percent at 10,000) still fits
+        assert share.api_max_streams * workers >= 10_000 * 1.1
+        assert share.api_limit_concurrency > share.api_max_streams
+        assert share.api_workers == workers
+
+
+def test_each_worker_gets_its_share_of_the_caps() -> None:
+    settings = ApiSettings(
+        api_max_streams=1001,
+        api_limit_concurrency=1100,
+        api_pool_size=7,
+        api_history_concurrency=6,
+        api_max_streams_per_client=1000,
+    )
+    share = settings.worker_share(2)
+    assert (share.api_max_streams, share.api_limit_concurrency) == (501, 550)
+    # compose's pool of 7: the two workers' pools and LISTEN connections hold the 8 connections
+    # one process held, so the database login's limit still fits two replicas
+    assert share.api_pool_size == 3 and 2 * (share.api_pool_size + 1) <= 7 + 1
+    assert share.api_history_concurrency == 2  # one pooled connection left for the rest
+    # per-client limits are each worker's, less than its share of the whole
+    assert share.api_max_streams_per_client == 500
+    assert share.api_pool_size_per_client == 2
+    assert share.api_history_concurrency_per_client == 1
+    assert settings.worker_share(1).api_max_streams == 1001
+    tiny = ApiSettings(api_max_streams=4, api_limit_concurrency=5).worker_share(4)
+    assert (tiny.api_max_streams, tiny.api_limit_concurrency, tiny.api_pool_size) == (1, 2, 5)
+    assert tiny.api_max_streams_per_client == 1
+
+
+def test_workers_are_counted_from_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKSTREAMER_API_WORKERS", "0")
+    with pytest.raises(ValidationError, match="api_workers"):
+        ApiSettings()
+    monkeypatch.setenv("STOCKSTREAMER_API_WORKERS", "3")
+    assert ApiSettings().worker_count() == 3

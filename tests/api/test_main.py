@@ -5,30 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack
 from datetime import timedelta
 
 import httpx
 
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
-from tests.utils.api import T0, Market, ids, open_stream
-
-
-@contextmanager
-def api_process(database_url: str, **env: str) -> Iterator[tuple[ServiceProcess, str]]:
-    port = free_port()
-    settings = {
-        "DATABASE_URL": database_url,
-        "STOCKSTREAMER_API_PORT": str(port),
-        "STOCKSTREAMER_LOG_FORMAT": "json",
-        **env,
-    }
-    with ServiceProcess("services.api", settings) as proc:
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_http(f"{url}/healthz")
-        yield proc, url
+from tests.utils.api import T0, Market, api_process, ids, open_stream
 
 
 async def test_two_processes_each_deliver_every_tick(database_url: str, market: Market) -> None:
@@ -110,7 +94,7 @@ async def test_connections_beyond_limit_concurrency_get_a_quick_503(
 ) -> None:
     await market.stocks("AAPL")
     limits = {"STOCKSTREAMER_API_LIMIT_CONCURRENCY": "3", "STOCKSTREAMER_API_MAX_STREAMS": "2"}
-    with api_process(database_url, **limits) as (_, url):
+    with api_process(database_url, limits) as (_, url):
         async with AsyncExitStack() as stack:
             for i in range(2):  # two streams (of two clients) hold two of the three places
                 transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{2 + i}")

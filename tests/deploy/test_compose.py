@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 
+from services.api.config import ApiSettings
+from services.api.workers import OPEN_FILES_MARGIN
 from services.common import migrations
 from services.common.config import env_names
 from services.secrets import CONSUMERS, VENDOR_KEYS
@@ -93,10 +96,12 @@ CAP_ADD = {
     "postgres": {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"},
     "proxy": {"NET_BIND_SERVICE"},
 }
-# Memory (MiB) for every container of the default stack with the proxy, one-shots included, on
-# the default instance (t3.small, 2 GiB: the rest is the host's); and what observability adds.
-STACK_BUDGET_MIB = 1536
+# Memory (MiB) for every container of the default stack with the proxy, one-shots included; and
+# what observability adds: on the default instance (t3.medium, 4 GiB), with 512 MiB the host's.
+STACK_BUDGET_MIB = 2560
 OBSERVABILITY_BUDGET_MIB = 1024
+# Streams the API's defaults must hold open at once, on the workers its CPUs give it.
+VIEWERS = 10_000
 # Measured (docker-compose.yml's postgres comment): what one backend holds of its own once it has
 # run our history queries, and the postmaster's and background processes' together.
 BACKEND_MIB = 16
@@ -413,7 +418,8 @@ def test_every_container_is_hardened(service: str) -> None:
     assert spec["security_opt"] == ["no-new-privileges:true"]
     assert spec["read_only"] is True
     assert re.fullmatch(r"\d+m", spec["mem_limit"]), "a memory limit"
-    assert 0 < float(spec["cpus"]) <= 1, "a CPU limit"
+    # the API runs a worker process per CPU: two, which a two-vCPU instance has
+    assert 0 < float(spec["cpus"]) <= (2 if service == "api" else 1), "a CPU limit"
     assert 0 < int(spec["pids_limit"]) <= 128, "a process limit"
     logging = spec["logging"]
     assert logging["driver"] == "local" and logging["options"]["max-size"]
@@ -488,9 +494,34 @@ def test_postgres_worst_case_fits_its_limit(compose: dict[str, Any]) -> None:
     limit = mib(compose["services"]["postgres"]["mem_limit"])
     assert worst <= limit, f"worst case {worst} MiB over the {limit} MiB limit"
     # Room for what connects: the fetcher (2), the exporter (3), the superuser's 3 reserved, and
-    # two API replicas' pools and listeners.
-    pool = int(compose["services"]["api"]["environment"]["STOCKSTREAMER_API_POOL_SIZE"])
-    assert 2 + 3 + 3 + 2 * (pool + 1) <= int(settings["max_connections"])
+    # two API replicas: each worker's share of the pool and its listener.
+    api = compose["services"]["api"]
+    workers = math.ceil(float(api["cpus"]))
+    replica = workers * (api_settings(api).worker_share(workers).api_pool_size + 1)
+    assert workers == 2 and replica <= 8
+    assert 2 + 3 + 3 + 2 * replica <= int(settings["max_connections"])
+
+
+def api_settings(spec: dict[str, Any]) -> ApiSettings:
+    """The API container's settings, as its environment gives them (no secret needed)."""
+    environment = {k: v for k, v in spec["environment"].items() if k.startswith("STOCKSTREAMER_")}
+    return ApiSettings.model_validate(
+        {env_names(ApiSettings)[k]: v for k, v in environment.items()}
+    )
+
+
+def test_the_api_container_admits_ten_thousand_streams(compose: dict[str, Any]) -> None:
+    """The stream cap of its workers (one per CPU), and an open-file limit for every one."""
+    api = compose["services"]["api"]
+    settings = api_settings(api)
+    assert settings.api_workers is None, "a worker per CPU of its limit"
+    nofile = api["ulimits"]["nofile"]
+    # its two CPUs, or one (STOCKSTREAMER_API_CPUS=1 on a one-CPU host)
+    for workers in {math.ceil(float(api["cpus"])), 1}:
+        share = settings.worker_share(workers)
+        assert share.api_max_streams * workers >= VIEWERS * 1.1, "room for an uneven spread"
+        needed = share.api_limit_concurrency + share.api_pool_size + OPEN_FILES_MARGIN
+        assert nofile["soft"] == nofile["hard"] >= needed
 
 
 def test_networks_keep_the_database_and_monitoring_from_the_edge() -> None:

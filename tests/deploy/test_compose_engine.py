@@ -149,6 +149,23 @@ def test_serves_api_and_dashboard(stack: Stack) -> None:
     assert page.status_code == 200 and "bokeh" in page.text.lower()
 
 
+def test_the_api_runs_a_worker_per_cpu_and_stops_them_gracefully(stack: Stack) -> None:
+    """`cpus: 2`: a supervisor and two workers on one port, metrics added up; `stop` ends both."""
+    top = stack.compose("top", "api").stdout
+    assert top.count("python -m services.api") == 3, top  # the supervisor and two workers
+    metrics = httpx.get(f"{stack.api}/metrics", timeout=10).text
+    assert "stockstreamer_api_workers 2.0" in metrics
+    assert "stockstreamer_api_listener_up 2.0" in metrics
+    stack.compose("stop", "api")
+    try:
+        assert stack.inspect("api", "{{.State.ExitCode}}") == "0"
+        logs = stack.compose("logs", "--no-color", "api").stdout
+        assert logs.count("api worker stopped") >= 2 and "api stopped workers=2" in logs
+    finally:
+        stack.compose("start", "api")
+        stack.wait_healthy("api")
+
+
 def test_each_service_logs_in_as_its_own_user(stack: Stack) -> None:
     rows = stack.psql(
         "SELECT DISTINCT usename FROM pg_stat_activity"

@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from services.common.cpus import available_cpus
 from services.common.migrations import migrate
 from services.runner.embedded_db import EmbeddedPostgres, free_port
 from services.runner.processes import ROOT, ServiceProcess
@@ -121,9 +122,12 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything(data_dir: Path)
 
         runner.wait_http(f"http://127.0.0.1:{ports['dashboard']}/", timeout=30)
         runner.wait_http(f"http://127.0.0.1:{ports['metrics']}/metrics")
-        # where each service listens is printed for the person who ran it
+        # where each service listens is printed for the person who ran it, and the API's workers
         for port in (ports["api"], ports["dashboard"], ports["metrics"]):
             assert f"localhost:{port}" in runner.output
+        cpus = available_cpus()
+        workers = "1 process" if cpus == 1 else f"{cpus} worker processes"
+        assert f"localhost:{ports['api']}/docs  ({workers})" in runner.output
 
         runner.signal(signal.SIGINT)
         assert runner.wait(30) == 0

@@ -7,8 +7,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +25,8 @@ from services.common.models import Tick
 from services.common.retention import set_retention
 from services.fetcher import queries as fetcher_queries
 from services.fetcher.store import TickStore
+from services.runner.embedded_db import free_port
+from services.runner.processes import ServiceProcess
 
 T = TypeVar("T")
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
@@ -93,6 +95,28 @@ class ThreadedApi:
         return httpx.AsyncClient(
             base_url=self.url, timeout=10, transport=transport, headers=headers
         )
+
+
+@contextmanager
+def api_process(
+    database_url: str,
+    env: Mapping[str, str] | None = None,
+    open_files: tuple[int, int] | None = None,
+) -> Iterator[tuple[ServiceProcess, str]]:
+    """`python -m services.api` on a free port, once it answers; one process unless `env` sets
+    STOCKSTREAMER_API_WORKERS."""
+    port = free_port()
+    settings = {
+        "DATABASE_URL": database_url,
+        "STOCKSTREAMER_API_PORT": str(port),
+        "STOCKSTREAMER_LOG_FORMAT": "json",
+        "STOCKSTREAMER_API_WORKERS": "1",
+        **(env or {}),
+    }
+    with ServiceProcess("services.api", settings, open_files=open_files) as proc:
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_http(f"{url}/healthz")
+        yield proc, url
 
 
 class Market:

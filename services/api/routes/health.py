@@ -6,10 +6,10 @@ import asyncio
 
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api import queries
 from services.api.deps import MetricsDep, PoolDep
+from services.api.metrics import METRICS_CONTENT_TYPE
 from services.common.contract import Health
 
 router = APIRouter(tags=["health"])
@@ -45,5 +45,5 @@ async def readyz(pool: PoolDep) -> Health | JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus metrics of this process."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics of the API: with several workers, added up over all of them."""
+    return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
