@@ -27,6 +27,7 @@ from services.fetcher import queries as fetcher_queries
 from services.fetcher.store import TickStore
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
+from tests.utils.sockets import listening
 
 T = TypeVar("T")
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
@@ -116,6 +117,14 @@ def api_process(
     with ServiceProcess("services.api", settings, open_files=open_files) as proc:
         url = f"http://127.0.0.1:{port}"
         proc.wait_http(f"{url}/healthz")
+        # One worker answering is not all of them: each binds its own socket when it is ready.
+        workers = int(settings["STOCKSTREAMER_API_WORKERS"] or 1)  # unset: the test checks them
+        deadline = time.monotonic() + 30
+        while workers > 1 and not (
+            len(pids := proc.children()) == workers and all(listening(p, port) for p in pids)
+        ):
+            assert time.monotonic() < deadline, f"{workers} workers not listening:\n{proc.output}"
+            time.sleep(0.05)
         yield proc, url
 
 
