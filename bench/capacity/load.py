@@ -19,6 +19,8 @@ from typing import Any
 from bench.processes import cpu_seconds
 from services.runner.processes import ROOT
 
+LOAD_NICENESS = 10  # the stream clients' scheduling priority (0: the stack's)
+
 HERE = Path(__file__).resolve().parent
 VENV = ROOT / ".venv" / "capacity"
 SYMBOLS = "GE,AMZN,NVDA,INTC,AAPL,NFLX"
@@ -59,6 +61,11 @@ class Clients:
         )  # fmt: skip
         if cpus:
             os.sched_setaffinity(self.proc.pid, cpus)
+        if not probe_url:
+            # The load stands for viewers on other machines: sharing this one's cores, it runs
+            # after the stack when both are ready (its own CPU is still reported). The probe,
+            # which measures, keeps the normal priority.
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, LOAD_NICENESS)
         self.lines: queue.Queue[str] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -138,6 +138,14 @@ class ApiSettings(CommonSettings):
     api_shutdown_timeout: float = Field(
         5.0, gt=0, le=60, description="Seconds open requests get to finish on SIGTERM."
     )
+    api_keep_alive: float = Field(
+        5.0,
+        gt=0,
+        le=86_400,
+        description="Seconds an idle client connection is kept open for its next request; behind "
+        "a load balancer, longer than the balancer's own idle timeout (so it never reuses a "
+        "connection the API is closing).",
+    )
 
     provider: CommaList = Field(
         default_factory=lambda: ["simulated"],

@@ -82,6 +82,7 @@ def serve(
         # a flood of connections gets quick 503s instead of slowing everyone down
         limit_concurrency=settings.api_limit_concurrency,
         timeout_graceful_shutdown=int(settings.api_shutdown_timeout) or 1,
+        timeout_keep_alive=max(1, round(settings.api_keep_alive)),
     )
     # uvicorn re-raises the signal it shut down for once it is done; by then the shutdown was
     # graceful, so the process ends with 0 like the other services rather than dying by signal.
