@@ -150,7 +150,7 @@ locals {
     observability     = 960
     extra_api_replica = 1024
     # An API instance of the scale-out mode: api, dashboard and the secrets one-shot.
-    web_stack = 512
+    web_stack = 1344
   }
   # The system beside the containers: the kernel, dockerd, containerd, the SSM agent, and the
   # image builds of `docker compose up --build`.
