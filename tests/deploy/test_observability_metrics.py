@@ -199,9 +199,9 @@ def test_lag_histograms_measure_live_ticks(running: Running) -> None:
         if s.name == "stockstreamer_api_events_sent_total" and s.labels == {"event": "price"}
     )
     lag = {s.name: s.value for f in text_string_to_metric_families(api_page) for s in f.samples}
-    # One observation per live price event sent (the dashboard's feed is the one stream here);
-    # a scrape may fall between a batch's count and its send.
-    assert 0 < lag[send_count] <= sent <= lag[send_count] + 60
+    # One observation per stream and batch of live prices sent (the dashboard's feed is the one
+    # stream here, well below the sampling threshold), and a batch holds one price or more.
+    assert 0 < lag[send_count] <= sent
     assert lag["stockstreamer_api_commit_to_send_seconds_sum"] / lag[send_count] < 0.5
     pushes = running.sample(running.dashboard, push_count)
     push_sum = running.sample(

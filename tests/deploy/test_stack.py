@@ -155,6 +155,8 @@ async def test_compose_services_come_up_on_the_simulated_market(
             sessions = await conn.fetch(
                 "SELECT DISTINCT usename FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                # a connection still authenticating has no user yet
+                " AND usename IS NOT NULL"
             )
         finally:
             await conn.close()
