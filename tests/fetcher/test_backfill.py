@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter
 
 import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.market import Market
-from services.common.models import Tick
-from services.fetcher.backfill import REQUEST_BARS, REQUEST_SPAN, Backfill
+from services.common.models import Bar, Tick
+from services.fetcher.backfill import CHUNK_BARS, REQUEST_BARS, REQUEST_SPAN, Backfill, day_chunks
 from services.fetcher.config import FetcherSettings
 from services.fetcher.metrics import FetcherMetrics
 from services.fetcher.providers.base import Provider, ProviderError
@@ -182,6 +184,32 @@ async def test_live_ticks_are_not_held_up_by_days_of_history(
                 "SELECT backfilled FROM ticks WHERE event_id = $1", int(payload)
             )
             assert row is False
+
+
+def test_history_is_written_in_chunks_of_whole_symbol_days() -> None:
+    # Three 24/7 days of six symbols, shuffled: each symbol's day (1,440 bars) is one chunk, so
+    # a live batch waits behind a symbol's day at most, not behind every symbol's.
+    symbols = ["AAPL", "AMZN", "GE", "INTC", "NFLX", "NVDA"]
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    price = Decimal("1")
+    bars = [
+        Bar(s, start + MINUTE * m, price, price, price, price)
+        for m in range(3 * 24 * 60)
+        for s in symbols
+    ]
+    random.Random(7).shuffle(bars)
+    chunks = list(day_chunks(bars))
+    key = attrgetter("symbol", "start")
+    assert sorted((b for c in chunks for b in c), key=key) == sorted(bars, key=key)
+    assert [len(c) for c in chunks] == [24 * 60] * (3 * len(symbols))
+    assert all(len({(b.symbol, b.start.date()) for b in c}) == 1 for c in chunks)
+    days = [c[0].start.date() for c in chunks]
+    assert days == sorted(days)  # oldest day first
+    # New York's days (390 minutes) are grouped up to about CHUNK_BARS
+    short = [b for b in bars if b.start.hour < 6 or (b.start.hour == 6 and b.start.minute < 30)]
+    grouped = list(day_chunks(short))
+    assert all(len(c) < CHUNK_BARS + 390 for c in grouped)
+    assert max(len({(b.symbol, b.start.date()) for b in c}) for c in grouped) == 3
 
 
 async def test_a_failing_history_call_skips_that_request_only(
