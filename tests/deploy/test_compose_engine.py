@@ -60,6 +60,8 @@ class Stack(Project):
                 "STOCKSTREAMER_PROXY_HTTPS_PORT": str(free_port()),
                 "STOCKSTREAMER_PROMETHEUS_PORT": str(free_port()),
                 "STOCKSTREAMER_GRAFANA_PORT": str(free_port()),
+                # A day of history, not a year: every dump and restore here copies all of it.
+                "STOCKSTREAMER_BACKFILL": "1d",
             },
             workdir,
             cwd=clean_clone(workdir / "clone"),
