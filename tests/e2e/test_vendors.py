@@ -221,13 +221,18 @@ async def test_make_run_on_alpaca_then_finnhub_fails_over_and_heals(data_dir: Pa
                     for symbol in SYMBOLS
                 }
             )
-            assert all(expected.values())
+            # The vendor has no bar for a minute without trades (a few percent of them): such a
+            # minute stays empty when healed, which the check below also verifies.
+            assert any(expected.values())
 
             async def hole_filled_with_the_vendors_bars() -> bool:
                 for symbol in SYMBOLS:
                     stored = await _bars(api, symbol, "1m", hole, hole_end)
                     seen[symbol] = stored
-                    if {ts: stored.get(ts) for ts in expected[symbol]} != expected[symbol]:
+                    # every bar the vendor has in the hole, and no other (the minute it ends
+                    # in has live ticks again)
+                    inside = {ts: bar for ts, bar in stored.items() if ts < _ms(hole_end)}
+                    if inside != expected[symbol]:
                         return False
                 return True
 
