@@ -162,6 +162,12 @@ class ApiMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.export_rows = Counter(
+            "export_rows",
+            "Rows written to CSV exports (prices.csv and bars.csv).",
+            namespace=ns,
+            registry=registry,
+        )
         self.streams_refused = Counter(
             "streams_refused",
             "Event streams refused (503) because the process had its maximum.",

@@ -219,3 +219,36 @@ CROSS JOIN LATERAL (
 ORDER BY r.event_id
 LIMIT $2
 """
+
+# -- CSV export: a text line per row, formatted by PostgreSQL, read through a cursor ---------
+# Columns of prices.csv: symbol, time (ISO 8601 UTC, ms), ts (epoch ms), price, kind, source.
+# `kind` is `tick`, `backfilled` (drawn from a vendor's minute bar) or `bar_1m` (a minute bar's
+# close, where raw ticks are past retention). Symbols and sources never hold a comma or a quote.
+EXPORT_TICKS = """
+SELECT concat_ws(',', symbol, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                 floor(extract(epoch FROM ts) * 1000)::bigint, price,
+                 CASE WHEN backfilled THEN 'backfilled' ELSE 'tick' END, coalesce(source, ''))
+FROM ticks
+WHERE symbol = $1 AND ts >= $2 AND ts <= $3
+ORDER BY ts
+"""
+
+# Minute bars in [$2, $3), for the part of a window older than the raw ticks' retention.
+EXPORT_MINUTES = """
+SELECT concat_ws(',', symbol, to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                 floor(extract(epoch FROM bucket) * 1000)::bigint, close, 'bar_1m', '')
+FROM bars
+WHERE width_s = 60 AND symbol = $1 AND bucket >= $2 AND bucket < $3
+ORDER BY bucket
+"""
+
+# Columns of bars.csv: symbol, time, ts, open, high, low, close, ticks; the bars of one level
+# ($2 seconds) that meet [$3, $4], as BARS.
+EXPORT_BARS = """
+SELECT concat_ws(',', symbol, to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                 floor(extract(epoch FROM bucket) * 1000)::bigint, open, high, low, close, ticks)
+FROM bars
+WHERE width_s = $2::int AND symbol = $1
+  AND bucket > $3::timestamptz - make_interval(secs => $2::int) AND bucket <= $4
+ORDER BY bucket
+"""

@@ -52,3 +52,31 @@ async def test_a_client_that_goes_away_has_its_query_cancelled_and_its_slot_free
 
 async def _idle(database_url: str) -> bool:
     return await waiting_for_locks(database_url) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "table"), [("/api/v1/prices.csv", "ticks"), ("/api/v1/bars.csv", "bars")]
+)
+async def test_an_export_whose_client_goes_mid_file_is_cancelled_and_freed(
+    api: ThreadedApi, market: Market, database_url: str, path: str, table: str
+) -> None:
+    await market.stocks("AAPL")
+    await market.ticks([("AAPL", T0, 1)])
+    pool = api.app.state.pool
+    params = {"symbols": "AAPL", "start": T0.isoformat()}
+    async with api.client() as client, locked(database_url, table):
+        # the file has begun (its header line is sent) when its first read waits for the lock
+        request = asyncio.create_task(client.get(path, params=params))
+        await eventually(lambda: waiting_for_locks(database_url), message="query not waiting")
+        assert api.metric("stockstreamer_api_history_in_flight") == 1
+        request.cancel()
+        gone = time.monotonic()
+        await eventually(lambda: _idle(database_url), timeout=1, message="query still running")
+        await eventually(lambda: api.metric("stockstreamer_api_history_in_flight") == 0, timeout=1)
+        await eventually(lambda: pool.get_idle_size() == pool.get_size(), timeout=1)
+        freed = time.monotonic() - gone
+        limits = api.app.state.limits
+        for held in (limits.history, limits.connections):
+            assert held.held("127.0.0.1") == 0
+    assert freed < 1
+    assert request.cancelled()
