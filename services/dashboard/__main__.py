@@ -23,6 +23,7 @@ from services.common.config import load_settings
 from services.common.logging import setup_logging
 from services.dashboard import collect
 from services.dashboard.config import DashboardSettings
+from services.dashboard.export import ExportHandler
 from services.dashboard.gate import PageGate, PageHandler
 from services.dashboard.metrics import DashboardMetrics, HealthHandler, MetricsHandler, ReadyHandler
 from services.dashboard.runtime import build_runtime, current_runtime, set_runtime
@@ -49,6 +50,7 @@ class DashboardServer(BaseServer):
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"feed_status": lambda: str(runtime.feed.status)}),
             (r"/metrics", MetricsHandler, {"registry": metrics.registry}),
+            (r"/export\.csv", ExportHandler, {"runtime": runtime}),
         ]
         app = BokehTornado(
             {"/": Application(DirectoryHandler(filename=str(APP_DIR)))},

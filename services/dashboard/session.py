@@ -39,6 +39,7 @@ from services.dashboard.clock import (
     table_time_template,
     zone_label,
 )
+from services.dashboard.export import export_href
 from services.dashboard.feed import (
     Event,
     MarketEvent,
@@ -64,7 +65,14 @@ from services.dashboard.shaping import (
     table_row,
 )
 from services.dashboard.timeline import REAL, Timeline
-from services.dashboard.widgets import MODES, VIEWS, WINDOW_NAMES, Controls, status_html
+from services.dashboard.widgets import (
+    MODES,
+    VIEWS,
+    WINDOW_NAMES,
+    Controls,
+    export_html,
+    status_html,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +173,7 @@ class DashboardSession:
             for stock in sorted(runtime.feed.stocks.values(), key=lambda s: s.symbol):
                 self._add_stock(stock)
             self._market_defaults()
+            self._show_export()
         self._show_status(runtime.feed.status)
         doc.on_event(DocumentReady, self._ready)
 
@@ -412,6 +421,7 @@ class DashboardSession:
         except ValueError as exc:
             log.warning("bad bars series", extra={"error": repr(exc)})
         candles.show(first.symbol if first else None, self.window, bars.interval)
+        self._show_export(bars.interval)
 
     def _candle_chart(self) -> CandleChart:
         """The candle view, made (and put under the lines' chart) the first time it is needed."""
@@ -524,6 +534,7 @@ class DashboardSession:
         self._show_closed_toggle()
         if self.candles is not None:
             self.candles.show(self.ui.candle_symbol.value or None, self.window)
+        self._show_export()
         self._reload_soon()
 
     def _on_mode(self, _attr: str, _old: int, new: int) -> None:
@@ -537,16 +548,29 @@ class DashboardSession:
             self._candle_chart().figure.visible = candles
         self.ui.candle_symbol.visible = candles
         self.ui.mode.visible = self.ui.picker.visible = not candles
+        self._show_export()
         if candles:
             self._reload_soon()
 
     def _on_candle_symbol(self, _attr: str, _old: str, _new: str) -> None:
+        self._show_export()
         if self.view == "candles":
             self._reload_soon()
 
     def _on_pick(self, _attr: str, _old: list[str], new: list[str]) -> None:
         self.chart.set_visible(set(new))
         self.ui.table_rows.indices = sorted(self.rows[s] for s in new if s in self.rows)
+        self._show_export()
+
+    def _show_export(self, interval: str | None = None) -> None:
+        """Point the download link at what is shown: the lines' stocks, or the candles' one at
+        their width, over the window up to now."""
+        if self.view == "candles":
+            symbol = self.ui.candle_symbol.value
+            href = export_href("bars", [symbol] if symbol else [], self.window, interval)
+        else:
+            href = export_href("prices", list(self.ui.picker.value), self.window)
+        self.ui.export.text = export_html(href)
 
     # -- the market and the time axis --------------------------------------------------------
     def _collapsing(self) -> bool:

@@ -107,6 +107,15 @@ def status_div() -> Div:
     return Div(text=status_html(Status.CONNECTING), name="status")
 
 
+def export_div() -> Div:
+    """The link that downloads what the page shows as CSV (its href set by the session)."""
+    return Div(text="", name="export")
+
+
+def export_html(href: str) -> str:
+    return f'<a href="{href}" download style="white-space:nowrap">Download CSV</a>'
+
+
 def market_div() -> Div:
     """The closed-market banner (hidden while the market is open)."""
     return Div(text="", name="market", visible=False, sizing_mode="stretch_width")
@@ -194,6 +203,7 @@ class Controls:
     market: Div
     zone: RadioButtonGroup
     closed: RadioButtonGroup
+    export: Div
     table: DataTable
     table_source: ColumnDataSource
     table_rows: IndexFilter
@@ -211,6 +221,7 @@ class Controls:
             market_div(),
             zone_toggle(),
             closed_toggle(),
+            export_div(),
             table,
             source,
             rows,
@@ -243,7 +254,7 @@ class Controls:
                 self.picker,
                 sizing_mode="stretch_width",
             ),
-            row(self.closed, times, self.zone, sizing_mode="stretch_width"),
+            row(self.closed, times, self.zone, self.export, sizing_mode="stretch_width"),
             chart,
             self.table,
             sizing_mode="stretch_width",

@@ -195,6 +195,18 @@ def click(page: Page, label: str) -> None:
     page.get_by_role("button", name=label, exact=True).click()
 
 
+def download(page: Page, into: Path) -> list[str]:
+    """Click the page's "Download CSV" link; the file's lines."""
+    with page.expect_download() as started:
+        page.get_by_role("link", name="Download CSV").click()
+    file = started.value
+    assert file.suggested_filename.startswith("stockstreamer-")
+    assert file.suggested_filename.endswith(".csv")
+    saved = into / file.suggested_filename
+    file.save_as(saved)
+    return saved.read_text().splitlines()
+
+
 def rgb(colour: str) -> list[int]:
     return [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
 
@@ -348,10 +360,24 @@ def test_dashboard_in_a_browser(stack: Stack, page: Page, tmp_path: Path) -> Non
     page.screenshot(path=str(tmp_path / "candles.png"), full_page=True)
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(tmp_path / "candles.png", ROOT / "docs" / "dashboard-candles.png")
+
+    # -- what is on screen, as a CSV download: the candles' bars, then every line's ticks ---
+    bars = download(page, tmp_path)
+    assert bars[0] == "symbol,time,ts,open,high,low,close,ticks"
+    assert len(bars) > 2 and len({line.split(",")[0] for line in bars[1:]}) == 1
     click(page, "Lines")
     page.wait_for_function(
         f"() => ({VISIBLE_JS})('chart') === true && ({VISIBLE_JS})('candles') === false"
     )
+    ticks = download(page, tmp_path)
+    assert ticks[0] == "symbol,time,ts,price,kind,source"
+    rows = [line.split(",") for line in ticks[1:]]
+    assert {r[0] for r in rows} == set(SYMBOLS)
+    hour_ago = time.time() * 1000 - HOUR_MS - 60_000
+    assert all(int(r[2]) >= hour_ago and r[4] in ("tick", "backfilled") for r in rows)
+    for symbol in SYMBOLS:  # each stock's ticks in time order, up to the last seconds
+        stamps = [int(r[2]) for r in rows if r[0] == symbol]
+        assert stamps == sorted(stamps) and stamps[-1] > time.time() * 1000 - 30_000
 
 
 # -- a closed exchange: banner, source badges, closed hours collapsed, the exchange's time ------
