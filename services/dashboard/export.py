@@ -37,7 +37,7 @@ class ExportHandler(RequestHandler):
 
     async def get(self) -> None:
         kind = self.get_query_argument("kind", "prices")
-        window = self.get_query_argument("window", "1 hour")
+        window = self.get_query_argument("window", "1h")
         interval = self.get_query_argument("interval", "1m")
         symbols = self.get_query_argument("symbols", "")
         problem = None

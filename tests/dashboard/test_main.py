@@ -34,6 +34,13 @@ def test_serves_the_page_health_and_metrics_then_stops_on_sigterm(fake_api: Fake
         assert "stockstreamer_dashboard_unused_sessions 2.0" in metrics
         assert "stockstreamer_dashboard_sessions 0.0" in metrics
         assert httpx.get(f"{base}/nope", timeout=5).status_code == 404
+        for query, named in (
+            ("window=2h", "window"),
+            ("kind=zip", "kind"),
+            ("kind=bars&interval=3m", "interval"),
+        ):
+            answer = httpx.get(f"{base}/export.csv?{query}", timeout=5)
+            assert answer.status_code == 422 and named in answer.text, (query, answer.text)
         assert fake_api.stream_requests == [None]  # one stream for the process, not one per tab
         dashboard.signal()
         assert dashboard.wait(15) == 0
