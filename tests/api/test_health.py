@@ -96,6 +96,8 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
         "/api/v1/prices",
         "/api/v1/prices/latest",
         "/api/v1/bars",
+        "/api/v1/prices.csv",
+        "/api/v1/bars.csv",
         "/api/v1/market",
         "/api/v1/market/sessions",
         "/api/v1/stream",
@@ -105,6 +107,10 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
     }
     stream = spec["paths"]["/api/v1/stream"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in stream
+    for export in ("/api/v1/prices.csv", "/api/v1/bars.csv"):
+        answers = spec["paths"][export]["get"]["responses"]
+        assert list(answers["200"]["content"]) == ["text/csv"]
+        assert answers["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
     prices = spec["paths"]["/api/v1/prices"]["get"]["responses"]
     assert prices["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
     sessions = spec["paths"]["/api/v1/market/sessions"]["get"]["responses"]

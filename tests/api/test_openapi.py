@@ -94,7 +94,7 @@ async def test_every_symbol_parameter_declares_the_pattern(client: httpx.AsyncCl
             for parameter in operation.get("parameters", []):
                 if parameter["name"] in declared:
                     declared[parameter["name"]].append(parameter["schema"])
-    assert len(declared["symbol"]) == 3 and len(declared["symbols"]) == 4
+    assert len(declared["symbol"]) == 3 and len(declared["symbols"]) == 6
     for schema in declared["symbol"]:
         assert schema["pattern"] == SYMBOL_INPUT_PATTERN
         assert (schema["minLength"], schema["maxLength"]) == (1, MAX_SYMBOL_LENGTH)
