@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
-from bench.processes import cpu_seconds, start_api
+from bench.processes import cpu_seconds, rss_bytes, start_api
 from services.common.models import Tick
 from services.common.retention import set_retention
 from services.fetcher import queries
@@ -173,14 +173,6 @@ async def _clients(
     return proc
 
 
-def _rss(pid: int) -> int:
-    """Resident memory of a process, bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 @dataclass
 class FanOut:
     streams: int
@@ -218,14 +210,14 @@ async def _fan_out(url: str, streams: int, batches: int, rate: float, offset: in
     out = Path(tempfile.mkdtemp(prefix="stockstreamer-clients-"))
     procs: list[asyncio.subprocess.Process] = []
     try:
-        idle = _rss(api.pid)
+        idle = rss_bytes(api.pid)
         procs.append(await _clients(base, 1, events, out / "first.json", within, record=True))
         per = LOAD_PER_PROCESS
         shares = [min(per, streams - i) for i in range(0, streams, per)]
         loads = [_clients(base, n, events, out / f"{i}.json", within) for i, n in enumerate(shares)]
         procs += await asyncio.gather(*loads)
         procs.append(await _clients(base, 1, events, out / "last.json", within, record=True))
-        rss = (_rss(api.pid) - idle) / (streams + 2) * 1000 / 2**20
+        rss = (rss_bytes(api.pid) - idle) / (streams + 2) * 1000 / 2**20
         cpu = cpu_seconds(api.pid)
         committed: dict[int, float] = {}
         await _write(conn, offset, committed, batches, rate)

@@ -7,7 +7,6 @@ import logging
 import statistics
 import time
 from collections import Counter
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -16,7 +15,7 @@ from bokeh.application.handlers.directory import DirectoryHandler
 from bokeh.settings import settings as bokeh_settings
 from prometheus_client import CollectorRegistry
 
-from bench.processes import cpu_seconds, start_api
+from bench.processes import cpu_seconds, rss_bytes, start_api
 from services.common.contract import Stock
 from services.common.symbols import parse_symbols
 from services.dashboard.__main__ import APP_DIR
@@ -65,13 +64,6 @@ def _build_cpu(validate: bool) -> float:
     return statistics.median(times) * 1000
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def _bare_get(port: int, answers: list[tuple[int | str, float]]) -> None:
     started = time.monotonic()
     try:
@@ -104,7 +96,7 @@ async def _flood(url: str) -> str:
     try:
         await asyncio.to_thread(dashboard.wait_http, f"{base}/healthz")
         await asyncio.sleep(2)  # the feed connects, the stocks arrive
-        rss_before, cpu_before = _rss_mb(dashboard.pid), cpu_seconds(dashboard.pid)
+        rss_before, cpu_before = rss_bytes(dashboard.pid) / 2**20, cpu_seconds(dashboard.pid)
         answers: list[tuple[int | str, float]] = []
         loop = asyncio.get_running_loop()
         start, tasks = loop.time(), []
@@ -118,7 +110,7 @@ async def _flood(url: str) -> str:
         await asyncio.gather(*tasks)
         cpu = cpu_seconds(dashboard.pid) - cpu_before
         await asyncio.sleep(15)  # the flood's unconnected sessions expire
-        rss_after = _rss_mb(dashboard.pid)
+        rss_after = rss_bytes(dashboard.pid) / 2**20
     finally:
         dashboard.stop()
         api.stop()

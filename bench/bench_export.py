@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import httpx
 
 from bench.history_data import _csv, log
-from bench.processes import start_api
+from bench.processes import rss_bytes, start_api
 from services.common.retention import set_retention
 from services.fetcher import queries
 from services.fetcher.store import create_partitions, partitions_for
@@ -27,13 +26,6 @@ DAYS = 30
 ROWS = DAYS * 86_400
 TARGET_RATE = 200_000
 TARGET_GROWTH_MB = 50.0
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _load(url: str) -> tuple[datetime, datetime]:
@@ -97,7 +89,7 @@ async def _export(url: str, start: datetime, end: datetime) -> tuple[float, floa
     api, base = await start_api(url)
     try:
         pid = api.pid
-        before = rss_mb(pid)
+        before = rss_bytes(pid) / 2**20
         peak = before
         lines = 0
         params = {
@@ -111,7 +103,7 @@ async def _export(url: str, start: datetime, end: datetime) -> tuple[float, floa
                 assert answer.status_code == 200
                 async for chunk in answer.aiter_raw():
                     lines += chunk.count(b"\n")
-                    peak = max(peak, rss_mb(pid))
+                    peak = max(peak, rss_bytes(pid) / 2**20)
             elapsed = time.perf_counter() - began
     finally:
         api.stop()

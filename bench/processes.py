@@ -64,6 +64,18 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS), bytes; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def postgres_cpu(postmaster: int) -> float:
     """CPU seconds of PostgreSQL: the postmaster, its live backends and those that ended."""
     total = cpu_seconds(postmaster, children=True)
