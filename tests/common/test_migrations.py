@@ -17,7 +17,20 @@ from services.fetcher.store import create_partitions, partitions_for
 from tests.utils.postgres import create_database, drop_database
 
 TS = datetime(2026, 1, 2, 15, 30, tzinfo=UTC)
-TABLES = {"stocks", "ticks", "bars", "partition_policy", "feed", "heal_misses"}
+TABLES = {
+    "stocks",
+    "ticks",
+    "bars",
+    "partition_policy",
+    "feed",
+    "heal_misses",
+    "watchlist",
+    "alerts",
+    "alert_firings",
+    "alert_deliveries",
+    "alert_channels",
+    "alert_cursor",
+}
 PARTITIONING = "20261126000000_partitioned_ticks_and_bars.sql"
 
 
