@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.api import errors
+from services.api.auth import Failures, Tokens
 from services.api.config import ApiSettings
 from services.api.disconnect import CancelOnDisconnect
 from services.api.feed import Feed, MarketWatch
@@ -101,6 +102,8 @@ def create_app(settings: ApiSettings | None = None, worker: int | None = None) -
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.limits = limits = ClientLimits(settings, metrics)
+    app.state.tokens = Tokens(settings.write_tokens())
+    app.state.auth_failures = Failures(settings.api_auth_failures_per_minute)
     app.state.configured_feed = configured = Feed.configured(
         settings.provider, settings.calendar, settings.extended_hours
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.config import CommaList, CommonSettings, DbRole, trusted_proxies_field
 from services.common.cpus import available_cpus
 from services.common.market import check_calendar
+
+MIN_TOKEN_LENGTH = 16  # a shorter token is guessable within the failure limit's patience
 
 # The per-client limits are each worker process's own (see ApiSettings.worker_share).
 _PER_WORKER = (
@@ -50,6 +53,22 @@ class ApiSettings(CommonSettings):
         description="Pooled connections one client address holds at once (less than "
         "api_pool_size; by default at most half of it); beyond, a request waits a second for "
         "one of its own, then 429." + _PER_WORKER,
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="A token that write requests present (Authorization: Bearer); with none "
+        "here or in api_tokens_file, writes are refused (403). At least 16 characters.",
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        description="A file of tokens, one a line (blank lines and # comments skipped), for "
+        "writes; a secret file, read at start.",
+    )
+    api_auth_failures_per_minute: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Failed token attempts one client address may make a minute; beyond, 429.",
     )
     api_statement_timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds any one query may run before it is cancelled (503)."
@@ -204,6 +223,26 @@ class ApiSettings(CommonSettings):
     def _without_trailing_slash(cls, value: list[str]) -> list[str]:
         # browsers send Origin without a path; "https://a.example/" would never match
         return [origin.rstrip("/") for origin in value]
+
+    def write_tokens(self) -> list[str]:
+        """The tokens writes may present: api_token, then a line each from api_tokens_file."""
+        found = [self.api_token.get_secret_value().strip()] if self.api_token else []
+        if self.api_tokens_file is not None:
+            for line in self.api_tokens_file.read_text().splitlines():
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    found.append(text)
+        return [t for t in found if t]
+
+    @model_validator(mode="after")
+    def _tokens_usable(self) -> ApiSettings:
+        try:
+            tokens = self.write_tokens()
+        except OSError as exc:  # a clear settings error, not a traceback
+            raise ValueError(f"api_tokens_file: cannot read it: {exc.strerror}") from None
+        if any(len(t) < MIN_TOKEN_LENGTH for t in tokens):
+            raise ValueError(f"API tokens must be at least {MIN_TOKEN_LENGTH} characters long")
+        return self
 
     @model_validator(mode="after")
     def _room_beside_the_streams(self) -> ApiSettings:

@@ -162,6 +162,13 @@ class ApiMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.auth_failures = Counter(
+            "auth_failures",
+            "Write requests refused for their token: missing, wrong, or throttled (too many).",
+            ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
         self.export_rows = Counter(
             "export_rows",
             "Rows written to CSV exports (prices.csv and bars.csv).",
