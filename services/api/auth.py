@@ -1,4 +1,5 @@
-"""Bearer tokens for writes: kept as digests, compared in constant time, never logged."""
+"""Bearer tokens for writes (and reads, if so set): kept as digests, compared in constant time,
+never logged."""
 
 from __future__ import annotations
 
@@ -82,13 +83,24 @@ def _bearer(request: Request) -> str | None:
 async def require_writer(request: Request, client: ClientDep) -> None:
     """A write: 403 when no token is configured, 401 without the right one, 429 when guessing."""
     tokens: Tokens = request.app.state.tokens
-    failures: Failures = request.app.state.auth_failures
-    metrics = request.app.state.metrics
     if not tokens.configured:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             "writes are disabled: no API token is configured (STOCKSTREAMER_API_TOKENS_FILE)",
         )
+    _check_token(request, client, tokens, "write")
+
+
+async def require_reader(request: Request, client: ClientDep) -> None:
+    """A read: open, unless STOCKSTREAMER_API_READ_TOKEN_REQUIRED asks for a token as writes do."""
+    if request.app.state.settings.api_read_token_required:
+        _check_token(request, client, request.app.state.tokens, "read")
+
+
+def _check_token(request: Request, client: str, tokens: Tokens, kind: str) -> None:
+    """Returns when the request presents one of `tokens`: else 401, or 429 when guessing."""
+    failures: Failures = request.app.state.auth_failures
+    metrics = request.app.state.metrics
     wait = failures.blocked_for(client)
     if wait > 0:
         metrics.auth_failures.labels("throttled").inc()
@@ -99,7 +111,7 @@ async def require_writer(request: Request, client: ClientDep) -> None:
     reason = "missing" if presented is None else "wrong"
     failures.add(client)
     metrics.auth_failures.labels(reason).inc()
-    log.warning("write refused", extra={"reason": reason, "client": client})
+    log.warning("token refused", extra={"access": kind, "reason": reason, "client": client})
     challenge = 'Bearer realm="stockstreamer"'
     if presented is not None:
         challenge += ', error="invalid_token"'
@@ -111,3 +123,4 @@ async def require_writer(request: Request, client: ClientDep) -> None:
 
 
 WriterDep = Annotated[None, Depends(require_writer)]
+READERS = [Depends(require_reader)]  # every read router's dependencies

@@ -35,8 +35,9 @@ class ApiSettings(CommonSettings):
         "LISTEN connection, and its share of the API's caps; 1 runs a single process.",
     )
     api_db_role: DbRole = Field(
-        "stockstreamer_reader",
-        description="Role the API switches to on connect; `none` keeps the login user.",
+        "stockstreamer_editor",
+        description="Role the API switches to on connect (the editor reads everything and "
+        "writes only the watchlist and alerts); `none` keeps the login user.",
     )
     api_pool_size: int = Field(
         20,
@@ -69,6 +70,24 @@ class ApiSettings(CommonSettings):
         ge=1,
         le=10_000,
         description="Failed token attempts one client address may make a minute; beyond, 429.",
+    )
+    api_read_token_required: bool = Field(
+        False,
+        description="Whether reads (REST and the stream, not health and metrics) need a token "
+        "too, as writes do; needs api_token or api_tokens_file.",
+    )
+    max_symbols: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Most symbols in the watchlist (rejected ones not counted); adding one more "
+        "is refused with 409. The fetcher reads the same setting.",
+    )
+    max_alerts: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Most alerts in force at once; creating one more is refused with 409.",
     )
     api_statement_timeout: float = Field(
         5.0, gt=0, le=300, description="Seconds any one query may run before it is cancelled (503)."
@@ -242,6 +261,9 @@ class ApiSettings(CommonSettings):
             raise ValueError(f"api_tokens_file: cannot read it: {exc.strerror}") from None
         if any(len(t) < MIN_TOKEN_LENGTH for t in tokens):
             raise ValueError(f"API tokens must be at least {MIN_TOKEN_LENGTH} characters long")
+        if self.api_read_token_required and not tokens:
+            # otherwise every read would be refused: a configuration error, said at start
+            raise ValueError("api_read_token_required needs a token (api_token or api_tokens_file)")
         return self
 
     @model_validator(mode="after")

@@ -16,9 +16,11 @@ def configured(settings: ApiSettings) -> Feed:
 def test_defaults() -> None:
     settings = ApiSettings()
     assert (settings.api_host, settings.api_port) == ("127.0.0.1", 8000)
-    assert settings.api_db_role == "stockstreamer_reader"
+    assert settings.api_db_role == "stockstreamer_editor"
     assert settings.cors_origins == []
     assert settings.api_stream_heartbeat == 15
+    assert (settings.max_symbols, settings.max_alerts) == (50, 1000)
+    assert settings.api_read_token_required is False
 
 
 def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,8 +28,11 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STOCKSTREAMER_CORS_ORIGINS", "http://localhost:5006/, https://a.example")
     monkeypatch.setenv("STOCKSTREAMER_API_STREAM_QUEUE_SIZE", "8")
     monkeypatch.setenv("STOCKSTREAMER_API_DB_ROLE", "none")
+    monkeypatch.setenv("STOCKSTREAMER_MAX_SYMBOLS", "30")
+    monkeypatch.setenv("STOCKSTREAMER_MAX_ALERTS", "5")
     settings = ApiSettings()
     assert settings.api_port == 8100 and settings.api_stream_queue_size == 8
+    assert (settings.max_symbols, settings.max_alerts) == (30, 5)
     assert settings.cors_origins == ["http://localhost:5006", "https://a.example"]
     assert settings.api_db_role is None  # `none`: stay the login user
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from services.api import queries
+from services.api.auth import READERS
 from services.api.deps import (
     ConnDep,
     HistorySlotDep,
@@ -22,7 +23,9 @@ from services.api.routes.prices import HISTORY_RESPONSES, EndParam, StartParam, 
 from services.common.bars import BY_NAME, LEVELS, Level
 from services.common.contract import Bars, BarSeries
 
-router = APIRouter(prefix="/api/v1/bars", tags=["prices"], responses=HISTORY_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/bars", tags=["prices"], dependencies=READERS, responses=HISTORY_RESPONSES
+)
 
 MAX_BARS = 2000
 Interval = Literal["auto", "10s", "1m", "2m", "5m", "15m", "30m", "1h", "4h", "1d"]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import StreamingResponse
 
 from services.api import history, queries
+from services.api.auth import READERS
 from services.api.deps import (
     ConnDep,
     HistorySlotDep,
@@ -22,7 +23,7 @@ from services.api.metrics import ApiMetrics
 from services.api.routes.prices import HISTORY_RESPONSES, EndParam, StartParam, window
 from services.common.bars import BY_NAME
 
-router = APIRouter(prefix="/api/v1", tags=["export"])
+router = APIRouter(prefix="/api/v1", tags=["export"], dependencies=READERS)
 
 FETCH_ROWS = 5000  # rows per cursor fetch: one write to the client each
 PRICES_HEADER = "symbol,time,ts,price,kind,source\n"

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter
 
+from services.api.auth import READERS
 from services.api.deps import FeedDep, WatchDep, epoch_ms
 from services.api.routes.prices import time_query, window
 from services.common.contract import Market, Problem, Sessions
@@ -14,6 +15,7 @@ from services.common.contract import Market, Problem, Sessions
 router = APIRouter(
     prefix="/api/v1/market",
     tags=["market"],
+    dependencies=READERS,
     responses={
         429: {"model": Problem, "description": "Too many requests at once from this client"},
         503: {"model": Problem, "description": "Database unavailable"},

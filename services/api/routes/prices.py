@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from services.api import history, queries
+from services.api.auth import READERS
 from services.api.deps import (
     TIME_PATTERN,
     ConnDep,
@@ -28,7 +29,9 @@ HISTORY_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": Problem, "description": "This client is over one of its limits (Retry-After)"},
     503: {"model": Problem, "description": "Database unavailable or too busy (Retry-After)"},
 }
-router = APIRouter(prefix="/api/v1/prices", tags=["prices"], responses=HISTORY_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/prices", tags=["prices"], dependencies=READERS, responses=HISTORY_RESPONSES
+)
 
 DEFAULT_WINDOW = timedelta(days=7)
 MAX_WINDOW = timedelta(days=3653)

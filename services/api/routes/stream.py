@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api import queries
+from services.api.auth import READERS
 from services.api.config import ApiSettings
 from services.api.deps import (
     BroadcasterDep,
@@ -40,7 +41,7 @@ from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
 from services.common.contract import Problem, ResetPayload
 
-router = APIRouter(prefix="/api/v1/stream", tags=["stream"])
+router = APIRouter(prefix="/api/v1/stream", tags=["stream"], dependencies=READERS)
 
 REPLAY_CHUNK = 1000  # frames per write while replaying
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
