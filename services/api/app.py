@@ -20,7 +20,7 @@ from services.api.feed import Feed, MarketWatch
 from services.api.limits import ClientLimits
 from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics, TimingMiddleware
-from services.api.routes import bars, export, health, market, prices, stocks, stream
+from services.api.routes import alerts, bars, export, health, market, prices, stocks, stream
 from services.common.db import create_pool, redact_url
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def create_app(settings: ApiSettings | None = None, worker: int | None = None) -
     )
     # one per process: each calendar is built once (about 100 ms), each state kept until it changes
     app.state.market_watch = MarketWatch(fallback=configured.calendar)
-    routers = (stocks, prices, bars, export, market, stream, health)
+    routers = (stocks, alerts, prices, bars, export, market, stream, health)
     for router in (r.router for r in routers):
         app.include_router(router)
     errors.install(app)

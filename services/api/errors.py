@@ -19,11 +19,20 @@ _PLACES = {"path": "path parameter", "query": "query parameter", "header": "head
 
 
 def describe(error: dict[str, Any]) -> str:
-    """`query parameter 'max_points': Input should be ...` from one pydantic error."""
+    """`query parameter 'max_points': Input should be ...` from one pydantic error; a body's
+    field is named by its path (`body field 'channels[0]'`)."""
     loc = [str(part) for part in error.get("loc", ())]
+    message = str(error.get("msg", "invalid"))
+    if loc[:1] == ["body"]:
+        if error.get("type") == "json_invalid" or len(loc) == 1:
+            return f"body: {message}"
+        parts = error["loc"][1:]
+        name = str(parts[0]) + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts[1:]
+        )
+        return f"body field '{name}': {message}"
     place = _PLACES.get(loc[0], loc[0]) if loc else "request"
     name = loc[-1] if len(loc) > 1 else ""
-    message = str(error.get("msg", "invalid"))
     return f"{place} '{name}': {message}" if name else f"{place}: {message}"
 
 

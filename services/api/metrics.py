@@ -164,8 +164,24 @@ class ApiMetrics:
         )
         self.auth_failures = Counter(
             "auth_failures",
-            "Write requests refused for their token: missing, wrong, or throttled (too many).",
+            "Requests refused for their token (writes; reads too when a token is required): "
+            "missing, wrong, or throttled (too many).",
             ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.watchlist_changes = Counter(
+            "watchlist_changes",
+            "Watchlist changes made through the API: added, retried (a rejected symbol added "
+            "again), removed.",
+            ["change"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.alert_changes = Counter(
+            "alert_changes",
+            "Alerts created and deleted through the API.",
+            ["change"],
             namespace=ns,
             registry=registry,
         )

@@ -1,4 +1,4 @@
-"""The API's SQL, as named, parameterised statements (read-only)."""
+"""The API's SQL as named, parameterised statements: reads, and the watchlist and alert writes."""
 
 from __future__ import annotations
 
@@ -6,41 +6,46 @@ from __future__ import annotations
 
 SELECT_ONE = "SELECT 1"
 
-ALL_SYMBOLS = "SELECT symbol FROM stocks ORDER BY symbol"
+# What is shown is what is tracked: the watchlist. A symbol's data outlives its row there (until
+# retention drops it), but an untracked symbol is answered for as an unknown one.
+ALL_SYMBOLS = "SELECT symbol FROM watchlist ORDER BY symbol"
 
-KNOWN_SYMBOLS = "SELECT symbol FROM stocks WHERE symbol = ANY($1::text[])"
+KNOWN_SYMBOLS = "SELECT symbol FROM watchlist WHERE symbol = ANY($1::text[])"
 
-# Stocks with their last tick and its source; the change reference is the previous close when the
-# provider gives one, else the first tick of the last tick's trading day in exchange time
-# (America/New_York). A source is a failover when the feed's chain has it, but not first. The last
-# tick is one probe of the primary key per symbol (and one heap fetch, for its source).
-# $1: symbols, or NULL for all.
+# The watchlist's stocks with their state, metadata (none yet for a new symbol), last tick and its
+# source; the change reference is the previous close when the provider gives one, else the first
+# tick of the last tick's trading day in exchange time (America/New_York). A source is a failover
+# when the feed's chain has it, but not first. The last tick is one probe of the primary key per
+# symbol (and one heap fetch, for its source). $1: symbols, or NULL for all.
 STOCKS = """
-SELECT s.symbol, s.name, s.logo_url, s.week52_high, s.week52_low, s.previous_close,
+SELECT w.symbol, w.state, w.progress, w.reason, w.origin,
+       s.name, s.logo_url, s.week52_high, s.week52_low, s.previous_close,
        s.metadata_updated_at, l.price AS last_price, l.ts AS last_ts, l.source,
        coalesce(l.source = ANY(f.chain) AND l.source <> f.chain[1], false) AS failover,
        COALESCE(s.previous_close, o.price) AS reference
-FROM stocks s
+FROM watchlist w
+LEFT JOIN stocks s ON s.symbol = w.symbol
 LEFT JOIN feed f ON true
 LEFT JOIN LATERAL (
-    SELECT t.price, t.ts, t.source FROM ticks t WHERE t.symbol = s.symbol ORDER BY t.ts DESC LIMIT 1
+    SELECT t.price, t.ts, t.source FROM ticks t WHERE t.symbol = w.symbol ORDER BY t.ts DESC LIMIT 1
 ) l ON true
 LEFT JOIN LATERAL (
     SELECT t.price FROM ticks t
-    WHERE s.previous_close IS NULL AND t.symbol = s.symbol
+    WHERE s.previous_close IS NULL AND t.symbol = w.symbol
       AND t.ts >= date_trunc('day', l.ts, 'America/New_York')
     ORDER BY t.ts LIMIT 1
 ) o ON true
-WHERE $1::text[] IS NULL OR s.symbol = ANY($1::text[])
-ORDER BY s.symbol
+WHERE $1::text[] IS NULL OR w.symbol = ANY($1::text[])
+ORDER BY w.symbol
 """
 
 # The fetcher's feed (one row, or none before the fetcher first started).
 FEED = "SELECT chain, active, history, calendar, extended_hours FROM feed"
 
 METADATA = """
-SELECT symbol, logo_url, week52_high, week52_low, metadata_updated_at AS updated_at
-FROM stocks WHERE symbol = $1
+SELECT w.symbol, s.logo_url, s.week52_high, s.week52_low, s.metadata_updated_at AS updated_at
+FROM watchlist w LEFT JOIN stocks s ON s.symbol = w.symbol
+WHERE w.symbol = $1
 """
 
 # Where each storage level begins: raw ticks (and 10 s bars) from the `ticks` cutoff, minute bars
@@ -184,23 +189,19 @@ ORDER BY s.symbol
 # The highest event id so far: where a fresh stream (or a `reset`) starts.
 HEAD_EVENT_ID = "SELECT coalesce(max(event_id), 0) FROM ticks"
 
-# Live ticks after event id $1, oldest first, never backfilled history; $2 bounds one fetch.
+# Live ticks of tracked symbols after event id $1, oldest first, never backfilled history; $2
+# bounds one fetch. (A symbol's ticks in flight when it was removed are not sent.)
 TICKS_AFTER = """
-SELECT symbol, floor(extract(epoch FROM ts) * 1000)::bigint AS ts_ms, price, event_id
-FROM ticks
-WHERE event_id > $1 AND NOT backfilled
-ORDER BY event_id
+SELECT t.symbol, floor(extract(epoch FROM t.ts) * 1000)::bigint AS ts_ms, t.price, t.event_id
+FROM ticks t
+WHERE t.event_id > $1 AND NOT t.backfilled
+  AND EXISTS (SELECT FROM watchlist w WHERE w.symbol = t.symbol)
+ORDER BY t.event_id
 LIMIT $2
 """
 
-# A stream's resume for every symbol: the first $2 live ticks after event id $1, oldest first.
-REPLAY_AFTER = """
-SELECT symbol, floor(extract(epoch FROM ts) * 1000)::bigint AS ts_ms, price, event_id
-FROM ticks
-WHERE event_id > $1 AND NOT backfilled
-ORDER BY event_id
-LIMIT $2
-"""
+# A stream's resume for every tracked symbol: the first $2 live ticks after event id $1.
+REPLAY_AFTER = TICKS_AFTER
 
 # The same for some symbols ($3). Each is read from its own place in the (symbol, event_id) index
 # of live ticks, at most $2 rows of it, and the few read are merged by event id: the rows read
@@ -252,3 +253,98 @@ WHERE width_s = $2::int AND symbol = $1
   AND bucket > $3::timestamptz - make_interval(secs => $2::int) AND bucket <= $4
 ORDER BY bucket
 """
+
+# -- The watchlist ----------------------------------------------------------------------------
+# Adds and removals take this transaction-scoped lock first, so that the count a POST checks
+# against STOCKSTREAMER_MAX_SYMBOLS is still the count when it commits, whichever worker or
+# replica serves it.
+LOCK_WATCHLIST = "SELECT pg_advisory_xact_lock(hashtext('stockstreamer.watchlist'))"
+
+# Symbols that count against the limit (a rejected one does not), $1 left out.
+COUNT_WATCHED = """
+SELECT count(*) FROM watchlist WHERE state <> 'rejected' AND symbol <> $1
+"""
+
+WATCHED = "SELECT origin, state FROM watchlist WHERE symbol = $1"
+
+# A new symbol, pending (a row the fetcher's configuration added meanwhile is left as it is).
+ADD_WATCHED = """
+INSERT INTO watchlist (symbol, origin) VALUES ($1, 'api') ON CONFLICT (symbol) DO NOTHING
+"""
+
+# A rejected symbol added again is tried again.
+RETRY_WATCHED = """
+UPDATE watchlist
+SET state = 'pending', progress = NULL, reason = NULL, requested_at = now(), updated_at = now()
+WHERE symbol = $1 AND state = 'rejected'
+"""
+
+# Removes an `api` row; returns its symbol (none: not there, or configured).
+REMOVE_WATCHED = "DELETE FROM watchlist WHERE symbol = $1 AND origin = 'api' RETURNING symbol"
+
+NOTIFY = "SELECT pg_notify($1, $2)"
+
+# -- Alerts ----------------------------------------------------------------------------------
+# Creates serialise on this lock: the count of alerts in force is checked against
+# STOCKSTREAMER_MAX_ALERTS and the new one inserted before another create counts.
+LOCK_ALERTS = "SELECT pg_advisory_xact_lock(hashtext('stockstreamer.alerts'))"
+
+COUNT_ALERTS = "SELECT count(*) FROM alerts WHERE deleted_at IS NULL"
+
+# Channel names a new alert may use besides `browser`: those the alerts service was given.
+CHANNELS_KNOWN = "SELECT name FROM alert_channels WHERE name = ANY($1::text[])"
+
+_ALERT_COLUMNS = "id, symbol, condition, value, channels, note, armed, fired, created_at"
+
+CREATE_ALERT = f"""
+INSERT INTO alerts (symbol, condition, value, channels, note)
+VALUES ($1, $2, $3, $4::text[], $5)
+RETURNING {_ALERT_COLUMNS}
+"""
+
+ALERTS = f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE deleted_at IS NULL ORDER BY id"
+
+ALERT = f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = $1 AND deleted_at IS NULL"
+
+# Any alert ever created, deleted ones too (their events stay readable).
+ALERT_CREATED = "SELECT id FROM alerts WHERE id = $1"
+
+DELETE_ALERT = """
+UPDATE alerts SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id
+"""
+
+# Every firing of alert $1 and every delivery attempt of those, oldest first (a firing before
+# its deliveries).
+ALERT_EVENTS = """
+SELECT 'fired' AS type, f.id AS firing_id, f.fired_at AS at, f.price, f.line, f.tick_ts,
+       NULL::text AS channel, NULL::int AS attempt, NULL::text AS result, NULL::text AS detail,
+       f.id AS firing_order, 0 AS delivery_order
+FROM alert_firings f WHERE f.alert_id = $1
+UNION ALL
+SELECT 'delivery', d.firing_id, d.at, NULL, NULL, NULL, d.channel, d.attempt, d.result, d.detail,
+       d.firing_id, d.id
+FROM alert_deliveries d JOIN alert_firings f ON f.id = d.firing_id
+WHERE f.alert_id = $1
+ORDER BY at, firing_order, delivery_order
+"""
+
+# The firings ($1: their ids) as `alert` events carry them, oldest first.
+FIRINGS = """
+SELECT f.id AS firing_id, f.alert_id, a.symbol, a.condition, a.value, f.price, f.line,
+       floor(extract(epoch FROM f.tick_ts) * 1000)::bigint AS ts, a.note, a.channels
+FROM alert_firings f JOIN alerts a ON a.id = f.alert_id
+WHERE f.id = ANY($1::bigint[])
+ORDER BY f.id
+"""
+
+# Firings after id $1, oldest first, at most $2: what a listener away for a while missed.
+FIRINGS_AFTER = """
+SELECT f.id AS firing_id, f.alert_id, a.symbol, a.condition, a.value, f.price, f.line,
+       floor(extract(epoch FROM f.tick_ts) * 1000)::bigint AS ts, a.note, a.channels
+FROM alert_firings f JOIN alerts a ON a.id = f.alert_id
+WHERE f.id > $1
+ORDER BY f.id
+LIMIT $2
+"""
+
+LAST_FIRING = "SELECT coalesce(max(id), 0) FROM alert_firings"

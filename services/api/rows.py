@@ -33,4 +33,26 @@ def stock_from_row(row: Any) -> Stock:
         change_pct=change_pct,
         source=row["source"],
         failover=row["failover"],
+        state=row["state"],
+        progress=row["progress"],
+        reason=row["reason"],
+        origin=row["origin"],
+    )
+
+
+def removed_stock(symbol: str) -> Stock:
+    """What a `stock` event says of a symbol no longer in the watchlist."""
+    return Stock(
+        symbol=symbol,
+        name=None,
+        logo_url=None,
+        week52_high=None,
+        week52_low=None,
+        previous_close=None,
+        metadata_updated_at=None,
+        last_price=None,
+        last_ts=None,
+        change=None,
+        change_pct=None,
+        state="removed",
     )

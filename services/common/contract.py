@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, Field, ValidationInfo, WithJsonSchema, field_validator
+
+from services.common.symbols import MAX_SYMBOL_LENGTH, SYMBOL_INPUT_PATTERN
 
 # A pair, declared without `prefixItems`, which some OpenAPI tools do not read yet (schemathesis).
 PAIR_SCHEMA: dict[str, Any] = {
@@ -22,8 +24,11 @@ class Problem(BaseModel):
     detail: str = Field(examples=["query parameter 'max_points': must be at most 10000"])
 
 
+StockState = Literal["pending", "backfilling", "live", "rejected", "removed"]
+
+
 class Stock(BaseModel):
-    """A tracked stock with its metadata, last price and change."""
+    """A stock of the watchlist with its state, metadata, last price and change."""
 
     symbol: str
     name: str | None
@@ -41,6 +46,29 @@ class Stock(BaseModel):
     source: str | None = Field(None, description="The provider of the last tick (e.g. alpaca).")
     failover: bool = Field(
         False, description="True when that provider is a fallback, not the first of the chain."
+    )
+    state: StockState = Field(
+        "live",
+        description="pending (added, not yet taken up by the fetcher), backfilling (its history "
+        "is being loaded: see progress), live, rejected (see reason), or removed (only in a "
+        "`stock` event, with every other field null).",
+    )
+    progress: float | None = Field(None, description="backfilling: the share done, 0 to 1.")
+    reason: str | None = Field(None, description="rejected: why, in the vendor's words.")
+    origin: Literal["config", "api"] | None = Field(
+        None, description="config: from STOCKSTREAMER_SYMBOLS (not removable here); api: added."
+    )
+
+
+class NewStock(BaseModel):
+    """A symbol to add to the watchlist."""
+
+    symbol: str = Field(
+        min_length=1,
+        max_length=MAX_SYMBOL_LENGTH,
+        pattern=SYMBOL_INPUT_PATTERN,
+        description="A ticker such as AMD or BRK.B (case-insensitive).",
+        examples=["AMD"],
     )
 
 
@@ -168,3 +196,112 @@ class ResetPayload(BaseModel):
 
     reason: str
     last_event_id: int = Field(description="Where the stream continues from.")
+
+
+# -- alerts ------------------------------------------------------------------------------------
+
+ALERT_VALUE_LIMIT = 1e9  # the database's bound on a value, either sign
+CHANNEL_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+Condition = Literal["above", "below", "change_pct"]
+Channel = Annotated[str, Field(min_length=1, max_length=32, pattern=CHANNEL_PATTERN)]
+
+
+class NewAlert(BaseModel):
+    """An alert to create: a price line (above, below) or a move in percent (change_pct)."""
+
+    symbol: str = Field(
+        min_length=1,
+        max_length=MAX_SYMBOL_LENGTH,
+        pattern=SYMBOL_INPUT_PATTERN,
+        description="A ticker of the watchlist's pattern (case-insensitive).",
+        examples=["AAPL"],
+    )
+    condition: Condition = Field(
+        description="above/below: the price passes `value`; change_pct: the move against the "
+        "previous close reaches `value` percent (a negative value: a fall)."
+    )
+    value: float = Field(
+        ge=-ALERT_VALUE_LIMIT,
+        le=ALERT_VALUE_LIMIT,
+        allow_inf_nan=False,
+        description="A price (above, below: more than 0), or a percentage (change_pct).",
+        examples=[200.5],
+    )
+    channels: list[Channel] = Field(
+        default_factory=lambda: ["browser"],
+        min_length=1,
+        max_length=10,
+        description="Where a firing is delivered: `browser` (the stream's `alert` events) or a "
+        "channel the alerts service was configured with.",
+        examples=[["browser"]],
+    )
+    note: str | None = Field(
+        None, max_length=500, description="Sent with every delivery.", examples=["take profit"]
+    )
+
+    @field_validator("value")
+    @classmethod
+    def _a_price_is_positive(cls, value: float, info: ValidationInfo) -> float:
+        # condition is declared first, so it is validated (or missing) by now
+        if info.data.get("condition") in ("above", "below") and value <= 0:
+            raise ValueError("a price line (above, below) must be more than 0")
+        return value
+
+
+class Alert(BaseModel):
+    """An alert in force."""
+
+    id: int
+    symbol: str
+    condition: Condition
+    value: float
+    channels: list[str]
+    note: str | None
+    armed: bool = Field(description="False from a firing until the price comes back past the line.")
+    fired: int = Field(description="Firings so far.")
+    created_at: datetime
+
+
+class FiredEvent(BaseModel):
+    """An alert fired."""
+
+    type: Literal["fired"] = "fired"
+    firing_id: int = Field(description="The firing's stable id, sent with every delivery.")
+    at: datetime
+    price: float = Field(description="The price that fired it.")
+    line: float = Field(description="The price the alert watched when it fired.")
+    tick_ts: datetime = Field(description="The time of the tick that fired it.")
+
+
+class DeliveryEvent(BaseModel):
+    """One attempt to deliver a firing to one channel."""
+
+    type: Literal["delivery"] = "delivery"
+    firing_id: int
+    at: datetime
+    channel: str
+    attempt: int
+    result: Literal["delivered", "failed", "abandoned"]
+    detail: str | None
+
+
+class AlertEvents(BaseModel):
+    """Every firing of an alert and every delivery attempt, oldest first."""
+
+    alert_id: int
+    events: list[Annotated[FiredEvent | DeliveryEvent, Field(discriminator="type")]]
+
+
+class AlertFiring(BaseModel):
+    """An `alert` event: an alert fired (sent to every stream, whatever its symbols)."""
+
+    firing_id: int = Field(description="Stable: receivers may deduplicate on it.")
+    alert_id: int
+    symbol: str
+    condition: Condition
+    value: float
+    price: float
+    line: float
+    ts: int = Field(description="The tick's time, epoch milliseconds (UTC).")
+    note: str | None
+    channels: list[str]

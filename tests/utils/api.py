@@ -30,6 +30,11 @@ from services.runner.processes import ServiceProcess
 from tests.utils.sockets import listening
 
 T = TypeVar("T")
+# What the fetcher does for its configured symbols at start: tracked, as configuration, live.
+WATCH_CONFIGURED = """
+INSERT INTO watchlist (symbol, origin, state) SELECT unnest($1::text[]), 'config', 'live'
+ON CONFLICT (symbol) DO NOTHING
+"""
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
 
 
@@ -150,6 +155,8 @@ class Market:
         return self._store
 
     async def stocks(self, *symbols: str) -> None:
+        """Configured symbols, tracked and live: in the watchlist, and in `stocks`."""
+        await self.conn.execute(WATCH_CONFIGURED, list(symbols))
         await self.conn.execute(fetcher_queries.ENSURE_STOCKS, list(symbols))
 
     async def ticks(self, ticks: Iterable[tuple[str, datetime, float | Decimal]]) -> int:
