@@ -12,7 +12,7 @@ from typing import Any, cast
 from pydantic import BaseModel
 from starlette.types import Send
 
-from services.common.contract import HistoryPayload, Market, PricePayload
+from services.common.contract import AlertFiring, HistoryPayload, Market, PricePayload, Stock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ def price_frame(
 
 def history_frame(payload: HistoryPayload) -> Frame:
     return Frame("history", encode("history", payload), tuple(payload.symbols), history=payload)
+
+
+def stock_frame(stock: Stock) -> Frame:
+    """A `stock` event, for the streams of its symbol (and those of every symbol)."""
+    return Frame("stock", encode("stock", stock), (stock.symbol,))
+
+
+def alert_frame(firing: AlertFiring) -> Frame:
+    """An `alert` event, for every stream whatever its symbols; no id, so resume is untouched."""
+    return Frame("alert", encode("alert", firing))
 
 
 def market_frame(market: Market) -> Frame:

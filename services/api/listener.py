@@ -21,24 +21,28 @@ from services.api.events import (
     Chunk,
     Frame,
     Subscriber,
-    encode,
+    alert_frame,
     history_frame,
     market_frame,
     price_frame,
     render,
+    stock_frame,
 )
 from services.api.feed import Feed, MarketWatch, seconds_until
 from services.api.metrics import ApiMetrics
-from services.api.rows import stock_from_row
-from services.common.contract import HistoryPayload, Market
+from services.api.rows import removed_stock, stock_from_row
+from services.common.contract import AlertFiring, HistoryPayload, Market
 from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
 from services.common.retry import Backoff
 from services.common.symbols import is_valid_symbol
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("prices", "stocks", "history", "feed")
+CHANNELS = ("prices", "stocks", "history", "feed", "watchlist", "alert")
 FETCH_LIMIT = 5000  # rows per query, so a long catch-up is fanned out in bounded batches
+# Firings sent as `alert` events after the listener was away: the oldest missed, at most this
+# many (a notification on the page, not a record: GET /api/v1/alerts/{id}/events is that).
+ALERT_CATCH_UP = 100
 IDLE_CHECK_SECONDS = 5.0  # an idle LISTEN connection is probed this often to notice a dead peer
 # Any database login may NOTIFY: a `history` notification is believed only for tracked symbols
 # and a window from the epoch to at most this far ahead of now.
@@ -70,10 +74,9 @@ def merge_history(pending: HistoryPayload | None, new: HistoryPayload) -> Histor
     )
 
 
-def stock_frame(row: asyncpg.Record) -> Frame:
-    """A `stock` event carrying the full Stock resource."""
-    stock = stock_from_row(row)
-    return Frame("stock", encode("stock", stock), (stock.symbol,))
+def alert_firing(row: asyncpg.Record) -> AlertFiring:
+    """An `alert` event's data from a row of queries.FIRINGS."""
+    return AlertFiring(**dict(row))
 
 
 class Broadcaster:
@@ -102,6 +105,10 @@ class Broadcaster:
         self._wake = asyncio.Event()
         self._prices_due = False
         self._stocks_due: dict[str, None] = {}  # ordered set of symbols
+        self._watchlist_due: dict[str, None] = {}  # added, changed or removed: ordered set
+        self._shown: set[str] = set()  # the watchlist as the streams were last told it
+        self._alerts_due: dict[int, None] = {}  # firing ids, an ordered set
+        self.last_firing: int | None = None  # highest firing id sent as an `alert` event
         self._history_due: list[HistoryPayload] = []  # notified, tracked-ness not yet checked
         self._history_pending: HistoryPayload | None = None  # merged, waiting for its turn
         self._history_next = 0.0  # time.monotonic() from which the next `history` event may go
@@ -269,6 +276,16 @@ class Broadcaster:
         elif channel == "feed":
             # the payload says nothing we need: the row is read again
             self._feed_due = self._feed_announce = True
+        elif channel == "watchlist":
+            if is_valid_symbol(payload):
+                self._watchlist_due[payload] = None
+            else:
+                self._drop(channel, "malformed", payload)
+        elif channel == "alert":
+            if payload.isascii() and payload.isdigit() and len(payload) <= 18:
+                self._alerts_due[int(payload)] = None
+            else:
+                self._drop(channel, "malformed", payload)
         self._wake.set()
 
     def _drop(self, channel: str, reason: str, payload: str) -> None:
@@ -319,16 +336,27 @@ class Broadcaster:
                 # Streams that started before the first connection must miss nothing either.
                 afters = [s.after for s in self.subscribers if s.after is not None]
                 self.last_seen = min([head, *afters])
+            watched = {r["symbol"] for r in await conn.fetch(queries.ALL_SYMBOLS)}
+            if self.last_firing is None:
+                self.last_firing = await conn.fetchval(queries.LAST_FIRING)
             if self._lost_at is not None:
                 self.metrics.listener_reconnects.inc()
                 # Every stock again, once: its metadata or its live source (which leaves no
-                # trace to ask for since a moment) may have changed while we were away.
-                rows = await conn.fetch(queries.ALL_SYMBOLS)
-                self._stocks_due.update((r["symbol"], None) for r in rows)
+                # trace to ask for since a moment) may have changed while we were away; and
+                # those removed meanwhile, as removed.
+                self._stocks_due.update((s, None) for s in sorted(watched))
+                self._watchlist_due.update((s, None) for s in sorted(self._shown - watched))
+                self._alerts_due.update(
+                    (r["firing_id"], None)
+                    for r in await conn.fetch(
+                        queries.FIRINGS_AFTER, self.last_firing, ALERT_CATCH_UP
+                    )
+                )
                 log.info(
                     "stream listener reconnected; catching up", extra={"after": self.last_seen}
                 )
                 self._lost_at = None
+            self._shown = watched
             self._prices_due = True  # whatever committed while we were not listening
             self._feed_due = True  # and the feed, which may have changed meanwhile
             self.connected = True
@@ -358,7 +386,12 @@ class Broadcaster:
     async def _drain(self, conn: asyncpg.Connection) -> None:
         """Fetch what the pending notifications announced and publish it."""
         if not (
-            self._prices_due or self._stocks_due or self._history_due or self._feed_due
+            self._prices_due
+            or self._stocks_due
+            or self._watchlist_due
+            or self._alerts_due
+            or self._history_due
+            or self._feed_due
         ) and not (self._history_pending is not None and time.monotonic() >= self._history_next):
             return
         started = time.perf_counter()
@@ -383,12 +416,15 @@ class Broadcaster:
                 )
         if self._feed_due:
             await self._read_feed(conn)
-        if self._stocks_due:
-            symbols = list(self._stocks_due)
-            rows = await conn.fetch(queries.STOCKS, symbols)
-            for symbol in symbols:  # not clear(): more may have arrived during the query
-                del self._stocks_due[symbol]
-            self.publish([stock_frame(r) for r in rows])
+        if self._stocks_due or self._watchlist_due:
+            await self._announce_stocks(conn)
+        if self._alerts_due:
+            # Cleared before the read, like prices: one notified during it is read next round.
+            ids = list(self._alerts_due)
+            self._alerts_due.clear()
+            rows = await conn.fetch(queries.FIRINGS, ids)
+            self.last_firing = max([self.last_firing or 0, *ids])
+            self.publish([alert_frame(alert_firing(r)) for r in rows])
         if self._history_due:
             await self._check_history(conn)
         if self._history_pending is not None and time.monotonic() >= self._history_next:
@@ -398,6 +434,23 @@ class Broadcaster:
             self._history_next = time.monotonic() + self.history_interval
             self.publish([history_frame(pending)])
         self.metrics.stream_lag.observe(time.perf_counter() - started)
+
+    async def _announce_stocks(self, conn: asyncpg.Connection) -> None:
+        """A `stock` event for each symbol notified: its row, or `removed` for a watchlist
+        change that left none (metadata of a symbol not in the watchlist says nothing)."""
+        # Cleared before the read: a notification during it is read again next round (should
+        # the read fail, the reconnection announces every stock anyway).
+        metadata, changed = list(self._stocks_due), list(self._watchlist_due)
+        self._stocks_due.clear()
+        self._watchlist_due.clear()
+        rows = await conn.fetch(queries.STOCKS, list(dict.fromkeys(metadata + changed)))
+        found = {r["symbol"] for r in rows}
+        gone = [s for s in changed if s not in found]
+        self._shown = (self._shown | found).difference(gone)
+        self.publish(
+            [stock_frame(stock_from_row(r)) for r in rows]
+            + [stock_frame(removed_stock(s)) for s in gone]
+        )
 
     async def _read_feed(self, conn: asyncpg.Connection) -> None:
         """Take the feed row in; on a change, every stock again and the market's state."""
@@ -409,7 +462,8 @@ class Broadcaster:
             self.feed = feed
             self._market_wake.set()
         if announce:
-            self.publish([stock_frame(r) for r in await conn.fetch(queries.STOCKS, None)])
+            rows = await conn.fetch(queries.STOCKS, None)
+            self.publish([stock_frame(stock_from_row(r)) for r in rows])
 
     async def _watch_market(self) -> None:
         """Announce the market's state when it changes: at opens and closes, and with the feed."""

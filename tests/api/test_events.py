@@ -10,15 +10,18 @@ from decimal import Decimal
 from services.api.events import (
     Chunk,
     Unfinished,
+    alert_frame,
     encode,
     history_frame,
     market_frame,
     price_frame,
     render,
+    stock_frame,
 )
-from services.api.listener import Broadcaster, stock_frame
+from services.api.listener import Broadcaster
 from services.api.metrics import ApiMetrics
-from services.common.contract import HistoryPayload, Market, ResetPayload, Stock
+from services.api.rows import removed_stock, stock_from_row
+from services.common.contract import AlertFiring, HistoryPayload, Market, ResetPayload, Stock
 
 
 def test_each_event_is_one_frame_of_compact_json() -> None:
@@ -52,8 +55,12 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
         "reference": 200.0,
         "source": "alpaca",
         "failover": False,
+        "state": "backfilling",
+        "progress": 0.25,
+        "reason": None,
+        "origin": "api",
     }
-    frame = stock_frame(row)  # type: ignore[arg-type]  # a mapping with queries.STOCKS' columns
+    frame = stock_frame(stock_from_row(row))  # a mapping with queries.STOCKS' columns
 
     head, _, data = frame.data.partition(b"data: ")
     assert head == b"event: stock\n" and data.endswith(b"\n\n")
@@ -61,6 +68,40 @@ def test_a_stock_frame_carries_the_stock_resource() -> None:
     assert stock.week52_high == 300.5 and stock.metadata_updated_at == updated
     assert (stock.change, stock.change_pct) == (20.0, 10.0)
     assert (stock.source, stock.failover) == ("alpaca", False)
+    assert (stock.state, stock.progress, stock.origin) == ("backfilling", 0.25, "api")
+
+
+def test_a_removed_stock_goes_to_its_streams_and_an_alert_to_every_stream() -> None:
+    removed = stock_frame(removed_stock("AMD"))
+    firing = AlertFiring(
+        firing_id=7,
+        alert_id=3,
+        symbol="AAPL",
+        condition="above",
+        value=200.5,
+        price=201.0,
+        line=200.5,
+        ts=1767625200000,
+        note="take profit",
+        channels=["browser"],
+    )
+    alert = alert_frame(firing)
+
+    for symbols in (None, frozenset({"AMD"}), frozenset({"GE"})):
+        chunk, sent = render([removed, alert], symbols)
+        assert chunk is not None
+        assert (b"event: stock\n" in chunk.data) == (symbols != frozenset({"GE"}))
+        assert sent["alert"] == 1
+        _, _, data = alert.data.partition(b"data: ")
+        assert AlertFiring.model_validate_json(data) == firing and b"id:" not in alert.data
+    _, _, data = removed.data.partition(b"data: ")
+    stock = Stock.model_validate_json(data)
+    assert (stock.symbol, stock.state, stock.last_price, stock.origin) == (
+        "AMD",
+        "removed",
+        None,
+        None,
+    )
 
 
 def test_a_stream_gets_only_its_own_symbols_of_a_history_event() -> None:
