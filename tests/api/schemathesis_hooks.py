@@ -5,13 +5,17 @@ parameters (docs/api.md states them): the window from `start` to `end` (by defau
 to now) runs forwards and spans at most ten years (400 days for the market's sessions), and a
 named bar `interval` must fit `max_bars` over it. A schema-valid case that breaks one is moved
 inside it — `start` dropped, so the window is the default week before `end`; `interval` made
-`auto` — and sent; every other case is sent as generated. Loaded through SCHEMATHESIS_HOOKS by
-tests/api/test_openapi.py.
+`auto` — and sent; every other case is sent as generated. Likewise a new alert's body: a price
+line (above, below) is more than 0, and its channels are those the alerts service was given
+(here none: only `browser`). Loaded through SCHEMATHESIS_HOOKS by tests/api/test_openapi.py.
 """
 
 from __future__ import annotations
 
+import ast
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import schemathesis
 from fastapi import HTTPException
@@ -23,6 +27,20 @@ from services.api.routes.prices import DEFAULT_WINDOW, MAX_WINDOW
 from services.common.bars import BY_NAME
 
 DEFAULT_MAX_BARS = 500  # /api/v1/bars without max_bars
+
+# CPython 3.11's ast.parse is not safe from several threads at once ("SystemError: AST
+# constructor recursion depth mismatch"), and hypothesis parses sources to describe the filters
+# schemathesis' workers build: one parse at a time.
+_PARSE_LOCK = threading.Lock()
+_parse = ast.parse
+
+
+def _one_parse_at_a_time(*args: Any, **kwargs: Any) -> Any:
+    with _PARSE_LOCK:
+        return _parse(*args, **kwargs)
+
+
+ast.parse = _one_parse_at_a_time
 # A window that ends now is measured by the API a moment after it is measured here.
 CLOCK_MARGIN = timedelta(minutes=1)
 
@@ -54,6 +72,9 @@ def _window(query: dict[str, object]) -> tuple[datetime, datetime, datetime] | N
 @schemathesis.hook
 def map_case(context: HookContext, case: Case) -> Case:
     meta, query = case.meta, case.query
+    if case.operation.path == "/api/v1/alerts" and case.operation.method.upper() == "POST":
+        # the schema's own examples come without meta
+        return case if meta and not meta.generation.mode.is_positive else _new_alert(case)
     if meta is None or not meta.generation.mode.is_positive or not query:
         return case
     window = _window(query)
@@ -70,4 +91,16 @@ def map_case(context: HookContext, case: Case) -> Case:
         bars = (latest - since) // timedelta(seconds=BY_NAME[str(interval)].seconds) + 1
         if bars > int(query.get("max_bars", DEFAULT_MAX_BARS)):
             query["interval"] = "auto"
+    return case
+
+
+def _new_alert(case: Case) -> Case:
+    body = case.body
+    if isinstance(body, dict):
+        value = body.get("value")
+        if body.get("condition") in ("above", "below") and isinstance(value, int | float):
+            if value <= 0:
+                body["value"] = abs(value) or 1
+        if isinstance(body.get("channels"), list):
+            body["channels"] = ["browser"]
     return case

@@ -42,17 +42,32 @@ async def test_metrics_by_route_and_status(
     await eventually(lambda: api.metric("stockstreamer_api_open_streams") == 0)
 
 
-async def test_api_reads_as_the_reader_role(api: ThreadedApi) -> None:
-    async def probe() -> tuple[str, str]:
+async def test_api_connects_as_the_editor_role(api: ThreadedApi) -> None:
+    # The editor writes the watchlist and alerts (their tests), and nothing else.
+    refused = (
+        "INSERT INTO stocks (symbol) VALUES ('NOPE')",
+        "DELETE FROM ticks",
+        "UPDATE alerts SET armed = false",
+        "INSERT INTO alert_channels (name) VALUES ('phone')",
+        "INSERT INTO alert_firings (alert_id, price, line, tick_ts) VALUES (1, 1, 1, now())",
+    )
+
+    async def probe() -> tuple[str, list[str]]:
+        found = []
         async with api.app.state.pool.acquire() as conn:
             user = await conn.fetchval("SELECT current_user")
-            try:
-                await conn.execute("INSERT INTO stocks (symbol) VALUES ('NOPE')")
-            except asyncpg.InsufficientPrivilegeError as exc:
-                return user, type(exc).__name__
-            return user, "wrote"
+            for statement in refused:
+                try:
+                    await conn.execute(statement)
+                except asyncpg.InsufficientPrivilegeError as exc:
+                    found.append(type(exc).__name__)
+                else:
+                    found.append(f"wrote: {statement}")
+        return user, found
 
-    assert api.run(probe()) == ("stockstreamer_reader", "InsufficientPrivilegeError")
+    user, found = api.run(probe())
+    assert user == "stockstreamer_editor"
+    assert found == ["InsufficientPrivilegeError"] * len(refused)
 
 
 async def test_cors_allow_list(database_url: str, market: Market) -> None:
@@ -93,6 +108,9 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
         "/api/v1/stocks/{symbol}",
         "/api/v1/stocks/{symbol}/logo",
         "/api/v1/stocks/{symbol}/highlow",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{alert_id}",
+        "/api/v1/alerts/{alert_id}/events",
         "/api/v1/prices",
         "/api/v1/prices/latest",
         "/api/v1/bars",
@@ -105,6 +123,18 @@ async def test_openapi_documents_every_endpoint(client: httpx.AsyncClient) -> No
         "/readyz",
         "/metrics",
     }
+    paths = spec["paths"]
+    assert set(paths["/api/v1/stocks"]) == {"get", "post"}
+    assert set(paths["/api/v1/stocks/{symbol}"]) == {"get", "delete"}
+    assert set(paths["/api/v1/alerts"]) == {"get", "post"}
+    assert set(paths["/api/v1/alerts/{alert_id}"]) == {"get", "delete"}
+    for path, method, done in (
+        ("/api/v1/stocks", "post", "202"),
+        ("/api/v1/stocks/{symbol}", "delete", "204"),
+        ("/api/v1/alerts", "post", "201"),
+        ("/api/v1/alerts/{alert_id}", "delete", "204"),
+    ):
+        assert {done, "401", "403", "413", "422"} <= set(paths[path][method]["responses"]), path
     stream = spec["paths"]["/api/v1/stream"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in stream
     for export in ("/api/v1/prices.csv", "/api/v1/bars.csv"):
