@@ -34,7 +34,8 @@ def stock_from_row(row: Any) -> Stock:
         source=row["source"],
         failover=row["failover"],
         state=row["state"],
-        progress=row["progress"],
+        # stored as a `real`: 0.4 reads back as 0.4000000059604645
+        progress=None if row["progress"] is None else round(row["progress"], 4),
         reason=row["reason"],
         origin=row["origin"],
     )

@@ -30,3 +30,23 @@ async def client(api: ThreadedApi) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def market(db: asyncpg.Connection) -> Market:
     return Market(db)
+
+
+TOKEN = "test-write-token-0123456789"
+
+
+@pytest.fixture
+def writable(database_url: str) -> Iterator[ThreadedApi]:
+    """The API with a write token (TOKEN) configured."""
+    server = ThreadedApi(database_url, api_stream_heartbeat=0.5, api_token=TOKEN).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def writer(writable: ThreadedApi) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `writable` that presents the token."""
+    async with writable.client(Authorization=f"Bearer {TOKEN}") as http:
+        yield http
