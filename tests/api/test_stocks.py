@@ -39,6 +39,10 @@ async def test_lists_every_stock_with_last_price(client: httpx.AsyncClient, mark
         "change_pct": None,
         "source": None,
         "failover": False,
+        "state": "live",
+        "progress": None,
+        "reason": None,
+        "origin": "config",
     }
 
 
