@@ -218,7 +218,7 @@ class NewAlert(BaseModel):
     )
     condition: Condition = Field(
         description="above/below: the price passes `value`; change_pct: the move against the "
-        "previous close reaches `value` percent (a negative value: a fall)."
+        "previous close reaches `value` percent."
     )
     value: float = Field(
         ge=-ALERT_VALUE_LIMIT,
