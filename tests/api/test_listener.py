@@ -128,6 +128,43 @@ async def test_database_outage_is_503_then_the_stream_catches_up(
     assert (await client.get("/readyz")).status_code == 200
 
 
+async def test_removals_and_firings_while_away_are_sent_after_the_reconnect(
+    api: ThreadedApi,
+    client: httpx.AsyncClient,
+    market: Market,
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    await market.stocks("AAPL")
+    alert = await db.fetchval(
+        "INSERT INTO alerts (symbol, condition, value, channels)"
+        " VALUES ('AAPL', 'above', 1, '{browser}') RETURNING id"
+    )
+    async with open_stream(client) as stream:
+        async with db.transaction():  # added, as the API adds a symbol
+            await db.execute("INSERT INTO watchlist (symbol, origin) VALUES ('AMD', 'api')")
+            await db.execute("SELECT pg_notify('watchlist', 'AMD')")
+        assert (await stream.next()).data["state"] == "pending"
+        await _outage(database_url, db, allow=False)
+        await eventually(lambda: not api.listening, message="listener did not notice")
+        async with db.transaction():  # their notifications reach no one
+            await db.execute("DELETE FROM watchlist WHERE symbol = 'AMD'")
+            await db.execute("SELECT pg_notify('watchlist', 'AMD')")
+        firing = await db.fetchval(
+            "INSERT INTO alert_firings (alert_id, price, line, tick_ts)"
+            " VALUES ($1, 2, 1, now()) RETURNING id",
+            alert,
+        )
+        await db.execute("SELECT pg_notify('alert', $1)", str(firing))
+        await _outage(database_url, db, allow=True)
+        caught_up = await stream.take(3, timeout=10)
+
+    stocks = {e.data["symbol"]: e.data["state"] for e in caught_up if e.event == "stock"}
+    assert stocks == {"AAPL": "live", "AMD": "removed"}
+    (fired,) = [e for e in caught_up if e.event == "alert"]
+    assert (fired.data["firing_id"], fired.data["alert_id"]) == (firing, alert)
+
+
 class PausingConnection(asyncpg.Connection):
     """A real connection whose first read lets the test act while the read is under way."""
 
