@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
-from bench.processes import cpu_seconds, rss_bytes, start_api
+from bench.processes import cpu_seconds, rss_bytes, start_api, track
 from services.common.models import Tick
 from services.common.retention import set_retention
 from services.fetcher import queries
@@ -272,6 +272,7 @@ def _fan_out_rows(f: FanOut, rate: float) -> list[str]:
 async def _both(url: str) -> list[str]:
     conn = await asyncpg.connect(url)
     await conn.execute(queries.ENSURE_STOCKS, SYMBOLS)
+    await track(conn, SYMBOLS)
     await conn.close()
     poll50, poll99, poll_qps = await _polling(url)
     sse50, sse99, sse_qps = await _streaming(url)

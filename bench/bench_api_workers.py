@@ -23,7 +23,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.processes import cpu_seconds, start_api
+from bench.processes import cpu_seconds, start_api, track
 from services.common.models import Tick
 from services.common.retention import set_retention
 from services.fetcher import queries
@@ -149,6 +149,7 @@ async def _both(url: str) -> list[str]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     conn = await asyncpg.connect(url)
     await conn.execute(queries.ENSURE_STOCKS, SYMBOLS)
+    await track(conn, SYMBOLS)
     await set_retention(conn, timedelta(days=3650), timedelta(days=3650))
     await conn.close()
     one = await _measure(url, 1)

@@ -15,7 +15,7 @@ from bokeh.application.handlers.directory import DirectoryHandler
 from bokeh.settings import settings as bokeh_settings
 from prometheus_client import CollectorRegistry
 
-from bench.processes import cpu_seconds, rss_bytes, start_api
+from bench.processes import cpu_seconds, rss_bytes, start_api, track
 from services.common.contract import Stock
 from services.common.symbols import parse_symbols
 from services.dashboard.__main__ import APP_DIR
@@ -83,6 +83,7 @@ async def _flood(url: str) -> str:
     await conn.executemany(
         "INSERT INTO stocks (symbol, name) VALUES ($1, $2)", [(s, f"{s} Inc.") for s in SYMBOLS]
     )
+    await track(conn, list(SYMBOLS))
     await conn.close()
     api, api_url = await start_api(url)
     port = free_port()

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 
 from bench.history_data import _csv, log
-from bench.processes import rss_bytes, start_api
+from bench.processes import rss_bytes, start_api, track
 from services.common.retention import set_retention
 from services.fetcher import queries
 from services.fetcher.store import create_partitions, partitions_for
@@ -32,6 +32,7 @@ async def _load(url: str) -> tuple[datetime, datetime]:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(queries.ENSURE_STOCKS, [SYMBOL])
+        await track(conn, [SYMBOL])
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(days=DAYS)
         await set_retention(conn, timedelta(days=DAYS + 2), timedelta(days=400))

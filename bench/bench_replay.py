@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from bench.history_data import SCALES, SYMBOLS, Scale, load, log
+from bench.processes import track
 from services.api import queries
 from services.common.migrations import MIGRATIONS_DIR
 from services.fetcher import queries as fetcher_queries
@@ -79,6 +80,7 @@ async def _replays(url: str, now: datetime) -> list[str]:
     try:
         oldest: int = await conn.fetchval("SELECT min(event_id) FROM ticks")
         await conn.execute(fetcher_queries.ENSURE_STOCKS, [SPARSE])
+        await track(conn, [SPARSE])
         # its history, backfilled (a day of a tick a second, as the fetcher backfills a symbol
         # it starts to follow), then three live ticks an hour apart
         await conn.execute(

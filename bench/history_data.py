@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from bench.processes import track
 from services.common.bars import LEVELS
 from services.common.retention import set_retention
 from services.fetcher import queries
@@ -88,6 +89,7 @@ async def load(url: str, scale: Scale) -> datetime:
     try:
         symbols = SYMBOLS[: scale.symbols]
         await conn.execute(queries.ENSURE_STOCKS, symbols)
+        await track(conn, symbols)
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         raw_start = now - timedelta(days=scale.raw_days)
         await set_retention(conn, timedelta(days=scale.raw_days), timedelta(days=400))

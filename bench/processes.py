@@ -6,8 +6,21 @@ import asyncio
 import os
 from pathlib import Path
 
+import asyncpg
+
 from services.runner.embedded_db import free_port
 from services.runner.processes import ServiceProcess
+
+# The API shows the watchlist's symbols only: a benchmark's are tracked as configured ones are.
+TRACK = """
+INSERT INTO watchlist (symbol, origin, state) SELECT unnest($1::text[]), 'config', 'live'
+ON CONFLICT (symbol) DO NOTHING
+"""
+
+
+async def track(conn: asyncpg.Connection, symbols: list[str]) -> None:
+    """Put `symbols` in the watchlist, live, as the fetcher does with its configured ones."""
+    await conn.execute(TRACK, symbols)
 
 
 def many_users(streams: int = 1000) -> dict[str, str]:
