@@ -13,7 +13,7 @@ from tests.utils.api import Market, ThreadedApi
 
 @pytest.fixture
 def api(database_url: str) -> Iterator[ThreadedApi]:
-    """The API (reader role, quick heartbeats) serving the test's database."""
+    """The API (editor role, no write token, quick heartbeats) serving the test's database."""
     server = ThreadedApi(database_url, api_stream_heartbeat=0.5).start()
     try:
         yield server

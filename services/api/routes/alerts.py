@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import asyncpg
@@ -20,6 +21,8 @@ from services.common.contract import (
     NewAlert,
     Problem,
 )
+
+log = logging.getLogger(__name__)
 
 BROWSER = "browser"  # the built-in channel: the stream's `alert` events
 
@@ -97,6 +100,7 @@ async def create_alert(
         assert row is not None  # noqa: S101 - an INSERT ... RETURNING returns its row
         await conn.execute(queries.NOTIFY, "alerts", str(row["id"]))
     metrics.alert_changes.labels("created").inc()
+    log.info("alert created", extra={"alert": row["id"], "symbol": row["symbol"]})
     response.headers["Location"] = f"{router.prefix}/{row['id']}"
     return _alert(row)
 
@@ -130,6 +134,7 @@ async def delete_alert(
             raise _unknown(alert_id)
         await conn.execute(queries.NOTIFY, "alerts", str(alert_id))
     metrics.alert_changes.labels("deleted").inc()
+    log.info("alert deleted", extra={"alert": alert_id})
 
 
 @router.get("/{alert_id}/events", response_model=AlertEvents, responses=NOT_FOUND)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -13,6 +14,8 @@ from services.api.bodies import SmallBodies
 from services.api.deps import ConnDep, MetricsDep, SettingsDep, SymbolDep
 from services.api.rows import stock_from_row
 from services.common.contract import HighLow, Logo, NewStock, Problem, Stock
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/api/v1/stocks",
@@ -90,6 +93,7 @@ async def add_stock(
         (stock,) = await conn.fetch(queries.STOCKS, [symbol])
     if change is not None:
         metrics.watchlist_changes.labels(change).inc()
+        log.info("watchlist changed", extra={"symbol": symbol, "change": change})
     response.headers["Location"] = f"{router.prefix}/{symbol}"
     return stock_from_row(stock)
 
@@ -130,6 +134,7 @@ async def remove_stock(
         await conn.execute(queries.REMOVE_WATCHED, symbol)
         await conn.execute(queries.NOTIFY, "watchlist", symbol)
     metrics.watchlist_changes.labels("removed").inc()
+    log.info("watchlist changed", extra={"symbol": symbol, "change": "removed"})
 
 
 @router.get("/{symbol}/logo", response_model=Logo, responses=NOT_FOUND)

@@ -46,7 +46,8 @@ router = APIRouter(prefix="/api/v1/stream", tags=["stream"], dependencies=READER
 REPLAY_CHUNK = 1000  # frames per write while replaying
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "`price` (with `id:`), `stock`, `history`, `market` and `reset` events; "
+        "description": "`price` (with `id:`), `stock`, `history`, `market`, `alert` and `reset` "
+        "events; "
         "`: heartbeat` comments.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
