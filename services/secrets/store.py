@@ -17,6 +17,11 @@ def new_password() -> str:
     return secrets.token_hex(24)
 
 
+def new_token() -> str:
+    """An API token: 32 random bytes, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
 def database_url(user: str, password: str, host: str, port: int) -> str:
     return (
         f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
@@ -60,7 +65,8 @@ class Store:
 
 def resolve(store: Store, chosen: Store | None, host: str, port: int) -> dict[str, str]:
     """Every secret's value, kept in `store`: a non-empty file in `chosen` wins, else the kept
-    value, else a new one (passwords) or empty (vendor keys); URLs and verifiers follow.
+    value, else a new one (passwords, the API token) or empty (vendor keys, the alert channels);
+    URLs and verifiers follow.
 
     A chosen URL or verifier wins only while it still matches its password: one chosen anew
     (or a password file edited after deploy/make-secrets wrote the URL) makes them follow it.
@@ -89,6 +95,8 @@ def _matches(secret: Secret, value: str, values: dict[str, str]) -> bool:
 def _derive(secret: Secret, values: dict[str, str], kept: str | None, host: str, port: int) -> str:
     if secret.kind == "password":
         return kept or new_password()
+    if secret.kind == "token":
+        return kept or new_token()
     if secret.kind == "key":
         return kept or ""
     password = values[secret.of or ""]
