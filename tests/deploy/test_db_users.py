@@ -92,7 +92,8 @@ async def refused(conn: asyncpg.Connection, statement: str) -> None:
 # The watchlist and alerts: what the API's editor role writes, and what only others may.
 ADD_SYMBOL = "INSERT INTO watchlist (symbol, origin) VALUES ('AMD', 'api')"
 ADD_ALERT = (
-    "INSERT INTO alerts (symbol, condition, value, channels) VALUES ('AAPL', 'above', 200, '{browser}')"
+    "INSERT INTO alerts (symbol, condition, value, channels)"
+    " VALUES ('AAPL', 'above', 200, '{browser}')"
 )
 API_WRITES = [
     ADD_SYMBOL,
@@ -124,7 +125,8 @@ async def test_api_writes_the_watchlist_and_alerts_and_no_more(api: asyncpg.Conn
         *ALERTER_WRITES,
         "UPDATE alerts SET value = 1",
         "DELETE FROM alerts",
-        "INSERT INTO alert_firings (alert_id, price, line, tick_ts) SELECT id, 1, 1, now() FROM alerts",
+        "INSERT INTO alert_firings (alert_id, price, line, tick_ts)"
+        " SELECT id, 1, 1, now() FROM alerts",
     ]:
         await refused(api, statement)
 
