@@ -146,7 +146,7 @@ locals {
   # (a test holds them to compose's own numbers): the default stack with the proxy profile, the
   # one-shots included; what the observability profile adds; each API replica past the first.
   compose_memory_mib = {
-    default_stack     = 2368
+    default_stack     = 2560
     observability     = 960
     extra_api_replica = 1024
     # An API instance of the scale-out mode: api, dashboard and the secrets one-shot.

@@ -36,12 +36,12 @@ from tests.utils.tools import missing
 
 pytestmark = pytest.mark.timeout(900)
 
-JOBS = {"fetcher", "api", "dashboard", "postgres", "prometheus"}
+JOBS = {"fetcher", "api", "alerts", "dashboard", "postgres", "prometheus"}
 OUTAGE_SECONDS = 30
 SYMBOLS = 6  # the default list
 # Live ticks are one a second per symbol; a gap beyond this means ticks were lost.
 MAX_GAP_SECONDS = 2.5
-APPS = ("migrate", "db-users", "fetcher", "api", "dashboard")
+APPS = ("migrate", "db-users", "fetcher", "api", "alerts", "dashboard")
 
 
 class Stack(Project):
@@ -178,11 +178,12 @@ def test_each_service_logs_in_as_its_own_user(stack: Stack) -> None:
     assert {r[0] for r in rows} - {"stockstreamer_monitor"} == {
         "stockstreamer_fetcher",
         "stockstreamer_api",
+        "stockstreamer_alerts",
     }
 
 
 def test_containers_are_confined(stack: Stack) -> None:
-    for service in ("postgres", "fetcher", "api", "dashboard", "proxy"):
+    for service in ("postgres", "fetcher", "api", "alerts", "dashboard", "proxy"):
         config = json.loads(stack.inspect(service, "{{json .HostConfig}}"))
         assert config["ReadonlyRootfs"] and config["CapDrop"] == ["ALL"], service
         assert config["SecurityOpt"] == ["no-new-privileges:true"], service
@@ -197,7 +198,10 @@ def test_containers_are_confined(stack: Stack) -> None:
     # Only its own files, readable by its user only.
     listing = stack.compose("exec", "-T", "api", "ls", "-ln", "/run/secrets").stdout
     files = [line.split() for line in listing.splitlines()[1:]]
-    assert [[f[0], f[2], f[-1]] for f in files] == [["-r--------", "10001", "api_database_url"]]
+    assert [[f[0], f[2], f[-1]] for f in files] == [
+        ["-r--------", "10001", "api_database_url"],
+        ["-r--------", "10001", "api_tokens"],
+    ]
     # No dev tooling and no embedded PostgreSQL in the image; the root filesystem is read-only.
     check = (
         "import importlib.util as u, pathlib as p;"

@@ -150,6 +150,7 @@ def test_scrape_jobs_reach_every_service_on_its_compose_port(profile: dict[str, 
     settings = {
         "fetcher": "STOCKSTREAMER_FETCHER_METRICS_PORT",
         "api": "STOCKSTREAMER_API_PORT",
+        "alerts": "STOCKSTREAMER_ALERTS_PORT",
         "dashboard": "STOCKSTREAMER_DASHBOARD_PORT",
     }
     ports = {name: stack["services"][name]["environment"][s] for name, s in settings.items()}
