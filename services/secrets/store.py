@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -63,16 +64,23 @@ class Store:
             raise
 
 
-def resolve(store: Store, chosen: Store | None, host: str, port: int) -> dict[str, str]:
+def resolve(
+    store: Store,
+    chosen: Store | None,
+    host: str,
+    port: int,
+    which: Iterable[Secret] = SECRETS,
+) -> dict[str, str]:
     """Every secret's value, kept in `store`: a non-empty file in `chosen` wins, else the kept
     value, else a new one (passwords, the API token) or empty (vendor keys, the alert channels);
     URLs and verifiers follow.
 
     A chosen URL or verifier wins only while it still matches its password: one chosen anew
     (or a password file edited after deploy/make-secrets wrote the URL) makes them follow it.
+    `which`: these secrets alone (in SECRETS' order), for `make run`'s database.
     """
     values: dict[str, str] = {}
-    for secret in SECRETS:
+    for secret in which:
         given = chosen.read(secret.name) if chosen is not None else None
         if given and not _matches(secret, given, values):
             given = None
