@@ -193,10 +193,13 @@ def main() -> int:
         if args.command == "migrate":
             return 0
         ports = Ports.read()
-        workers = load_settings(ApiSettings, "api").worker_count()
-        file, new = ensure_api_token(ROOT / settings.data_dir / "secrets")
-        print(banner(ports, database.url, workers, Token(file, new)), flush=True)
-        return run_services(ports, database, file)
+        api = load_settings(ApiSettings, "api")
+        if api.api_tokens_file is not None:
+            token = Token(api.api_tokens_file)  # a file of yours (.env): used as it is
+        else:
+            token = Token(*ensure_api_token(ROOT / settings.data_dir / "secrets"))
+        print(banner(ports, database.url, api.worker_count(), token), flush=True)
+        return run_services(ports, database, token.file)
     finally:
         if database.server is not None and args.command not in ("url", "psql"):
             print("stopping embedded PostgreSQL", flush=True)
