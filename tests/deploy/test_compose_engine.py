@@ -182,6 +182,24 @@ def test_each_service_logs_in_as_its_own_user(stack: Stack) -> None:
     }
 
 
+def test_writes_take_the_token_the_secrets_one_shot_made(stack: Stack) -> None:
+    """The token is the API's file alone; a write without it is refused, with it accepted. A
+    symbol the simulator rejects (ZZ…), removed again: the other tests' watchlist stays."""
+    token = stack.compose("exec", "-T", "api", "cat", "/run/secrets/api_tokens").stdout.strip()
+    assert len(token) == 43
+    body = {"symbol": "ZZENGINE"}
+    url = f"{stack.api}/api/v1/stocks"
+    assert httpx.post(url, json=body, timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {token}"}
+    added = httpx.post(url, json=body, headers=auth, timeout=10)
+    try:
+        assert added.status_code == 202, added.text
+    finally:
+        removed = httpx.delete(f"{url}/ZZENGINE", headers=auth, timeout=10)
+        assert removed.status_code in (204, 404), removed.text
+    assert token not in stack.logs(tail=5000), "never in a log"
+
+
 def test_containers_are_confined(stack: Stack) -> None:
     for service in ("postgres", "fetcher", "api", "alerts", "dashboard", "proxy"):
         config = json.loads(stack.inspect(service, "{{json .HostConfig}}"))
@@ -201,6 +219,12 @@ def test_containers_are_confined(stack: Stack) -> None:
     assert [[f[0], f[2], f[-1]] for f in files] == [
         ["-r--------", "10001", "api_database_url"],
         ["-r--------", "10001", "api_tokens"],
+    ]
+    listing = stack.compose("exec", "-T", "alerts", "ls", "-ln", "/run/secrets").stdout
+    files = [line.split() for line in listing.splitlines()[1:]]
+    assert [[f[0], f[2], f[-1]] for f in files] == [
+        ["-r--------", "10001", "alert_channels"],
+        ["-r--------", "10001", "alerts_database_url"],
     ]
     # No dev tooling and no embedded PostgreSQL in the image; the root filesystem is read-only.
     check = (
