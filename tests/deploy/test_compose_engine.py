@@ -183,20 +183,15 @@ def test_each_service_logs_in_as_its_own_user(stack: Stack) -> None:
 
 
 def test_writes_take_the_token_the_secrets_one_shot_made(stack: Stack) -> None:
-    """The token is the API's file alone; a write without it is refused, with it accepted. A
-    symbol the simulator rejects (ZZ…), removed again: the other tests' watchlist stays."""
+    """The token is the API's file alone; a write without it is refused, with it let through (to
+    a 404: removing a symbol nobody tracks changes nothing the other tests see)."""
     token = stack.compose("exec", "-T", "api", "cat", "/run/secrets/api_tokens").stdout.strip()
     assert len(token) == 43
-    body = {"symbol": "ZZENGINE"}
-    url = f"{stack.api}/api/v1/stocks"
-    assert httpx.post(url, json=body, timeout=10).status_code == 401
-    auth = {"Authorization": f"Bearer {token}"}
-    added = httpx.post(url, json=body, headers=auth, timeout=10)
-    try:
-        assert added.status_code == 202, added.text
-    finally:
-        removed = httpx.delete(f"{url}/ZZENGINE", headers=auth, timeout=10)
-        assert removed.status_code in (204, 404), removed.text
+    url = f"{stack.api}/api/v1/stocks/ZZUNTRACKED"
+    for presented in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
+        assert httpx.delete(url, headers=presented, timeout=10).status_code == 401
+    authorized = httpx.delete(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert authorized.status_code == 404, authorized.text
     assert token not in stack.logs(tail=5000), "never in a log"
 
 
