@@ -1,5 +1,5 @@
 -- The services' login users, and the settings only the database's owner may apply.
---   stockstreamer_fetcher  in stockstreamer_writer   (select, insert, update; the watchlist's state)
+--   stockstreamer_fetcher  in stockstreamer_writer   (select, insert, update; watchlist states)
 --   stockstreamer_api      in stockstreamer_editor   (select; the watchlist and alerts' rows)
 --                          and stockstreamer_reader  (select only: what the API used before)
 --   stockstreamer_alerts   in stockstreamer_alerter  (reads ticks; writes alert state alone)
@@ -12,8 +12,8 @@
 --   psql -v ON_ERROR_STOP=1 -v iam=on [-v retention=...] -f db/users.sql   (RDS: IAM tokens)
 -- Passwords never reach the server: each login's password is set from its SCRAM-SHA-256 verifier
 -- (`deploy/make-secrets` writes them: secrets/fetcher-db-verifier, api-db-verifier,
--- alerts-db-verifier, monitor-db-verifier). Values go in as psql variables, quoted by psql or by format() on the
--- server, never spliced into SQL by hand.
+-- alerts-db-verifier, monitor-db-verifier). Values go in as psql variables, quoted by psql or by
+-- format() on the server, never spliced into SQL by hand.
 --   retention, retention_minute   STOCKSTREAMER_RETENTION, STOCKSTREAMER_RETENTION_MINUTE: how
 --                                 long raw ticks and minute bars are kept (empty: 30d, 400d)
 
@@ -47,8 +47,8 @@ DO $$
 DECLARE
     login text;
 BEGIN
-    FOREACH login IN ARRAY ARRAY['stockstreamer_fetcher', 'stockstreamer_api', 'stockstreamer_alerts',
-                                 'stockstreamer_monitor']
+    FOREACH login IN ARRAY ARRAY['stockstreamer_fetcher', 'stockstreamer_api',
+                                 'stockstreamer_alerts', 'stockstreamer_monitor']
     LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = login) THEN
             EXECUTE format('CREATE ROLE %I LOGIN', login);
