@@ -1,17 +1,19 @@
 -- The services' login users, and the settings only the database's owner may apply.
---   stockstreamer_fetcher  in stockstreamer_writer  (select, insert, update)
---   stockstreamer_api      in stockstreamer_reader  (select only)
---   stockstreamer_monitor  in pg_monitor            (statistics for postgres_exporter)
+--   stockstreamer_fetcher  in stockstreamer_writer   (select, insert, update; watchlist states)
+--   stockstreamer_api      in stockstreamer_editor   (select; the watchlist and alerts' rows)
+--                          and stockstreamer_reader  (select only: what the API used before)
+--   stockstreamer_alerts   in stockstreamer_alerter  (reads ticks; writes alert state alone)
+--   stockstreamer_monitor  in pg_monitor             (statistics for postgres_exporter)
 -- The superuser (RDS: the master user) keeps the schema: it runs the migrations and this file.
 -- Idempotent: run after the migrations, every time (the retention and connection limits follow the
 -- settings and the server as they are now). With psql:
---   psql -v ON_ERROR_STOP=1 -v fetcher_verifier=... -v api_verifier=... \
+--   psql -v ON_ERROR_STOP=1 -v fetcher_verifier=... -v api_verifier=... -v alerts_verifier=... \
 --        [-v monitor_verifier=...] [-v retention=30d -v retention_minute=400d] -f db/users.sql
 --   psql -v ON_ERROR_STOP=1 -v iam=on [-v retention=...] -f db/users.sql   (RDS: IAM tokens)
 -- Passwords never reach the server: each login's password is set from its SCRAM-SHA-256 verifier
 -- (`deploy/make-secrets` writes them: secrets/fetcher-db-verifier, api-db-verifier,
--- monitor-db-verifier). Values go in as psql variables, quoted by psql or by format() on the
--- server, never spliced into SQL by hand.
+-- alerts-db-verifier, monitor-db-verifier). Values go in as psql variables, quoted by psql or by
+-- format() on the server, never spliced into SQL by hand.
 --   retention, retention_minute   STOCKSTREAMER_RETENTION, STOCKSTREAMER_RETENTION_MINUTE: how
 --                                 long raw ticks and minute bars are kept (empty: 30d, 400d)
 
@@ -23,6 +25,9 @@
 \if :{?api_password}
 \set plaintext true
 \endif
+\if :{?alerts_password}
+\set plaintext true
+\endif
 \if :{?monitor_password}
 \set plaintext true
 \endif
@@ -30,7 +35,8 @@
 DO $$
 BEGIN
     RAISE EXCEPTION 'db/users.sql takes SCRAM verifiers, not passwords'
-        USING HINT = 'pass -v fetcher_verifier=... -v api_verifier=... -v monitor_verifier=... '
+        USING HINT = 'pass -v fetcher_verifier=... -v api_verifier=... -v alerts_verifier=... '
+                     '-v monitor_verifier=... '
                      '(deploy/make-secrets writes them as *-db-verifier)';
 END
 $$;
@@ -41,7 +47,8 @@ DO $$
 DECLARE
     login text;
 BEGIN
-    FOREACH login IN ARRAY ARRAY['stockstreamer_fetcher', 'stockstreamer_api', 'stockstreamer_monitor']
+    FOREACH login IN ARRAY ARRAY['stockstreamer_fetcher', 'stockstreamer_api',
+                                 'stockstreamer_alerts', 'stockstreamer_monitor']
     LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = login) THEN
             EXECUTE format('CREATE ROLE %I LOGIN', login);
@@ -54,10 +61,12 @@ $$;
 -- BYPASSRLS; naming them would need a true superuser, which RDS's master user is not.)
 ALTER ROLE stockstreamer_fetcher LOGIN NOCREATEDB NOCREATEROLE;
 ALTER ROLE stockstreamer_api LOGIN NOCREATEDB NOCREATEROLE;
+ALTER ROLE stockstreamer_alerts LOGIN NOCREATEDB NOCREATEROLE;
 ALTER ROLE stockstreamer_monitor LOGIN NOCREATEDB NOCREATEROLE;
 
--- Connection limits that fit the server: whatever the number of API replicas, the fetcher and
--- the monitor always find a free slot, and so do the superuser's one-shots and backups.
+-- Connection limits that fit the server: whatever the number of API replicas, the fetcher, the
+-- alerts service and the monitor always find a free slot, and so do the superuser's one-shots
+-- and backups.
 DO $$
 DECLARE
     total    int := current_setting('max_connections')::int;
@@ -67,23 +76,29 @@ DECLARE
         + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)
         + coalesce(nullif(current_setting('rds.rds_superuser_reserved_connections', true), '')::int, 0);
     fetcher  int := 3;  -- it holds one; the rest covers a reconnect while the old one lingers
+    alerts   int := 3;  -- its listener and one for its writes; the rest covers a reconnect
     monitor  int := 3;
     headroom int := 4;  -- migrations, this file, backups, an operator's psql (as the superuser,
                         -- which also has the reserved slots)
-    api      int := total - reserved - fetcher - monitor - headroom;
+    api      int := total - reserved - fetcher - alerts - monitor - headroom;
 BEGIN
     IF api < 2 THEN
         RAISE EXCEPTION 'max_connections = % leaves the API login % connections', total, api
             USING HINT = format('raise max_connections to at least %s', total - api + 2);
     END IF;
     EXECUTE format('ALTER ROLE stockstreamer_fetcher CONNECTION LIMIT %s', fetcher);
+    EXECUTE format('ALTER ROLE stockstreamer_alerts CONNECTION LIMIT %s', alerts);
     EXECUTE format('ALTER ROLE stockstreamer_monitor CONNECTION LIMIT %s', monitor);
     EXECUTE format('ALTER ROLE stockstreamer_api CONNECTION LIMIT %s', api);
 END
 $$;
 
 GRANT stockstreamer_writer TO stockstreamer_fetcher;
+-- The API switches to the editor (STOCKSTREAMER_API_DB_ROLE); the reader stays granted, so an
+-- API still set to it keeps working while the setting moves.
+GRANT stockstreamer_editor TO stockstreamer_api;
 GRANT stockstreamer_reader TO stockstreamer_api;
+GRANT stockstreamer_alerter TO stockstreamer_alerts;
 GRANT pg_monitor TO stockstreamer_monitor;  -- statistics only: reads no table of ours
 
 -- Objects are created by the superuser alone (PostgreSQL before 15 let every user create them),
@@ -98,7 +113,7 @@ $$;
 
 \if :{?iam}
 -- Amazon RDS with IAM database authentication: the instance signs a short-lived token instead.
-GRANT rds_iam TO stockstreamer_fetcher, stockstreamer_api;
+GRANT rds_iam TO stockstreamer_fetcher, stockstreamer_api, stockstreamer_alerts;
 \else
 -- Each login's SCRAM verifier, checked here: PostgreSQL would hash anything that is not a
 -- well-formed verifier as if it were a password, so a password given by mistake is refused.
@@ -110,6 +125,10 @@ GRANT rds_iam TO stockstreamer_fetcher, stockstreamer_api;
 \else
 \set api_verifier ''
 \endif
+\if :{?alerts_verifier}
+\else
+\set alerts_verifier ''
+\endif
 \if :{?monitor_verifier}
 \else
 \set monitor_verifier ''
@@ -118,6 +137,7 @@ GRANT rds_iam TO stockstreamer_fetcher, stockstreamer_api;
 -- them off the output.
 SELECT set_config('stockstreamer.fetcher_verifier', :'fetcher_verifier', false) AS staged_fetcher,
        set_config('stockstreamer.api_verifier', :'api_verifier', false) AS staged_api,
+       set_config('stockstreamer.alerts_verifier', :'alerts_verifier', false) AS staged_alerts,
        set_config('stockstreamer.monitor_verifier', :'monitor_verifier', false) AS staged_monitor
 \gset
 DO $users$
@@ -129,6 +149,7 @@ BEGIN
     FOR login, variable IN
         VALUES ('stockstreamer_fetcher', 'fetcher_verifier'),
                ('stockstreamer_api', 'api_verifier'),
+               ('stockstreamer_alerts', 'alerts_verifier'),
                ('stockstreamer_monitor', 'monitor_verifier')
     LOOP
         verifier := current_setting('stockstreamer.' || variable);

@@ -80,6 +80,29 @@ locals {
     for file in sort(keys(local.key_parameters)) :
     "arn:${data.aws_partition.current.partition}:ssm:${var.aws_region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(local.key_parameters[file], "/")}"
   ]
+
+  # Secret files read from SSM at every start, on the instance that runs the fetcher and the
+  # alerts service: the vendors' keys, and the alert channels when a parameter names them.
+  secret_parameters = merge(local.key_parameters, var.alert_channels_parameter == "" ? {} : {
+    "alert-channels.yaml" = var.alert_channels_parameter
+  })
+  alert_channels_arns = var.alert_channels_parameter == "" ? [] : [
+    "arn:${data.aws_partition.current.partition}:ssm:${var.aws_region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(var.alert_channels_parameter, "/")}"
+  ]
+}
+
+################################################################################
+# The API's write tokens
+################################################################################
+
+# One SSM SecureString parameter, one token a line, shared by every instance that runs the API
+# and read by `terraform output api_token_command`. Not a resource here: the instance that runs
+# the fetcher creates it at its first start with a token it makes (deploy/make-secrets' kind),
+# so the token is in no Terraform state and no user data; later starts only read it, so tokens
+# put there by hand (a rotation) are kept. `terraform destroy` leaves it: delete it then.
+locals {
+  api_token_parameter     = "/${var.name}/api-token"
+  api_token_parameter_arn = "arn:${data.aws_partition.current.partition}:ssm:${var.aws_region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(local.api_token_parameter, "/")}"
 }
 
 # Ubuntu 24.04 LTS, looked up at plan time from Canonical's public SSM parameter (not hard-coded).
@@ -146,7 +169,7 @@ locals {
   # (a test holds them to compose's own numbers): the default stack with the proxy profile, the
   # one-shots included; what the observability profile adds; each API replica past the first.
   compose_memory_mib = {
-    default_stack     = 2368
+    default_stack     = 2560
     observability     = 960
     extra_api_replica = 1024
     # An API instance of the scale-out mode: api, dashboard and the secrets one-shot.
@@ -285,15 +308,32 @@ locals {
   account_arn = "${data.aws_partition.current.partition}:%s:${var.aws_region}:${data.aws_caller_identity.current.account_id}"
 
   # The instance's whole policy (nothing managed is attached): the SSM agent's Session Manager
-  # channels, the vendors' key parameters, and with RDS the master secret and the IAM logins of the
-  # services' two database users.
+  # channels, the API token's parameter (created here at the first start), the vendors' key
+  # parameters and the alert channels', and with RDS the master secret and the IAM logins of the
+  # services' database users.
   instance_policy = {
     Version = "2012-10-17"
     Statement = concat(
       local.session_manager_statements,
       [
+        {
+          Sid      = "ApiToken"
+          Effect   = "Allow"
+          Action   = ["ssm:GetParameter", "ssm:PutParameter"]
+          Resource = [local.api_token_parameter_arn]
+        }
+      ],
+      [
         for arns in length(local.key_parameter_arns) == 0 ? [] : [distinct(local.key_parameter_arns)] : {
           Sid      = "VendorKeys"
+          Effect   = "Allow"
+          Action   = ["ssm:GetParameter"]
+          Resource = arns
+        }
+      ],
+      [
+        for arns in length(local.alert_channels_arns) == 0 ? [] : [local.alert_channels_arns] : {
+          Sid      = "AlertChannels"
           Effect   = "Allow"
           Action   = ["ssm:GetParameter"]
           Resource = arns
@@ -318,9 +358,10 @@ locals {
     )
   }
 
-  # Created by db/users.sql; on RDS they log in with IAM tokens the instance signs: the fetcher
-  # and the API, or with api_instances > 1 the fetcher alone here (the API instances sign their own).
-  db_login_users = local.scale_out ? ["stockstreamer_fetcher"] : ["stockstreamer_fetcher", "stockstreamer_api"]
+  # Created by db/users.sql; on RDS they log in with IAM tokens the instance signs: the fetcher,
+  # the API and the alerts service, or with api_instances > 1 the fetcher and the alerts service
+  # alone here (the API instances sign their own).
+  db_login_users = local.scale_out ? ["stockstreamer_fetcher", "stockstreamer_alerts"] : ["stockstreamer_fetcher", "stockstreamer_api", "stockstreamer_alerts"]
 
   # Every instance's Session Manager agent: its registration and its shell channels.
   session_manager_statements = [
@@ -343,12 +384,20 @@ locals {
     },
   ]
 
-  # An API instance (scale-out) reads no key and no secret: Session Manager, and the API's own
-  # database login.
+  # An API instance (scale-out) reads no key and no database secret: Session Manager, the API's
+  # write tokens (read only), and the API's own database login.
   web_policy = {
     Version = "2012-10-17"
     Statement = concat(
       local.session_manager_statements,
+      [
+        {
+          Sid      = "ApiToken"
+          Effect   = "Allow"
+          Action   = ["ssm:GetParameter"]
+          Resource = [local.api_token_parameter_arn]
+        }
+      ],
       [
         for db in aws_db_instance.this : {
           Sid      = "DatabaseLogins"
@@ -452,18 +501,20 @@ locals {
     edge_burst             = var.edge_connection_burst
     edge_connections       = var.edge_connections_per_address
     load_balancer_networks = ""
+    api_token_parameter    = local.api_token_parameter
   }
 
   user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", merge(local.cloud_init, {
     role                  = local.scale_out ? "singleton" : "all"
     arch                  = local.arch
-    vendor_key_parameters = local.key_parameters
+    vendor_key_parameters = local.secret_parameters
     data_device           = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${replace(aws_ebs_volume.data.id, "-", "")}"
     rds_secret_arn        = var.use_rds ? aws_db_instance.this[0].master_user_secret[0].secret_arn : ""
-    # The singleton runs no proxy, and names its services: the fetcher and, before it, the
-    # one-shots it depends on (secrets, migrate, db-users). Empty: every service.
+    # The singleton runs no proxy, and names its services: the fetcher and the alerts service
+    # (one each per deployment) and, before them, the one-shots they depend on (secrets,
+    # migrate, db-users). Empty: every service.
     compose_profiles  = local.scale_out ? "" : local.compose_profiles
-    compose_services  = local.scale_out ? ["fetcher"] : []
+    compose_services  = local.scale_out ? ["fetcher", "alerts"] : []
     db_token_services = [for user in local.db_login_users : trimprefix(user, "stockstreamer_")]
   }))
 

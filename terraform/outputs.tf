@@ -23,6 +23,11 @@ output "ssm_shell_command" {
   value       = "aws ssm start-session --region ${var.aws_region} --target ${aws_instance.this.id}"
 }
 
+output "api_token_command" {
+  description = "Prints the API's write tokens (one a line; Authorization: Bearer <token>), from the SSM parameter the instance made at its first start. Rotate by putting two lines there (aws ssm put-parameter --overwrite), then `sudo systemctl reload stockstreamer` on each instance (docs/deploy.md)."
+  value       = "aws ssm get-parameter --region ${var.aws_region} --name ${local.api_token_parameter} --with-decryption --query Parameter.Value --output text"
+}
+
 output "grafana_url" {
   description = "Grafana (observability only): on the HTTPS site under /grafana/ with domain_name, else on localhost while grafana_tunnel_command runs. User admin; the password is /var/lib/stockstreamer/secrets/grafana-admin-password on the instance."
   value       = !var.observability ? null : local.grafana_public ? "${local.public_origin}/grafana/" : "http://localhost:3000/"

@@ -293,6 +293,17 @@ variable "provider_api_key_parameter" {
   }
 }
 
+variable "alert_channels_parameter" {
+  description = "Name of an SSM SecureString parameter holding the alerts service's channels, a YAML mapping of name to Apprise URL (e.g. `phone: ntfys://ntfy.sh/my-topic`), read into secrets/alert-channels.yaml at every start; empty: the file on the instance as it is (none: only the built-in browser channel). The URLs hold credentials: they stay out of Terraform's state and the user data."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(/?[A-Za-z0-9_.-]+)*$", var.alert_channels_parameter))
+    error_message = "alert_channels_parameter must be an SSM parameter name (letters, digits, _ . - and /)."
+  }
+}
+
 variable "settings" {
   description = "Extra non-secret stockstreamer settings for the instance's .env, e.g. { STOCKSTREAMER_SYMBOLS = \"AAPL,MSFT\" }."
   type        = map(string)

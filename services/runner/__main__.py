@@ -1,7 +1,9 @@
 """Start the database (embedded unless DATABASE_URL), migrate, then every service via honcho.
 
 The embedded server asks every login for its password: the runner migrates and applies
-db/users.sql as its superuser, then runs the fetcher and the API each as its own login user.
+db/users.sql as its superuser, then runs the fetcher, the API and the alerts service each as its
+own login user. The API's write token is made on the first `run` (`.data/secrets/api-token`) and
+handed to the API and the dashboard as a file; the banner shows it that once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from services.alerts.config import AlertsSettings
 from services.api.config import ApiSettings
 from services.common.config import load_settings
 from services.common.db import redact_url
@@ -28,6 +31,7 @@ from services.common.retention import RetentionSettings
 from services.dashboard.config import DashboardSettings
 from services.fetcher.config import FetcherSettings
 from services.runner.database import Database, apply_owner_settings, embedded, psql
+from services.runner.token import ensure_api_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +50,7 @@ class Ports:
     api: int
     dashboard: int
     fetcher_metrics: int
+    alerts: int
 
     @classmethod
     def read(cls) -> Ports:
@@ -53,7 +58,20 @@ class Ports:
             load_settings(ApiSettings, "api").api_port,
             load_settings(DashboardSettings, "dashboard").dashboard_port,
             load_settings(FetcherSettings, "fetcher").fetcher_metrics_port,
+            load_settings(AlertsSettings, "alerts").alerts_port,
         )
+
+
+@dataclass(frozen=True)
+class Token:
+    """The API's write token file, and the token itself only on the start that made it."""
+
+    file: Path
+    new: str | None = None
+
+    def shown(self) -> str:
+        """Where the file is: relative to the repository when it is inside it."""
+        return str(self.file.relative_to(ROOT) if self.file.is_relative_to(ROOT) else self.file)
 
 
 def start_database(settings: RunnerSettings) -> Database:
@@ -68,7 +86,7 @@ def start_database(settings: RunnerSettings) -> Database:
     return database
 
 
-def banner(ports: Ports, url: str, api_workers: int = 1) -> str:
+def banner(ports: Ports, url: str, api_workers: int = 1, token: Token | None = None) -> str:
     procfile = (ROOT / "Procfile").read_text()
     lines = ["", "stockstreamer is starting:", f"  database   {redact_url(url)}"]
     if "services.dashboard" in procfile:
@@ -77,6 +95,13 @@ def banner(ports: Ports, url: str, api_workers: int = 1) -> str:
         processes = "1 process" if api_workers == 1 else f"{api_workers} worker processes"
         lines.append(f"  api        http://localhost:{ports.api}/docs  ({processes})")
     lines.append(f"  fetcher    http://localhost:{ports.fetcher_metrics}/metrics")
+    if "services.alerts" in procfile:
+        lines.append(f"  alerts     http://localhost:{ports.alerts}/metrics")
+    if token is not None and token.new is not None:
+        # The one place the token is ever printed: the start that made it.
+        lines.append(f"  api token  {token.new}  (new: shown this once; kept in {token.shown()})")
+    elif token is not None:
+        lines.append(f"  api token  in {token.shown()}  (writes: Authorization: Bearer <token>)")
     lines += ["Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
@@ -101,7 +126,7 @@ def exec_procfile(
     return path
 
 
-def run_services(ports: Ports, database: Database) -> int:
+def run_services(ports: Ports, database: Database, token_file: Path | None = None) -> int:
     """Every Procfile service under honcho until Ctrl-C or SIGTERM."""
     # Procfile commands say `python`: make it this interpreter, wherever make was run from.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -115,7 +140,17 @@ def run_services(ports: Ports, database: Database) -> int:
     service_env: dict[str, dict[str, str]] = {
         name: {"DATABASE_URL_FILE": str(url_file)} for name, url_file in database.login_urls.items()
     }
-    if "trusted_proxies" not in load_settings(ApiSettings, "api").model_fields_set:
+    api_given = load_settings(ApiSettings, "api").model_fields_set
+    dashboard_given = load_settings(DashboardSettings, "dashboard").model_fields_set
+    if token_file is not None:
+        # The file, not the token: it is never on a command line or in an environment. Tokens
+        # of your own (.env) are kept: the API takes both, the dashboard yours.
+        if "api_tokens_file" not in api_given:
+            service_env.setdefault("api", {})["STOCKSTREAMER_API_TOKENS_FILE"] = str(token_file)
+        if not {"dashboard_api_token", "dashboard_api_token_file"} & dashboard_given:
+            dashboard = service_env.setdefault("dashboard", {})
+            dashboard["STOCKSTREAMER_DASHBOARD_API_TOKEN_FILE"] = str(token_file)
+    if "trusted_proxies" not in api_given:
         # The dashboard asks the API on its viewers' behalf from loopback: the API counts each
         # viewer (the address the dashboard forwards) against the per-client limits, not the
         # dashboard as one client.
@@ -158,9 +193,13 @@ def main() -> int:
         if args.command == "migrate":
             return 0
         ports = Ports.read()
-        workers = load_settings(ApiSettings, "api").worker_count()
-        print(banner(ports, database.url, workers), flush=True)
-        return run_services(ports, database)
+        api = load_settings(ApiSettings, "api")
+        if api.api_tokens_file is not None:
+            token = Token(api.api_tokens_file)  # a file of yours (.env): used as it is
+        else:
+            token = Token(*ensure_api_token(ROOT / settings.data_dir / "secrets"))
+        print(banner(ports, database.url, api.worker_count(), token), flush=True)
+        return run_services(ports, database, token.file)
     finally:
         if database.server is not None and args.command not in ("url", "psql"):
             print("stopping embedded PostgreSQL", flush=True)

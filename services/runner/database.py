@@ -19,14 +19,26 @@ import asyncpg
 
 from services.common.retention import RetentionSettings, interval_input, set_retention
 from services.runner.embedded_db import EmbeddedPostgres, postgres_bin_dir
+from services.secrets.layout import SECRETS
 from services.secrets.store import Store, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS_SQL = ROOT / "db" / "users.sql"
 # Procfile service → the secret file holding its database URL (its own login user).
-LOGIN_URLS = {"fetcher": "fetcher-database-url", "api": "api-database-url"}
+LOGIN_URLS = {
+    "fetcher": "fetcher-database-url",
+    "api": "api-database-url",
+    "alerts": "alerts-database-url",
+}
 # db/users.sql's psql variable → the secret file holding its value.
-VERIFIERS = {"fetcher_verifier": "fetcher-db-verifier", "api_verifier": "api-db-verifier"}
+VERIFIERS = {
+    "fetcher_verifier": "fetcher-db-verifier",
+    "api_verifier": "api-db-verifier",
+    "alerts_verifier": "alerts-db-verifier",
+}
+# What the embedded server needs; the API's token is made by `run` alone (services/runner/token.py),
+# whichever the database.
+DATABASE_SECRETS = tuple(secret for secret in SECRETS if secret.kind != "token")
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ def embedded(data_dir: Path, port: int) -> Database:
     secrets_dir.mkdir(parents=True, exist_ok=True)
     secrets_dir.chmod(0o700)
     # Yours alone (0600), whoever runs it: these services run as you, not as containers' users.
-    values = resolve(Store(secrets_dir), None, "127.0.0.1", port)
+    values = resolve(Store(secrets_dir), None, "127.0.0.1", port, DATABASE_SECRETS)
     password = values["postgres-password"]
     server = EmbeddedPostgres(data_dir / "postgres", port=port, password=password)
     logins = {name: secrets_dir / file for name, file in LOGIN_URLS.items()}

@@ -17,6 +17,7 @@ SETTINGS_CLASSES: list[tuple[str, str]] = [
     ("all", "services.common.config:CommonSettings"),
     ("fetcher", "services.fetcher.config:FetcherSettings"),
     ("api", "services.api.config:ApiSettings"),
+    ("alerts", "services.alerts.config:AlertsSettings"),
     ("dashboard", "services.dashboard.config:DashboardSettings"),
     # applied by the database's owner: compose's db-users one-shot, and make run / make migrate
     ("db-users", "services.common.retention:RetentionSettings"),

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["password", "key", "url", "verifier"]
+# password: random, made once; token: a random API token, made once (a chosen file may hold
+# several, one a line); key: chosen or empty (vendor keys, the alert channels); url, verifier:
+# made from a password.
+Kind = Literal["password", "token", "key", "url", "verifier"]
 APP_UID = 10001  # the stockstreamer image's user
 GRAFANA_UID = 472  # the grafana image's user
 NOBODY = 65534  # postgres_exporter's user
@@ -37,18 +40,24 @@ SECRETS: tuple[Secret, ...] = (
     Secret("fetcher-db-password", "password"),
     Secret("api-db-password", "password"),
     Secret("monitor-db-password", "password"),
+    Secret("alerts-db-password", "password"),
     Secret("grafana-admin-password", "password"),
+    Secret("api-token", "token"),
     Secret("finnhub-api-key", "key"),
     Secret("twelvedata-api-key", "key"),
     Secret("alpaca-api-key-id", "key"),
     Secret("alpaca-api-secret-key", "key"),
+    # The alerts service's channels (YAML: name → Apprise URL); empty: only `browser`.
+    Secret("alert-channels.yaml", "key"),
     Secret("migrate-database-url", "url", of="postgres-password", user="stockstreamer"),
     Secret("fetcher-database-url", "url", of="fetcher-db-password", user="stockstreamer_fetcher"),
     Secret("api-database-url", "url", of="api-db-password", user="stockstreamer_api"),
+    Secret("alerts-database-url", "url", of="alerts-db-password", user="stockstreamer_alerts"),
     # What db/users.sql sets: the logins' passwords as SCRAM verifiers, never in clear text.
     Secret("fetcher-db-verifier", "verifier", of="fetcher-db-password"),
     Secret("api-db-verifier", "verifier", of="api-db-password"),
     Secret("monitor-db-verifier", "verifier", of="monitor-db-password"),
+    Secret("alerts-db-verifier", "verifier", of="alerts-db-password"),
 )
 BY_NAME = {secret.name: secret for secret in SECRETS}
 
@@ -73,6 +82,7 @@ CONSUMERS: tuple[Consumer, ...] = (
             "fetcher_db_verifier": "fetcher-db-verifier",
             "api_db_verifier": "api-db-verifier",
             "monitor_db_verifier": "monitor-db-verifier",
+            "alerts_db_verifier": "alerts-db-verifier",
         },
     ),
     Consumer(
@@ -87,7 +97,19 @@ CONSUMERS: tuple[Consumer, ...] = (
             "alpaca_api_secret_key": "alpaca-api-secret-key",
         },
     ),
-    Consumer("api", APP_UID, APP_UID, {"api_database_url": "api-database-url"}),
+    # The API's write tokens, one a line (STOCKSTREAMER_API_TOKENS_FILE).
+    Consumer(
+        "api",
+        APP_UID,
+        APP_UID,
+        {"api_database_url": "api-database-url", "api_tokens": "api-token"},
+    ),
+    Consumer(
+        "alerts",
+        APP_UID,
+        APP_UID,
+        {"alerts_database_url": "alerts-database-url", "alert_channels": "alert-channels.yaml"},
+    ),
     Consumer("grafana", GRAFANA_UID, 0, {"grafana_admin_password": "grafana-admin-password"}),
     Consumer("postgres-exporter", NOBODY, NOBODY, {"exporter_db_password": "monitor-db-password"}),
 )

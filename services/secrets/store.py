@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -15,6 +16,11 @@ from services.secrets.scram import scram_verifier, verifies
 def new_password() -> str:
     """48 hex digits: 192 random bits, safe in a URL and in a shell as they are."""
     return secrets.token_hex(24)
+
+
+def new_token() -> str:
+    """An API token: 32 random bytes, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
 
 
 def database_url(user: str, password: str, host: str, port: int) -> str:
@@ -58,15 +64,23 @@ class Store:
             raise
 
 
-def resolve(store: Store, chosen: Store | None, host: str, port: int) -> dict[str, str]:
+def resolve(
+    store: Store,
+    chosen: Store | None,
+    host: str,
+    port: int,
+    which: Iterable[Secret] = SECRETS,
+) -> dict[str, str]:
     """Every secret's value, kept in `store`: a non-empty file in `chosen` wins, else the kept
-    value, else a new one (passwords) or empty (vendor keys); URLs and verifiers follow.
+    value, else a new one (passwords, the API token) or empty (vendor keys, the alert channels);
+    URLs and verifiers follow.
 
     A chosen URL or verifier wins only while it still matches its password: one chosen anew
     (or a password file edited after deploy/make-secrets wrote the URL) makes them follow it.
+    `which`: these secrets alone (in SECRETS' order), for `make run`'s database.
     """
     values: dict[str, str] = {}
-    for secret in SECRETS:
+    for secret in which:
         given = chosen.read(secret.name) if chosen is not None else None
         if given and not _matches(secret, given, values):
             given = None
@@ -89,6 +103,8 @@ def _matches(secret: Secret, value: str, values: dict[str, str]) -> bool:
 def _derive(secret: Secret, values: dict[str, str], kept: str | None, host: str, port: int) -> str:
     if secret.kind == "password":
         return kept or new_password()
+    if secret.kind == "token":
+        return kept or new_token()
     if secret.kind == "key":
         return kept or ""
     password = values[secret.of or ""]

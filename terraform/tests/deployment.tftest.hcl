@@ -198,7 +198,8 @@ run "default_container_database" {
     error_message = "A week of daily snapshots by default."
   }
 
-  # Session Manager only: no managed policy, no parameter, no secret, no database login.
+  # Session Manager and the API's token: no managed policy, no other parameter, no secret, no
+  # database login.
   assert {
     condition = toset(flatten([for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Action])) == toset([
       "ssm:UpdateInstanceInformation",
@@ -206,8 +207,30 @@ run "default_container_database" {
       "ssmmessages:CreateDataChannel",
       "ssmmessages:OpenControlChannel",
       "ssmmessages:OpenDataChannel",
+      "ssm:GetParameter",
+      "ssm:PutParameter",
     ])
-    error_message = "Without a vendor key or RDS the instance may only run the Session Manager agent."
+    error_message = "Without a vendor key or RDS the instance may only run the Session Manager agent and keep the API's token."
+  }
+
+  # The API's write tokens: one parameter, made by the instance at its first start (never by
+  # Terraform, so never in its state), read and written by this instance alone.
+  assert {
+    condition = (
+      [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : [s.Action, s.Resource] if s.Sid == "ApiToken"] == [[
+        ["ssm:GetParameter", "ssm:PutParameter"],
+        ["arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/api-token"],
+      ]]
+      && strcontains(local.user_data, "\n      API_TOKEN_PARAMETER=/stockstreamer/api-token\n")
+      && output.api_token_command == "aws ssm get-parameter --region us-east-1 --name /stockstreamer/api-token --with-decryption --query Parameter.Value --output text"
+    )
+    error_message = "The instance keeps the API's token in its SSM parameter; api_token_command reads it."
+  }
+
+  # No alert channel chosen: nothing read for them (the alerts service has the browser alone).
+  assert {
+    condition     = !strcontains(local.user_data, "alert-channels.yaml /") && length([for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s if s.Sid == "AlertChannels"]) == 0
+    error_message = "Without alert_channels_parameter no channel parameter is read or readable."
   }
 
   # What the instance is given: the script, compressed within EC2's 16 KiB.
@@ -264,12 +287,12 @@ run "default_container_database" {
     condition = alltrue([
       for line in [
         "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait",
-        "for service in fetcher api; do",
+        "for service in fetcher api alerts; do",
         "COMPOSE_PROFILES=proxy",
         "RequiresMountsFor=/var/lib/stockstreamer",
       ] : strcontains(local.user_data, "\n      ${line}\n")
     ]) && !strcontains(local.user_data, "compose.web.yaml")
-    error_message = "api_instances = 1: the instance runs every service behind Caddy, the fetcher's and the API's tokens renewed."
+    error_message = "api_instances = 1: the instance runs every service behind Caddy, the fetcher's, the API's and the alerts service's tokens renewed."
   }
 }
 
@@ -410,9 +433,10 @@ run "with_rds_a_vendor_key_as_before_chains_and_ssh" {
       DatabaseLogins = [
         "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_fetcher",
         "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_api",
+        "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_alerts",
       ]
     }
-    error_message = "Exactly the one parameter, the master secret and the two database logins."
+    error_message = "Exactly the one parameter, the master secret and the three database logins."
   }
 
   assert {
@@ -474,6 +498,26 @@ run "a_vendor_chain_reads_each_vendors_keys_and_no_other" {
       ] : strcontains(local.user_data, "\n      ${line}\n")
     ]) && !strcontains(local.user_data, "twelvedata-api-key /")
     error_message = "The boot script reads each key into its file and passes the chain, history provider, calendar and extended hours on."
+  }
+}
+
+run "alert_channels_are_read_from_their_parameter" {
+  command = apply
+
+  variables {
+    alert_channels_parameter = "/stockstreamer/alert-channels"
+  }
+
+  assert {
+    condition = (
+      [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : [s.Action, s.Resource] if s.Sid == "AlertChannels"] == [[
+        ["ssm:GetParameter"],
+        ["arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/alert-channels"],
+      ]]
+      && strcontains(local.user_data, "\n      alert-channels.yaml /stockstreamer/alert-channels\n")
+      && !strcontains(local.user_data, "ntfy")
+    )
+    error_message = "The channels' parameter is read into the alerts service's secret file at every start; no URL is in the user data."
   }
 }
 
@@ -880,30 +924,36 @@ run "scale_out_behind_a_load_balancer" {
         "ssmmessages:CreateDataChannel",
         "ssmmessages:OpenControlChannel",
         "ssmmessages:OpenDataChannel",
+        "ssm:GetParameter",
         "rds-db:connect",
       ])
       && [for s in jsondecode(aws_iam_role_policy.web[0].policy).Statement : s.Resource if s.Sid == "DatabaseLogins"] == [["arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_api"]]
+      && [for s in jsondecode(aws_iam_role_policy.web[0].policy).Statement : [s.Action, s.Resource] if s.Sid == "ApiToken"] == [[["ssm:GetParameter"], ["arn:aws:ssm:us-east-1:111122223333:parameter/stockstreamer/api-token"]]]
     )
-    error_message = "An API instance may run the Session Manager agent and log in as the API: no key, no master secret."
+    error_message = "An API instance may run the Session Manager agent, read the API's tokens (the singleton makes them) and log in as the API: no key, no master secret."
   }
 
   assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Resource if s.Sid == "DatabaseLogins"] == [["arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_fetcher"]]
-    error_message = "The singleton logs in as the fetcher only (and keeps the master secret for the migrations)."
+    condition = [for s in jsondecode(aws_iam_role_policy.instance.policy).Statement : s.Resource if s.Sid == "DatabaseLogins"] == [[
+      "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_fetcher",
+      "arn:aws:rds-db:us-east-1:111122223333:dbuser:db-ABCDEFGHIJKLMNOP/stockstreamer_alerts",
+    ]]
+    error_message = "The singleton logs in as the fetcher and the alerts service only (and keeps the master secret for the migrations)."
   }
 
   # What each runs.
   assert {
     condition = alltrue([
       for line in [
-        "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher",
-        "ExecReload=/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher",
-        "for service in fetcher; do",
+        "ExecStart=/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher alerts",
+        "ExecReload=/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher alerts",
+        "for service in fetcher alerts; do",
         "COMPOSE_PROFILES=",
         "finnhub-api-key /stockstreamer/finnhub-api-key",
+        "API_TOKEN_PARAMETER=/stockstreamer/api-token",
       ] : strcontains(local.user_data, "\n      ${line}\n")
     ])
-    error_message = "The singleton runs the fetcher (and the one-shots before it), no proxy, and reads the vendor's key."
+    error_message = "The singleton runs the fetcher and the alerts service (and the one-shots before them), no proxy, reads the vendor's key and makes the API's token."
   }
 
   assert {
@@ -914,6 +964,7 @@ run "scale_out_behind_a_load_balancer" {
         "for service in api; do",
         "LOAD_BALANCER_NETWORKS=172.31.0.0/20,172.31.16.0/20",
         "# secret file, SSM parameter",
+        "API_TOKEN_PARAMETER=/stockstreamer/api-token",
       ] : strcontains(local.web_user_data, "\n      ${line}\n")
     ])
     error_message = "An API instance runs the API and the dashboard, trusts the load balancer's subnets, renews the API's token."
@@ -922,9 +973,10 @@ run "scale_out_behind_a_load_balancer" {
   assert {
     condition = (
       !strcontains(local.web_user_data, "secretsmanager") && !strcontains(local.web_user_data, "finnhub-api-key /")
+      && !strcontains(local.web_user_data, "put-parameter")
       && !strcontains(local.web_user_data, "fs_setup") && !strcontains(local.web_user_data, "edge-firewall")
     )
-    error_message = "An API instance reads no secret and no key, has no data volume and no per-address firewall (the load balancer's addresses would trip it)."
+    error_message = "An API instance reads no secret and no key (and never makes the API's token), has no data volume and no per-address firewall (the load balancer's addresses would trip it)."
   }
 
   assert {

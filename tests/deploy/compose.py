@@ -28,6 +28,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 SERVICE_SETTINGS = {
     "fetcher": "fetcher",
     "api": "api",
+    "alerts": "alerts",
     "dashboard": "dashboard",
     "migrate": "make run",
 }

@@ -78,7 +78,12 @@ def apply_users(admin_url: str, **variables: str) -> None:
 
 # The logins' passwords in the tests (the test server trusts loopback: they matter only where a
 # test says so).
-PASSWORDS = {"fetcher": "fetcher-secret", "api": "api-secret", "monitor": "monitor-secret"}
+PASSWORDS = {
+    "fetcher": "fetcher-secret",
+    "api": "api-secret",
+    "alerts": "alerts-secret",
+    "monitor": "monitor-secret",
+}
 
 
 def apply_logins(
@@ -101,5 +106,8 @@ def as_user(url: str, user: str, password: str | None = None) -> str:
 # (login user, group role) of each service that connects to the database; db/users.sql makes them.
 LOGINS = {
     "fetcher": ("stockstreamer_fetcher", "stockstreamer_writer"),
-    "api": ("stockstreamer_api", "stockstreamer_reader"),
+    "api": ("stockstreamer_api", "stockstreamer_editor"),
+    "alerts": ("stockstreamer_alerts", "stockstreamer_alerter"),
 }
+# Group roles a login holds besides its own (the API's older role, kept while its setting moves).
+ALSO_GRANTED = {"stockstreamer_api": {"stockstreamer_reader"}}

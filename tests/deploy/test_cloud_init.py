@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.secrets import SECRETS
 from tests.utils.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +54,9 @@ VARS: dict[str, Any] = {
     # api_instances = 1: the whole stack on one instance.
     "role": "all",
     "compose_services": [],
-    "db_token_services": ["fetcher", "api"],
+    "db_token_services": ["fetcher", "api", "alerts"],
     "load_balancer_networks": "",
+    "api_token_parameter": "/stockstreamer/api-token",
 }
 
 
@@ -83,8 +85,8 @@ OBSERVABILITY: dict[str, Any] = {
 SINGLETON: dict[str, Any] = {
     "role": "singleton",
     "compose_profiles": "",
-    "compose_services": ["fetcher"],
-    "db_token_services": ["fetcher"],
+    "compose_services": ["fetcher", "alerts"],
+    "db_token_services": ["fetcher", "alerts"],
 }
 
 # ... and an API instance behind the load balancer: no data volume, no key, no master secret.
@@ -161,8 +163,9 @@ def test_renders_valid_cloud_config(tmp_path: Path) -> None:
     assert "STOCKSTREAMER_SYMBOLS=AAPL,MSFT" in files(config)["/etc/stockstreamer/settings.env"]
     # The compose files and scripts the instance uses exist in the repository it clones.
     script = files(config)["/usr/local/sbin/stockstreamer-env"]
+    secret_files = {secret.name for secret in SECRETS}  # alert-channels.yaml is one
     for name in re.findall(r"(?:deploy/)[\w.-]+|[\w/.-]+\.ya?ml", script):
-        assert (ROOT / name).is_file(), name
+        assert name in secret_files or (ROOT / name).is_file(), name
     assert "deploy/compose.server.yaml" in script and "deploy/compose.rds.yaml" in script
 
 
@@ -230,8 +233,7 @@ def test_rds_logins_use_verified_tls_and_renewed_iam_tokens(tmp_path: Path) -> N
     written = files(config)
     tokens = written["/usr/local/sbin/stockstreamer-db-tokens"]
     assert "aws rds generate-db-auth-token" in tokens
-    for user in ("stockstreamer_fetcher", "stockstreamer_api"):
-        assert user.split("_")[1] in tokens
+    assert "for service in fetcher api alerts; do" in tokens
     env = written["/usr/local/sbin/stockstreamer-env"]
     for script in (tokens, env):
         assert script.count("sslmode=verify-full&sslrootcert=/etc/ssl/rds-ca.pem") == 1
@@ -562,13 +564,15 @@ def unit_commands(unit: str, key: str) -> list[str]:
 
 
 def test_singleton_runs_what_must_run_once(tmp_path: Path) -> None:
-    """api_instances > 1: the fetcher and the one-shots it starts after, no proxy, no web port."""
+    """api_instances > 1: the fetcher, the alerts service and the one-shots they start after, no
+    proxy, no web port."""
     written = files(yaml.safe_load(render(tmp_path, **SINGLETON)))
     unit = written["/etc/systemd/system/stockstreamer.service"]
-    up = "/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher"
+    up = "/usr/bin/docker compose up -d --build --remove-orphans --wait fetcher alerts"
     assert unit_commands(unit, "ExecStart") == [up]
     assert up in unit_commands(unit, "ExecReload")
-    assert "for service in fetcher; do" in written["/usr/local/sbin/stockstreamer-db-tokens"]
+    tokens = written["/usr/local/sbin/stockstreamer-db-tokens"]
+    assert "for service in fetcher alerts; do" in tokens
     # Its data volume, its vendors' keys and the master secret (for the migrations) as before.
     assert "RequiresMountsFor=/var/lib/stockstreamer" in unit.splitlines()
     assert "aws secretsmanager get-secret-value" in written["/usr/local/sbin/stockstreamer-env"]
@@ -603,8 +607,8 @@ def test_web_instance_runs_the_api_and_the_dashboard_alone(tmp_path: Path) -> No
 
 def test_web_instance_start_reads_no_secret(tmp_path: Path) -> None:
     """The API instance's whole start script, run with stand-ins for curl, the AWS CLI and the
-    token renewer: .env for the web override, the RDS CA fetched once, and no AWS call at all
-    (no vendor key, no master secret)."""
+    token renewer: .env for the web override, the RDS CA fetched once, and no AWS call but the
+    API's write tokens (no vendor key, no master secret)."""
     written = files(yaml.safe_load(render(tmp_path, **WEB)))
     etc = tmp_path / "etc"
     etc.mkdir()
@@ -615,7 +619,7 @@ def test_web_instance_start_reads_no_secret(tmp_path: Path) -> None:
         directory.mkdir()
     calls = tmp_path / "calls"
     stubs = {
-        "aws": f'echo "aws $*" >>{calls}\n',
+        "aws": f'echo "aws $*" >>{calls}\necho token-from-ssm\n',
         "curl": f'echo "curl $*" >>{calls}\n'
         'while [ $# -gt 0 ]; do [ "$1" = -o ] && echo CA >"$2"; shift; done\n',
         "db-tokens": f"echo tokens >>{calls}\n",
@@ -624,6 +628,8 @@ def test_web_instance_start_reads_no_secret(tmp_path: Path) -> None:
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}")
         (bin_dir / name).chmod(0o755)
     script = written["/usr/local/sbin/stockstreamer-env"]
+    if os.geteuid() != 0:
+        script = script.replace('chown "$2" "$secrets/$1"; ', "")  # the instance runs it as root
     for path, here in (
         ("/etc/stockstreamer", str(etc)),
         ("/var/lib/stockstreamer", str(data)),
@@ -654,8 +660,115 @@ def test_web_instance_start_reads_no_secret(tmp_path: Path) -> None:
     assert (data / "rds-ca.pem").read_text() == "CA\n"
     assert (data / "secrets").stat().st_mode & 0o777 == 0o700
     lines = calls.read_text().splitlines()
-    assert lines[0].startswith("curl ") and "truststore.pki.rds.amazonaws.com" in lines[0]
-    assert lines[1:] == ["tokens"], "no AWS call: no key, no secret"
-    # Every later start keeps the CA it has and renews the token again.
+    read_tokens = (
+        "aws ssm get-parameter --region eu-west-1 --name /stockstreamer/api-token"
+        " --with-decryption --query Parameter.Value --output text"
+    )
+    assert lines[0] == read_tokens, "the API's write tokens, read"
+    assert lines[1].startswith("curl ") and "truststore.pki.rds.amazonaws.com" in lines[1]
+    assert lines[2:] == ["tokens"], "no other AWS call: no key, no secret"
+    assert (data / "secrets" / "api-token").read_text() == "token-from-ssm"
+    # Every later start keeps the CA it has, reads the tokens and renews the login again.
     assert start().returncode == 0
-    assert calls.read_text().splitlines()[2:] == ["tokens"]
+    assert calls.read_text().splitlines()[3:] == [read_tokens, "tokens"]
+
+
+# SSM as the token block sees it: a parameter in a file; put-parameter refuses to overwrite.
+FAKE_SSM = """#!/bin/bash
+state=$FAKE_SSM_STATE
+case "$2" in
+  get-parameter)
+    [ -e "$state/fail" ] && { echo "AccessDeniedException" >&2; exit 254; }
+    [ -e "$state/parameter" ] || { echo "An error occurred (ParameterNotFound)" >&2; exit 254; }
+    cat "$state/parameter"; echo ;;
+  put-parameter)
+    [ -e "$state/parameter" ] && { echo "ParameterAlreadyExists" >&2; exit 254; }
+    while [ $# -gt 0 ]; do [ "$1" = --cli-input-json ] && input=${2#file://}; shift; done
+    jq -e '.Type == "SecureString"' "$input" >/dev/null || exit 3
+    jq -j .Value "$input" >"$state/parameter" ;;
+esac
+"""
+
+
+def token_block(tmp_path: Path, **overrides: Any) -> tuple[Path, Path, Path]:
+    """The start script's API-token block alone, with a stand-in for SSM; returns the script,
+    the secrets directory and SSM's state."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    written = files(yaml.safe_load(render(tmp_path, **overrides)))
+    script = written["/usr/local/sbin/stockstreamer-env"]
+    block = re.search(
+        r"^# The API's write tokens.+?^rm -f \"\$secrets/\.ssm-error\"$", script, re.M | re.S
+    )
+    assert block, script
+    secrets, state, bin_dir = tmp_path / "secrets", tmp_path / "ssm", tmp_path / "bin"
+    for directory in (secrets, state, bin_dir):
+        directory.mkdir()
+    (bin_dir / "aws").write_text(FAKE_SSM)
+    (bin_dir / "aws").chmod(0o755)
+    program = tmp_path / "tokens.sh"
+    program.write_text(
+        "\n".join(
+            [
+                "set -euo pipefail",
+                f"AWS_REGION=eu-west-1 secrets={secrets}",
+                "API_TOKEN_PARAMETER=/stockstreamer/api-token",
+                'put() { cat >"$secrets/$1"; chmod 0400 "$secrets/$1"; }',
+                block[0],
+            ]
+        )
+    )
+    return program, secrets, state
+
+
+def run_token_block(program: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    bin_dir = program.parent / "bin"
+    return subprocess.run(  # noqa: S603
+        [shutil.which("bash") or "bash", str(program)],
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SSM_STATE": str(state)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def test_the_first_start_makes_the_api_token_and_later_ones_read_it(tmp_path: Path) -> None:
+    """No parameter yet: a new token (never on a command line) becomes the parameter and the
+    secret file; from then on the parameter wins, tokens put there by hand included."""
+    program, secrets, state = token_block(tmp_path / "all")
+    first = run_token_block(program, state)
+    assert first.returncode == 0, first.stderr
+    token = (secrets / "api-token").read_text()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert (state / "parameter").read_text() == token
+    assert sorted(p.name for p in secrets.iterdir()) == ["api-token"], "nothing left behind"
+    (state / "parameter").write_text(f"{token}\nrotated-token-0123456789")
+    again = run_token_block(program, state)
+    assert again.returncode == 0, again.stderr
+    assert (secrets / "api-token").read_text() == f"{token}\nrotated-token-0123456789"
+    # deploy/make-secrets' token (the container database's instance) is the one uploaded
+    (state / "parameter").unlink()
+    (secrets / "api-token").chmod(0o600)
+    (secrets / "api-token").write_text("kept-token-from-make-secrets")
+    assert run_token_block(program, state).returncode == 0
+    assert (state / "parameter").read_text() == "kept-token-from-make-secrets"
+
+
+def test_an_api_instance_only_reads_the_api_token(tmp_path: Path) -> None:
+    """Before the singleton made the parameter the start fails (and is retried); any other
+    failure to read it fails the start too, and the token kept from before stays."""
+    program, secrets, state = token_block(tmp_path / "web", **WEB)
+    missing_yet = run_token_block(program, state)
+    assert missing_yet.returncode != 0 and "ParameterNotFound" in missing_yet.stderr
+    assert not (state / "parameter").exists(), "an API instance never makes it"
+    (state / "parameter").write_text("shared-token-0123456789")
+    assert run_token_block(program, state).returncode == 0
+    assert (secrets / "api-token").read_text() == "shared-token-0123456789"
+    (state / "fail").touch()
+    main, main_secrets, main_state = token_block(tmp_path / "all")
+    (main_state / "fail").touch()
+    (main_secrets / "api-token").write_text("kept")
+    failed = run_token_block(main, main_state)
+    assert failed.returncode != 0 and "AccessDenied" in failed.stderr
+    assert (main_secrets / "api-token").read_text() == "kept"
+    assert not (main_state / "parameter").exists()

@@ -49,16 +49,18 @@ from tests.deploy.db import LOGINS
 from tests.deploy.hcl import load_terraform
 from tests.utils.tools import missing, require_tool
 
-APPS = ("fetcher", "api", "dashboard")
+APPS = ("fetcher", "api", "alerts", "dashboard")
 PUBLISHED = {"api": "STOCKSTREAMER_API_PORT", "dashboard": "STOCKSTREAMER_DASHBOARD_PORT"}
 LISTEN_HOST = {
     "fetcher": "STOCKSTREAMER_FETCHER_METRICS_HOST",
     "api": "STOCKSTREAMER_API_HOST",
+    "alerts": "STOCKSTREAMER_ALERTS_HOST",
     "dashboard": "STOCKSTREAMER_DASHBOARD_HOST",
 }
 LISTEN_PORT = {
     "fetcher": "STOCKSTREAMER_FETCHER_METRICS_PORT",
     "api": "STOCKSTREAMER_API_PORT",
+    "alerts": "STOCKSTREAMER_ALERTS_PORT",
     "dashboard": "STOCKSTREAMER_DASHBOARD_PORT",
 }
 # Each container's secrets, and no more: the superuser's password only where the schema is kept,
@@ -72,6 +74,7 @@ SECRETS = {
         "fetcher_db_verifier",
         "api_db_verifier",
         "monitor_db_verifier",
+        "alerts_db_verifier",
     },
     "fetcher": {
         "fetcher_database_url",
@@ -80,7 +83,9 @@ SECRETS = {
         "alpaca_api_key_id",
         "alpaca_api_secret_key",
     },
-    "api": {"api_database_url"},
+    "api": {"api_database_url", "api_tokens"},
+    # its channels' URLs hold their credentials: a secret file, never the database or .env
+    "alerts": {"alerts_database_url", "alert_channels"},
     "dashboard": set(),
     "proxy": set(),
 }
@@ -318,7 +323,7 @@ def test_each_container_gets_only_its_own_secrets(compose: dict[str, Any]) -> No
         assert not literal, f"{name} gets a secret through its environment: {literal}"
     assert "secrets" not in compose
     # A DATABASE_URL in .env (for native runs) must not override a container's secret file.
-    for name in ("fetcher", "api"):
+    for name in ("fetcher", "api", "alerts"):
         assert services[name]["environment"]["DATABASE_URL"] == ""
 
 
@@ -493,18 +498,24 @@ def test_postgres_worst_case_fits_its_limit(compose: dict[str, Any]) -> None:
     )
     limit = mib(compose["services"]["postgres"]["mem_limit"])
     assert worst <= limit, f"worst case {worst} MiB over the {limit} MiB limit"
-    # Room for what connects: the fetcher (2), the exporter (3), the superuser's 3 reserved, and
-    # two API replicas: each worker's share of the pool and its listener.
+    # Room for what connects: the fetcher (3), the alerts service (3), the exporter (3), the
+    # superuser's 3 reserved and 4 for the one-shots (db/users.sql's limits), and two API
+    # replicas: each worker's share of the pool and its listener.
     api = compose["services"]["api"]
     workers = math.ceil(float(api["cpus"]))
     replica = workers * (api_settings(api).worker_share(workers).api_pool_size + 1)
     assert workers == 2 and replica <= 8
-    assert 2 + 3 + 3 + 2 * replica <= int(settings["max_connections"])
+    assert 3 + 3 + 3 + 3 + 4 + 2 * replica <= int(settings["max_connections"])
 
 
 def api_settings(spec: dict[str, Any]) -> ApiSettings:
-    """The API container's settings, as its environment gives them (no secret needed)."""
-    environment = {k: v for k, v in spec["environment"].items() if k.startswith("STOCKSTREAMER_")}
+    """The API container's settings, as its environment gives them (no secret needed: not the
+    token file either, which the API reads as it starts)."""
+    environment = {
+        k: v
+        for k, v in spec["environment"].items()
+        if k.startswith("STOCKSTREAMER_") and not k.endswith("_FILE")
+    }
     return ApiSettings.model_validate(
         {env_names(ApiSettings)[k]: v for k, v in environment.items()}
     )
@@ -548,6 +559,8 @@ def test_networks_keep_the_database_and_monitoring_from_the_edge() -> None:
     assert "monitoring" not in front and "monitoring" in joined("grafana")
     assert not (networks["monitoring"] or {}).get("internal"), "its published port arrives there"
     assert joined("api") == {"edge", "backend"} and "egress" in joined("fetcher")
+    # the alerts service: the database, and its channels' webhooks out on the internet
+    assert joined("alerts") == {"backend", "egress"}
     assert joined("grafana") & joined("proxy") == {"grafana-route"}
     assert joined("dashboard") & joined("api") == {"edge"}
 
@@ -562,7 +575,7 @@ def test_grafana_writes_only_its_volume_and_a_tmpfs() -> None:
 def test_db_users_sets_verifiers_and_retention_from_env(compose: dict[str, Any]) -> None:
     spec = compose["services"]["db-users"]
     script = " ".join(spec["command"])
-    for login in ("fetcher", "api", "monitor"):
+    for login in ("fetcher", "api", "alerts", "monitor"):
         assert f"\\set {login}_verifier `cat /run/secrets/{login}_db_verifier`" in script
     for variable, setting in (("retention", "RETENTION"), ("retention_minute", "RETENTION_MINUTE")):
         assert f'\\set {variable} `printf %s "$STOCKSTREAMER_{setting}"`' in script
@@ -615,7 +628,7 @@ def test_startup_order_and_database(compose: dict[str, Any], raw: dict[str, Any]
     )
     for name in ("migrate", "db-users"):
         assert services[name]["restart"] == "no"
-    for name in ("fetcher", "api"):
+    for name in ("fetcher", "api", "alerts"):
         condition = services[name]["depends_on"]["db-users"]["condition"]
         assert condition == "service_completed_successfully"
     assert services["dashboard"]["depends_on"]["api"]["condition"] == "service_healthy"
@@ -647,7 +660,7 @@ def test_rds_override_swaps_the_database(compose: dict[str, Any]) -> None:
     assert "secrets" not in users, "its own secrets volume still: the master user's password"
     script = " ".join(users["command"])
     assert "retention `" in script and "retention_minute `" in script
-    for name in ("migrate", "db-users", "fetcher", "api"):
+    for name in ("migrate", "db-users", "fetcher", "api", "alerts"):
         targets = [v.split(":")[1] for v in override[name]["volumes"]]
         assert users["environment"]["PGSSLROOTCERT"] in targets, f"{name} lacks the RDS CA"
     # RDS is outside the internal backend network.
@@ -656,7 +669,7 @@ def test_rds_override_swaps_the_database(compose: dict[str, Any]) -> None:
     assert not compose["networks"]["edge"], "the API's way out: edge is not internal"
     # The token URLs the instance renews in place, mounted over the one-shot's copies, so that
     # each new connection reads the current one.
-    for name in ("fetcher", "api"):
+    for name in ("fetcher", "api", "alerts"):
         assert mounts(override[name])[f"/run/secrets/{name}_database_url"] == (
             f"{env['STOCKSTREAMER_SECRETS_DIR']}/{name}-database-url:ro"
         )
@@ -717,7 +730,7 @@ def compose_config(tmp_path: Path, files: str, *services: str, **env: str) -> di
 
 def test_each_instance_role_starts_its_own_services(tmp_path: Path) -> None:
     """What Terraform's instances run, merged by Compose itself: the scale-out mode's singleton
-    (`up fetcher`) the fetcher and the one-shots before it, secrets first; an API instance
+    (`up fetcher alerts`) those two and the one-shots before them, secrets first; an API instance
     (`up api dashboard`) those two and the secrets one-shot alone, published for the load
     balancer."""
     rds = {
@@ -729,10 +742,11 @@ def test_each_instance_role_starts_its_own_services(tmp_path: Path) -> None:
         tmp_path,
         "docker-compose.yml:deploy/compose.server.yaml:deploy/compose.rds.yaml",
         "fetcher",
+        "alerts",
         STOCKSTREAMER_PGDATA_DIR=str(tmp_path / "pgdata"),
         **rds,
     )["services"]
-    assert set(singleton) == {"secrets", "migrate", "db-users", "fetcher"}
+    assert set(singleton) == {"secrets", "migrate", "db-users", "fetcher", "alerts"}
     assert set(singleton["migrate"]["depends_on"]) == {"secrets"}
     web = compose_config(
         tmp_path,

@@ -36,12 +36,12 @@ from tests.utils.tools import missing
 
 pytestmark = pytest.mark.timeout(900)
 
-JOBS = {"fetcher", "api", "dashboard", "postgres", "prometheus"}
+JOBS = {"fetcher", "api", "alerts", "dashboard", "postgres", "prometheus"}
 OUTAGE_SECONDS = 30
 SYMBOLS = 6  # the default list
 # Live ticks are one a second per symbol; a gap beyond this means ticks were lost.
 MAX_GAP_SECONDS = 2.5
-APPS = ("migrate", "db-users", "fetcher", "api", "dashboard")
+APPS = ("migrate", "db-users", "fetcher", "api", "alerts", "dashboard")
 
 
 class Stack(Project):
@@ -178,11 +178,25 @@ def test_each_service_logs_in_as_its_own_user(stack: Stack) -> None:
     assert {r[0] for r in rows} - {"stockstreamer_monitor"} == {
         "stockstreamer_fetcher",
         "stockstreamer_api",
+        "stockstreamer_alerts",
     }
 
 
+def test_writes_take_the_token_the_secrets_one_shot_made(stack: Stack) -> None:
+    """The token is the API's file alone; a write without it is refused, with it let through (to
+    a 404: removing a symbol nobody tracks changes nothing the other tests see)."""
+    token = stack.compose("exec", "-T", "api", "cat", "/run/secrets/api_tokens").stdout.strip()
+    assert len(token) == 43
+    url = f"{stack.api}/api/v1/stocks/ZZUNTRACKED"
+    for presented in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
+        assert httpx.delete(url, headers=presented, timeout=10).status_code == 401
+    authorized = httpx.delete(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert authorized.status_code == 404, authorized.text
+    assert token not in stack.logs(tail=5000), "never in a log"
+
+
 def test_containers_are_confined(stack: Stack) -> None:
-    for service in ("postgres", "fetcher", "api", "dashboard", "proxy"):
+    for service in ("postgres", "fetcher", "api", "alerts", "dashboard", "proxy"):
         config = json.loads(stack.inspect(service, "{{json .HostConfig}}"))
         assert config["ReadonlyRootfs"] and config["CapDrop"] == ["ALL"], service
         assert config["SecurityOpt"] == ["no-new-privileges:true"], service
@@ -197,7 +211,16 @@ def test_containers_are_confined(stack: Stack) -> None:
     # Only its own files, readable by its user only.
     listing = stack.compose("exec", "-T", "api", "ls", "-ln", "/run/secrets").stdout
     files = [line.split() for line in listing.splitlines()[1:]]
-    assert [[f[0], f[2], f[-1]] for f in files] == [["-r--------", "10001", "api_database_url"]]
+    assert [[f[0], f[2], f[-1]] for f in files] == [
+        ["-r--------", "10001", "api_database_url"],
+        ["-r--------", "10001", "api_tokens"],
+    ]
+    listing = stack.compose("exec", "-T", "alerts", "ls", "-ln", "/run/secrets").stdout
+    files = [line.split() for line in listing.splitlines()[1:]]
+    assert [[f[0], f[2], f[-1]] for f in files] == [
+        ["-r--------", "10001", "alert_channels"],
+        ["-r--------", "10001", "alerts_database_url"],
+    ]
     # No dev tooling and no embedded PostgreSQL in the image; the root filesystem is read-only.
     check = (
         "import importlib.util as u, pathlib as p;"

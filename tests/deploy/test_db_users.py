@@ -18,6 +18,7 @@ from services.common.migrations import migrate
 from services.runner.embedded_db import EmbeddedPostgres, free_port
 from services.secrets import scram_verifier
 from tests.deploy.db import (
+    ALSO_GRANTED,
     LOGINS,
     PASSWORDS,
     apply_logins,
@@ -47,6 +48,7 @@ NOT_EVEN_WRITERS = [w for w in WRITES if not w.startswith(("INSERT", "UPDATE", "
 ESCALATIONS = [
     "SET ROLE stockstreamer_writer",
     "SET ROLE postgres",
+    "SET ROLE stockstreamer_alerter",
     "SET SESSION AUTHORIZATION postgres",
     "SELECT set_config('role', 'stockstreamer_writer', false)",
     "ALTER ROLE stockstreamer_api SUPERUSER",
@@ -87,11 +89,46 @@ async def refused(conn: asyncpg.Connection, statement: str) -> None:
         await conn.execute(statement)
 
 
+# The watchlist and alerts: what the API's editor role writes, and what only others may.
+ADD_SYMBOL = "INSERT INTO watchlist (symbol, origin) VALUES ('AMD', 'api')"
+ADD_ALERT = (
+    "INSERT INTO alerts (symbol, condition, value, channels)"
+    " VALUES ('AAPL', 'above', 200, '{browser}')"
+)
+API_WRITES = [
+    ADD_SYMBOL,
+    "UPDATE watchlist SET state = 'pending' WHERE symbol = 'AMD'",
+    "DELETE FROM watchlist WHERE symbol = 'AMD'",
+    ADD_ALERT,
+    "UPDATE alerts SET deleted_at = now()",
+]
+ALERTER_WRITES = [
+    "UPDATE alerts SET armed = false, fired = fired + 1",
+    "INSERT INTO alert_channels (name) VALUES ('phone')",
+    "DELETE FROM alert_channels",
+    "INSERT INTO alert_cursor (last_event_id) VALUES (0)",
+]
+
+
 async def test_api_reads(api: asyncpg.Connection) -> None:
-    assert await api.fetchval("SELECT current_user") == "stockstreamer_reader"
+    assert await api.fetchval("SELECT current_user") == "stockstreamer_editor"
     assert await api.fetchval("SELECT session_user") == "stockstreamer_api"
     assert await api.fetchval("SELECT count(*) FROM ticks") == 0
     await api.execute("LISTEN prices")
+
+
+async def test_api_writes_the_watchlist_and_alerts_and_no_more(api: asyncpg.Connection) -> None:
+    for statement in API_WRITES:
+        await api.execute(statement)
+    await api.execute("LISTEN watchlist")
+    for statement in [
+        *ALERTER_WRITES,
+        "UPDATE alerts SET value = 1",
+        "DELETE FROM alerts",
+        "INSERT INTO alert_firings (alert_id, price, line, tick_ts)"
+        " SELECT id, 1, 1, now() FROM alerts",
+    ]:
+        await refused(api, statement)
 
 
 @pytest.mark.parametrize("statement", WRITES)
@@ -129,6 +166,69 @@ async def test_fetcher_writes_and_no_more(users: str) -> None:
         await conn.close()
 
 
+@pytest.fixture
+async def alerts(users: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await login(users, "alerts")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_alerts_service_reads_ticks_and_writes_alert_state_alone(
+    users: str, alerts: asyncpg.Connection
+) -> None:
+    owner = await asyncpg.connect(users)
+    try:
+        market = Market(owner)
+        await market.stocks("AAPL")
+        await market.series("AAPL", 3)
+        await owner.execute(ADD_ALERT)
+    finally:
+        await owner.close()
+    assert await alerts.fetchval("SELECT current_user") == "stockstreamer_alerter"
+    assert await alerts.fetchval("SELECT session_user") == "stockstreamer_alerts"
+    assert await alerts.fetchval("SELECT count(*) FROM ticks") == 3
+    await alerts.execute("LISTEN prices")
+    await alerts.fetch("SELECT * FROM stocks, watchlist, feed LIMIT 1")
+    for statement in ALERTER_WRITES:
+        await alerts.execute(statement)
+    firing = await alerts.fetchval(
+        "INSERT INTO alert_firings (alert_id, price, line, tick_ts)"
+        " SELECT id, 201, 200, now() FROM alerts RETURNING id"
+    )
+    await alerts.execute(
+        "INSERT INTO alert_deliveries (firing_id, channel, attempt, result)"
+        " VALUES ($1, 'browser', 1, 'delivered')",
+        firing,
+    )
+    await alerts.execute("UPDATE alert_cursor SET last_event_id = 3")
+    # neither ticks nor the watchlist, nor what an alert is: the API's and the fetcher's
+    for statement in [
+        *WRITES,
+        *API_WRITES,
+        "UPDATE alerts SET value = 1",
+        "UPDATE alert_firings SET price = 0",
+        "DELETE FROM alert_deliveries",
+    ]:
+        await refused(alerts, statement)
+    for statement in ESCALATIONS:
+        if "alerter" not in statement:  # its own role
+            await refused(alerts, statement)
+
+
+async def test_fetcher_sets_the_watchlist_state_but_writes_no_alert(users: str) -> None:
+    conn = await login(users, "fetcher")
+    try:
+        await conn.execute(ADD_SYMBOL.replace("'api'", "'config'"))
+        await conn.execute("UPDATE watchlist SET state = 'live' WHERE symbol = 'AMD'")
+        await conn.execute("DELETE FROM watchlist WHERE symbol = 'AMD'")
+        for statement in [ADD_ALERT, *ALERTER_WRITES]:
+            await refused(conn, statement)
+    finally:
+        await conn.close()
+
+
 async def test_logins_hold_only_their_group_role(users: str, verifiers: dict[str, str]) -> None:
     conn = await asyncpg.connect(users)
     try:
@@ -147,7 +247,7 @@ async def test_logins_hold_only_their_group_role(users: str, verifiers: dict[str
                 " JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1",
                 user,
             )
-            assert [g["rolname"] for g in groups] == [role]
+            assert {g["rolname"] for g in groups} == {role} | ALSO_GRANTED.get(user, set())
     finally:
         await conn.close()
 
@@ -206,6 +306,11 @@ async def test_a_missing_verifier_is_named(users: str) -> None:
     result = users_sql(users, fetcher_verifier=scram_verifier("fetcher-secret"))
     assert result.returncode != 0
     assert "api_verifier is missing" in result.stderr
+    given = {f"{name}_verifier": scram_verifier(pw) for name, pw in PASSWORDS.items()}
+    del given["alerts_verifier"]
+    result = users_sql(users, **given)
+    assert result.returncode != 0
+    assert "alerts_verifier is missing" in result.stderr
 
 
 async def test_an_odd_retention_is_quoted_and_refused(users: str) -> None:
@@ -239,7 +344,9 @@ async def test_iam_logins_on_rds(users: str) -> None:
         )
         assert {m["rolname"] for m in members} == {user for user, _ in LOGINS.values()}
     finally:
-        await conn.execute("REVOKE rds_iam FROM stockstreamer_fetcher, stockstreamer_api")
+        await conn.execute(
+            "REVOKE rds_iam FROM stockstreamer_fetcher, stockstreamer_api, stockstreamer_alerts"
+        )
         if created:
             await conn.execute("DROP ROLE rds_iam")
         await conn.close()
@@ -313,7 +420,8 @@ async def test_passwords_reach_the_server_only_as_verifiers(server: Server) -> N
 
 
 async def test_the_fetcher_connects_whatever_the_api_holds(server: Server) -> None:
-    """Every API replica together cannot take the fetcher's or the monitor's slots."""
+    """Every API replica together cannot take the fetcher's, the alerts service's or the
+    monitor's slots."""
     apply_logins(server.url)
     async with AsyncExitStack() as stack:
         held = 0
@@ -324,7 +432,7 @@ async def test_the_fetcher_connects_whatever_the_api_holds(server: Server) -> No
                 held += 1
         assert "too many connections for role" in str(refused.value)
         assert held >= 2
-        for service in ("fetcher", "monitor"):
+        for service in ("fetcher", "alerts", "monitor"):
             conn = await asyncpg.connect(server.login(service))
             stack.push_async_callback(conn.close)
         # and the superuser's one-shots still have their headroom
@@ -340,4 +448,4 @@ def test_a_server_too_small_for_the_logins_is_named() -> None:
         )
         assert result.returncode != 0
         assert "max_connections = 14 leaves the API login" in result.stderr
-        assert "raise max_connections to at least 15" in result.stderr
+        assert "raise max_connections to at least 18" in result.stderr

@@ -16,7 +16,7 @@ from tests.deploy.compose import COMPOSE_FILE, ROOT, load_yaml
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_LOCK = ROOT / "requirements.image.lock"
-APPS = ("migrate", "fetcher", "api", "dashboard")
+APPS = ("migrate", "fetcher", "api", "alerts", "dashboard")
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:

@@ -55,6 +55,9 @@ REQUIRED_PANEL_METRICS = {
     "history query latency": "stockstreamer_api_history_query_seconds_bucket",
     "database size": "pg_database_size_bytes",
     "disk free": "stockstreamer_fetcher_disk_free_bytes",
+    "alerts armed": "stockstreamer_alerts_armed",
+    "deliveries by result": "stockstreamer_alerts_deliveries_total",
+    "tick-to-delivery latency": "stockstreamer_alerts_tick_to_delivery_seconds_bucket",
 }
 # What the issue asks to be alerted on, as the alert that covers it.
 REQUIRED_ALERTS = {
@@ -66,6 +69,7 @@ REQUIRED_ALERTS = {
     "DatabaseDown",
     "DiskAlmostFull",
     "HistoryQueriesSlow",
+    "AlertDeliveriesAbandoned",
 }
 
 
@@ -150,6 +154,7 @@ def test_scrape_jobs_reach_every_service_on_its_compose_port(profile: dict[str, 
     settings = {
         "fetcher": "STOCKSTREAMER_FETCHER_METRICS_PORT",
         "api": "STOCKSTREAMER_API_PORT",
+        "alerts": "STOCKSTREAMER_ALERTS_PORT",
         "dashboard": "STOCKSTREAMER_DASHBOARD_PORT",
     }
     ports = {name: stack["services"][name]["environment"][s] for name, s in settings.items()}

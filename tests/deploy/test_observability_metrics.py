@@ -36,6 +36,7 @@ class Running:
     api: str
     dashboard: str
     exporter: str
+    alerts: str
 
     def scrape(self, base: str) -> str:
         response = httpx.get(f"{base}/metrics", timeout=10)
@@ -52,12 +53,13 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(pg_admin_url: str, template_url: str) -> Iterator[Running]:
-    """Fetcher (simulated market), API, dashboard and postgres_exporter as real processes."""
+    """Fetcher (simulated market), API, dashboard, alerts service and postgres_exporter as real
+    processes."""
     exporter_bin = require_tool(
         "postgres_exporter", "prometheus-postgres-exporter", package="prometheus-postgres-exporter"
     )
     url = asyncio.run(create_database(pg_admin_url, template=TEMPLATE))
-    ports = {name: free_port() for name in ("fetcher", "api", "dashboard", "exporter")}
+    ports = {name: free_port() for name in ("fetcher", "api", "dashboard", "exporter", "alerts")}
     api = f"http://127.0.0.1:{ports['api']}"
     procs = [
         ServiceProcess(
@@ -76,6 +78,10 @@ def running(pg_admin_url: str, template_url: str) -> Iterator[Running]:
             "services.dashboard",
             {"STOCKSTREAMER_API_URL": api, "STOCKSTREAMER_DASHBOARD_PORT": str(ports["dashboard"])},
         ),
+        ServiceProcess(
+            "services.alerts",
+            {"DATABASE_URL": url, "STOCKSTREAMER_ALERTS_PORT": str(ports["alerts"])},
+        ),
     ]
     exporter = Exporter(exporter_bin, url, ports["exporter"])
     running = Running(
@@ -83,10 +89,11 @@ def running(pg_admin_url: str, template_url: str) -> Iterator[Running]:
         api,
         f"http://127.0.0.1:{ports['dashboard']}",
         f"http://127.0.0.1:{ports['exporter']}",
+        f"http://127.0.0.1:{ports['alerts']}",
     )
     try:
         for proc, base in zip(
-            procs, (running.fetcher, running.api, running.dashboard), strict=True
+            procs, (running.fetcher, running.api, running.dashboard, running.alerts), strict=True
         ):
             proc.start()
             proc.wait_http(f"{base}/readyz")
@@ -149,7 +156,13 @@ def labelled(exposition: str, name: str) -> set[str]:
 def test_dashboard_and_alerts_query_only_what_the_services_export(running: Running) -> None:
     pages = {
         base: running.scrape(base)
-        for base in (running.fetcher, running.api, running.dashboard, running.exporter)
+        for base in (
+            running.fetcher,
+            running.api,
+            running.dashboard,
+            running.exporter,
+            running.alerts,
+        )
     }
     exported = set().union(*map(exported_names, pages.values()))
     queries = [*dashboard_exprs(dashboard()).values(), *(r["expr"] for r in alert_rules())]

@@ -34,6 +34,7 @@ from tests.utils.postgres import create_database, drop_database
 PORT_SETTINGS = {
     "fetcher": "STOCKSTREAMER_FETCHER_METRICS_PORT",
     "api": "STOCKSTREAMER_API_PORT",
+    "alerts": "STOCKSTREAMER_ALERTS_PORT",
     "dashboard": "STOCKSTREAMER_DASHBOARD_PORT",
 }
 
@@ -131,7 +132,7 @@ async def test_compose_services_come_up_on_the_simulated_market(
         name: ServiceProcess(
             module(compose, name), container_env(compose, name, files, ports), name=name
         )
-        for name in ("fetcher", "api", "dashboard")  # compose's start order
+        for name in ("fetcher", "api", "alerts", "dashboard")  # compose's start order
     }
     try:
         for name, proc in procs.items():
@@ -160,10 +161,14 @@ async def test_compose_services_come_up_on_the_simulated_market(
             )
         finally:
             await conn.close()
-        assert {s["usename"] for s in sessions} == {"stockstreamer_fetcher", "stockstreamer_api"}
+        assert {s["usename"] for s in sessions} == {
+            "stockstreamer_fetcher",
+            "stockstreamer_api",
+            "stockstreamer_alerts",
+        }
     finally:
         codes = {name: proc.stop() for name, proc in reversed(procs.items())}
-    assert codes == {"dashboard": 0, "api": 0, "fetcher": 0}, {
+    assert codes == {"dashboard": 0, "alerts": 0, "api": 0, "fetcher": 0}, {
         n: p.output for n, p in procs.items()
     }
 

@@ -181,7 +181,11 @@ def test_vendors_and_their_keys_match_the_secrets_and_the_fetcher(tf: Terraform)
         setting = key.replace("-", "_")
         assert fetcher.get(setting) == key
         assert f'"{setting.upper()}_FILE"' in config, f"the fetcher does not read {key}"
-    assert "vendor_key_parameters = local.key_parameters" in tf.locals["user_data"]
+    assert "vendor_key_parameters = local.secret_parameters" in tf.locals["user_data"]
+    # beside the keys, the alerts service's channels file, as the secrets layout names it
+    alerts = next(c for c in CONSUMERS if c.name == "alerts").files
+    channels = f'"{alerts["alert_channels"]}" = var.alert_channels_parameter'
+    assert channels in tf.locals["secret_parameters"]
 
 
 def test_every_calendar_name_passes_the_calendar_variable(tf: Terraform) -> None:

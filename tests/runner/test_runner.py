@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -19,11 +20,13 @@ import pytest
 
 from services.common.cpus import available_cpus
 from services.common.migrations import migrate
+from services.runner.__main__ import Ports, Token, banner
 from services.runner.embedded_db import EmbeddedPostgres, free_port
 from services.runner.processes import ROOT, ServiceProcess
+from services.runner.token import ensure_api_token
 from tests.utils.waiting import eventually
 
-SECRET_FILES = ("postgres-password", "fetcher-db-password", "api-db-password")
+SECRET_FILES = ("postgres-password", "fetcher-db-password", "api-db-password", "alerts-db-password")
 
 
 def _listening(port: int) -> bool:
@@ -74,12 +77,13 @@ def data_dir() -> Iterator[Path]:
 
 
 async def test_run_starts_everything_and_ctrl_c_stops_everything(data_dir: Path) -> None:
-    ports = {name: free_port() for name in ("pg", "api", "dashboard", "metrics")}
+    ports = {name: free_port() for name in ("pg", "api", "dashboard", "metrics", "alerts")}
     env = {
         **_runner_env(data_dir, ports["pg"]),
         "STOCKSTREAMER_API_PORT": str(ports["api"]),
         "STOCKSTREAMER_DASHBOARD_PORT": str(ports["dashboard"]),
         "STOCKSTREAMER_FETCHER_METRICS_PORT": str(ports["metrics"]),
+        "STOCKSTREAMER_ALERTS_PORT": str(ports["alerts"]),
     }
     runner = ServiceProcess("services.runner", env, name="runner").start()
     try:
@@ -93,17 +97,35 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything(data_dir: Path)
         await eventually(every_stock_has_a_price, timeout=15)
         # Every login needs its password; each service is logged in as its own login user.
         server = f"127.0.0.1:{ports['pg']}/stockstreamer?sslmode=disable"
-        for user in ("postgres", "stockstreamer_fetcher", "stockstreamer_api"):
+        users = ("stockstreamer_fetcher", "stockstreamer_api", "stockstreamer_alerts")
+        for user in ("postgres", *users):
             with pytest.raises(asyncpg.InvalidPasswordError):
                 await asyncpg.connect(f"postgresql://{user}@{server}")
         passwords = _passwords(data_dir)
         owner = f"postgresql://postgres:{passwords['postgres-password']}@{server}"
-        assert await _sessions(owner) == {"stockstreamer_fetcher", "stockstreamer_api"}
+
+        async def every_service_is_connected() -> bool:
+            return await _sessions(owner) == set(users)
+
+        await eventually(every_service_is_connected, timeout=15)
         # and no password is on any command line, or in what the runner printed
         commands = _command_lines()
         for password in passwords.values():
             assert not any(password in line for line in commands)
             assert password not in runner.output
+        # The API's write token: made on this first start, yours alone, printed in the banner
+        # that once and on no command line; writes need it.
+        token_file = data_dir / "secrets" / "api-token"
+        token = token_file.read_text().strip()
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert runner.output.count(token) == 1, runner.output
+        assert f"api token  {token}  (new: shown this once; kept in {token_file})" in runner.output
+        assert not any(token in line for line in commands)
+        add = {"symbol": "AMD"}
+        assert httpx.post(f"{api}/api/v1/stocks", json=add, timeout=10).status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        written = httpx.post(f"{api}/api/v1/stocks", json=add, headers=headers, timeout=10)
+        assert written.status_code == 202, written.text
 
         # The dashboard asks on its viewers' behalf from loopback, naming each: the API counts
         # the viewers against its per-client limits, not the dashboard as one client.
@@ -122,8 +144,9 @@ async def test_run_starts_everything_and_ctrl_c_stops_everything(data_dir: Path)
 
         runner.wait_http(f"http://127.0.0.1:{ports['dashboard']}/", timeout=30)
         runner.wait_http(f"http://127.0.0.1:{ports['metrics']}/metrics")
+        runner.wait_http(f"http://127.0.0.1:{ports['alerts']}/healthz")
         # where each service listens is printed for the person who ran it, and the API's workers
-        for port in (ports["api"], ports["dashboard"], ports["metrics"]):
+        for port in (ports["api"], ports["dashboard"], ports["metrics"], ports["alerts"]):
             assert f"localhost:{port}" in runner.output
         cpus = available_cpus()
         workers = "1 process" if cpus == 1 else f"{cpus} worker processes"
@@ -213,3 +236,26 @@ async def test_a_server_of_your_own_is_used_as_it_is(database_url: str, data_dir
     finally:
         await conn.close()
     assert [r["k"] for r in keeps] == ["7 days", "90 days"]
+
+
+def test_the_token_is_made_once_and_shown_only_by_the_start_that_made_it(tmp_path: Path) -> None:
+    """The first start makes the token (0600) and its banner shows it; later starts show where
+    it is only; tokens you chose there (one a line) are kept as they are."""
+    ports = Ports(api=8000, dashboard=5006, fetcher_metrics=9101, alerts=9102)
+    url = "postgresql://postgres:owner-secret@127.0.0.1:54329/stockstreamer"
+    file, new = ensure_api_token(tmp_path / "secrets")
+    assert new is not None and file.read_text() == new and len(new) == 43
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(file.parent.stat().st_mode) == 0o700
+    first = banner(ports, url, token=Token(file, new))
+    assert first.count(new) == 1 and "owner-secret" not in first
+    assert "alerts     http://localhost:9102/metrics" in first
+    again, shown = ensure_api_token(tmp_path / "secrets")
+    assert (again, shown) == (file, None) and file.read_text() == new
+    later = banner(ports, url, token=Token(file))
+    assert new not in later and f"api token  in {file}" in later
+    file.write_text("# rotating\nold-token-0123456789\nnew-token-9876543210\n")
+    file.chmod(0o644)
+    assert ensure_api_token(tmp_path / "secrets") == (file, None)
+    assert "old-token-0123456789" in file.read_text()
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600, "yours alone again"

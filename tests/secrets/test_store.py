@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -26,6 +27,13 @@ def test_make_writes_every_secret_once_and_keeps_them(tmp_path: Path) -> None:
         "/stockstreamer?sslmode=disable"
     )
     assert verifies(first["fetcher-db-verifier"], first["fetcher-db-password"])
+    assert first["alerts-database-url"].startswith(
+        f"postgresql://stockstreamer_alerts:{first['alerts-db-password']}@postgres:5432/"
+    )
+    assert verifies(first["alerts-db-verifier"], first["alerts-db-password"])
+    # the API's token: 32 random bytes, URL-safe; the alert channels only when chosen
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", first["api-token"])
+    assert first["alert-channels.yaml"] == ""
     (directory / "finnhub-api-key").write_text("my-key\n")
     again = make(directory)
     assert again == {**first, "finnhub-api-key": "my-key"}
@@ -42,6 +50,8 @@ def test_make_as_root_gives_each_file_to_the_user_that_reads_it(tmp_path: Path) 
     assert owners["grafana-admin-password"] == (472, 0o400)
     assert owners["postgres-password"] == (0, 0o400)
     assert owners["monitor-db-password"] == (0, 0o440)
+    assert owners["api-token"] == (10001, 0o400)
+    assert owners["alert-channels.yaml"] == (10001, 0o400)
 
 
 def _install(tmp_path: Path, source: Path | None) -> tuple[Path, Path]:
@@ -74,7 +84,7 @@ def test_a_second_install_keeps_every_value_and_removes_strays(tmp_path: Path) -
     (target / "api" / "stray").write_text("old")
     _install(tmp_path, None)
     assert {p.name: p.read_text() for p in store.iterdir()} == before
-    assert sorted(os.listdir(target / "api")) == ["api_database_url"]
+    assert sorted(os.listdir(target / "api")) == ["api_database_url", "api_tokens"]
 
 
 def test_a_chosen_value_wins_and_what_derives_from_it_follows(tmp_path: Path) -> None:
@@ -145,3 +155,27 @@ def test_a_password_chosen_anew_carries_its_url_and_verifier_along(tmp_path: Pat
     assert (target / "migrate" / "migrate_database_url").read_text() == url.format(password)
     again = make(chosen)
     assert again["api-database-url"] == api_url, "make-secrets itself follows too"
+
+
+def test_chosen_tokens_and_channels_reach_their_consumers_as_written(tmp_path: Path) -> None:
+    """Several tokens, one a line (a rotation under way), and the alert channels' YAML: each
+    reaches its one consumer whole; left out, the token made before is kept."""
+    store, target = _install(tmp_path, None)
+    made = (target / "api" / "api_tokens").read_text()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", made)
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    tokens = "# old, until every client has the new one\nold-token-0123456789\nnew-token-9876543210"
+    channels = "phone: ntfy://ntfy.sh/my-topic\nops: json://hooks.example/alerts\n"
+    (chosen / "api-token").write_text(tokens + "\n")
+    (chosen / "alert-channels.yaml").write_text(channels)
+    _install(tmp_path, chosen)
+    assert (target / "api" / "api_tokens").read_text() == tokens
+    assert (target / "alerts" / "alert_channels").read_text() == channels.strip()
+    for consumer in CONSUMERS:
+        if consumer.name not in ("api", "alerts"):
+            assert not {"api_tokens", "alert_channels"} & set(os.listdir(target / consumer.name))
+    (chosen / "api-token").unlink()
+    _install(tmp_path, chosen)
+    assert (target / "api" / "api_tokens").read_text() == tokens, "the chosen value was kept"
+    assert (store / "api-token").read_text() == tokens
