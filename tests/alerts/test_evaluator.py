@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.alerts.evaluator import AlertSpec, Evaluator, Outcome
+from services.alerts.evaluator import AlertSpec, Condition, Evaluator, Outcome
 
 TS = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
 
@@ -131,28 +131,30 @@ def test_matches_a_scan_of_every_alert() -> None:
     rnd = random.Random(7)
     rearm = 0.2
     ev = Evaluator(rearm_pct=rearm)
-    alerts = {}
+    alerts: dict[int, tuple[Condition, float]] = {}
+    armed: dict[int, bool] = {}
     for i in range(1, 301):
-        cond = rnd.choice(["above", "below"])
+        cond: Condition = rnd.choice(["above", "below"])
         line = round(rnd.uniform(90, 110), 2)
         ev.add(AlertSpec(i, "AAPL", cond, line))
-        alerts[i] = [cond, line, True]
+        alerts[i] = (cond, line)
+        armed[i] = True
     price = 100.0
     for event_id in range(1, 3001):
         price = max(1.0, price * (1 + rnd.gauss(0, 0.004)))
         out = Outcome()
         ev.tick("AAPL", price, TS, event_id, out)
         expected_fired, expected_rearmed = set(), set()
-        for i, (cond, line, armed) in alerts.items():
-            if armed and (price >= line if cond == "above" else price <= line):
+        for i, (cond, line) in alerts.items():
+            if armed[i] and (price >= line if cond == "above" else price <= line):
                 expected_fired.add(i)
-                alerts[i][2] = False
-            elif not armed and (
+                armed[i] = False
+            elif not armed[i] and (
                 price < line * (1 - rearm / 100)
                 if cond == "above"
                 else price > line * (1 + rearm / 100)
             ):
                 expected_rearmed.add(i)
-                alerts[i][2] = True
+                armed[i] = True
         assert {f.alert_id for f in out.firings} == expected_fired
         assert {i for i, a in out.armed.items() if a} == expected_rearmed
