@@ -10,10 +10,9 @@ that fires or re-arms k alerts costs a bisection and k moves. Pure: no I/O, no c
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Condition = Literal["above", "below", "change_pct"]
 
@@ -29,8 +28,7 @@ class AlertSpec:
     armed: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Firing:
+class Firing(NamedTuple):  # a tuple: made once per firing, on the hot path
     """An alert that fired: at `price`, past `line`, on tick `event_id` (None: at arming)."""
 
     alert_id: int
@@ -46,7 +44,7 @@ class Outcome:
 
     firings: list[Firing] = field(default_factory=list)
     armed: dict[int, bool] = field(default_factory=dict)  # each changed alert's armed state now
-    fired: Counter[int] = field(default_factory=Counter)  # firings per alert
+    fired: dict[int, int] = field(default_factory=dict)  # firings per alert
 
     def __bool__(self) -> bool:
         return bool(self.armed)
@@ -54,7 +52,7 @@ class Outcome:
     def fire(self, firing: Firing) -> None:
         self.firings.append(firing)
         self.armed[firing.alert_id] = False
-        self.fired[firing.alert_id] += 1
+        self.fired[firing.alert_id] = self.fired.get(firing.alert_id, 0) + 1
 
     def rearm(self, alert_id: int) -> None:
         self.armed[alert_id] = True
