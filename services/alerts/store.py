@@ -78,7 +78,7 @@ class AlertStore:
                     queries.UPDATE_ALERTS,
                     changed,
                     [outcome.armed[i] for i in changed],
-                    [outcome.fired[i] for i in changed],
+                    [outcome.fired.get(i, 0) for i in changed],
                 )
             shown = [i for i, f in zip(ids, firings, strict=True) if f.alert_id in browser]
             if shown:
