@@ -292,9 +292,15 @@ class AlertService:
         rearmed = sum(1 for armed in out.armed.values() if armed)
         if rearmed:
             self.metrics.rearmed.inc(rearmed)
+        committed = time.time()
         for firing_id, firing in zip(ids, out.firings, strict=True):
             alert = self.alerts[firing.alert_id]
             self.metrics.firings.inc()
+            if firing.alert_id in browser:  # delivered by the notification just committed
+                self.metrics.deliveries.labels(BROWSER, "delivered").inc()
+                if firing.event_id is not None:
+                    latency = committed - firing.ts.timestamp()
+                    self.metrics.tick_to_delivery.labels(BROWSER).observe(latency)
             log.info(
                 "alert fired",
                 extra={

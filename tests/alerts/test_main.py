@@ -175,3 +175,14 @@ def test_a_bad_channels_file_stops_the_start_naming_the_problem_not_the_url(
     assert "STOCKSTREAMER_ALERT_CHANNELS_FILE" in done.stderr
     assert "channel 'phone'" in done.stderr and "Apprise does not understand" in done.stderr
     assert "s3cr3t" not in done.stderr + done.stdout
+
+
+async def test_without_a_database_it_waits_unready_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = alerts_env(f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/none", port)
+    with ServiceProcess("services.alerts", env) as proc:
+        await asyncio.to_thread(proc.wait_http, f"http://127.0.0.1:{port}/healthz")
+        await asyncio.to_thread(proc.wait_http, f"http://127.0.0.1:{port}/readyz", status=503)
+        assert await asyncio.to_thread(proc.stop) == 0
+    assert "database unreachable; retrying" in proc.output
+    assert "postgresql://postgres:***@" in proc.output and "hunter2" not in proc.output

@@ -102,6 +102,7 @@ async def test_a_crossing_fires_once_reaches_the_webhook_with_its_id_and_is_reco
     assert await db.fetch("SELECT name FROM alert_channels") == [("phone",)]
     assert metrics.total("firings_total") == 1
     assert metrics.total("deliveries_total", channel="phone", result="delivered") == 1
+    assert metrics.total("deliveries_total", channel="browser", result="delivered") == 1
     assert metrics.total("tick_to_delivery_seconds_count", channel="phone") == 1
     assert metrics.total("ticks_total") == 6
 
