@@ -104,7 +104,10 @@ class AlertService:
                     extra={"deliveries": cancelled},
                 )
             if self._pool is not None:
-                await self._pool.close()
+                try:
+                    await asyncio.wait_for(self._pool.close(), 2.0)
+                except OUTAGE_ERRORS:  # TimeoutError among them
+                    self._pool.terminate()  # the database is gone: nothing to close politely
         return 0
 
     # -- one connection's life ---------------------------------------------------------------
