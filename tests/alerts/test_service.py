@@ -20,6 +20,9 @@ from tests.alerts.market import Market, add_alert, delete_alert
 from tests.alerts.receiver import Receiver
 from tests.utils.waiting import eventually
 
+# Generous: the machine may be busy; nothing here is timed.
+WAIT = 30.0
+
 
 def settings(url: str, **extra: Any) -> AlertsSettings:
     values: dict[str, Any] = {
@@ -41,7 +44,9 @@ async def running(
     )
     task = asyncio.create_task(service.run())
     try:
-        await eventually(lambda: service.connected or task.done(), message="service not ready")
+        await eventually(
+            lambda: service.connected or task.done(), message="service not ready", timeout=WAIT
+        )
         assert not task.done(), task.result()
         yield service
     finally:
@@ -71,14 +76,16 @@ async def test_a_crossing_fires_once_reaches_the_webhook_with_its_id_and_is_reco
     channels = {"phone": receiver.apprise_url("phone")}
     async with running(database_url, channels) as service:
         alert_id = await add_alert(db, "AAPL", "above", 200.0, ["phone", "browser"], "take profit")
-        await eventually(lambda: alert_id in service.evaluator)
+        await eventually(lambda: alert_id in service.evaluator, timeout=WAIT)
         await market.ticks(("AAPL", 199.0), ("NVDA", 500.0))
         crossing = await market.ticks(("AAPL", 200.5))
         await market.ticks(("AAPL", 201.0), ("AAPL", 200.2))  # still above: no second firing
         last = await market.ticks(("GE", 10.0))
-        await eventually(lambda: service.cursor == last)
-        await eventually(lambda: len(receiver.received) == 1)
-        await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM alert_deliveries"))
+        await eventually(lambda: service.cursor == last, timeout=WAIT)
+        await eventually(lambda: len(receiver.received) == 1, timeout=WAIT)
+        await eventually(
+            lambda: db.fetchval("SELECT count(*) = 2 FROM alert_deliveries"), timeout=WAIT
+        )
         metrics = service.metrics
     firings = await rows(db, FIRINGS)
     assert len(firings) == 1
@@ -114,8 +121,8 @@ async def test_an_alert_already_past_its_line_fires_at_once_against_the_last_pri
     async with running(database_url) as service:
         alert_id = await add_alert(db, "AAPL", "above", 200.0, ["browser"])
         quiet = await add_alert(db, "NVDA", "above", 200.0, ["browser"])
-        await eventually(lambda: quiet in service.evaluator)
-        await eventually(lambda: db.fetchval("SELECT count(*) FROM alert_firings"))
+        await eventually(lambda: quiet in service.evaluator, timeout=WAIT)
+        await eventually(lambda: db.fetchval("SELECT count(*) FROM alert_firings"), timeout=WAIT)
         assert service.evaluator.armed == 1
     assert [f[1:] for f in await rows(db, FIRINGS)] == [(alert_id, 210.0, 200.0, None)]
 
@@ -128,7 +135,7 @@ async def test_an_alert_added_while_the_service_was_away_fires_at_its_start(
         pass
     alert_id = await add_alert(db, "GE", "below", 10.0, ["browser"])
     async with running(database_url):
-        await eventually(lambda: db.fetchval("SELECT count(*) FROM alert_firings"))
+        await eventually(lambda: db.fetchval("SELECT count(*) FROM alert_firings"), timeout=WAIT)
     assert [f[1:] for f in await rows(db, FIRINGS)] == [(alert_id, 9.0, 10.0, None)]
 
 
@@ -152,14 +159,14 @@ async def test_deleted_alerts_stop_and_hovering_fires_once(
     async with running(database_url, alert_rearm_pct=1.0) as service:
         gone = await add_alert(db, "NVDA", "below", 95.0, ["browser"])
         kept = await add_alert(db, "NVDA", "above", 105.0, ["browser"])
-        await eventually(lambda: kept in service.evaluator)
+        await eventually(lambda: kept in service.evaluator, timeout=WAIT)
         await delete_alert(db, gone)
-        await eventually(lambda: gone not in service.evaluator)
+        await eventually(lambda: gone not in service.evaluator, timeout=WAIT)
         for price in (105.0, 104.5, 105.2, 104.0, 105.5, 94.0):  # re-arms only below 103.95
             await market.ticks(("NVDA", price))
         await market.ticks(("NVDA", 103.9))
         last = await market.ticks(("NVDA", 106.0))
-        await eventually(lambda: service.cursor == last)
+        await eventually(lambda: service.cursor == last, timeout=WAIT)
     firings = await rows(db, FIRINGS)
     assert [(f[1], f[2]) for f in firings] == [(kept, 105.0), (kept, 106.0)]
     assert await rows(db, ALERT_STATE, kept) == [(False, 2)]
@@ -171,16 +178,16 @@ async def test_change_pct_lines_follow_the_previous_close(
     await market.ticks(("AAPL", 100.0))
     async with running(database_url) as service:
         drop = await add_alert(db, "AAPL", "change_pct", -3.0, ["browser"])
-        await eventually(lambda: drop in service.evaluator)
+        await eventually(lambda: drop in service.evaluator, timeout=WAIT)
         await market.ticks(("AAPL", 50.0))  # no previous close yet: nothing to compare with
         async with db.transaction():
             await db.execute("UPDATE stocks SET previous_close = 100 WHERE symbol = 'AAPL'")
             await db.execute("SELECT pg_notify('stocks', 'AAPL')")
-        await eventually(lambda: service.evaluator.line(drop) is not None)
+        await eventually(lambda: service.evaluator.line(drop) is not None, timeout=WAIT)
         assert service.evaluator.line(drop) == 97.0
         await market.ticks(("AAPL", 97.5), ("AAPL", 98.0))
         fell = await market.ticks(("AAPL", 96.9))
-        await eventually(lambda: service.cursor == fell)
+        await eventually(lambda: service.cursor == fell, timeout=WAIT)
     assert [f[1:] for f in await rows(db, FIRINGS)] == [(drop, 96.9, 97.0, fell)]
 
 
@@ -192,15 +199,19 @@ async def test_a_failed_delivery_is_retried_and_every_attempt_recorded(
     channels = {"ops": receiver.apprise_url("ops"), "pager": receiver.apprise_url("pager")}
     async with running(database_url, channels, alert_delivery_attempts=3) as service:
         alert_id = await add_alert(db, "GE", "above", 11.0, ["ops"])
-        await eventually(lambda: alert_id in service.evaluator)
+        await eventually(lambda: alert_id in service.evaluator, timeout=WAIT)
         await market.ticks(("GE", 12.0))
-        await eventually(lambda: db.fetchval("SELECT count(*) = 3 FROM alert_deliveries"))
+        await eventually(
+            lambda: db.fetchval("SELECT count(*) = 3 FROM alert_deliveries"), timeout=WAIT
+        )
         # a channel that never answers: given up on after the bounded attempts
         receiver.statuses.extend([500, 500, 500])
         other = await add_alert(db, "GE", "below", 11.0, ["pager"])
-        await eventually(lambda: other in service.evaluator)
+        await eventually(lambda: other in service.evaluator, timeout=WAIT)
         await market.ticks(("GE", 10.5))
-        await eventually(lambda: db.fetchval("SELECT count(*) = 6 FROM alert_deliveries"))
+        await eventually(
+            lambda: db.fetchval("SELECT count(*) = 6 FROM alert_deliveries"), timeout=WAIT
+        )
         metrics = service.metrics
     first, second = (f[0] for f in await rows(db, FIRINGS))
     assert await rows(db, DELIVERIES) == [
@@ -227,9 +238,9 @@ async def test_undelivered_firings_are_delivered_at_the_next_start(
     await market.ticks(("AAPL", 100.0))
     async with running(database_url) as service:  # no channel configured: nothing delivered
         alert_id = await add_alert(db, "AAPL", "above", 101.0, ["phone", "browser"])
-        await eventually(lambda: alert_id in service.evaluator)
+        await eventually(lambda: alert_id in service.evaluator, timeout=WAIT)
         await market.ticks(("AAPL", 102.0))
-        await eventually(lambda: db.fetchval("SELECT count(*) FROM alert_deliveries"))
+        await eventually(lambda: db.fetchval("SELECT count(*) FROM alert_deliveries"), timeout=WAIT)
     # the channel was not configured: given up on, not left pending
     (firing_id,) = (f[0] for f in await rows(db, FIRINGS))
     assert await rows(db, DELIVERIES) == [
@@ -239,8 +250,10 @@ async def test_undelivered_firings_are_delivered_at_the_next_start(
     # a firing whose delivery never happened (the process died first) goes out at the start
     await db.execute("DELETE FROM alert_deliveries WHERE channel = 'phone'")
     async with running(database_url, {"phone": receiver.apprise_url("phone")}):
-        await eventually(lambda: receiver.firing_ids() == [firing_id])
-        await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM alert_deliveries"))
+        await eventually(lambda: receiver.firing_ids() == [firing_id], timeout=WAIT)
+        await eventually(
+            lambda: db.fetchval("SELECT count(*) = 2 FROM alert_deliveries"), timeout=WAIT
+        )
     assert (firing_id, "phone", 1, "delivered") in await rows(db, DELIVERIES)
 
 
@@ -251,7 +264,7 @@ async def test_a_lost_connection_catches_up_from_the_cursor(
     await market.ticks(("NVDA", 100.0))
     async with running(database_url) as service:
         alert_id = await add_alert(db, "NVDA", "above", 110.0, ["browser"])
-        await eventually(lambda: alert_id in service.evaluator)
+        await eventually(lambda: alert_id in service.evaluator, timeout=WAIT)
         await db.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -262,7 +275,7 @@ async def test_a_lost_connection_catches_up_from_the_cursor(
         # written while the service is away: read from the cursor when it is back
         await market.ticks(("NVDA", 111.0), ("NVDA", 100.0))
         last = await market.ticks(("NVDA", 112.0))
-        await eventually(lambda: service.cursor == last, timeout=20)
+        await eventually(lambda: service.cursor == last, timeout=WAIT)
     assert "database unreachable; retrying" in caplog.messages
     assert "database is back; catching up" in caplog.messages
     firings = await rows(db, FIRINGS)
