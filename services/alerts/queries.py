@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # -- the resume point -------------------------------------------------------------------------
 # A first start begins at the newest tick: what came before was never announced to alerts.
+HEAD_EVENT_ID = "SELECT coalesce(max(event_id), 0) FROM ticks"
+
 INIT_CURSOR = """
 INSERT INTO alert_cursor (last_event_id)
 SELECT coalesce(max(event_id), 0) FROM ticks
@@ -14,12 +16,12 @@ CURSOR = "SELECT last_event_id FROM alert_cursor"
 
 SET_CURSOR = "UPDATE alert_cursor SET last_event_id = $1, updated_at = now()"
 
-# Live ticks after event id $1 in the order they were committed (one writer hands out the ids);
-# never backfilled history. $2 bounds one read.
+# Live ticks after event id $1 up to $3 in the order they were committed (one writer hands out
+# the ids); never backfilled history. $2 bounds one read.
 TICKS_AFTER = """
 SELECT event_id, symbol, price, ts
 FROM ticks
-WHERE event_id > $1 AND NOT backfilled
+WHERE event_id > $1 AND event_id <= $3 AND NOT backfilled
 ORDER BY event_id
 LIMIT $2
 """

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
 import asyncpg
 
@@ -52,8 +53,12 @@ class AlertService:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._prices_due = True
-        self._alerts_due: dict[int, None] = {}  # ordered set of alert ids to read again
-        self._stocks_due: dict[str, None] = {}  # symbols whose previous close may have changed
+        # Notifications arrive in commit order: `_head` is the highest tick event id announced
+        # so far, and each change (an alert added or deleted, a previous close) waits in
+        # `_changes` with the head at its arrival, so that the ticks committed before it are
+        # evaluated before it, and the ticks after it, after.
+        self._head = 0
+        self._changes: deque[tuple[str, str, int]] = deque()  # channel, payload, head
         self._pool: asyncpg.Pool | None = None  # where delivery attempts are stored
         self._backoff = Backoff(0.1, 2.0)
         self._outage_since: float | None = None
@@ -125,6 +130,7 @@ class AlertService:
                 await conn.add_listener(channel, self._on_notification)
             store = AlertStore(conn)
             self.cursor = await store.prepare(self.channels)
+            self._head = max(self._head, await store.head())
             if self._pool is None:
                 self._pool = await create_pool(self.url, self.role, min_size=1, max_size=2)
             self._prices_due = True  # whatever committed while we were not listening
@@ -170,20 +176,20 @@ class AlertService:
         payload = str(message)
         if channel == "prices":
             try:
-                due = int(payload) > self.cursor
+                self._head = max(self._head, int(payload))
             except ValueError:
-                due = True
-            self._prices_due = self._prices_due or due
-        elif channel == "alerts":
-            try:
-                self._alerts_due[int(payload)] = None
-            except ValueError:
-                log.warning(
-                    "ignoring a malformed alerts notification", extra={"payload": payload[:40]}
-                )
-                return
+                pass  # any login may NOTIFY: read what there is anyway
+            self._prices_due = True
+        elif channel == "alerts" and payload.isdigit() and len(payload) < 19:
+            self._changes.append((channel, payload, self._head))
         elif channel == "stocks" and is_valid_symbol(payload):
-            self._stocks_due[payload] = None
+            self._changes.append((channel, payload, self._head))
+        else:
+            log.warning(
+                "ignoring a malformed notification",
+                extra={"channel": channel, "payload": payload[:40]},
+            )
+            return
         self._wake.set()
 
     async def _load(self, store: AlertStore) -> None:
@@ -213,35 +219,60 @@ class AlertService:
 
     # -- work --------------------------------------------------------------------------------
     async def _drain(self, store: AlertStore) -> None:
-        """Act on what the notifications announced: alerts, previous closes, then ticks."""
-        if self._alerts_due:
-            await self._apply_alerts(store)
-        if self._stocks_due:
-            await self._apply_closes(store)
-        while self._prices_due and not self._stopping.is_set():
-            # Cleared before the read: a notification during it means read again.
-            self._prices_due = False
-            rows = await store.ticks_after(self.cursor, self.batch_size)
-            if len(rows) == self.batch_size:
-                self._prices_due = True  # more than one read's worth: keep going
-            if not rows:
-                continue
-            out = Outcome()
-            tick = self.evaluator.tick
-            started = time.perf_counter()
-            for row in rows:
-                tick(row["symbol"], row["price"], row["ts"], row["event_id"], out)
-            per_tick = (time.perf_counter() - started) / len(rows)
-            await self._commit(store, out, rows[-1]["event_id"])
-            self.metrics.evaluation.observe(per_tick)
-            self.metrics.ticks.inc(len(rows))
+        """Act on what the notifications announced, in commit order: ticks, and the alerts
+        and previous closes that changed between them."""
+        while not self._stopping.is_set():
+            if self._changes:
+                head = self._changes[0][2]
+                while await self._evaluate(store, head):  # the ticks committed before it
+                    if self._stopping.is_set():
+                        return
+                await self._apply_changes(store, head)
+            elif self._prices_due:
+                # Cleared before the read: a notification during it means read again.
+                self._prices_due = False
+                if await self._evaluate(store, None):
+                    self._prices_due = True  # more than one read's worth: keep going
+            else:
+                return
 
-    async def _apply_alerts(self, store: AlertStore) -> None:
+    async def _evaluate(self, store: AlertStore, upto: int | None) -> bool:
+        """Evaluate and store the next batch of live ticks (up to event id `upto`); whether it
+        was a full one (more may follow)."""
+        rows = await store.ticks_after(self.cursor, self.batch_size, upto)
+        if not rows:
+            return False
+        out = Outcome()
+        tick = self.evaluator.tick
+        started = time.perf_counter()
+        for row in rows:
+            tick(row["symbol"], row["price"], row["ts"], row["event_id"], out)
+        per_tick = (time.perf_counter() - started) / len(rows)
+        await self._commit(store, out, rows[-1]["event_id"])
+        self.metrics.evaluation.observe(per_tick)
+        self.metrics.ticks.inc(len(rows))
+        return len(rows) == self.batch_size
+
+    async def _apply_changes(self, store: AlertStore, head: int) -> None:
+        """Every change that arrived at `head`: alerts first, then previous closes."""
+        alerts: dict[int, None] = {}
+        symbols: dict[str, None] = {}
+        while self._changes and self._changes[0][2] == head:
+            channel, payload, _ = self._changes.popleft()
+            if channel == "alerts":
+                alerts[int(payload)] = None
+            else:
+                symbols[payload] = None
+        if alerts:
+            await self._apply_alerts(store, list(alerts))
+        if symbols:
+            await self._apply_closes(store, list(symbols))
+
+    async def _apply_alerts(self, store: AlertStore, ids: list[int]) -> None:
         """Take new alerts in (each fires at once if its condition already holds) and drop
         deleted ones."""
         out = Outcome()
-        for alert_id in list(self._alerts_due):
-            del self._alerts_due[alert_id]
+        for alert_id in ids:
             row = await store.alert(alert_id)
             if row is None or row["deleted_at"] is not None:
                 if self.evaluator.remove(alert_id):
@@ -271,11 +302,10 @@ class AlertService:
         if out:
             await self._commit(store, out, None)
 
-    async def _apply_closes(self, store: AlertStore) -> None:
+    async def _apply_closes(self, store: AlertStore, changed: list[str]) -> None:
         """Move change_pct lines to their symbols' previous closes."""
         watched = self.evaluator.symbols()
-        symbols = [s for s in self._stocks_due if s in watched]
-        self._stocks_due.clear()
+        symbols = [s for s in changed if s in watched]
         if symbols:
             for symbol, close in (await store.previous_closes(symbols)).items():
                 self.evaluator.set_previous_close(symbol, close)

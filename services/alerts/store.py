@@ -11,6 +11,7 @@ from services.alerts import queries
 from services.alerts.evaluator import AlertSpec, Outcome
 
 Quote = tuple[float, datetime]
+NO_LIMIT = 2**63 - 1  # the largest event id
 
 
 def spec_of(row: asyncpg.Record) -> AlertSpec:
@@ -48,8 +49,18 @@ class AlertStore:
         rows = await self.conn.fetch(queries.LAST_PRICES, list(symbols), upto)
         return {r["symbol"]: (r["price"], r["ts"]) for r in rows}
 
-    async def ticks_after(self, cursor: int, limit: int) -> list[asyncpg.Record]:
-        return await self.conn.fetch(queries.TICKS_AFTER, cursor, limit)
+    async def head(self) -> int:
+        """The newest tick event id committed."""
+        head: int = await self.conn.fetchval(queries.HEAD_EVENT_ID)
+        return head
+
+    async def ticks_after(
+        self, cursor: int, limit: int, upto: int | None = None
+    ) -> list[asyncpg.Record]:
+        """Live ticks after event id `cursor` (up to `upto`), oldest first, `limit` at most."""
+        return await self.conn.fetch(
+            queries.TICKS_AFTER, cursor, limit, NO_LIMIT if upto is None else upto
+        )
 
     async def commit(
         self, outcome: Outcome, cursor: int | None, browser: frozenset[int] | set[int]

@@ -280,3 +280,40 @@ async def test_a_lost_connection_catches_up_from_the_cursor(
     assert "database is back; catching up" in caplog.messages
     firings = await rows(db, FIRINGS)
     assert [(f[1], f[2]) for f in firings] == [(alert_id, 111.0), (alert_id, 112.0)]
+
+
+async def test_changes_take_effect_between_the_ticks_committed_before_and_after_them(
+    database_url: str, db: asyncpg.Connection, market: Market
+) -> None:
+    await market.ticks(("AAPL", 100.0))
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with running(database_url) as service:
+            drop = await add_alert(db, "AAPL", "change_pct", -3.0, ["browser"])
+            await eventually(lambda: drop in service.evaluator, timeout=WAIT)
+            # Hold the service inside its next batch's transaction, so that everything below
+            # is committed (and notified) before it reads any of it.
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE alert_cursor IN EXCLUSIVE MODE")
+                await market.ticks(("AAPL", 99.0))
+                await eventually(
+                    lambda: db.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    ),
+                    timeout=WAIT,
+                )
+                crash = await market.ticks(("AAPL", 50.0))  # before there was a previous close
+                async with db.transaction():
+                    await db.execute("UPDATE stocks SET previous_close = 100 WHERE symbol = 'AAPL'")
+                    await db.execute("SELECT pg_notify('stocks', 'AAPL')")
+                late = await add_alert(db, "AAPL", "below", 60.0, ["browser"])  # after the crash
+                fell = await market.ticks(("AAPL", 96.9))
+            await eventually(lambda: service.cursor == fell, timeout=WAIT)
+    finally:
+        await locker.close()
+    assert crash < fell
+    assert [f[1:] for f in await rows(db, FIRINGS)] == [
+        (late, 50.0, 60.0, None),  # at once, against the last price before it was added
+        (drop, 96.9, 97.0, fell),  # its line only from the close on, not on the crash before it
+    ]
