@@ -1,0 +1,1 @@
+"""The alerts service: live ticks → price alerts → firings, delivered through Apprise."""
