@@ -230,9 +230,12 @@ class Fetcher:
         deadline = clock() + self.settings.shutdown_timeout
         streams = [m.stream_task for m in self.chain.members if m.stream_task is not None]
         others = [*self._probes, *self._onboarding.values(), *self._tasks]
-        for task in [*loops, *streams, *others]:
-            task.cancel()
-        await asyncio.gather(*loops, *streams, *others, return_exceptions=True)
+        pending: set[asyncio.Task[Any]] = {*loops, *streams, *others}
+        while pending:
+            # Cancelled again while any is left: a library may swallow one cancellation.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         try:
             await asyncio.wait_for(writer, max(deadline - clock(), 0))
         except TimeoutError:
@@ -653,7 +656,8 @@ class Fetcher:
             # Meanwhile, symbols newly tracked get theirs at once.
             while (left := until - loop.time()) > 0:
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(self._metadata_due.wait(), left)
+                    async with asyncio.timeout(left):  # (not wait_for: see watchlist.py)
+                        await self._metadata_due.wait()
                 self._metadata_due.clear()
                 await self._new_metadata_once()
 

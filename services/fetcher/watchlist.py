@@ -205,8 +205,11 @@ class WatchlistListener:
                 # sets it again and brings one more read.
                 self._wake.clear()
                 self.on_rows(await read(conn))
+                # (asyncio.timeout, not wait_for: on 3.11 a wake-up at the moment of a
+                # cancellation would swallow it, and the fetcher could not stop)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_SECONDS)
+                    async with asyncio.timeout(IDLE_CHECK_SECONDS):
+                        await self._wake.wait()
                 except TimeoutError:
                     await conn.fetchval(SELECT_ONE, timeout=IDLE_CHECK_SECONDS)
                 if lost.is_set():
