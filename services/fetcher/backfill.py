@@ -71,6 +71,7 @@ class Backfill:
         drops: DropLog,
         market: Market,
         progress: ProgressFn | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> None:
         self.writer = writer
         self.symbols = list(symbols)
@@ -80,6 +81,7 @@ class Backfill:
         self.drops = drops
         self.market = market
         self.progress = progress
+        self.wanted = wanted  # when given, a symbol no longer wanted is asked for no more
         # Set once the gaps are known: until then this run's first live ticks (which may carry
         # an old vendor time when the market is closed) could be mistaken for stored history.
         self.planned = asyncio.Event()
@@ -177,7 +179,10 @@ class Backfill:
         total = 0
         unavailable = False
         try:
-            for request in requests:
+            for planned in requests:
+                request = self._still_wanted(planned)
+                if request is None:
+                    continue
                 try:
                     bars = await self.call("history", _fetch(provider, request))
                 except HistoryUnavailable as exc:
@@ -207,6 +212,15 @@ class Backfill:
                 },
             )
         return total
+
+    def _still_wanted(self, request: Request) -> Request | None:
+        """`request` for the symbols still wanted (None: none is)."""
+        if self.wanted is None:
+            return request
+        symbols = tuple(s for s in request.symbols if self.wanted(s))
+        if symbols == request.symbols:
+            return request
+        return replace(request, symbols=symbols) if symbols else None
 
     def accept(self, bars: list[Bar], request: Request, source: str) -> list[Bar]:
         """The good bars of `request` (see accept_bars)."""

@@ -126,6 +126,7 @@ class Fetcher:
             self.drops,
             self.market,
             progress=self._progress,
+            wanted=lambda symbol: symbol in self.symbols,  # one removed meanwhile is left out
         )
         # Healing looks no further back than history is wanted (none when backfill is off).
         self.healer = Healer(

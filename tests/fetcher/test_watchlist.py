@@ -41,8 +41,10 @@ class SlowHistory(SimulatedProvider):
         super().__init__(step_seconds=0.05)
         self.slow = set(slow)
         self.delay = delay
+        self.asked: list[tuple[str, ...]] = []
 
     async def bars(self, symbols: Sequence[str], start: datetime, end: datetime) -> list[Bar]:
+        self.asked.append(tuple(symbols))
         if self.slow & set(symbols):
             await asyncio.sleep(self.delay)
         return await super().bars(symbols, start, end)
@@ -289,6 +291,28 @@ async def test_a_removed_symbol_stops_at_once(database_url: str, db: asyncpg.Con
     assert sample(fetcher, "symbols_tracked") == 1
     # its data stays until retention drops it
     assert await live_ticks(db, "AMD") == stopped > 0
+
+
+async def test_a_symbol_removed_during_the_start_backfill_is_asked_for_no_more(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO watchlist (symbol, origin, state) "
+        "VALUES ('AAPL', 'config', 'live'), ('AMD', 'api', 'live')"
+    )
+    # 40 days: three requests for both (tracked when the fetcher starts), each slow
+    provider = SlowHistory(slow=["AAPL"], delay=0.5)
+    fetcher = make_fetcher(database_url, provider, backfill="40d")
+    async with running(fetcher):
+        await eventually(lambda: provider.asked, timeout=20)
+        assert provider.asked[0] == ("AAPL", "AMD")
+        await remove(db, "AMD")
+        await eventually(
+            lambda: fetcher.backfill.idle.is_set() and fetcher.backfill.planned.is_set()
+        )
+        await eventually(lambda: "AMD" not in fetcher.symbols)
+    assert provider.asked[-1] == ("AAPL",)
+    assert len(provider.asked) == 3
 
 
 async def _stored_after(db: asyncpg.Connection, symbol: str, after: datetime) -> bool:
