@@ -760,9 +760,15 @@ class Fetcher:
             self._streams_changed.set()
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` alongside (a state to store); cancelled at shutdown, failures logged."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._spawned)
+
+    def _spawned(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("watchlist update failed", exc_info=error)
 
     async def _with_store(self, work: Callable[[TickStore], Awaitable[T]]) -> T:
         """`work` on the writer's connection, waiting out database outages."""
