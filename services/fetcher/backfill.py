@@ -39,6 +39,10 @@ GROUP_SLACK = timedelta(hours=1)
 IN_FLIGHT = 1
 
 
+# Receives each symbol's share of its planned history stored so far (0 to 1), as it grows.
+ProgressFn = Callable[[dict[str, float]], None]
+
+
 class CallFn(Protocol):
     """The fetcher's retrying provider call: the result, or None when the round was skipped."""
 
@@ -66,6 +70,8 @@ class Backfill:
         metrics: FetcherMetrics,
         drops: DropLog,
         market: Market,
+        progress: ProgressFn | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> None:
         self.writer = writer
         self.symbols = list(symbols)
@@ -74,6 +80,8 @@ class Backfill:
         self.metrics = metrics
         self.drops = drops
         self.market = market
+        self.progress = progress
+        self.wanted = wanted  # when given, a symbol no longer wanted is asked for no more
         # Set once the gaps are known: until then this run's first live ticks (which may carry
         # an old vendor time when the market is closed) could be mistaken for stored history.
         self.planned = asyncio.Event()
@@ -134,16 +142,23 @@ class Backfill:
         newest_first = sorted(older, key=lambda r: r.end, reverse=True)
         return sorted(recent, key=lambda r: r.end, reverse=True) + newest_first
 
-    async def run(self, provider: Provider, until: datetime) -> int:
-        """Backfill every gap up to `until` (the start of live ticks); returns minutes stored."""
+    async def run(
+        self, provider: Provider, until: datetime, turn: asyncio.Semaphore | None = None
+    ) -> int:
+        """Backfill every gap up to `until` (the start of live ticks); returns minutes stored.
+
+        With `turn`, the requests wait for it once the gaps are known (one backfill at a time).
+        """
         self.idle.clear()
         try:
-            return await self._run(provider, until)
+            return await self._run(provider, until, turn)
         finally:
             self.planned.set()
             self.idle.set()
 
-    async def _run(self, provider: Provider, until: datetime) -> int:
+    async def _run(
+        self, provider: Provider, until: datetime, turn: asyncio.Semaphore | None
+    ) -> int:
         if self.window <= timedelta(0):
             return 0
         try:
@@ -151,27 +166,38 @@ class Backfill:
         finally:
             self.planned.set()
         requests = self.plan(gaps, until)
-        pending: deque[list[asyncio.Future[int]]] = deque()
+        if turn is None:
+            return await self._fill(provider, gaps, requests)
+        async with turn:
+            return await self._fill(provider, gaps, requests)
+
+    async def _fill(
+        self, provider: Provider, gaps: list[tuple[str, datetime]], requests: list[Request]
+    ) -> int:
+        pending: deque[tuple[Request, list[asyncio.Future[int]]]] = deque()
+        shares = _Shares(requests, self.progress)
         total = 0
         unavailable = False
         try:
-            for request in requests:
+            for planned in requests:
+                request = self._still_wanted(planned)
+                if request is None:
+                    continue
                 try:
                     bars = await self.call("history", _fetch(provider, request))
                 except HistoryUnavailable as exc:
                     log.info("no history backfill: %s", exc, extra={"provider": provider.name})
                     unavailable = True
                     break
-                if bars:
-                    good = self.accept(bars, request, provider.name)
-                    pending.append([self.writer.submit_bars(c) for c in day_chunks(good)])
+                good = self.accept(bars, request, provider.name) if bars else []
+                pending.append((request, [self.writer.submit_bars(c) for c in day_chunks(good)]))
                 # The writer stores this answer while the next request is in flight.
                 while len(pending) > IN_FLIGHT:
-                    total += await _stored(pending.popleft())
+                    total += await shares.stored(*pending.popleft())
             while pending:
-                total += await _stored(pending.popleft())
+                total += await shares.stored(*pending.popleft())
         finally:
-            for futures in pending:  # cancelled: queued chunks are not written
+            for _, futures in pending:  # cancelled: queued chunks are not written
                 for future in futures:
                     future.cancel()
         if requests and not unavailable:
@@ -186,6 +212,15 @@ class Backfill:
                 },
             )
         return total
+
+    def _still_wanted(self, request: Request) -> Request | None:
+        """`request` for the symbols still wanted (None: none is)."""
+        if self.wanted is None:
+            return request
+        symbols = tuple(s for s in request.symbols if self.wanted(s))
+        if symbols == request.symbols:
+            return request
+        return replace(request, symbols=symbols) if symbols else None
 
     def accept(self, bars: list[Bar], request: Request, source: str) -> list[Bar]:
         """The good bars of `request` (see accept_bars)."""
@@ -242,6 +277,31 @@ def day_chunks(bars: Iterable[Bar], size: int = CHUNK_BARS) -> Iterator[list[Bar
         key = (bar.start.date(), bar.symbol)
     if chunk:
         yield chunk
+
+
+class _Shares:
+    """Each symbol's share of its planned minutes whose requests are answered and stored."""
+
+    def __init__(self, requests: list[Request], report: ProgressFn | None) -> None:
+        self.report = report
+        self.planned: dict[str, float] = defaultdict(float)
+        self.done: dict[str, float] = defaultdict(float)
+        for request in requests:
+            for symbol in request.symbols:
+                self.planned[symbol] += _minutes(request)
+
+    async def stored(self, request: Request, futures: list[asyncio.Future[int]]) -> int:
+        """Wait for one request's chunks, then report the shares of its symbols."""
+        stored = await _stored(futures)
+        if self.report is not None:
+            for symbol in request.symbols:
+                self.done[symbol] += _minutes(request)
+            self.report({s: min(1.0, self.done[s] / self.planned[s]) for s in request.symbols})
+        return stored
+
+
+def _minutes(request: Request) -> float:
+    return (request.end - request.start) / MINUTE
 
 
 async def _stored(futures: list[asyncio.Future[int]]) -> int:

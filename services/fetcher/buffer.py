@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from services.common.models import Tick
 
@@ -37,6 +37,16 @@ class TickBuffer:
         """Put a batch that failed to commit back at the front, keeping order."""
         self._items.extendleft(reversed(batch))
         return self._trim()
+
+    def discard(self, symbols: Collection[str]) -> int:
+        """Drop the ticks of `symbols` (no longer wanted); returns how many."""
+        kept = [t for t in self._items if t.symbol not in symbols]
+        dropped = len(self._items) - len(kept)
+        if dropped:
+            self._items = deque(kept)
+            if not self._items:
+                self._nonempty.clear()
+        return dropped
 
     async def wait(self, timeout: float) -> bool:
         """Wait until something is buffered; False on timeout."""

@@ -71,7 +71,15 @@ class FetcherSettings(CommonSettings):
 
     symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: parse_symbols(DEFAULT_SYMBOLS),
-        description="Comma-separated tickers to track.",
+        description="Comma-separated tickers to track, from configuration; the API adds and "
+        "removes others while the fetcher runs (the watchlist).",
+    )
+    max_symbols: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Most symbols tracked at once, configured and added; the fetcher rejects "
+        "any beyond it (and beyond what its providers allow).",
     )
     provider: Annotated[list[ProviderName], NoDecode] = Field(
         default_factory=lambda: list[ProviderName](["simulated"]),
@@ -198,8 +206,8 @@ class FetcherSettings(CommonSettings):
     alpaca_stream_symbol_limit: int = Field(
         30,
         ge=1,
-        description="Most symbols on Alpaca's socket (the free plan's limit); the rest "
-        "are polled over REST.",
+        description="Most symbols on Alpaca's socket (the free plan's limit): with the stream "
+        "on, symbols beyond it are rejected.",
     )
 
     @model_validator(mode="before")
@@ -244,6 +252,11 @@ class FetcherSettings(CommonSettings):
                 missing.append(f"provider {name} needs {' and '.join(absent)} (or {files})")
         if missing:
             raise ValueError("; ".join(missing))
+        if len(self.symbols) > self.max_symbols:
+            raise ValueError(
+                f"STOCKSTREAMER_SYMBOLS lists {len(self.symbols)} symbols; "
+                f"STOCKSTREAMER_MAX_SYMBOLS allows at most {self.max_symbols}"
+            )
         return self
 
     @field_validator("provider", mode="before")

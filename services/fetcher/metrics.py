@@ -123,6 +123,29 @@ class FetcherMetrics:
             "Checks of a better provider while another serves, by outcome.",
             ["provider", "outcome"],
         )
+        # The watchlist: which symbols are tracked, and how that changes while running.
+        self.symbols_tracked = gauge(
+            "symbols_tracked", "Symbols whose live prices the fetcher fetches now."
+        )
+        self.symbols_added = counter(
+            "symbols_added",
+            "Symbols that began to be tracked (validated, then backfilled), by origin.",
+            ["origin"],
+        )
+        self.symbols_removed = counter(
+            "symbols_removed", "Symbols no longer tracked (removed from the watchlist)."
+        )
+        self.symbols_rejected = counter(
+            "symbols_rejected",
+            "Symbols rejected: unknown to the vendor, or beyond a limit.",
+            ["reason"],
+        )
+        self.watchlist_listener_up = gauge(
+            "watchlist_listener_up", "1 while the LISTEN connection on the watchlist is open."
+        )
+        self.watchlist_reconnects = counter(
+            "watchlist_reconnects", "Times the watchlist's LISTEN connection was re-established."
+        )
         self.rounds_saved = counter(
             "rounds_saved", "Price rounds not spent on a vendor while the market was closed."
         )

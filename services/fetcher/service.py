@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import math
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import suppress
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import EllipsisType
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
 import stamina
 
@@ -16,7 +19,7 @@ from services.common.db import OUTAGE_ERRORS
 from services.common.market import Market
 from services.common.models import Profile, Tick, Week52
 from services.common.retry import Backoff
-from services.fetcher import feed_queries
+from services.fetcher import feed_queries, queries
 from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.chain import Member, ProviderChain
@@ -24,7 +27,14 @@ from services.fetcher.config import FetcherSettings
 from services.fetcher.healing import Healer
 from services.fetcher.hours import Hours
 from services.fetcher.metrics import FetcherMetrics
-from services.fetcher.providers.base import Provider, ProviderError, ProviderFatal, TradeStream
+from services.fetcher.providers.base import (
+    Provider,
+    ProviderError,
+    ProviderFatal,
+    SymbolLimit,
+    TradeStream,
+)
+from services.fetcher.store import TickStore
 from services.fetcher.validation import (
     DropLog,
     DropReason,
@@ -32,6 +42,7 @@ from services.fetcher.validation import (
     usable_profile,
     usable_week52,
 )
+from services.fetcher.watchlist import Entry, State, WatchlistListener, beyond, set_state
 from services.fetcher.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -41,6 +52,11 @@ METADATA_RETRY_SECONDS = 30.0
 RANGE_FLUSH_SECONDS = 5.0  # how soon a broken 52-week high or low reaches the database
 OUTSIDE_SESSION = "outside_session"  # a drop reason: a trade outside the market's hours
 FEED_RETRY_MAX = 30.0  # the longest wait before writing the feed row again after a failure
+PROGRESS_SECONDS = 1.0  # a backfilling symbol's progress is stored at most this often
+ONBOARD_RETRY_MAX = 60.0  # the longest wait before asking the vendor about a symbol again
+ONBOARD_FAILED_WAIT = 30.0  # after a symbol's work failed unexpectedly, before it is tried again
+# A symbol the vendor could not be asked about (down, or out of retries): asked again later.
+UNANSWERED: Final = object()
 
 
 def _utcnow() -> datetime:
@@ -85,6 +101,10 @@ class Fetcher:
         self.market = Market(settings.calendar, settings.extended_hours)
         self.hours = Hours(self.market)
         self.clock = clock
+        self.configured = list(settings.symbols)
+        # The symbols tracked now (quotes, streams, metadata, healing, which ticks are valid):
+        # the configured ones until the watchlist is read, then its rows as they are taken on.
+        # Changed in place: the writer holds the same list.
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.buffer_capacity)
         metrics.buffer_capacity.set(settings.buffer_capacity)
@@ -105,6 +125,8 @@ class Fetcher:
             metrics,
             self.drops,
             self.market,
+            progress=self._progress,
+            wanted=lambda symbol: symbol in self.symbols,  # one removed meanwhile is left out
         )
         # Healing looks no further back than history is wanted (none when backfill is off).
         self.healer = Healer(
@@ -126,6 +148,29 @@ class Fetcher:
         self._feed_changed = asyncio.Event()
         self._feed_changed.set()  # the feed row is written at start
         self._probes: set[asyncio.Task[None]] = set()
+        # -- the watchlist ------------------------------------------------------------------------
+        self.watchlist = WatchlistListener(
+            settings.database_url_now,
+            settings.fetcher_db_role,
+            self.configured,
+            metrics,
+            self._apply,
+        )
+        self._first_read = asyncio.Event()  # the watchlist was read once: the start may plan
+        self._starting: list[str] = []  # configured rows the start checks and backfills itself
+        self._onboarding: dict[str, asyncio.Task[None]] = {}  # added symbols being taken on
+        self._retry_at: dict[str, float] = {}  # symbols whose taking on failed: not before
+        self._backfilling: set[str] = set()  # symbols whose progress is stored
+        self._progress_at: dict[str, float] = {}
+        self._rejecting: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._turn = asyncio.Semaphore(1)  # added symbols are backfilled one at a time
+        self._fresh: set[str] = set()  # newly tracked: quoted at the next round, open or not
+        self._metadata_for: set[str] = set()  # newly tracked: their names, logos and ranges
+        self._metadata_due = asyncio.Event()
+        self._streams_changed = asyncio.Event()
+        self._streamed: dict[str, frozenset[str]] = {}  # the symbols each member's stream has
+        metrics.symbols_tracked.set(len(self.symbols))
 
     @property
     def provider(self) -> Provider:
@@ -177,15 +222,21 @@ class Fetcher:
             asyncio.create_task(self._metadata_loop(), name="metadata"),
             asyncio.create_task(self._range_loop(), name="ranges"),
             asyncio.create_task(self._backfill(live_from), name="backfill"),
+            asyncio.create_task(self.watchlist.run(), name="watchlist"),
+            asyncio.create_task(self._streams_loop(), name="streams"),
         ]
         await self._stop.wait()
         # One budget for the whole shutdown: closing a trade socket may take part of it.
         clock = asyncio.get_running_loop().time
         deadline = clock() + self.settings.shutdown_timeout
         streams = [m.stream_task for m in self.chain.members if m.stream_task is not None]
-        for task in [*loops, *streams, *self._probes]:
-            task.cancel()
-        await asyncio.gather(*loops, *streams, *self._probes, return_exceptions=True)
+        others = [*self._probes, *self._onboarding.values(), *self._tasks]
+        pending: set[asyncio.Task[Any]] = {*loops, *streams, *others}
+        while pending:
+            # Cancelled again while any is left: a library may swallow one cancellation.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         try:
             await asyncio.wait_for(writer, max(deadline - clock(), 0))
         except TimeoutError:
@@ -210,7 +261,10 @@ class Fetcher:
         if member.out or (member.stream_task is not None and not member.stream_task.done()):
             return
         if member.stream is None:
+            if not self.symbols:
+                return  # nothing to subscribe to
             member.stream = member.provider.trade_stream(self.symbols)
+            self._streamed[member.name] = frozenset(self.symbols)
         if member.stream is not None:
             member.stream_task = asyncio.create_task(
                 self._run_stream(member, member.stream), name=f"stream-{member.name}"
@@ -220,6 +274,39 @@ class Fetcher:
         if member.stream_task is not None:
             member.stream_task.cancel()
             member.stream_task = None
+
+    async def _streams_loop(self) -> None:
+        """When the symbols change, the serving provider's stream subscribes to the new set
+        (the others are made afresh when they next serve)."""
+        while True:
+            await self._streams_changed.wait()
+            self._streams_changed.clear()
+            try:
+                await self._restream()
+            except Exception:
+                log.exception("trade stream not resubscribed")
+
+    async def _restream(self) -> None:
+        wanted = frozenset(self.symbols)
+        active = self.chain.active
+        for member in self.chain.members:
+            idle = member.stream_task is None or member.stream_task.done()
+            if member is not active and idle:
+                member.stream = None
+        if self._streamed.get(active.name) == wanted and active.stream is not None:
+            return
+        task = active.stream_task
+        if task is not None:
+            # Wait for the old socket to close: a vendor may allow one connection only.
+            task.cancel()
+            await asyncio.wait([task])
+            active.stream_task = None
+        active.stream = None
+        self._streamed.pop(active.name, None)
+        if active is self.chain.active:  # no switch meanwhile (which starts its own stream)
+            self._start_stream(active)
+            if active.stream_task is not None:
+                log.info("trade stream follows the watchlist", extra={"symbols": len(wanted)})
 
     async def _run_stream(self, member: Member, stream: TradeStream) -> None:
 
@@ -461,47 +548,74 @@ class Fetcher:
         member = self.chain.active
         streaming = member.streaming
         self.metrics.stream_connected.set(int(streaming))
-        wanted = self.symbols
+        fresh = [s for s in self.symbols if s in self._fresh]
+        self._fresh.clear()
+        wanted = [s for s in self.symbols if s not in fresh]
         if streaming and member.stream is not None:
             covered = member.stream.covered
-            wanted = [s for s in self.symbols if s not in covered]
+            wanted = [s for s in wanted if s not in covered]
+        if not self.symbols:
+            return
         if self._round_due:
             self._round_due = False
             await self._round(member, self.symbols)
-        elif wanted and not is_open:
+            return
+        if fresh:  # a price for each new symbol at once, whatever the market
+            await self._round(member, fresh)
+        if wanted and not is_open:
             self.metrics.rounds_saved.inc()
         elif wanted:
             await self._round(member, wanted)
 
     async def _backfill(self, live_from: datetime) -> None:
-        """Fill history behind the first live tick, then heal gaps for good; failures are
-        logged, never fatal."""
+        """Once the watchlist is read: check the configured symbols new to it, fill history
+        behind the first live tick for every tracked symbol, then heal gaps for good; failures
+        are logged, never fatal."""
         source = self.history_provider
         if source is None:
             log.info("no history source: no backfill, no healing")
             self.backfill.planned.set()  # live ticks need not wait for history
             self.backfill.idle.set()
-            return
+        refused = False
         try:
-            await self.backfill.run(source, live_from)
-        except ProviderFatal as exc:
-            self.backfill.planned.set()
-            log.error(
-                "history source refused: no backfill, no healing",
-                extra={"provider": source.name, "error": str(exc)},
-            )
-            return
-        except Exception:
-            log.exception("history backfill failed")
-        await self.healer.run(source, self.backfill)
+            await self._first_read.wait()
+            starting = await self._check_starting()
+            if source is None or self.settings.backfill <= timedelta(0):
+                self.backfill.planned.set()
+                await self._went_live(starting, "config")
+            else:
+                for symbol in starting:
+                    await self._enter_backfilling(symbol)
+                self.backfill.symbols = list(self.symbols)
+                try:
+                    await self.backfill.run(source, live_from)
+                except ProviderFatal as exc:
+                    refused = True
+                    log.error(
+                        "history source refused: no backfill, no healing",
+                        extra={"provider": source.name, "error": str(exc)},
+                    )
+                except Exception:
+                    log.exception("history backfill failed")
+                finally:
+                    self._backfilling.difference_update(starting)
+                await self._went_live(starting, "config")
+        finally:
+            self.backfill.planned.set()  # whatever happened, live ticks must not wait for ever
+        if source is not None and not refused:
+            await self.healer.run(source, self.backfill)
 
-    async def refresh_metadata_once(self) -> bool:
-        """Fetch profiles and 52-week ranges and upsert them; False if it must be retried."""
+    async def refresh_metadata_once(self, symbols: Sequence[str] | None = None) -> bool:
+        """Fetch profiles and 52-week ranges (of `symbols`, default all) and upsert them; False
+        if it must be retried."""
         member = self.chain.active
         provider = member.provider
+        wanted = list(self.symbols if symbols is None else symbols)
+        if not wanted:
+            return True
         try:
-            profiles = await self._call("profiles", lambda: provider.profiles(self.symbols))
-            week52 = await self._call("week52", lambda: provider.week52(self.symbols))
+            profiles = await self._call("profiles", lambda: provider.profiles(wanted))
+            week52 = await self._call("week52", lambda: provider.week52(wanted))
         except ProviderFatal as exc:
             self._take_out(member, exc)
             return False
@@ -531,6 +645,7 @@ class Fetcher:
         self._ranges.update((w.symbol, w) for w in week52)
 
     async def _metadata_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 ok = await self.refresh_metadata_once()
@@ -538,7 +653,283 @@ class Fetcher:
                 log.exception("metadata round failed")
                 ok = False
             delay = self.settings.metadata_interval if ok else METADATA_RETRY_SECONDS
-            await asyncio.sleep(min(delay, self.settings.metadata_interval))
+            until = loop.time() + min(delay, self.settings.metadata_interval)
+            # Meanwhile, symbols newly tracked get theirs at once.
+            while (left := until - loop.time()) > 0:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(left):  # (not wait_for: see watchlist.py)
+                        await self._metadata_due.wait()
+                self._metadata_due.clear()
+                await self._new_metadata_once()
+
+    async def _new_metadata_once(self) -> None:
+        """Profiles and ranges of the symbols tracked since the last time; retried if need be."""
+        new = [s for s in self.symbols if s in self._metadata_for]
+        self._metadata_for.clear()
+        if not new:
+            return
+        try:
+            ok = await self.refresh_metadata_once(new)
+        except Exception:
+            log.exception("metadata of new symbols failed")
+            ok = False
+        if not ok:
+            self._metadata_for.update(new)
+            asyncio.get_running_loop().call_later(METADATA_RETRY_SECONDS, self._metadata_due.set)
+
+    # -- the watchlist ----------------------------------------------------------------------
+
+    def symbol_limit(self) -> SymbolLimit:
+        """The most symbols tracked at once: STOCKSTREAMER_MAX_SYMBOLS, or less when a provider
+        of the chain cannot serve that many."""
+        n = self.settings.max_symbols
+        limits = [SymbolLimit(n, f"at most {n} symbols are tracked (STOCKSTREAMER_MAX_SYMBOLS)")]
+        for member in self.chain.members:
+            limit = member.provider.symbol_limit()
+            if limit is not None:
+                limits.append(limit)
+        return min(limits, key=lambda limit: limit.count)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        """Follow the watchlist as just read: drop what left it, take on what came."""
+        limit = self.symbol_limit()
+        over = beyond(entries, limit.count)
+        states = {e.symbol: e.state for e in entries}
+        wanted = {e.symbol for e in entries if e.tracked} - set(over)
+        for symbol in over:
+            if symbol not in self._rejecting:
+                self._rejecting.add(symbol)
+                self._spawn(self._reject(symbol, limit.reason, "limit"))
+        for symbol, task in list(self._onboarding.items()):
+            if symbol not in wanted:
+                del self._onboarding[symbol]
+                task.cancel()
+        for symbol in [s for s in self.symbols if s not in wanted]:
+            removed = symbol not in over and states.get(symbol) != "rejected"
+            self._untrack(symbol, purge=not removed)
+            if removed:
+                self.metrics.symbols_removed.inc()
+                log.info(
+                    "symbol removed from the watchlist; no longer fetched", extra={"symbol": symbol}
+                )
+        first = not self._first_read.is_set()
+        now = time.monotonic()
+        for entry in entries:
+            symbol = entry.symbol
+            if symbol not in wanted or symbol in self._onboarding or symbol in self._starting:
+                continue
+            if entry.state == "live":
+                if symbol not in self.symbols:
+                    self._track(symbol)
+            elif first and symbol in self.symbols:
+                self._starting.append(symbol)  # configured: checked and backfilled at start
+            elif self._retry_at.get(symbol, 0.0) <= now:
+                self._onboard_later(symbol, entry.origin)
+        self._changed()
+        self._first_read.set()
+
+    def _track(self, symbol: str) -> None:
+        """Fetch `symbol` from now on: quotes, the stream, metadata, valid ticks."""
+        if symbol in self.symbols:
+            return
+        self.symbols.append(symbol)
+        self._fresh.add(symbol)
+        self._metadata_for.add(symbol)
+        self._metadata_due.set()
+        self._changed(streams=True)
+
+    def _untrack(self, symbol: str, purge: bool) -> None:
+        """Stop fetching `symbol` at once; with `purge`, its ticks not yet stored are dropped."""
+        if symbol in self.symbols:
+            self.symbols.remove(symbol)
+        self._fresh.discard(symbol)
+        self._metadata_for.discard(symbol)
+        self._ranges.pop(symbol, None)
+        self._broken.pop(symbol, None)
+        if purge and (dropped := self.buffer.discard({symbol})):
+            self.metrics.ticks_dropped.labels(DropReason.UNTRACKED).inc(dropped)
+        with suppress(KeyError):
+            self.metrics.newest_tick.remove(symbol)
+        self._changed(streams=True)
+
+    def _changed(self, streams: bool = False) -> None:
+        """The symbol set changed: healing leaves out those still backfilling."""
+        self.healer.symbols = [s for s in self.symbols if s not in self._onboarding]
+        self.metrics.symbols_tracked.set(len(self.symbols))
+        if streams:
+            self._streams_changed.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` alongside (a state to store); cancelled at shutdown, failures logged."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._spawned)
+
+    def _spawned(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("watchlist update failed", exc_info=error)
+
+    async def _with_store(self, work: Callable[[TickStore], Awaitable[T]]) -> T:
+        """`work` on the writer's connection, waiting out database outages."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                async with self.writer.use() as store:
+                    return await work(store)
+            except OUTAGE_ERRORS:
+                await backoff.sleep()
+
+    async def _enter(
+        self, symbol: str, state: State, progress: float | None = None, reason: str | None = None
+    ) -> None:
+        """Store `symbol`'s new state (NOTIFY watchlist), waiting out database outages."""
+        await self._with_store(lambda store: set_state(store.conn, symbol, state, progress, reason))
+
+    async def _enter_backfilling(self, symbol: str) -> None:
+        await self._enter(symbol, "backfilling", 0.0)
+        self._backfilling.add(symbol)
+        self._progress_at[symbol] = time.monotonic()
+
+    async def _went_live(self, symbols: Sequence[str], origin: str) -> None:
+        for symbol in symbols:
+            await self._enter(symbol, "live")
+            self.metrics.symbols_added.labels(origin).inc()
+            log.info("symbol live", extra={"symbol": symbol})
+        self._starting = [s for s in self._starting if s not in symbols]
+        self.watchlist.wake()
+
+    def _progress(self, shares: dict[str, float]) -> None:
+        """A backfill's progress: stored for each symbol at most once a PROGRESS_SECONDS."""
+        now = time.monotonic()
+        for symbol, share in shares.items():
+            due = self._progress_at.get(symbol, -math.inf) + PROGRESS_SECONDS
+            if symbol in self._backfilling and share < 1.0 and now >= due:
+                self._progress_at[symbol] = now
+                self._spawn(self._store_progress(symbol, share))
+
+    async def _store_progress(self, symbol: str, share: float) -> None:
+        try:
+            async with self.writer.use() as store:
+                await set_state(
+                    store.conn, symbol, "backfilling", round(share, 3), only_from=["backfilling"]
+                )
+        except OUTAGE_ERRORS:
+            pass  # the next share, or going live, is stored instead
+
+    async def _verdict(self, symbol: str) -> str | None | object:
+        """The vendor's reason not to track `symbol`, None when it knows it, or UNANSWERED."""
+        member = self.chain.active
+        provider = member.provider
+
+        async def ask() -> tuple[str | None]:
+            return (await provider.check_symbol(symbol),)
+
+        try:
+            answer = await self._call("check_symbol", ask)
+        except ProviderFatal as exc:
+            self._take_out(member, exc)
+            return UNANSWERED
+        except Exception as exc:  # noqa: BLE001 - an unusable answer: asked again later
+            log.warning(
+                "symbol not checked: unusable answer",
+                extra={"symbol": symbol, "provider": provider.name, "error": str(exc)},
+            )
+            return UNANSWERED
+        return UNANSWERED if answer is None else answer[0]
+
+    async def _check_starting(self) -> list[str]:
+        """The configured symbols new to the watchlist that the vendor knows; the others are
+        rejected. One it could not be asked about is tracked as configured."""
+        starting = list(self._starting)
+        verdicts = await asyncio.gather(*(self._verdict(s) for s in starting))
+        accepted = []
+        for symbol, verdict in zip(starting, verdicts, strict=True):
+            if symbol not in self.symbols:
+                continue  # removed or rejected meanwhile
+            if isinstance(verdict, str):
+                await self._reject(symbol, verdict, "unknown")
+                continue
+            if verdict is UNANSWERED:
+                log.warning(
+                    "configured symbol not checked (the vendor did not answer); tracking it",
+                    extra={"symbol": symbol},
+                )
+            accepted.append(symbol)
+        self._starting = accepted
+        return accepted
+
+    async def _reject(self, symbol: str, reason: str, kind: str) -> None:
+        """Stop tracking `symbol` and store why."""
+        self._rejecting.add(symbol)
+        try:
+            self._untrack(symbol, purge=True)
+            self._starting = [s for s in self._starting if s != symbol]
+            self.metrics.symbols_rejected.labels(kind).inc()
+            log.warning("symbol rejected", extra={"symbol": symbol, "reason": reason})
+            await self._enter(symbol, "rejected", reason=reason)
+        finally:
+            self._rejecting.discard(symbol)
+
+    def _onboard_later(self, symbol: str, origin: str) -> None:
+        task = asyncio.create_task(self._onboard(symbol, origin), name=f"onboard-{symbol}")
+        self._onboarding[symbol] = task
+        task.add_done_callback(lambda done: self._onboarded(symbol, done))
+
+    def _onboarded(self, symbol: str, task: asyncio.Task[None]) -> None:
+        if self._onboarding.get(symbol) is task:
+            del self._onboarding[symbol]
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("taking on a symbol failed", extra={"symbol": symbol}, exc_info=error)
+            self._retry_at[symbol] = time.monotonic() + ONBOARD_FAILED_WAIT
+            loop = asyncio.get_running_loop()
+            loop.call_later(ONBOARD_FAILED_WAIT, self.watchlist.wake)
+        self._changed()
+        self.watchlist.wake()  # its row may have changed meanwhile
+
+    async def _onboard(self, symbol: str, origin: str) -> None:
+        """Take on a symbol added to the watchlist: ask the vendor, backfill, then live."""
+        backoff = Backoff(1.0, ONBOARD_RETRY_MAX)
+        while (verdict := await self._verdict(symbol)) is UNANSWERED:
+            await backoff.sleep()  # still pending: the vendor is asked again
+        if isinstance(verdict, str):
+            await self._reject(symbol, verdict, "unknown")
+            return
+        await self._with_store(lambda store: store.conn.execute(queries.ENSURE_STOCKS, [symbol]))
+        source = self.history_provider
+        if source is None or self.settings.backfill <= timedelta(0):
+            self._track(symbol)
+            await self._went_live([symbol], origin)
+            return
+        await self._enter_backfilling(symbol)
+        backfill = Backfill(
+            self.writer,
+            [symbol],
+            self.settings.backfill,
+            self._call,
+            self.metrics,
+            self.drops,
+            self.market,
+            progress=self._progress,
+        )
+        run = asyncio.create_task(backfill.run(source, datetime.now(UTC), self._turn))
+        try:
+            # Live prices start once the backfill knows where stored history ends.
+            await backfill.planned.wait()
+            self._track(symbol)
+            try:
+                await run
+            except ProviderFatal as exc:
+                log.error(
+                    "history source refused: no backfill",
+                    extra={"symbol": symbol, "provider": source.name, "error": str(exc)},
+                )
+            except Exception:
+                log.exception("history backfill failed", extra={"symbol": symbol})
+        finally:
+            run.cancel()
+            self._backfilling.discard(symbol)
+        await self._went_live([symbol], origin)
 
 
 def _retryable(exc: Exception) -> bool:

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 CHANNELS = ("prices", "stocks", "history")
-MARK = "end-of-notifications"
+MARK = "end_of_notifications"  # a channel of its own, and its one payload
 
 
 class Notifications:
@@ -18,9 +18,9 @@ class Notifications:
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
     @classmethod
-    async def listen(cls, url: str) -> Notifications:
+    async def listen(cls, url: str, channels: tuple[str, ...] = CHANNELS) -> Notifications:
         notes = cls(await asyncpg.connect(url))
-        for channel in CHANNELS:
+        for channel in (*channels, MARK):
             await notes.conn.add_listener(channel, notes._received)
         return notes
 
@@ -33,9 +33,9 @@ class Notifications:
 
     async def drain(self) -> list[tuple[str, str]]:
         """Everything committed so far: a marker sent now is delivered after all of it."""
-        await self.conn.execute("SELECT pg_notify('stocks', $1)", MARK)
+        await self.conn.execute("SELECT pg_notify($1, $1)", MARK)
         received = []
-        while (note := await self.next()) != ("stocks", MARK):
+        while (note := await self.next()) != (MARK, MARK):
             received.append(note)
         return received
 

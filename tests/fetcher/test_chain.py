@@ -153,8 +153,13 @@ async def test_when_every_vendor_refuses_its_key_the_fetcher_exits_1(
 
 
 async def test_a_closed_market_spends_no_rounds_and_never_fails_over(
-    database_url: str, finnhub: FakeFinnhub, twelvedata: FakeTwelveData
+    database_url: str, db: asyncpg.Connection, finnhub: FakeFinnhub, twelvedata: FakeTwelveData
 ) -> None:
+    # tracked already (a restart): no call goes to checking them with the vendor
+    await db.execute(
+        "INSERT INTO watchlist (symbol, origin, state) "
+        "VALUES ('AAPL', 'config', 'live'), ('NVDA', 'config', 'live')"
+    )
     settings = chain_settings(
         database_url,
         finnhub,

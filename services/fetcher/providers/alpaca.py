@@ -25,7 +25,13 @@ from services.fetcher.providers.alpaca_stream import (
     positive,
 )
 from services.fetcher.providers.badges import logo_data_uri
-from services.fetcher.providers.base import Provider, ProviderError, ProviderFatal, TradeStream
+from services.fetcher.providers.base import (
+    Provider,
+    ProviderError,
+    ProviderFatal,
+    SymbolLimit,
+    TradeStream,
+)
 from services.fetcher.providers.http import (
     MAX_RETRY_AFTER,
     BadPayload,
@@ -83,6 +89,10 @@ class AlpacaClient:
         self, url: str, params: Mapping[str, str], missing_ok: bool = False
     ) -> httpx.Response | None:
         """A 2xx response (None for a 404 when `missing_ok`); ProviderError for the rest."""
+        return self.check(f"alpaca {httpx.URL(url).path}", await self.send(url, params), missing_ok)
+
+    async def send(self, url: str, params: Mapping[str, str]) -> httpx.Response:
+        """Any response, within the rate limits; ProviderError when none came."""
         async with self._slots:
             while (wait := self._paused_until - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
@@ -95,7 +105,7 @@ class AlpacaClient:
             except httpx.HTTPError as exc:
                 raise ProviderError("connection", f"{what}: {type(exc).__name__}") from None
             self._note_budget(response)
-        return self._check(what, response, missing_ok)
+        return response
 
     def _note_budget(self, response: httpx.Response) -> None:
         remaining = response.headers.get("X-RateLimit-Remaining", "").strip()
@@ -111,9 +121,8 @@ class AlpacaClient:
             return None
         return min(max(int(reset) - time.time(), 0.0), MAX_RETRY_AFTER)
 
-    def _check(
-        self, what: str, response: httpx.Response, missing_ok: bool
-    ) -> httpx.Response | None:
+    def check(self, what: str, response: httpx.Response, missing_ok: bool) -> httpx.Response | None:
+        """`response` when it is a 2xx (None for a 404 when `missing_ok`); else ProviderError."""
         status = response.status_code
         if status == 429:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
@@ -401,6 +410,29 @@ class AlpacaProvider(Provider):
 
     async def profiles(self, symbols: Sequence[str]) -> list[Profile]:
         return await gather_per_symbol(symbols, self._profile, self.dropped)
+
+    async def check_symbol(self, symbol: str) -> str | None:
+        """Alpaca's assets answer an unknown symbol with 404 and a message; an inactive asset
+        has no prices either."""
+        url = f"{self._trading_url}/v2/assets/{quote(symbol, safe='')}"
+        response = await self.http.send(url, {})
+        if response.status_code == 404:
+            return f"Alpaca: {_message(response)}"
+        checked = self.http.check(f"alpaca {response.url.path}", response, missing_ok=False)
+        asset = checked.json() if checked is not None else None
+        if isinstance(asset, dict) and asset.get("status") == "inactive":
+            return f"Alpaca: {symbol} is inactive"
+        return None
+
+    def symbol_limit(self) -> SymbolLimit | None:
+        if not self._stream_enabled:
+            return None  # polled over REST: the rate limit spreads, nothing refuses a symbol
+        n = self._stream_symbol_limit
+        return SymbolLimit(
+            n,
+            f"Alpaca's IEX feed streams at most {n} symbols "
+            "(STOCKSTREAMER_ALPACA_STREAM_SYMBOL_LIMIT)",
+        )
 
     async def week52(self, symbols: Sequence[str]) -> list[Week52]:
         now = datetime.now(UTC)

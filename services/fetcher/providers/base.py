@@ -6,6 +6,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, ClassVar, Protocol
 
@@ -25,6 +26,14 @@ TickSink = Callable[[list[Tick]], None]
 MAX_EPOCH_SECONDS = 253_402_300_799
 EpochSeconds = Annotated[int, Field(ge=0, le=MAX_EPOCH_SECONDS)]
 EpochMillis = Annotated[int, Field(ge=0, le=MAX_EPOCH_SECONDS * 1000)]
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolLimit:
+    """At most `count` symbols, for the reason people are told when a symbol is beyond it."""
+
+    count: int
+    reason: str
 
 
 class ProviderError(Exception):
@@ -118,6 +127,17 @@ class Provider(ABC):
 
     def trade_stream(self, symbols: Sequence[str]) -> TradeStream | None:
         """A push feed of trades, when the provider has one and it is enabled."""
+        return None
+
+    async def check_symbol(self, symbol: str) -> str | None:
+        """Why the vendor cannot serve `symbol` (it does not know it), or None when it can.
+
+        ProviderError when the vendor could not be asked; the caller asks again later.
+        """
+        return None
+
+    def symbol_limit(self) -> SymbolLimit | None:
+        """The most symbols this provider serves as configured, and why; None: no such limit."""
         return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default

@@ -135,6 +135,13 @@ class FinnhubProvider(Provider):
     async def quotes(self, symbols: Sequence[str]) -> list[Tick]:
         return await gather_per_symbol(symbols, self._quote, self.dropped)
 
+    async def check_symbol(self, symbol: str) -> str | None:
+        """Finnhub answers an unknown symbol's quote with zeros (no price, no time)."""
+        quote = validate(Quote, await self._get("/quote", {"symbol": symbol}), f"quote {symbol}")
+        if quote.c == 0 and quote.t == 0:
+            return "unknown symbol: Finnhub has no quote for it"
+        return None
+
     async def _profile(self, symbol: str) -> Profile | None:
         data = await self._get("/stock/profile2", {"symbol": symbol})
         profile = validate(CompanyProfile, data, f"profile {symbol}")

@@ -37,6 +37,10 @@ KNOWN: dict[str, tuple[str, float]] = {
     "NVDA": ("NVIDIA Corporation", 185.0),
     "TSLA": ("Tesla, Inc.", 420.0),
 }
+# Symbols the simulated market does not know (documented, so that a rejection can be seen
+# without a vendor): every ticker starting with this.
+UNKNOWN_PREFIX = "ZZ"
+UNKNOWN_REASON = "unknown symbol"
 # The settings' defaults, not restated here.
 _DEFAULTS = FetcherSettings.model_fields
 
@@ -113,6 +117,9 @@ class SimulatedProvider(Provider):
             price = Decimal(repr(self._step(path))).quantize(CENT)
             ticks.append(Tick(symbol, ts, max(price, CENT), volume=path.rng.randint(1, 500)))
         return ticks
+
+    async def check_symbol(self, symbol: str) -> str | None:
+        return UNKNOWN_REASON if symbol.startswith(UNKNOWN_PREFIX) else None
 
     async def profiles(self, symbols: Sequence[str]) -> list[Profile]:
         return [

@@ -12,7 +12,13 @@ from pydantic import BaseModel, Field
 
 from services.common.models import Bar, Profile, Tick, Week52
 from services.fetcher.providers.badges import logo_data_uri
-from services.fetcher.providers.base import EpochSeconds, Provider, ProviderError, ProviderFatal
+from services.fetcher.providers.base import (
+    EpochSeconds,
+    Provider,
+    ProviderError,
+    ProviderFatal,
+    SymbolLimit,
+)
 from services.fetcher.providers.http import BadPayload, VendorClient, gather_per_symbol, validate
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,7 @@ class TwelveDataProvider(Provider):
             timeout,
             daily_limit,
         )
+        self._rate_period = rate_period
         self._last: dict[str, Quote] = {}
         self._last_ts: dict[str, int] = {}
         self._unknown: set[str] = set()
@@ -160,6 +167,30 @@ class TwelveDataProvider(Provider):
             self._last_ts[symbol] = quote.timestamp
             ticks.append(Tick(symbol, datetime.fromtimestamp(quote.timestamp, UTC), quote.close))
         return ticks
+
+    async def check_symbol(self, symbol: str) -> str | None:
+        """Twelve Data answers an unknown symbol (400/404) or one beyond the plan (403) with an
+        error naming it; the quote of a known one is kept for its profile and range."""
+        data = await self.http.get_json("/quote", {"symbol": symbol, "interval": "1min"})
+        if (
+            isinstance(data, dict)
+            and data.get("status") == "error"
+            and data.get("code") in (400, 403, 404)
+        ):
+            message = str(data.get("message", "")).replace("**", "").strip()
+            return f"Twelve Data: {message or 'symbol not found'}"[:300]
+        self._last[symbol] = validate(Quote, _check(data, "quote"), f"quote {symbol}")
+        return None
+
+    def symbol_limit(self) -> SymbolLimit:
+        """A price round costs a credit per symbol: more symbols than credits in a rate period
+        could not all be priced even once in it."""
+        n = self.http.rate_limit
+        return SymbolLimit(
+            n,
+            f"Twelve Data's plan gives {n} credits per {self._rate_period:g} s, so at most {n} "
+            "symbols are tracked (STOCKSTREAMER_TWELVEDATA_RATE_LIMIT)",
+        )
 
     async def _cached(self, symbols: Sequence[str]) -> dict[str, Quote]:
         """Latest quotes, fetching only those no price round has brought yet (credits are few)."""

@@ -388,3 +388,16 @@ async def test_the_keys_never_reach_a_url_or_a_log(
         assert secret not in caplog.text
         for r in alpaca.requests:
             assert secret not in r.path and secret not in json.dumps(r.params)
+
+
+async def test_a_symbol_is_checked_with_the_assets_which_name_an_unknown_one(
+    alpaca: FakeAlpaca, provider: AlpacaProvider
+) -> None:
+    assert await provider.check_symbol("AAPL") is None
+    assert await provider.check_symbol("FOOBAR") == "Alpaca: asset not found for FOOBAR"
+    assert [c.path for c in alpaca.requests] == ["/v2/assets/AAPL", "/v2/assets/FOOBAR"]
+    limit = provider.symbol_limit()
+    assert limit is not None and limit.count == 30
+    assert limit.reason.startswith("Alpaca's IEX feed streams at most 30 symbols")
+    async with _provider(alpaca, stream=False) as polled:
+        assert polled.symbol_limit() is None  # polled over REST: no socket to fill

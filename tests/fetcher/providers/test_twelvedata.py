@@ -160,3 +160,26 @@ async def test_one_minute_bars_come_from_time_series_in_spans_of_one_call(
     for bar in bars:
         assert bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high
         assert bar.volume is not None and bar.volume > 0 and bar.source == "twelvedata"
+
+
+async def test_a_symbol_is_checked_with_the_vendor_which_names_an_unknown_one(
+    fetcher: Fetcher, twelvedata: FakeTwelveData
+) -> None:
+    provider = fetcher.provider
+    assert await provider.check_symbol("AAPL") is None
+    assert await provider.check_symbol("FOOBAR") == (
+        "Twelve Data: symbol not found: FOOBAR. Please specify it correctly according to API "
+        "Documentation."
+    )
+    # the known symbol's quote serves its profile and range: no second credit spent on it
+    await fetcher.refresh_metadata_once(["AAPL"])
+    assert len(twelvedata.http.calls("/quote")) == 2
+
+
+def test_the_credits_bound_the_symbols(fetcher: Fetcher) -> None:
+    limit = fetcher.provider.symbol_limit()
+    assert limit is not None and limit.count == 100
+    assert limit.reason == (
+        "Twelve Data's plan gives 100 credits per 1 s, so at most 100 symbols are tracked "
+        "(STOCKSTREAMER_TWELVEDATA_RATE_LIMIT)"
+    )
