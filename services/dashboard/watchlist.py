@@ -137,7 +137,8 @@ class WatchlistPanel:
         label = Div(text=text, name=f"watch_{watch.symbol}")
         remove = None
         if removable:
-            remove = Button(label="Remove", name=f"remove_{watch.symbol}", width=80)
+            # named for its symbol: a button read out alone (by a screen reader) says what it does
+            remove = Button(label=f"Remove {watch.symbol}", name=f"remove_{watch.symbol}")
         self.entries[watch.symbol] = Entry(
             row([label, *([remove] if remove else [])]), label, remove
         )

@@ -403,7 +403,7 @@ async def test_the_export_link_follows_the_picked_stocks_and_with_none_exports_a
 ) -> None:
     assert "symbols=AAPL%2CINTC" in session.ui.export.text
     session.ui.picker.value = ["INTC"]
-    assert session.ui.export.text.count("symbols=INTC\"") == 1
+    assert session.ui.export.text.count('symbols=INTC"') == 1
     session.ui.picker.value = []
     assert "symbols" not in session.ui.export.text  # the API's default: every stock
     assert "kind=prices" in session.ui.export.text
