@@ -169,7 +169,8 @@ class DashboardSession:
         self.ui.zone.on_change("active", self._on_zone)
         self.ui.closed.on_change("active", self._on_closed)
         # Writes only with a token, which stays in this process: the page never sees it.
-        self.watchlist = WatchlistPanel(writable=runtime.settings.write_token() is not None)
+        writable = runtime.settings.write_token() is not None
+        self.watchlist = WatchlistPanel(writable, on_remove=self._on_remove)
         self.watchlist.add.on_click(self._on_add)
         self.alerts = AlertsPanel(runtime.feed.firings)
         doc.js_on_event(DocumentReady, self.alerts.on_ready())
@@ -200,13 +201,14 @@ class DashboardSession:
             self.doc.clear()
             self.doc.add_root(Div(text=BUSY_NOTICE, name="busy"))
             return
-        with self.doc.models.freeze():
-            for symbol in [s for s in self.watch if s not in feed.stocks]:
-                self._drop(symbol)  # removed since the page was built
-            for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
-                self._apply_stock(stock, feed.watch.get(stock.symbol))  # changed since
-            if feed.market != self.market:
-                self.market = feed.market
+        for symbol in [s for s in self.watch if s not in feed.stocks]:
+            self._drop(symbol)  # removed since the page was built
+        for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
+            # changed since the page was built; unfrozen, as in `_update_stock`
+            self._apply_stock(stock, feed.watch.get(stock.symbol))
+        if feed.market != self.market:
+            self.market = feed.market
+            with self.doc.models.freeze():
                 self._market_defaults()
         self._show_status(feed.status)
         feed.subscribe(self.deliver)
@@ -474,8 +476,9 @@ class DashboardSession:
     def _update_stock(self, stock: Stock, watch: Watch | None) -> None:
         """A stock event: the watchlist's line, and the stock's line when it has data."""
         before = self.watch.get(stock.symbol)
-        with self.doc.models.freeze():
-            added = self._apply_stock(stock, watch)
+        # Not frozen: with the page shown, a new model must be in the document before more is
+        # set on it (a line's links, a button's subscription), or the browser never hears of it.
+        added = self._apply_stock(stock, watch)
         if added:
             self._reload_soon()  # its history, too (one load for a burst of new stocks)
         elif (
@@ -490,9 +493,7 @@ class DashboardSession:
         symbol = stock.symbol
         watch = watch or Watch(symbol=symbol)
         self.watch[symbol] = watch
-        button = self.watchlist.show(watch)
-        if button is not None:
-            button.on_click(partial(self._on_remove, symbol))
+        self.watchlist.show(watch)
         if not watch.drawn:
             self._remove_stock(symbol)  # no data (yet, or any more): no line
             return False

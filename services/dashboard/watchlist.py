@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from bokeh.layouts import column, row
@@ -105,8 +107,9 @@ class Entry:
 class WatchlistPanel:
     """The symbols, as the watchlist has them; an input and buttons when writes are possible."""
 
-    def __init__(self, writable: bool) -> None:
+    def __init__(self, writable: bool, on_remove: Callable[[str], None]) -> None:
         self.writable = writable
+        self.on_remove = on_remove
         self.heading = Div(text="<h3 style='margin:4px 0'>Watchlist</h3>", name="watchlist_title")
         self.symbol = TextInput(
             placeholder="Symbol, e.g. AMD", name="add_symbol", width=140, visible=writable
@@ -125,25 +128,27 @@ class WatchlistPanel:
             min_width=360,
         )
 
-    def show(self, watch: Watch) -> Button | None:
-        """Show `watch` (a new line in symbol order, or its line updated); a new remove button."""
+    def show(self, watch: Watch) -> None:
+        """Show `watch`: a new line in symbol order, or its line updated."""
         entry = self.entries.get(watch.symbol)
         removable = self.writable and watch.origin == "api"
         text = entry_html(watch, self.writable)
         if entry is not None and (entry.remove is not None) == removable:
             if entry.label.text != text:
                 entry.label.text = text
-            return None
+            return
         label = Div(text=text, name=f"watch_{watch.symbol}")
         remove = None
         if removable:
             # named for its symbol: a button read out alone (by a screen reader) says what it does
             remove = Button(label=f"Remove {watch.symbol}", name=f"remove_{watch.symbol}")
+            # Before it joins the page: a model goes to the browser as it is when it joins, and
+            # without its click subscription the browser would never say it was clicked.
+            remove.on_click(partial(self.on_remove, watch.symbol))
         self.entries[watch.symbol] = Entry(
             row([label, *([remove] if remove else [])]), label, remove
         )
         self.rows.children = [self.entries[s].row for s in sorted(self.entries)]
-        return remove
 
     def drop(self, symbol: str) -> None:
         """`symbol` left the watchlist."""

@@ -8,9 +8,14 @@ from typing import Any
 import pytest
 from bokeh.core.validation.check import check_integrity
 from bokeh.document import Document
-from bokeh.document.events import ColumnsStreamedEvent, DocumentChangedEvent
+from bokeh.document.events import (
+    ColumnsStreamedEvent,
+    DocumentChangedEvent,
+    DocumentPatchedEvent,
+)
 from bokeh.events import ButtonClick
 from bokeh.models.widgets.buttons import Button
+from bokeh.protocol import Protocol
 
 from services.common.clients import TrustedProxies
 from services.common.contract import Stock
@@ -74,6 +79,19 @@ async def read_only(
 def amd(state: str, **extra: Any) -> StockEvent:
     """A stock event of AMD, added through the API, in `state`."""
     return StockEvent(bare_stock("AMD"), Watch(symbol="AMD", state=state, origin="api", **extra))
+
+
+class Mirror:
+    """The document as a browser has it: as it was sent first, then every change as sent."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = Document.from_json(doc.to_json())
+        self.protocol = Protocol()
+        doc.on_change(self._sent)
+
+    def _sent(self, event: DocumentChangedEvent) -> None:
+        if isinstance(event, DocumentPatchedEvent):  # what the server sends, the way it does
+            self.protocol.create("PATCH-DOC", [event]).apply_to_document(self.doc)
 
 
 def entry(s: DashboardSession, symbol: str) -> str:
@@ -165,6 +183,26 @@ async def test_a_removed_symbol_leaves_the_page_at_once(session: DashboardSessio
     await settle(session)
     colours = [line.colour for line in session.chart.lines.values()]
     assert colours == [PALETTE[0], PALETTE[1]] and "INTC" in session.watchlist.entries
+
+
+async def test_the_browser_gets_all_of_a_symbol_added_while_it_shows_the_page(
+    session: DashboardSession,
+) -> None:
+    browser = Mirror(session.doc)
+    session.deliver(amd("pending"))
+    await settle(session)
+    session.deliver(amd("live"))
+    await settle(session)
+    remove = browser.doc.get_model_by_name("remove_AMD")
+    assert remove is not None and "button_click" in remove.subscribed_events  # clicks get here
+    line = browser.doc.get_model_by_name("line_AMD")
+    assert line is not None and line.js_property_callbacks  # a legend click hides its frame
+    legend = browser.doc.get_model_by_name("legend")
+    assert [item.label.value for item in legend.items] == ["AAPL", "INTC", "AMD"]  # type: ignore[attr-defined]
+    session.deliver(RemovedEvent("AMD"))
+    await settle(session)
+    assert browser.doc.get_model_by_name("line_AMD") is None
+    assert browser.doc.get_model_by_name("remove_AMD") is None
 
 
 async def test_adding_through_the_page_calls_the_api_with_the_token(
