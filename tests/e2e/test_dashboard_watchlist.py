@@ -52,19 +52,26 @@ RECORD_JS = """
   look();
 }
 """
+# What the page shows of a symbol, from the models drawn (BokehJS forgets models taken off the
+# page only a while later, so a look-up by name would still find them).
 PAGE_JS = """
 (symbol) => {
   const doc = window.Bokeh && Bokeh.documents[0];
   if (!doc || !doc.get_model_by_name('status')) return null;
   const text = (name) => { const m = doc.get_model_by_name(name); return m ? m.text : null; };
-  const source = doc.get_model_by_name('source_' + symbol);
+  const chart = doc.get_model_by_name('chart');
+  const mine = chart.renderers.filter((r) => r.name === symbol || r.name.endsWith('_' + symbol));
+  const line = mine.find((r) => r.name === 'line_' + symbol);
+  const labels = doc.get_model_by_name('legend').items.map((i) => i.label.value);
+  const entries = doc.get_model_by_name('watchlist_rows').children.map((r) => r.children[0]);
+  const entry = entries.find((d) => d.name === 'watch_' + symbol);
   return {
     status: text('status'),
-    entry: text('watch_' + symbol),
+    entry: entry ? entry.text : null,
     message: text('watchlist_message'),
     alerts: text('alerts'),
-    ts: source ? Array.from(source.data.ts) : null,
-    drawn: ['line_', 'band_', 'logo_', 'legend_'].filter((p) => doc.get_model_by_name(p + symbol)),
+    ts: line ? Array.from(line.data_source.data.ts) : null,
+    drawn: [...mine.map((r) => r.name), ...labels.filter((l) => l === symbol)],
     picked: Array.from(doc.get_model_by_name('symbols').value),
     rows: Array.from(doc.get_model_by_name('latest_source').data.symbol),
     states: window.__states || [],
