@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SHOWN = 20  # firings a page lists (newest first) and a new page starts with
 NO_ALERTS = (
-    "<span style='color:#777;font-size:13px'>No alert has fired since this page opened.</span>"
+    "<span style='color:#777;font-size:13px'>No alert has fired since the dashboard started.</span>"
 )
 ASK_LABEL = "Allow browser notifications"
 

@@ -591,6 +591,8 @@ class DashboardSession:
     # -- adding and removing stocks (through the API, with the dashboard's token) -------------
     def _on_add(self) -> None:
         panel = self.watchlist
+        if not panel.writable:
+            return  # the controls are hidden without a token: a forged click gets nothing
         symbol = (panel.symbol.value_input or panel.symbol.value or "").strip().upper()
         if not symbol:
             panel.say("Type a symbol first, e.g. AMD.", ok=False)
@@ -603,6 +605,7 @@ class DashboardSession:
         )
 
     def _added(self, symbol: str, result: Written | ApiError) -> None:
+        self._log_write("add", symbol, result)
         panel = self.watchlist
         panel.add.disabled = False
         if isinstance(result, Written) and result.ok:
@@ -612,6 +615,8 @@ class DashboardSession:
             panel.say(f"{symbol} not added: {_refusal(result)}", ok=False)
 
     def _on_remove(self, symbol: str) -> None:
+        if not self.watchlist.writable:
+            return
         entry = self.watchlist.entries.get(symbol)
         if entry is not None and entry.remove is not None:
             entry.remove.disabled = True
@@ -622,6 +627,7 @@ class DashboardSession:
         )
 
     def _removed(self, symbol: str, result: Written | ApiError) -> None:
+        self._log_write("remove", symbol, result)
         if isinstance(result, Written) and result.ok:
             self.watchlist.say(f"{symbol} removed.")
             return  # its `stock` event takes it off the page, in every tab
@@ -637,7 +643,7 @@ class DashboardSession:
     ) -> None:
         """Make a write off the lock; `done` gets its answer under it (on the next tick)."""
         token = self.runtime.settings.write_token()
-        if token is None:  # the controls are hidden without one; a forged click gets nothing
+        if token is None:
             return
 
         async def run() -> None:
@@ -652,6 +658,13 @@ class DashboardSession:
         task = asyncio.get_running_loop().create_task(run(), name="write")
         self.writes.add(task)
         task.add_done_callback(self.writes.discard)
+
+    def _log_write(self, action: str, symbol: str, result: Written | ApiError) -> None:
+        status = result.status if isinstance(result, Written) else "unreachable"
+        log.info(
+            "watchlist write from the page",
+            extra={"action": action, "symbol": symbol, "status": status, "client": self.client},
+        )
 
     # -- widgets -----------------------------------------------------------------------------
     def _show_status(self, status: Status) -> None:
