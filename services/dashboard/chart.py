@@ -18,7 +18,7 @@ from bokeh.models.tools import HoverTool
 from bokeh.plotting import figure
 
 from services.dashboard.clock import TimeAxis
-from services.dashboard.shaping import WINDOW_LABELS, WINDOWS
+from services.dashboard.shaping import PALETTE, WINDOW_LABELS, WINDOWS, colour_for
 
 BAND_CAPTION = "Shaded bands: each stock's 52-week range, from its 52-week low to its 52-week high."
 PRICE_FORMAT = "$0,0.00"
@@ -62,6 +62,7 @@ class Line:
     frame: GlyphRenderer[Any]
     logo: GlyphRenderer[Any]
     legend_item: LegendItem
+    colour: str
 
     @property
     def renderers(self) -> list[GlyphRenderer[Any]]:
@@ -189,11 +190,28 @@ class PriceChart:
         self.x_range.renderers = self.y_range.renderers = list(self.ranged)
         self.hover.renderers = [*self.hover.renderers, markers]
         item = LegendItem(label=symbol, name=f"legend_{symbol}")
-        entry = Line(symbol, source, band, line, markers, frame, logo, item)
+        entry = Line(symbol, source, band, line, markers, frame, logo, item, colour)
         item.renderers = entry.renderers
         self.legend.items = [*self.legend.items, item]
         self.lines[symbol] = entry
         return entry
+
+    def remove_line(self, symbol: str) -> None:
+        """Take a stock off the chart: its line, markers, band, logo and legend entry at once."""
+        entry = self.lines.pop(symbol, None)
+        if entry is None:
+            return
+        gone = {entry.band, entry.path, entry.markers, entry.frame, entry.logo}
+        self.figure.renderers = [r for r in self.figure.renderers if r not in gone]
+        self.ranged.remove(entry.path)
+        self.x_range.renderers = self.y_range.renderers = list(self.ranged)
+        self.hover.renderers = [line.markers for line in self.lines.values()]
+        self.legend.items = [line.legend_item for line in self.lines.values()]
+
+    def free_colour(self) -> str:
+        """The first palette colour no line has (lines keep theirs when others go)."""
+        used = {line.colour for line in self.lines.values()}
+        return next((c for c in PALETTE if c not in used), colour_for(len(self.lines)))
 
     def set_window(self, window: str, width: float | None = None) -> None:
         """Show `window`; `width` is its width on the axis when closed hours are collapsed."""

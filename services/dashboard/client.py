@@ -7,13 +7,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import ValidationError
 
 from services.common.contract import Bars, Market, Prices, Sessions, Stock
 from services.dashboard.metrics import DashboardMetrics
+from services.dashboard.watchlist import Watch, watch_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -25,6 +26,18 @@ MAX_SYMBOLS = 50  # the API's limit per request
 
 class ApiError(Exception):
     """The API could not be reached or answered something unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What the API answered a write: its status, and its `detail` when it refused."""
+
+    status: int
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
 
 
 class ApiClient:
@@ -62,9 +75,42 @@ class ApiClient:
         self.metrics.api_seconds.labels(endpoint).observe(time.perf_counter() - started)
         return data
 
-    async def stocks(self) -> list[Stock]:
-        """Every tracked stock with its metadata and last price (malformed ones are left out)."""
+    async def stocks(self) -> list[tuple[Stock, Watch]]:
+        """Every stock of the watchlist with its metadata, last price and state (malformed ones
+        are left out)."""
         return await self._get("/api/v1/stocks", _stocks)
+
+    async def add_stock(self, symbol: str, token: str, client: str | None = None) -> Written:
+        """POST /stocks: ask the API to track `symbol` (202), or its reason not to."""
+        return await self._write("POST", "/api/v1/stocks", token, client, {"symbol": symbol})
+
+    async def remove_stock(self, symbol: str, token: str, client: str | None = None) -> Written:
+        """DELETE /stocks/{symbol}: stop tracking it (204), or the API's reason not to."""
+        return await self._write("DELETE", f"/api/v1/stocks/{symbol}", token, client)
+
+    async def _write(
+        self,
+        method: str,
+        endpoint: str,
+        token: str,
+        client: str | None,
+        body: dict[str, Any] | None = None,
+    ) -> Written:
+        """A write with the dashboard's token, on a viewer's behalf; ApiError when unreachable."""
+        # The API counts a refused token against the viewer's address, not the dashboard's.
+        headers = {"Authorization": f"Bearer {token}"}
+        if client:
+            headers["X-Forwarded-For"] = client
+        label = endpoint if method == "POST" else "/api/v1/stocks/{symbol}"
+        try:
+            response = await self.http.request(method, endpoint, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            self.metrics.api_requests.labels(label, "error").inc()
+            raise ApiError(f"{method} {label}: {type(exc).__name__}") from exc
+        self.metrics.api_requests.labels(label, "ok" if response.is_success else "refused").inc()
+        if response.is_success:
+            return Written(response.status_code)
+        return Written(response.status_code, _detail(response))
 
     async def prices(
         self,
@@ -125,7 +171,7 @@ class ApiClient:
         await self.http.aclose()
 
 
-def _stocks(body: bytes) -> list[Stock]:
+def _stocks(body: bytes) -> list[tuple[Stock, Watch]]:
     """The stocks of a `/stocks` answer; one malformed stock must not hide the others."""
     items = json.loads(body)
     if not isinstance(items, list):
@@ -133,7 +179,22 @@ def _stocks(body: bytes) -> list[Stock]:
     stocks = []
     for item in items:
         try:
-            stocks.append(Stock.model_validate(item))
-        except ValidationError as exc:
+            if not isinstance(item, dict):
+                raise ValueError("a stock must be an object")
+            stocks.append((Stock.model_validate(item), watch_of(item)))
+        except ValueError as exc:  # a ValidationError too
             log.warning("malformed stock left out", extra={"error": str(exc)})
     return stocks
+
+
+def _detail(response: httpx.Response) -> str:
+    """The `detail` of an API error answer (a list of them joined), else its status line."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):  # a framework's validation errors: their messages
+        detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+    if isinstance(detail, str) and detail:
+        return detail
+    return f"{response.status_code} {response.reason_phrase}".strip()

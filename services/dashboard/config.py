@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.config import CommaList, CommonSettings, trusted_proxies_field
 
@@ -64,6 +65,16 @@ class DashboardSettings(CommonSettings):
     dashboard_api_timeout: float = Field(
         5.0, gt=0, le=120, description="Seconds before a REST call to the API gives up."
     )
+    dashboard_api_token: SecretStr | None = Field(
+        None,
+        description="An API write token: with one (here or in dashboard_api_token_file) the page "
+        "can add and remove stocks, relayed to the API with it (it never reaches the browser).",
+    )
+    dashboard_api_token_file: Path | None = Field(
+        None,
+        description="A file holding the API write token (its first line); a secret file, read at "
+        "start. Used when dashboard_api_token is not set.",
+    )
 
     @field_validator("api_url")
     @classmethod
@@ -71,6 +82,28 @@ class DashboardSettings(CommonSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("api_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> DashboardSettings:
+        if self.dashboard_api_token is None and self.dashboard_api_token_file is not None:
+            path = self.dashboard_api_token_file
+            try:
+                lines = path.read_text().splitlines()
+            except OSError as exc:  # a clear settings error, not a traceback
+                raise ValueError(
+                    f"dashboard_api_token_file: cannot read {path}: {exc.strerror}"
+                ) from None
+            # the first line that is not blank or a comment, as the API reads its tokens file
+            tokens = [t.strip() for t in lines if t.strip() and not t.strip().startswith("#")]
+            if not tokens:
+                raise ValueError(f"dashboard_api_token_file: {path} holds no token")
+            self.dashboard_api_token = SecretStr(tokens[0])
+        return self
+
+    def write_token(self) -> str | None:
+        """The token the dashboard's writes present, or None: the page cannot change anything."""
+        token = self.dashboard_api_token
+        return token.get_secret_value().strip() or None if token is not None else None
 
     @model_validator(mode="after")
     def _default_origins(self) -> DashboardSettings:

@@ -10,20 +10,24 @@ import httpx
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
+from services.common.bars import LEVELS
 from services.dashboard.runtime import Runtime
 from services.dashboard.shaping import WINDOWS
 
 log = logging.getLogger(__name__)
 
 KINDS = ("prices", "bars")
-INTERVALS = ("10s", "1m", "2m", "5m", "15m", "30m", "1h", "4h", "1d")
+INTERVALS = tuple(level.name for level in LEVELS)  # the bar widths the API stores
 # Headers of the API's answer the browser gets: what the file is and what it is called.
 RELAYED = ("content-type", "content-disposition", "retry-after")
 
 
 def export_href(kind: str, symbols: list[str], window: str, interval: str | None = None) -> str:
-    """The page's link to /export.csv for a view: its stocks over its window up to now."""
-    query = {"kind": kind, "symbols": ",".join(symbols), "window": window}
+    """The page's link to /export.csv for a view: its stocks over its window up to now (every
+    stock of the watchlist when none is named)."""
+    query = {"kind": kind, "window": window}
+    if symbols:
+        query["symbols"] = ",".join(symbols)
     if interval:
         query["interval"] = interval
     return f"export.csv?{urlencode(query)}"

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,9 +17,11 @@ from httpx_sse import SSEError, aconnect_sse
 
 from services.common.contract import HistoryPayload, Market, PricePayload, ResetPayload, Stock
 from services.common.retry import Backoff
+from services.dashboard.alerts import SHOWN, Firing
 from services.dashboard.client import ApiClient, ApiError
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.shaping import Point
+from services.dashboard.watchlist import Watch, watch_of
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ MARKET_LAG = 1.0
 MARKET_RECHECK = 5.0
 # An announced change this long past that the API never reported: look once a minute only.
 MARKET_STALE = 300.0
+# Firing ids remembered to tell a repeated `alert` event from a new one.
+FIRINGS_REMEMBERED = 1000
 
 
 class Status(StrEnum):
@@ -48,7 +53,24 @@ class PriceEvent:
 
 @dataclass(frozen=True, slots=True)
 class StockEvent:
+    """A stock is new or changed; `watch` is its place in the watchlist (None: plainly live)."""
+
     stock: Stock
+    watch: Watch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedEvent:
+    """A symbol left the watchlist: it is shown no more."""
+
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """A price alert fired (each firing once, however often the stream repeats it)."""
+
+    firing: Firing
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +94,9 @@ class MarketEvent:
     market: Market
 
 
-Event = PriceEvent | StockEvent | ReloadEvent | StatusEvent | MarketEvent
+Event = (
+    PriceEvent | StockEvent | RemovedEvent | ReloadEvent | StatusEvent | MarketEvent | AlertEvent
+)
 Subscriber = Callable[[Event], None]
 
 
@@ -85,7 +109,10 @@ class Feed:
         self.reconnect_max = reconnect_max
         self.status = Status.CONNECTING
         self.last_event_id: str | None = None
-        self.stocks: dict[str, Stock] = {}
+        self.stocks: dict[str, Stock] = {}  # the watchlist's symbols, whatever their state
+        self.watch: dict[str, Watch] = {}
+        self.firings: deque[Firing] = deque(maxlen=SHOWN)  # the newest, for pages opened later
+        self._fired: OrderedDict[int, None] = OrderedDict()
         self.market: Market | None = None  # None until the API says (or when it cannot)
         self.market_lag, self.market_recheck = MARKET_LAG, MARKET_RECHECK
         self._subscribers: set[Subscriber] = set()
@@ -164,8 +191,13 @@ class Feed:
             await backoff.sleep()
 
     async def _refresh_stocks(self) -> None:
-        for stock in await self.client.stocks():
-            self._apply_stock(stock)
+        listed = await self.client.stocks()
+        for stock, watch in listed:
+            self._apply_stock(stock, watch)
+        # Removed while the stream was down: its `stock` event is gone, the listing says so.
+        kept = {stock.symbol for stock, _ in listed}
+        for symbol in [s for s in self.stocks if s not in kept]:
+            self._remove(symbol)
 
     async def _refresh_market(self) -> None:
         try:
@@ -205,7 +237,10 @@ class Feed:
                 timeout = 60.0
             self._market_changed.clear()
             try:
-                await asyncio.wait_for(self._market_changed.wait(), timeout)
+                # Not wait_for, which (before Python 3.12) swallows a cancel that comes as the
+                # event is set, leaving `stop` waiting for this task until the next change.
+                async with asyncio.timeout(timeout):
+                    await self._market_changed.wait()
                 continue  # told by an event or a reconnect: wait for the new state's change
             except TimeoutError:
                 pass
@@ -214,10 +249,28 @@ class Feed:
             except Exception:  # never let the clock stop: the next change is tried again
                 log.exception("market state refresh failed")
 
-    def _apply_stock(self, stock: Stock) -> None:
-        if self.stocks.get(stock.symbol) != stock:
+    def _apply_stock(self, stock: Stock, watch: Watch) -> None:
+        if watch.state == "removed":
+            self._remove(stock.symbol)
+            return
+        if self.stocks.get(stock.symbol) != stock or self.watch.get(stock.symbol) != watch:
             self.stocks[stock.symbol] = stock
-            self._publish(StockEvent(stock))
+            self.watch[stock.symbol] = watch
+            self._publish(StockEvent(stock, watch))
+
+    def _remove(self, symbol: str) -> None:
+        self.watch.pop(symbol, None)
+        if self.stocks.pop(symbol, None) is not None:
+            self._publish(RemovedEvent(symbol))
+
+    def _apply_firing(self, firing: Firing) -> None:
+        if firing.firing_id in self._fired:
+            return  # the same firing again (a repeated delivery): shown once
+        self._fired[firing.firing_id] = None
+        if len(self._fired) > FIRINGS_REMEMBERED:
+            self._fired.popitem(last=False)
+        self.firings.append(firing)
+        self._publish(AlertEvent(firing))
 
     async def _consume(self, resumed: bool) -> None:
         headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
@@ -252,7 +305,17 @@ class Feed:
             if event_id:
                 self.last_event_id = event_id
         elif event == "stock":
-            self._apply_stock(self._stock(json.loads(data)))
+            payload = json.loads(data)
+            if not isinstance(payload, dict):
+                raise ValueError("a stock event must carry an object")
+            symbol = str(payload.get("symbol"))
+            watch = watch_of(payload, self.watch.get(symbol))
+            if watch.state == "removed":
+                self._remove(symbol)  # its other fields are null: nothing else to read
+            else:
+                self._apply_stock(self._stock(payload), watch)
+        elif event == "alert":
+            self._apply_firing(Firing.model_validate_json(data))
         elif event == "history":
             history = HistoryPayload.model_validate_json(data)
             # Only history of stocks this process shows: a notification naming none of them
@@ -269,9 +332,7 @@ class Feed:
             self.last_event_id = str(reset.last_event_id)
             self._publish(ReloadEvent(None))
 
-    def _stock(self, payload: object) -> Stock:
+    def _stock(self, payload: dict[str, object]) -> Stock:
         """The stock a `stock` event describes; fields it leaves out keep their known values."""
-        if not isinstance(payload, dict):
-            raise ValueError("a stock event must carry an object")
         known = self.stocks.get(str(payload.get("symbol")))
         return Stock.model_validate({**known.model_dump(), **payload} if known else payload)

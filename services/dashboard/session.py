@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from enum import Enum
 from functools import partial
 from typing import Any, cast
@@ -27,9 +27,10 @@ from bokeh.models.widgets.markups import Div
 from bokeh.models.widgets.tables import HTMLTemplateFormatter
 
 from services.common.contract import Bars, Market, Prices, Sessions, Stock
+from services.dashboard.alerts import AlertsPanel
 from services.dashboard.candles import CANDLES, CandleChart, candle_columns
 from services.dashboard.chart import PriceChart
-from services.dashboard.client import ApiError
+from services.dashboard.client import ApiError, Written
 from services.dashboard.clock import (
     LOCAL,
     LOCAL_LABEL,
@@ -41,10 +42,12 @@ from services.dashboard.clock import (
 )
 from services.dashboard.export import export_href
 from services.dashboard.feed import (
+    AlertEvent,
     Event,
     MarketEvent,
     PriceEvent,
     ReloadEvent,
+    RemovedEvent,
     Status,
     StatusEvent,
     StockEvent,
@@ -56,7 +59,6 @@ from services.dashboard.shaping import (
     Point,
     band_columns,
     bucket_ms,
-    colour_for,
     logo_columns,
     logo_index,
     merge_ticks,
@@ -65,6 +67,7 @@ from services.dashboard.shaping import (
     table_row,
 )
 from services.dashboard.timeline import REAL, Timeline
+from services.dashboard.watchlist import Watch, WatchlistPanel
 from services.dashboard.widgets import (
     MODES,
     VIEWS,
@@ -138,7 +141,9 @@ class DashboardSession:
         self.max_points = runtime.settings.dashboard_max_points
         self.bucket = bucket_ms(WINDOWS[self.window], self.max_points)
         self.rollover = rollover_for(WINDOWS[self.window], self.bucket, self.max_points)
-        self.stocks: dict[str, Stock] = {}
+        self.stocks: dict[str, Stock] = {}  # the stocks drawn: a line and a row each
+        self.watch: dict[str, Watch] = {}  # every symbol of the watchlist, drawn or not
+        self.writes: set[asyncio.Task[None]] = set()  # adds and removes on their way to the API
         self.bases: dict[str, float | None] = {}
         self.rows: dict[str, int] = {}
         self.phase = Phase.WAITING
@@ -163,15 +168,21 @@ class DashboardSession:
         self.ui.picker.on_change("value", self._on_pick)
         self.ui.zone.on_change("active", self._on_zone)
         self.ui.closed.on_change("active", self._on_closed)
+        # Writes only with a token, which stays in this process: the page never sees it.
+        writable = runtime.settings.write_token() is not None
+        self.watchlist = WatchlistPanel(writable, on_remove=self._on_remove)
+        self.watchlist.add.on_click(self._on_add)
+        self.alerts = AlertsPanel(runtime.feed.firings)
+        doc.js_on_event(DocumentReady, self.alerts.on_ready())
         doc.title = "stockstreamer · live stock prices"
 
-        self.layout = self.ui.page(self.chart.figure)
+        self.layout = self.ui.page(self.chart.figure, self.watchlist.root, self.alerts.root)
         # One model-graph recomputation for the whole page instead of one per property set
         # (which made a page take seconds to open).
         with doc.models.freeze():
             doc.add_root(self.layout)
             for stock in sorted(runtime.feed.stocks.values(), key=lambda s: s.symbol):
-                self._add_stock(stock)
+                self._apply_stock(stock, runtime.feed.watch.get(stock.symbol))
             self._market_defaults()
             self._show_export()
         self._show_status(runtime.feed.status)
@@ -190,11 +201,14 @@ class DashboardSession:
             self.doc.clear()
             self.doc.add_root(Div(text=BUSY_NOTICE, name="busy"))
             return
-        with self.doc.models.freeze():
-            for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
-                self._sync_stock(stock)  # what changed since the page was built
-            if feed.market != self.market:
-                self.market = feed.market
+        for symbol in [s for s in self.watch if s not in feed.stocks]:
+            self._drop(symbol)  # removed since the page was built
+        for stock in sorted(feed.stocks.values(), key=lambda s: s.symbol):
+            # changed since the page was built; unfrozen, as in `_update_stock`
+            self._apply_stock(stock, feed.watch.get(stock.symbol))
+        if feed.market != self.market:
+            self.market = feed.market
+            with self.doc.models.freeze():
                 self._market_defaults()
         self._show_status(feed.status)
         feed.subscribe(self.deliver)
@@ -208,6 +222,8 @@ class DashboardSession:
     def close(self) -> None:
         """The session is gone (`app_hooks.on_session_destroyed`): stop everything it started."""
         self.runtime.feed.unsubscribe(self.deliver)
+        for task in self.writes:
+            task.cancel()
         if self.load is not None:
             self.load.cancel()
         if self.later is not None:
@@ -229,7 +245,11 @@ class DashboardSession:
                         # lines (where a tick its history already has is not drawn twice).
                         self._hold(event)
             elif isinstance(event, StockEvent):
-                self._update_stock(event.stock)
+                self._update_stock(event.stock, event.watch)
+            elif isinstance(event, RemovedEvent):
+                self._drop(event.symbol)
+            elif isinstance(event, AlertEvent):
+                self.alerts.add(event.firing)
             elif isinstance(event, ReloadEvent):
                 if self._overlaps(event):
                     self._reload_for_feed()
@@ -446,27 +466,72 @@ class DashboardSession:
     def _add_stock(self, stock: Stock) -> None:
         symbol = stock.symbol
         self.stocks[symbol] = stock
-        self.chart.add_line(symbol, colour_for(len(self.chart.lines)))
+        self.chart.add_line(symbol, self.chart.free_colour())
         self.rows[symbol] = len(self.rows)
         self.ui.fit_table(len(self.rows))
         self.ui.table_source.stream({k: [v] for k, v in table_row(stock).items()})
         self.ui.add_symbol(symbol)
         self._refresh_bands()
 
-    def _update_stock(self, stock: Stock) -> None:
-        if stock.symbol not in self.stocks:
-            with self.doc.models.freeze():
-                self._add_stock(stock)
+    def _update_stock(self, stock: Stock, watch: Watch | None) -> None:
+        """A stock event: the watchlist's line, and the stock's line when it has data."""
+        before = self.watch.get(stock.symbol)
+        # Not frozen: with the page shown, a new model must be in the document before more is
+        # set on it (a line's links, a button's subscription), or the browser never hears of it.
+        added = self._apply_stock(stock, watch)
+        if added:
             self._reload_soon()  # its history, too (one load for a burst of new stocks)
-            return
-        self._sync_stock(stock)
+        elif (
+            before is not None
+            and before.state == "backfilling"
+            and self.watch[stock.symbol].state == "live"
+        ):
+            self._reload_for_feed()  # its backfill is complete: all of its history
 
-    def _sync_stock(self, stock: Stock) -> None:
-        """Show `stock` as it is now: a new line, or its row, bands and logo updated."""
+    def _apply_stock(self, stock: Stock, watch: Watch | None) -> bool:
+        """Show `stock` as the watchlist has it; True when it became a line (to load)."""
         symbol = stock.symbol
+        watch = watch or Watch(symbol=symbol)
+        self.watch[symbol] = watch
+        self.watchlist.show(watch)
+        if not watch.drawn:
+            self._remove_stock(symbol)  # no data (yet, or any more): no line
+            return False
         if symbol not in self.stocks:
             self._add_stock(stock)
+            return True
+        self._sync_stock(stock)
+        return False
+
+    def _drop(self, symbol: str) -> None:
+        """`symbol` left the watchlist: its line, band, logo, row and entry go at once."""
+        self.watch.pop(symbol, None)
+        with self.doc.models.freeze():
+            self.watchlist.drop(symbol)
+            self._remove_stock(symbol)
+
+    def _remove_stock(self, symbol: str) -> None:
+        if self.stocks.pop(symbol, None) is None:
             return
+        self.bases.pop(symbol, None)
+        self.held = [e for e in self.held if e.symbol != symbol]
+        self.chart.remove_line(symbol)
+        # The table without its row (the others keep their live prices); rows after it move up.
+        gone = self.rows.pop(symbol)
+        table = self.ui.table_source
+        table.data = {k: [v for i, v in enumerate(vs) if i != gone] for k, vs in table.data.items()}
+        self.rows = {s: i - (i > gone) for s, i in self.rows.items()}
+        self.ui.fit_table(len(self.rows))
+        self.ui.remove_symbol(symbol)
+        self.ui.table_rows.indices = sorted(
+            self.rows[s] for s in self.ui.picker.value if s in self.rows
+        )
+        self._refresh_bands()
+        self._place_logos()
+
+    def _sync_stock(self, stock: Stock) -> None:
+        """Show a drawn stock as it is now: its row, bands and logo updated."""
+        symbol = stock.symbol
         old, self.stocks[symbol] = self.stocks[symbol], stock
         i = self.rows[symbol]
         self.ui.table_source.patch({k: [(i, v)] for k, v in table_row(stock).items()})
@@ -521,6 +586,84 @@ class DashboardSession:
                 "price": [(i, anchor.price)],
                 "pct": [(i, pct)],
             }
+        )
+
+    # -- adding and removing stocks (through the API, with the dashboard's token) -------------
+    def _on_add(self) -> None:
+        panel = self.watchlist
+        if not panel.writable:
+            return  # the controls are hidden without a token: a forged click gets nothing
+        symbol = (panel.symbol.value_input or panel.symbol.value or "").strip().upper()
+        if not symbol:
+            panel.say("Type a symbol first, e.g. AMD.", ok=False)
+            return
+        panel.add.disabled = True
+        panel.say(f"Adding {symbol}…")
+        self._write(
+            lambda token: self.runtime.client.add_stock(symbol, token, client=self.client),
+            partial(self._added, symbol),
+        )
+
+    def _added(self, symbol: str, result: Written | ApiError) -> None:
+        self._log_write("add", symbol, result)
+        panel = self.watchlist
+        panel.add.disabled = False
+        if isinstance(result, Written) and result.ok:
+            panel.symbol.value = panel.symbol.value_input = ""
+            panel.say(f"{symbol} added: it shows below as the fetcher takes it on.")
+        else:
+            panel.say(f"{symbol} not added: {_refusal(result)}", ok=False)
+
+    def _on_remove(self, symbol: str) -> None:
+        if not self.watchlist.writable:
+            return
+        entry = self.watchlist.entries.get(symbol)
+        if entry is not None and entry.remove is not None:
+            entry.remove.disabled = True
+        self.watchlist.say(f"Removing {symbol}…")
+        self._write(
+            lambda token: self.runtime.client.remove_stock(symbol, token, client=self.client),
+            partial(self._removed, symbol),
+        )
+
+    def _removed(self, symbol: str, result: Written | ApiError) -> None:
+        self._log_write("remove", symbol, result)
+        if isinstance(result, Written) and result.ok:
+            self.watchlist.say(f"{symbol} removed.")
+            return  # its `stock` event takes it off the page, in every tab
+        entry = self.watchlist.entries.get(symbol)
+        if entry is not None and entry.remove is not None:
+            entry.remove.disabled = False
+        self.watchlist.say(f"{symbol} not removed: {_refusal(result)}", ok=False)
+
+    def _write(
+        self,
+        call: Callable[[str], Coroutine[Any, Any, Written]],
+        done: Callable[[Written | ApiError], None],
+    ) -> None:
+        """Make a write off the lock; `done` gets its answer under it (on the next tick)."""
+        token = self.runtime.settings.write_token()
+        if token is None:
+            return
+
+        async def run() -> None:
+            result: Written | ApiError
+            try:
+                result = await call(token)
+            except ApiError as exc:
+                log.warning("write not sent", extra={"error": str(exc)})
+                result = exc
+            self.doc.add_next_tick_callback(partial(done, result))
+
+        task = asyncio.get_running_loop().create_task(run(), name="write")
+        self.writes.add(task)
+        task.add_done_callback(self.writes.discard)
+
+    def _log_write(self, action: str, symbol: str, result: Written | ApiError) -> None:
+        status = result.status if isinstance(result, Written) else "unreachable"
+        log.info(
+            "watchlist write from the page",
+            extra={"action": action, "symbol": symbol, "status": status, "client": self.client},
         )
 
     # -- widgets -----------------------------------------------------------------------------
@@ -666,3 +809,10 @@ class DashboardSession:
             self.chosen.add("closed")
         if self.started and WINDOWS[self.window] >= DAY_MS:
             self._reload_soon()  # the sessions of the window, or none
+
+
+def _refusal(result: Written | ApiError) -> str:
+    """Why a write did not happen, in the API's words."""
+    if isinstance(result, ApiError):
+        return "the API cannot be reached, try again in a moment."
+    return f"{result.detail} ({result.status})"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bokeh.layouts import column, row
 from bokeh.models.filters import IndexFilter
-from bokeh.models.layouts import Column
+from bokeh.models.layouts import Column, LayoutDOM
 from bokeh.models.plots import Plot
 from bokeh.models.sources import CDSView, ColumnDataSource
 from bokeh.models.widgets.groups import RadioButtonGroup
@@ -239,8 +240,20 @@ class Controls:
         if not self.candle_symbol.value:
             self.candle_symbol.value = symbol
 
-    def page(self, chart: Plot) -> Column:
-        """Title and indicator, controls, the chart, then the table (candles go under the chart)."""
+    def remove_symbol(self, symbol: str) -> None:
+        """A stock that left the watchlist can no longer be picked."""
+        self.picker.value = [s for s in self.picker.value if s != symbol]
+        self.picker.options = [s for s in self.picker.options if s != symbol]
+        options: list[str | tuple[Any, str]] = [
+            s for s in self.candle_symbol.options if isinstance(s, str) and s != symbol
+        ]
+        if self.candle_symbol.value == symbol:
+            self.candle_symbol.value = options[0] if options else ""
+        self.candle_symbol.options = options
+
+    def page(self, chart: Plot, *panels: LayoutDOM) -> Column:
+        """Title and indicator, controls, the chart, the table, then the panels side by side
+        (candles go under the chart)."""
         heading = Div(text="<h2 style='margin:0'>stockstreamer</h2>", name="heading")
         times = Div(text="<span style='color:#444'>Times:</span>", name="times_label")
         return column(
@@ -257,5 +270,6 @@ class Controls:
             row(self.closed, times, self.zone, self.export, sizing_mode="stretch_width"),
             chart,
             self.table,
+            row(*panels, sizing_mode="stretch_width", name="panels"),
             sizing_mode="stretch_width",
         )

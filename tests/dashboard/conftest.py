@@ -41,8 +41,9 @@ def parsed_stock(symbol: str, price: float, **extra: Any) -> Stock:
 
 
 def bare_stock(symbol: str) -> Stock:
-    """A stock the API knows nothing else about: every other field null."""
-    fields = {**dict.fromkeys(Stock.model_fields), "symbol": symbol, "failover": False}
+    """A stock the API knows nothing else about: every other field null (or its default)."""
+    required = [name for name, info in Stock.model_fields.items() if info.is_required()]
+    fields = {**dict.fromkeys(required), "symbol": symbol, "failover": False}
     return Stock.model_validate(fields)
 
 

@@ -31,6 +31,17 @@ class StreamEvent:
 
 
 @dataclass
+class Write:
+    """A write the API was sent: what a real one would authorise and act on."""
+
+    method: str
+    path: str
+    authorization: str | None
+    forwarded_for: str | None
+    body: Any
+
+
+@dataclass
 class FakeApi:
     """Canned stocks and prices, an SSE stream fed by `push`, and a log of what was asked."""
 
@@ -48,6 +59,9 @@ class FakeApi:
     session_requests: list[dict[str, str]] = field(default_factory=list)
     market_requests: int = 0
     fail_prices: bool = False
+    writes: list[Write] = field(default_factory=list)
+    # The next writes' answers (status, JSON body), oldest first; then 202 (POST) or 204 (DELETE).
+    write_answers: list[tuple[int, dict[str, Any] | None]] = field(default_factory=list)
     delay: float = 0.0  # seconds every history answer takes
     port: int = field(default_factory=free_port)
     _drops: int = 0
@@ -67,7 +81,32 @@ class FakeApi:
 
     # -- the app -----------------------------------------------------------------------------
     async def _stocks(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self._write(request, 202)
         return JSONResponse(self.stocks)
+
+    async def _write(self, request: Request, status: int) -> Response:
+        raw = await request.body()
+        self.writes.append(
+            Write(
+                request.method,
+                request.url.path,
+                request.headers.get("authorization"),
+                request.headers.get("x-forwarded-for"),
+                json.loads(raw) if raw else None,
+            )
+        )
+        if self.write_answers:
+            status, body = self.write_answers.pop(0)
+            return JSONResponse(body, status_code=status)
+        if status == 204:
+            return Response(status_code=204)
+        symbol = self.writes[-1].body["symbol"]
+        nothing = dict.fromkeys(("name", "logo_url", "week52_high", "week52_low"))
+        return JSONResponse({"symbol": symbol, **nothing, "state": "pending"}, status_code=status)
+
+    async def _unstock(self, request: Request) -> Response:
+        return await self._write(request, 204)
 
     async def _served(self, request: Request) -> bool:
         """Take `delay` over a history answer; False when the client leaves meanwhile."""
@@ -148,7 +187,8 @@ class FakeApi:
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/api/v1/stocks", self._stocks),
+                Route("/api/v1/stocks", self._stocks, methods=["GET", "POST"]),
+                Route("/api/v1/stocks/{symbol}", self._unstock, methods=["DELETE"]),
                 Route("/api/v1/prices", self._prices),
                 Route("/api/v1/bars", self._bars),
                 Route("/api/v1/market", self._market),

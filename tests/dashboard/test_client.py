@@ -7,7 +7,7 @@ import pytest
 from services.dashboard.client import ApiClient, ApiError
 from services.dashboard.metrics import DashboardMetrics
 from services.runner.embedded_db import free_port
-from tests.dashboard.conftest import T0
+from tests.dashboard.conftest import T0, stock
 from tests.dashboard.fake_api import FakeApi
 
 
@@ -24,7 +24,7 @@ async def test_prices_sends_the_window_and_reads_the_series(
         {"symbols": "AAPL,INTC", "start": str(T0 - 3_600_000), "max_points": "500"}
     ]
     assert [s.symbol for s in data.series] == ["AAPL", "INTC"]
-    assert [s.symbol for s in stocks] == ["AAPL", "INTC"]
+    assert [(s.symbol, w.state) for s, w in stocks] == [("AAPL", "live"), ("INTC", "live")]
     ok = metrics.registry.get_sample_value(
         "stockstreamer_dashboard_api_requests_total",
         {"endpoint": "/api/v1/prices", "outcome": "ok"},
@@ -71,3 +71,72 @@ async def test_history_for_a_viewer_names_the_viewer_to_the_api(
     finally:
         await client.aclose()
     assert fake_api.forwarded_for == ["203.0.113.7", "2001:db8::1", None]
+
+
+TOKEN = "a-dashboard-token-of-some-length"
+
+
+async def test_writes_carry_the_token_and_the_viewer(
+    fake_api: FakeApi, metrics: DashboardMetrics
+) -> None:
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    try:
+        added = await client.add_stock("AMD", TOKEN, client="203.0.113.7")
+        removed = await client.remove_stock("AMD", TOKEN)
+    finally:
+        await client.aclose()
+    assert (added.ok, added.status, removed.ok, removed.status) == (True, 202, True, 204)
+    post, delete = fake_api.writes
+    assert (post.method, post.path, post.body) == ("POST", "/api/v1/stocks", {"symbol": "AMD"})
+    assert (delete.method, delete.path, delete.body) == ("DELETE", "/api/v1/stocks/AMD", None)
+    assert post.authorization == delete.authorization == f"Bearer {TOKEN}"
+    assert (post.forwarded_for, delete.forwarded_for) == ("203.0.113.7", None)
+
+
+async def test_a_refused_write_says_why_in_the_apis_words(
+    fake_api: FakeApi, metrics: DashboardMetrics
+) -> None:
+    fake_api.write_answers = [
+        (409, {"detail": "AAPL is set in STOCKSTREAMER_SYMBOLS"}),
+        (422, {"detail": [{"loc": ["body", "symbol"], "msg": "symbol: not a ticker"}]}),
+        (502, None),
+    ]
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    down = ApiClient(f"http://127.0.0.1:{free_port()}", 2.0, metrics)
+    try:
+        conflict = await client.remove_stock("AAPL", TOKEN)
+        invalid = await client.add_stock("no way", TOKEN)
+        bad_gateway = await client.add_stock("AMD", TOKEN)
+        with pytest.raises(ApiError, match="ConnectError"):
+            await down.add_stock("AMD", TOKEN)
+    finally:
+        await client.aclose()
+        await down.aclose()
+    assert (conflict.ok, conflict.status) == (False, 409)
+    assert conflict.detail == "AAPL is set in STOCKSTREAMER_SYMBOLS"
+    assert (invalid.status, invalid.detail) == (422, "symbol: not a ticker")
+    assert (bad_gateway.status, bad_gateway.detail) == (502, "502 Bad Gateway")
+    assert fake_api.writes[1].body == {"symbol": "no way"}  # the API judges it, not us
+
+
+async def test_the_watchlist_fields_come_with_the_stocks(
+    fake_api: FakeApi, metrics: DashboardMetrics
+) -> None:
+    fake_api.stocks = [
+        stock("AAPL", 270.0, state="live", origin="config"),
+        {**dict.fromkeys(("name", "logo_url", "week52_high", "week52_low")), "symbol": "AMD"}
+        | {"previous_close": None, "metadata_updated_at": None, "last_price": None}
+        | {"last_ts": None, "change": None, "change_pct": None}
+        | {"state": "backfilling", "progress": 0.25, "reason": None, "origin": "api"},
+    ]
+    client = ApiClient(fake_api.url, 2.0, metrics)
+    try:
+        listed = await client.stocks()
+    finally:
+        await client.aclose()
+    watches = [w for _, w in listed]
+    assert [(w.symbol, w.state, w.origin) for w in watches] == [
+        ("AAPL", "live", "config"),
+        ("AMD", "backfilling", "api"),
+    ]
+    assert watches[1].progress == 0.25 and watches[1].drawn

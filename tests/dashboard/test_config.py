@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -42,4 +44,38 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("STOCKSTREAMER_").lower()):
+        DashboardSettings()
+
+
+def test_without_a_token_the_page_cannot_write() -> None:
+    assert DashboardSettings().write_token() is None
+
+
+def test_the_token_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKSTREAMER_DASHBOARD_API_TOKEN", "s3cret-token-for-writes")
+    s = DashboardSettings()
+    assert s.write_token() == "s3cret-token-for-writes"
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s.model_dump())
+
+
+def test_the_token_file_is_read_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    file = tmp_path / "api-token"
+    file.write_text("# made by the runner\n\n  token-from-the-file  \nsecond-token\n")
+    monkeypatch.setenv("STOCKSTREAMER_DASHBOARD_API_TOKEN_FILE", str(file))
+    s = DashboardSettings()
+    file.unlink()  # read once, at start
+    assert s.write_token() == "token-from-the-file"
+    monkeypatch.setenv("STOCKSTREAMER_DASHBOARD_API_TOKEN", "given-directly-wins")
+    assert DashboardSettings().write_token() == "given-directly-wins"  # the file not read
+
+
+@pytest.mark.parametrize("contents", [None, "", "# only a comment\n"])
+def test_an_unusable_token_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, contents: str | None
+) -> None:
+    file = tmp_path / "api-token"
+    if contents is not None:
+        file.write_text(contents)
+    monkeypatch.setenv("STOCKSTREAMER_DASHBOARD_API_TOKEN_FILE", str(file))
+    with pytest.raises(ValidationError, match="dashboard_api_token_file"):
         DashboardSettings()

@@ -11,18 +11,20 @@ import pytest
 from services.common.retry import Backoff
 from services.dashboard.client import ApiClient
 from services.dashboard.feed import (
+    AlertEvent,
     Event,
     Feed,
     MarketEvent,
     PriceEvent,
     ReloadEvent,
+    RemovedEvent,
     Status,
     StatusEvent,
     StockEvent,
 )
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.shaping import Point
-from tests.dashboard.conftest import T0
+from tests.dashboard.conftest import T0, bare_stock
 from tests.dashboard.fake_api import FakeApi
 
 
@@ -218,3 +220,82 @@ async def test_the_market_is_asked_again_when_it_is_due_to_open(
     asked = fake_api.market_requests
     await asyncio.sleep(0.3)
     assert fake_api.market_requests == asked  # the close is an hour away: nothing until then
+
+
+def firing(firing_id: int, **extra: object) -> dict[str, object]:
+    """An `alert` event's data, as the API sends it."""
+    return {
+        "firing_id": firing_id,
+        "alert_id": 3,
+        "symbol": "AAPL",
+        "condition": "above",
+        "value": 271.0,
+        "price": 271.5,
+        "line": 271.0,
+        "ts": T0 + 7,
+        "note": "take profit",
+        "channels": ["browser"],
+        **extra,
+    }
+
+
+async def test_watchlist_states_come_and_a_removed_symbol_goes(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    amd = {**bare_stock("AMD").model_dump(mode="json"), "origin": "api"}
+    fake_api.push("stock", {**amd, "state": "pending"})
+    fake_api.push("stock", {**amd, "state": "backfilling", "progress": 0.5})
+    fake_api.push("stock", {"symbol": "AMD", "progress": 0.75})  # a partial one keeps the rest
+    fake_api.push("stock", {**amd, "state": "live", "progress": None})
+    removed = {**dict.fromkeys(amd), "symbol": "AMD", "state": "removed"}
+    fake_api.push("stock", removed)
+    fake_api.push("stock", removed)  # again: nothing more
+    fake_api.push("stock", {**removed, "symbol": "ZZZ"})  # never known: nothing
+    fake_api.push("price", {"symbol": "AAPL", "ts": T0 + 5, "price": 1.0}, id=1)
+    await until(lambda: len(prices(events)) == 1)
+
+    changes = [e for e in events if isinstance(e, StockEvent) and e.stock.symbol == "AMD"]
+    watches = [e.watch for e in changes if e.watch is not None]
+    assert [(w.state, w.progress, w.origin) for w in watches] == [
+        ("pending", None, "api"),
+        ("backfilling", 0.5, "api"),
+        ("backfilling", 0.75, "api"),
+        ("live", None, "api"),
+    ]
+    assert [e for e in events if isinstance(e, RemovedEvent)] == [RemovedEvent("AMD")]
+    assert "AMD" not in f.stocks and "AMD" not in f.watch
+    assert f.watch["AAPL"].state == "live"  # an API from before the watchlist: live
+
+
+async def test_a_symbol_removed_while_away_goes_on_reconnect(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    fake_api.stocks = fake_api.stocks[:1]
+    fake_api.drop_streams()
+    await until(lambda: len(fake_api.stream_requests) == 2 and f.status is Status.LIVE)
+    assert [e for e in events if isinstance(e, RemovedEvent)] == [RemovedEvent("INTC")]
+    assert sorted(f.stocks) == ["AAPL"]
+
+
+async def test_each_firing_is_fanned_out_once(
+    fake_api: FakeApi, feed: tuple[Feed, list[Event]]
+) -> None:
+    f, events = feed
+    await until(lambda: f.status is Status.LIVE)
+    fake_api.push("alert", firing(1))
+    fake_api.push("alert", firing(1))  # delivered again: the same firing
+    fake_api.push("alert", {"firing_id": 2})  # malformed: dropped, the stream survives
+    fake_api.push("alert", firing(2, symbol="INTC", condition="below", note=None))
+    fake_api.push("price", {"symbol": "AAPL", "ts": T0 + 5, "price": 1.0}, id=1)
+    await until(lambda: len(prices(events)) == 1)
+    fired = [e.firing for e in events if isinstance(e, AlertEvent)]
+    assert [(x.firing_id, x.symbol, x.note) for x in fired] == [
+        (1, "AAPL", "take profit"),
+        (2, "INTC", None),
+    ]
+    assert fired[0].channels == ["browser"] and fired[0].price == 271.5
+    assert list(f.firings) == fired  # what a page opened later starts with

@@ -17,10 +17,12 @@ from bokeh.document.events import (
 )
 from bokeh.events import DocumentReady
 
+from services.common.bars import LEVELS
 from services.common.clients import TrustedProxies
 from services.common.contract import Stock
 from services.dashboard.client import ApiClient
 from services.dashboard.config import DashboardSettings
+from services.dashboard.export import INTERVALS
 from services.dashboard.feed import Feed, PriceEvent, ReloadEvent, Status, StatusEvent, StockEvent
 from services.dashboard.metrics import DashboardMetrics
 from services.dashboard.runtime import Runtime
@@ -394,3 +396,18 @@ async def test_the_candle_view_loads_bars_and_keeps_the_last_candle_live(
     await settle(session)
     assert fake_api.bar_requests[-1]["symbols"] == "INTC"
     assert list(chart.source.data["ts"]) == []
+
+
+async def test_the_export_link_follows_the_picked_stocks_and_with_none_exports_all(
+    session: DashboardSession,
+) -> None:
+    assert "symbols=AAPL%2CINTC" in session.ui.export.text
+    session.ui.picker.value = ["INTC"]
+    assert session.ui.export.text.count('symbols=INTC"') == 1
+    session.ui.picker.value = []
+    assert "symbols" not in session.ui.export.text  # the API's default: every stock
+    assert "kind=prices" in session.ui.export.text
+
+
+def test_the_exports_bar_widths_are_the_stored_levels() -> None:
+    assert INTERVALS == tuple(level.name for level in LEVELS) and "1m" in INTERVALS
