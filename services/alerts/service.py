@@ -24,7 +24,13 @@ from services.alerts.delivery import Deliverer, Notice
 from services.alerts.evaluator import Evaluator, Outcome
 from services.alerts.metrics import AlertsMetrics
 from services.alerts.store import AlertStore, spec_of
-from services.common.db import OUTAGE_ERRORS, connect, create_pool, current_url, redact_url
+from services.common.db import (
+    OUTAGE_ERRORS,
+    create_pool,
+    current_url,
+    listening,
+    redact_url,
+)
 from services.common.retry import Backoff
 from services.common.symbols import is_valid_symbol
 
@@ -117,60 +123,56 @@ class AlertService:
 
     # -- one connection's life ---------------------------------------------------------------
     async def _session(self) -> None:
-        conn = await connect(self.url, self.role)
-        lost = asyncio.Event()
-
-        def on_lost(_conn: object) -> None:
-            lost.set()
-            self._wake.set()
-
-        conn.add_termination_listener(on_lost)
-        try:
-            for channel in CHANNELS:
-                await conn.add_listener(channel, self._on_notification)
-            store = AlertStore(conn)
-            self.cursor = await store.prepare(self.channels)
-            self._head = max(self._head, await store.head())
-            if self._pool is None:
-                self._pool = await create_pool(self.url, self.role, min_size=1, max_size=2)
-            self._prices_due = True  # whatever committed while we were not listening
-            await self._load(store)
-            await self._redeliver(store)
-            self.connected = True
-            self.metrics.database_up.set(1)
-            self._backoff.reset()
-            if self._outage_since is not None:
+        async with listening(
+            self.url, self.role, CHANNELS, self._on_notification, self._wake
+        ) as link:
+            conn = link.conn
+            try:
+                store = AlertStore(conn)
+                self.cursor = await store.prepare(self.channels)
+                self._head = max(self._head, await store.head())
+                if self._pool is None:
+                    self._pool = await create_pool(self.url, self.role, min_size=1, max_size=2)
+                self._prices_due = True  # whatever committed while we were not listening
+                await self._load(store)
+                await self._redeliver(store)
+                self.connected = True
+                self.metrics.database_up.set(1)
+                self._backoff.reset()
+                if self._outage_since is not None:
+                    log.info(
+                        "database is back; catching up",
+                        extra={"outage_s": round(time.monotonic() - self._outage_since, 1)},
+                    )
+                    self._outage_since = None
                 log.info(
-                    "database is back; catching up",
-                    extra={"outage_s": round(time.monotonic() - self._outage_since, 1)},
+                    "alerts service ready",
+                    extra={
+                        "after_event_id": self.cursor,
+                        "alerts": len(self.evaluator),
+                        "channels": ",".join([BROWSER, *sorted(self.channels)]),
+                    },
                 )
-                self._outage_since = None
-            log.info(
-                "alerts service ready",
-                extra={
-                    "after_event_id": self.cursor,
-                    "alerts": len(self.evaluator),
-                    "channels": ",".join([BROWSER, *sorted(self.channels)]),
-                },
-            )
-            while not self._stopping.is_set():
-                await self._drain(store)
-                if self._stopping.is_set():
-                    break
-                try:
-                    await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_SECONDS)
-                except TimeoutError:
-                    await conn.fetchval("SELECT 1", timeout=IDLE_CHECK_SECONDS)
-                self._wake.clear()
-                if lost.is_set():
-                    raise ConnectionError("LISTEN connection closed")
-        finally:
-            self.connected = False
-            self.metrics.database_up.set(0)
-            if self._stopping.is_set() and not conn.is_closed():
-                with contextlib.suppress(*OUTAGE_ERRORS):
-                    await asyncio.wait_for(conn.close(), 2.0)
-            conn.terminate()
+                while not self._stopping.is_set():
+                    await self._drain(store)
+                    if self._stopping.is_set():
+                        break
+                    # (asyncio.timeout, not wait_for: on 3.11 a wake-up at the moment of a
+                    # cancellation would swallow it)
+                    try:
+                        async with asyncio.timeout(IDLE_CHECK_SECONDS):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        await conn.fetchval("SELECT 1", timeout=IDLE_CHECK_SECONDS)
+                    self._wake.clear()
+                    if link.lost.is_set():
+                        raise ConnectionError("LISTEN connection closed")
+            finally:
+                self.connected = False
+                self.metrics.database_up.set(0)
+                if self._stopping.is_set() and not conn.is_closed():
+                    with contextlib.suppress(*OUTAGE_ERRORS):
+                        await asyncio.wait_for(conn.close(), 2.0)
 
     def _on_notification(self, _conn: object, _pid: int, channel: str, message: object) -> None:
         payload = str(message)

@@ -32,7 +32,7 @@ from services.api.feed import Feed, MarketWatch, seconds_until
 from services.api.metrics import ApiMetrics
 from services.api.rows import removed_stock, stock_from_row
 from services.common.contract import AlertFiring, HistoryPayload, Market
-from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
+from services.common.db import OUTAGE_ERRORS, UrlSource, current_url, listening, redact_url
 from services.common.retry import Backoff
 from services.common.symbols import is_valid_symbol
 
@@ -320,53 +320,45 @@ class Broadcaster:
 
     async def _session(self) -> None:
         """Listen on one connection until it fails; raises the failure."""
-        conn = await connect(self.url, self.role)
-        lost = asyncio.Event()
+        async with listening(
+            self.url, self.role, CHANNELS, self._on_notification, self._wake
+        ) as link:
+            try:
+                await self._caught_up(link.conn)
+                await self._serve(link.conn, link.lost)
+            finally:
+                self.connected = False
+                self.metrics.listener_up.set(0)
 
-        def on_lost(_conn: object) -> None:
-            lost.set()
-            self._wake.set()
-
-        conn.add_termination_listener(on_lost)
-        try:
-            for channel in CHANNELS:
-                await conn.add_listener(channel, self._on_notification)
-            head = await conn.fetchval(queries.HEAD_EVENT_ID)
-            if self.last_seen is None:
-                # Streams that started before the first connection must miss nothing either.
-                afters = [s.after for s in self.subscribers if s.after is not None]
-                self.last_seen = min([head, *afters])
-            watched = {r["symbol"] for r in await conn.fetch(queries.ALL_SYMBOLS)}
-            if self.last_firing is None:
-                self.last_firing = await conn.fetchval(queries.LAST_FIRING)
-            if self._lost_at is not None:
-                self.metrics.listener_reconnects.inc()
-                # Every stock again, once: its metadata or its live source (which leaves no
-                # trace to ask for since a moment) may have changed while we were away; and
-                # those removed meanwhile, as removed.
-                self._stocks_due.update((s, None) for s in sorted(watched))
-                self._watchlist_due.update((s, None) for s in sorted(self._shown - watched))
-                self._alerts_due.update(
-                    (r["firing_id"], None)
-                    for r in await conn.fetch(
-                        queries.FIRINGS_AFTER, self.last_firing, ALERT_CATCH_UP
-                    )
-                )
-                log.info(
-                    "stream listener reconnected; catching up", extra={"after": self.last_seen}
-                )
-                self._lost_at = None
-            self._shown = watched
-            self._prices_due = True  # whatever committed while we were not listening
-            self._feed_due = True  # and the feed, which may have changed meanwhile
-            self.connected = True
-            self.metrics.listener_up.set(1)
-            self._backoff.reset()
-            await self._serve(conn, lost)
-        finally:
-            self.connected = False
-            self.metrics.listener_up.set(0)
-            conn.terminate()
+    async def _caught_up(self, conn: asyncpg.Connection) -> None:
+        """A new connection's start: where streams resume, and what changed while away."""
+        head = await conn.fetchval(queries.HEAD_EVENT_ID)
+        if self.last_seen is None:
+            # Streams that started before the first connection must miss nothing either.
+            afters = [s.after for s in self.subscribers if s.after is not None]
+            self.last_seen = min([head, *afters])
+        watched = {r["symbol"] for r in await conn.fetch(queries.ALL_SYMBOLS)}
+        if self.last_firing is None:
+            self.last_firing = await conn.fetchval(queries.LAST_FIRING)
+        if self._lost_at is not None:
+            self.metrics.listener_reconnects.inc()
+            # Every stock again, once: its metadata or its live source (which leaves no
+            # trace to ask for since a moment) may have changed while we were away; and
+            # those removed meanwhile, as removed.
+            self._stocks_due.update((s, None) for s in sorted(watched))
+            self._watchlist_due.update((s, None) for s in sorted(self._shown - watched))
+            self._alerts_due.update(
+                (r["firing_id"], None)
+                for r in await conn.fetch(queries.FIRINGS_AFTER, self.last_firing, ALERT_CATCH_UP)
+            )
+            log.info("stream listener reconnected; catching up", extra={"after": self.last_seen})
+            self._lost_at = None
+        self._shown = watched
+        self._prices_due = True  # whatever committed while we were not listening
+        self._feed_due = True  # and the feed, which may have changed meanwhile
+        self.connected = True
+        self.metrics.listener_up.set(1)
+        self._backoff.reset()
 
     async def _serve(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         while True:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -75,6 +78,44 @@ async def connect(
         conn.terminate()
         raise
     return conn
+
+
+Notified = Callable[[Any, int, str, object], None]
+"""asyncpg's notification callback: connection, sender's pid, channel, payload."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """A connection LISTENing on its channels, and the event set when it is lost."""
+
+    conn: asyncpg.Connection
+    lost: asyncio.Event
+
+
+@asynccontextmanager
+async def listening(
+    url: UrlSource,
+    role: str | None,
+    channels: Sequence[str],
+    notified: Notified,
+    wake: asyncio.Event,
+) -> AsyncIterator[Listening]:
+    """One connection that LISTENs on `channels`; a lost connection sets `lost` and `wake`, so a
+    loop waiting for notifications notices at once. Terminated on the way out."""
+    conn = await connect(url, role)
+    lost = asyncio.Event()
+
+    def on_lost(_conn: object) -> None:
+        lost.set()
+        wake.set()
+
+    conn.add_termination_listener(on_lost)
+    try:
+        for channel in channels:
+            await conn.add_listener(channel, notified)
+        yield Listening(conn, lost)
+    finally:
+        conn.terminate()
 
 
 async def create_pool(

@@ -2,7 +2,8 @@
 
 The API adds and removes rows and sends NOTIFY watchlist; the fetcher LISTENs on a connection of
 its own, reads the whole table again after every notification and every reconnect (a few dozen
-rows; nothing committed while it was not listening can be missed), and hands the rows over.
+rows; nothing committed while it was not listening can be missed), and hands the rows over. An
+idle connection is only probed, never read from.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Literal
 
 import asyncpg
 
-from services.common.db import OUTAGE_ERRORS, UrlSource, connect, current_url, redact_url
+from services.common.db import (
+    OUTAGE_ERRORS,
+    Listening,
+    UrlSource,
+    current_url,
+    listening,
+    redact_url,
+)
 from services.common.retry import Backoff
 from services.fetcher.metrics import FetcherMetrics
 
@@ -174,51 +182,51 @@ class WatchlistListener:
             await self._backoff.sleep()
 
     async def _session(self) -> None:
-        conn = await connect(self.url, self.role)
-        lost = asyncio.Event()
+        async with listening(self.url, self.role, (CHANNEL,), self._notified, self._wake) as link:
+            conn = link.conn
+            try:
+                if not self.reconciled:
+                    changes = await reconcile(conn, self.configured)
+                    self.reconciled = True
+                    if changes:
+                        log.info(
+                            "watchlist follows STOCKSTREAMER_SYMBOLS",
+                            extra={"changes": ",".join(f"{s}:{c}" for s, c in changes)},
+                        )
+                if self._lost:
+                    self.metrics.watchlist_reconnects.inc()
+                    log.info("watchlist listener reconnected; reading the watchlist again")
+                    self._lost = False
+                self.pid = conn.get_server_pid()
+                self.connected = True
+                self.metrics.watchlist_listener_up.set(1)
+                self._backoff.reset()
+                while True:
+                    # Cleared before the read, never after it: a notification during the read
+                    # sets it again and brings one more read.
+                    self._wake.clear()
+                    self.on_rows(await read(conn))
+                    await self._until_woken(link)
+            finally:
+                self.connected = False
+                self.pid = None
+                self.metrics.watchlist_listener_up.set(0)
 
-        def on_lost(_conn: object) -> None:
-            lost.set()
-            self._wake.set()
-
-        conn.add_termination_listener(on_lost)
-        try:
-            await conn.add_listener(CHANNEL, self._notified)
-            if not self.reconciled:
-                changes = await reconcile(conn, self.configured)
-                self.reconciled = True
-                if changes:
-                    log.info(
-                        "watchlist follows STOCKSTREAMER_SYMBOLS",
-                        extra={"changes": ",".join(f"{s}:{c}" for s, c in changes)},
-                    )
-            if self._lost:
-                self.metrics.watchlist_reconnects.inc()
-                log.info("watchlist listener reconnected; reading the watchlist again")
-                self._lost = False
-            self.pid = conn.get_server_pid()
-            self.connected = True
-            self.metrics.watchlist_listener_up.set(1)
-            self._backoff.reset()
-            while True:
-                # Cleared before the read, never after it: a notification during the read
-                # sets it again and brings one more read.
-                self._wake.clear()
-                self.on_rows(await read(conn))
-                # (asyncio.timeout, not wait_for: on 3.11 a wake-up at the moment of a
-                # cancellation would swallow it, and the fetcher could not stop)
-                try:
-                    async with asyncio.timeout(IDLE_CHECK_SECONDS):
-                        await self._wake.wait()
-                except TimeoutError:
-                    await conn.fetchval(SELECT_ONE, timeout=IDLE_CHECK_SECONDS)
-                if lost.is_set():
-                    raise ConnectionError("watchlist LISTEN connection closed")
-        finally:
-            self.connected = False
-            self.pid = None
-            self.metrics.watchlist_listener_up.set(0)
-            conn.terminate()
+    async def _until_woken(self, link: Listening) -> None:
+        """Until a notification (or wake()) comes; an idle connection is probed meanwhile, and
+        the table is read again only when something may have changed."""
+        while True:
+            # (asyncio.timeout, not wait_for: on 3.11 a wake-up at the moment of a
+            # cancellation would swallow it, and the fetcher could not stop)
+            try:
+                async with asyncio.timeout(IDLE_CHECK_SECONDS):
+                    await self._wake.wait()
+            except TimeoutError:
+                await link.conn.fetchval(SELECT_ONE, timeout=IDLE_CHECK_SECONDS)
+            if link.lost.is_set():
+                raise ConnectionError("watchlist LISTEN connection closed")
+            if self._wake.is_set():
+                return
 
     def _notified(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         self._wake.set()
