@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.utils.waiting import eventually
+from tests.utils.loopback import LoopbackServer
 
 
 @dataclass
@@ -33,8 +31,7 @@ class Receiver:
         self.received: list[Received] = []
         self.statuses: deque[int] = deque()  # answers for the next requests, then 200
         self.app = Starlette(routes=[Route("/{path:path}", self._hook, methods=["POST"])])
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server = LoopbackServer(self.app, "receiver")
         self.url = ""
 
     async def _hook(self, request: Request) -> Response:
@@ -58,18 +55,8 @@ class Receiver:
         ]
 
     async def start(self) -> Receiver:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="error", lifespan="off", ws="none"
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        server = self._server
-        await eventually(lambda: server.started, timeout=10, message="receiver did not start")
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._server.start()
         return self
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        await self._server.stop()

@@ -33,7 +33,6 @@ from datetime import time as dtime
 from typing import Any
 
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,7 +43,7 @@ from websockets.http11 import Response as WsResponse
 
 from services.common.market import Market
 from tests.fakes.server import Fault, Seen, fixture
-from tests.utils.waiting import eventually
+from tests.utils.loopback import LoopbackServer
 
 KEY_ID = "PKFAKE7Q2M9X4ALPACA1"
 SECRET_KEY = "alpaca-fake-secret-9d3f6b1e0c"
@@ -328,8 +327,7 @@ class FakeAlpaca:
         self.app = Starlette(
             routes=[Route(p, self._wrap(h), methods=["GET"]) for p, h in routes.items()]
         )
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server = LoopbackServer(self.app, "fake alpaca")
         self.url = ""
         # live trades
         self._rng = random.Random(seed)
@@ -807,15 +805,7 @@ class FakeAlpaca:
     # -- life -----------------------------------------------------------------------------------
 
     async def start(self) -> FakeAlpaca:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="error", lifespan="off", ws="none"
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        server = self._server
-        await eventually(lambda: server.started, timeout=10, message="fake alpaca did not start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._server.start()
         self._ws = await serve(
             self._socket, "127.0.0.1", 0, process_request=self._handshake, logger=FAKE_LOG
         )
@@ -827,9 +817,7 @@ class FakeAlpaca:
         if self._ws is not None:
             self._ws.close()
             await self._ws.wait_closed()
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        await self._server.stop()
 
 
 def settings_env(fake: FakeAlpaca, **extra: Any) -> dict[str, str]:

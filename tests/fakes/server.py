@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.utils.waiting import eventually
+from tests.utils.loopback import LoopbackServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -66,8 +65,7 @@ class FakeVendor:
         self.faults: dict[str, deque[Fault]] = defaultdict(deque)
         self.routes = routes
         self.app = Starlette(routes=[Route(p, self._endpoint, methods=["GET"]) for p in routes])
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server = LoopbackServer(self.app, "fake vendor")
         self.url = ""
 
     def script(self, path: str, *faults: Fault) -> None:
@@ -89,21 +87,11 @@ class FakeVendor:
         return self.routes[path](request)
 
     async def start(self) -> FakeVendor:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="error", lifespan="off", ws="none"
-        )
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        server = self._server
-        await eventually(lambda: server.started, timeout=10, message="fake vendor did not start")
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._server.start()
         return self
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        await self._server.stop()
 
 
 def json_response(data: Any, status: int = 200) -> Response:

@@ -128,14 +128,15 @@ async def test_symbol_limit_exceeded_shrinks_the_stream_and_says_so_once(
 async def test_connection_limit_exceeded_waits_longer_then_gets_in(alpaca: FakeAlpaca) -> None:
     async with running(stream_for(alpaca)) as first:
         await eventually(lambda: first.stream.connected)
-        second = stream_for(alpaca, limit_wait=0.5)
+        # (a wait far longer than the pause below: a busy machine may notice the refusal late)
+        second = stream_for(alpaca, limit_wait=3.0)
         async with running(second):
             await eventually(lambda: alpaca.ws_connects == 2)
             await asyncio.sleep(0.3)
             # refused with 406; the next try waits limit_wait, not the 0.02 s of a drop
             assert alpaca.ws_connects == 2 and not second.connected
             await first.stop()
-            await eventually(lambda: second.connected, timeout=5)
+            await eventually(lambda: second.connected, timeout=10)
     assert alpaca.auths == 2
 
 
