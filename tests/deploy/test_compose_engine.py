@@ -187,7 +187,7 @@ def test_writes_take_the_token_the_secrets_one_shot_made(stack: Stack) -> None:
     a 404: removing a symbol nobody tracks changes nothing the other tests see)."""
     token = stack.compose("exec", "-T", "api", "cat", "/run/secrets/api_tokens").stdout.strip()
     assert len(token) == 43
-    url = f"{stack.api}/api/v1/stocks/ZZUNTRACKED"
+    url = f"{stack.api}/api/v1/stocks/ZZNONE"
     for presented in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
         assert httpx.delete(url, headers=presented, timeout=10).status_code == 401
     authorized = httpx.delete(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
