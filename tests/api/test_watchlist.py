@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -114,7 +115,7 @@ async def test_a_body_over_4_kib_is_413(writer: httpx.AsyncClient) -> None:
     padded = {"symbol": "AMD", "pad": "x" * 5000}
     declared = await writer.post("/api/v1/stocks", json=padded)
 
-    async def chunks() -> object:  # no Content-Length: the limit holds while reading
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while reading
         for _ in range(5):
             yield b" " * 1000
         yield b'{"symbol": "AMD"}'

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from bokeh.core.property.vectorization import Value
 from bokeh.core.validation.check import check_integrity
 from bokeh.document import Document
 from bokeh.document.events import (
@@ -14,6 +15,7 @@ from bokeh.document.events import (
     DocumentPatchedEvent,
 )
 from bokeh.events import ButtonClick
+from bokeh.models.annotations.legends import Legend, LegendItem
 from bokeh.models.widgets.buttons import Button
 from bokeh.protocol import Protocol
 
@@ -198,7 +200,9 @@ async def test_the_browser_gets_all_of_a_symbol_added_while_it_shows_the_page(
     line = browser.doc.get_model_by_name("line_AMD")
     assert line is not None and line.js_property_callbacks  # a legend click hides its frame
     legend = browser.doc.get_model_by_name("legend")
-    assert [item.label.value for item in legend.items] == ["AAPL", "INTC", "AMD"]  # type: ignore[attr-defined]
+    assert isinstance(legend, Legend)
+    labels = [item.label for item in legend.items if isinstance(item, LegendItem)]
+    assert [label.value for label in labels if isinstance(label, Value)] == ["AAPL", "INTC", "AMD"]
     session.deliver(RemovedEvent("AMD"))
     await settle(session)
     assert browser.doc.get_model_by_name("line_AMD") is None

@@ -93,7 +93,8 @@ async def remove(db: asyncpg.Connection, symbol: str) -> None:
 
 
 async def state(db: asyncpg.Connection, symbol: str) -> str | None:
-    return await db.fetchval("SELECT state FROM watchlist WHERE symbol = $1", symbol)  # type: ignore[no-any-return]
+    state: str | None = await db.fetchval("SELECT state FROM watchlist WHERE symbol = $1", symbol)
+    return state
 
 
 async def live_ticks(db: asyncpg.Connection, symbol: str) -> int:
