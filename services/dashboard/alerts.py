@@ -111,7 +111,12 @@ class AlertsPanel:
         )
         # The source is drawn by nothing: the panel's tags keep it in the document (synced).
         self.root: Column = column(
-            self.heading, self.notify, self.list, name="alerts_panel", tags=[self.source]
+            self.heading,
+            self.notify,
+            self.list,
+            name="alerts_panel",
+            tags=[self.source],
+            width=320,  # beside the watchlist, which takes the rest of the row
         )
 
     def on_ready(self) -> CustomJS:

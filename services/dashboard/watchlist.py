@@ -116,7 +116,12 @@ class WatchlistPanel:
         )
         self.add = Button(label="Add", name="add_button", width=70, visible=writable)
         self.message = Div(text="", name="watchlist_message")
-        self.note = Div(text="" if writable else NO_TOKEN_NOTE, name="watchlist_note")
+        # (wraps within the panel: a Div without a width grows to its text's one line)
+        self.note = Div(
+            text="" if writable else NO_TOKEN_NOTE,
+            name="watchlist_note",
+            sizing_mode="stretch_width",
+        )
         self.rows = column([], name="watchlist_rows")
         self.entries: dict[str, Entry] = {}
         self.root: Column = column(
@@ -126,6 +131,7 @@ class WatchlistPanel:
             self.rows,
             name="watchlist",
             min_width=360,
+            sizing_mode="stretch_width",
         )
 
     def show(self, watch: Watch) -> None:
