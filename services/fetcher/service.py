@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import EllipsisType
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import stamina
 
@@ -19,7 +18,7 @@ from services.common.db import OUTAGE_ERRORS
 from services.common.market import Market
 from services.common.models import Profile, Tick, Week52
 from services.common.retry import Backoff
-from services.fetcher import feed_queries, queries
+from services.fetcher import feed_queries
 from services.fetcher.backfill import Backfill
 from services.fetcher.buffer import TickBuffer
 from services.fetcher.chain import Member, ProviderChain
@@ -27,6 +26,7 @@ from services.fetcher.config import FetcherSettings
 from services.fetcher.healing import Healer
 from services.fetcher.hours import Hours
 from services.fetcher.metrics import FetcherMetrics
+from services.fetcher.onboarding import Onboarding
 from services.fetcher.providers.base import (
     Provider,
     ProviderError,
@@ -34,7 +34,6 @@ from services.fetcher.providers.base import (
     SymbolLimit,
     TradeStream,
 )
-from services.fetcher.store import TickStore
 from services.fetcher.validation import (
     DropLog,
     DropReason,
@@ -42,7 +41,7 @@ from services.fetcher.validation import (
     usable_profile,
     usable_week52,
 )
-from services.fetcher.watchlist import Entry, State, WatchlistListener, beyond, set_state
+from services.fetcher.watchlist import Entry, WatchlistListener, beyond
 from services.fetcher.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,6 @@ METADATA_RETRY_SECONDS = 30.0
 RANGE_FLUSH_SECONDS = 5.0  # how soon a broken 52-week high or low reaches the database
 OUTSIDE_SESSION = "outside_session"  # a drop reason: a trade outside the market's hours
 FEED_RETRY_MAX = 30.0  # the longest wait before writing the feed row again after a failure
-PROGRESS_SECONDS = 1.0  # a backfilling symbol's progress is stored at most this often
-ONBOARD_RETRY_MAX = 60.0  # the longest wait before asking the vendor about a symbol again
-ONBOARD_FAILED_WAIT = 30.0  # after a symbol's work failed unexpectedly, before it is tried again
-# A symbol the vendor could not be asked about (down, or out of retries): asked again later.
-UNANSWERED: Final = object()
 
 
 def _utcnow() -> datetime:
@@ -117,6 +111,30 @@ class Fetcher:
             settings.batch_size,
             settings.fetcher_db_role,
         )
+        self.watchlist = WatchlistListener(
+            settings.database_url_now,
+            settings.fetcher_db_role,
+            self.configured,
+            metrics,
+            self._apply,
+        )
+        # How a symbol joins: the vendor's verdict, limits, a backfill with progress, its states.
+        self.onboarding = Onboarding(
+            settings,
+            self.writer,
+            self.symbols,
+            self.chain,
+            self.history_provider,
+            self._call,
+            metrics,
+            self.drops,
+            self.market,
+            take_out=self._take_out,
+            track=self._track,
+            untrack=self._untrack,
+            changed=self._changed,
+            wake=self.watchlist.wake,
+        )
         self.backfill = Backfill(
             self.writer,
             self.symbols,
@@ -125,7 +143,7 @@ class Fetcher:
             metrics,
             self.drops,
             self.market,
-            progress=self._progress,
+            progress=self.onboarding.progress,
             wanted=lambda symbol: symbol in self.symbols,  # one removed meanwhile is left out
         )
         # Healing looks no further back than history is wanted (none when backfill is off).
@@ -149,22 +167,7 @@ class Fetcher:
         self._feed_changed.set()  # the feed row is written at start
         self._probes: set[asyncio.Task[None]] = set()
         # -- the watchlist ------------------------------------------------------------------------
-        self.watchlist = WatchlistListener(
-            settings.database_url_now,
-            settings.fetcher_db_role,
-            self.configured,
-            metrics,
-            self._apply,
-        )
         self._first_read = asyncio.Event()  # the watchlist was read once: the start may plan
-        self._starting: list[str] = []  # configured rows the start checks and backfills itself
-        self._onboarding: dict[str, asyncio.Task[None]] = {}  # added symbols being taken on
-        self._retry_at: dict[str, float] = {}  # symbols whose taking on failed: not before
-        self._backfilling: set[str] = set()  # symbols whose progress is stored
-        self._progress_at: dict[str, float] = {}
-        self._rejecting: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._turn = asyncio.Semaphore(1)  # added symbols are backfilled one at a time
         self._fresh: set[str] = set()  # newly tracked: quoted at the next round, open or not
         self._metadata_for: set[str] = set()  # newly tracked: their names, logos and ranges
         self._metadata_due = asyncio.Event()
@@ -230,7 +233,7 @@ class Fetcher:
         clock = asyncio.get_running_loop().time
         deadline = clock() + self.settings.shutdown_timeout
         streams = [m.stream_task for m in self.chain.members if m.stream_task is not None]
-        others = [*self._probes, *self._onboarding.values(), *self._tasks]
+        others = [*self._probes, *self.onboarding.running.values(), *self.onboarding.tasks]
         pending: set[asyncio.Task[Any]] = {*loops, *streams, *others}
         while pending:
             # Cancelled again while any is left: a library may swallow one cancellation.
@@ -579,13 +582,13 @@ class Fetcher:
         refused = False
         try:
             await self._first_read.wait()
-            starting = await self._check_starting()
+            starting = await self.onboarding.check_starting()
             if source is None or self.settings.backfill <= timedelta(0):
                 self.backfill.planned.set()
-                await self._went_live(starting, "config")
+                await self.onboarding.went_live(starting, "config")
             else:
                 for symbol in starting:
-                    await self._enter_backfilling(symbol)
+                    await self.onboarding.enter_backfilling(symbol)
                 self.backfill.symbols = list(self.symbols)
                 try:
                     await self.backfill.run(source, live_from)
@@ -598,8 +601,8 @@ class Fetcher:
                 except Exception:
                     log.exception("history backfill failed")
                 finally:
-                    self._backfilling.difference_update(starting)
-                await self._went_live(starting, "config")
+                    self.onboarding.backfilled(starting)
+                await self.onboarding.went_live(starting, "config")
         finally:
             self.backfill.planned.set()  # whatever happened, live ticks must not wait for ever
         if source is not None and not refused:
@@ -696,14 +699,10 @@ class Fetcher:
         over = beyond(entries, limit.count)
         states = {e.symbol: e.state for e in entries}
         wanted = {e.symbol for e in entries if e.tracked} - set(over)
+        onboarding = self.onboarding
         for symbol in over:
-            if symbol not in self._rejecting:
-                self._rejecting.add(symbol)
-                self._spawn(self._reject(symbol, limit.reason, "limit"))
-        for symbol, task in list(self._onboarding.items()):
-            if symbol not in wanted:
-                del self._onboarding[symbol]
-                task.cancel()
+            onboarding.reject_later(symbol, limit.reason, "limit")
+        onboarding.forget(wanted)
         for symbol in [s for s in self.symbols if s not in wanted]:
             removed = symbol not in over and states.get(symbol) != "rejected"
             self._untrack(symbol, purge=not removed)
@@ -716,15 +715,19 @@ class Fetcher:
         now = time.monotonic()
         for entry in entries:
             symbol = entry.symbol
-            if symbol not in wanted or symbol in self._onboarding or symbol in self._starting:
+            if (
+                symbol not in wanted
+                or symbol in onboarding.running
+                or symbol in onboarding.starting
+            ):
                 continue
             if entry.state == "live":
                 if symbol not in self.symbols:
                     self._track(symbol)
             elif first and symbol in self.symbols:
-                self._starting.append(symbol)  # configured: checked and backfilled at start
-            elif self._retry_at.get(symbol, 0.0) <= now:
-                self._onboard_later(symbol, entry.origin)
+                onboarding.starting.append(symbol)  # configured: checked and backfilled at start
+            elif onboarding.retry_at.get(symbol, 0.0) <= now:
+                onboarding.onboard_later(symbol, entry.origin)
         self._changed()
         self._first_read.set()
 
@@ -754,182 +757,10 @@ class Fetcher:
 
     def _changed(self, streams: bool = False) -> None:
         """The symbol set changed: healing leaves out those still backfilling."""
-        self.healer.symbols = [s for s in self.symbols if s not in self._onboarding]
+        self.healer.symbols = [s for s in self.symbols if s not in self.onboarding.running]
         self.metrics.symbols_tracked.set(len(self.symbols))
         if streams:
             self._streams_changed.set()
-
-    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
-        """Run `work` alongside (a state to store); cancelled at shutdown, failures logged."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._spawned)
-
-    def _spawned(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.error("watchlist update failed", exc_info=error)
-
-    async def _with_store(self, work: Callable[[TickStore], Awaitable[T]]) -> T:
-        """`work` on the writer's connection, waiting out database outages."""
-        backoff = Backoff(0.2, 5.0)
-        while True:
-            try:
-                async with self.writer.use() as store:
-                    return await work(store)
-            except OUTAGE_ERRORS:
-                await backoff.sleep()
-
-    async def _enter(
-        self, symbol: str, state: State, progress: float | None = None, reason: str | None = None
-    ) -> None:
-        """Store `symbol`'s new state (NOTIFY watchlist), waiting out database outages."""
-        await self._with_store(lambda store: set_state(store.conn, symbol, state, progress, reason))
-
-    async def _enter_backfilling(self, symbol: str) -> None:
-        await self._enter(symbol, "backfilling", 0.0)
-        self._backfilling.add(symbol)
-        self._progress_at[symbol] = time.monotonic()
-
-    async def _went_live(self, symbols: Sequence[str], origin: str) -> None:
-        for symbol in symbols:
-            await self._enter(symbol, "live")
-            self.metrics.symbols_added.labels(origin).inc()
-            log.info("symbol live", extra={"symbol": symbol})
-        self._starting = [s for s in self._starting if s not in symbols]
-        self.watchlist.wake()
-
-    def _progress(self, shares: dict[str, float]) -> None:
-        """A backfill's progress: stored for each symbol at most once a PROGRESS_SECONDS."""
-        now = time.monotonic()
-        for symbol, share in shares.items():
-            due = self._progress_at.get(symbol, -math.inf) + PROGRESS_SECONDS
-            if symbol in self._backfilling and share < 1.0 and now >= due:
-                self._progress_at[symbol] = now
-                self._spawn(self._store_progress(symbol, share))
-
-    async def _store_progress(self, symbol: str, share: float) -> None:
-        try:
-            async with self.writer.use() as store:
-                await set_state(
-                    store.conn, symbol, "backfilling", round(share, 3), only_from=["backfilling"]
-                )
-        except OUTAGE_ERRORS:
-            pass  # the next share, or going live, is stored instead
-
-    async def _verdict(self, symbol: str) -> str | None | object:
-        """The vendor's reason not to track `symbol`, None when it knows it, or UNANSWERED."""
-        member = self.chain.active
-        provider = member.provider
-
-        async def ask() -> tuple[str | None]:
-            return (await provider.check_symbol(symbol),)
-
-        try:
-            answer = await self._call("check_symbol", ask)
-        except ProviderFatal as exc:
-            self._take_out(member, exc)
-            return UNANSWERED
-        except Exception as exc:  # noqa: BLE001 - an unusable answer: asked again later
-            log.warning(
-                "symbol not checked: unusable answer",
-                extra={"symbol": symbol, "provider": provider.name, "error": str(exc)},
-            )
-            return UNANSWERED
-        return UNANSWERED if answer is None else answer[0]
-
-    async def _check_starting(self) -> list[str]:
-        """The configured symbols new to the watchlist that the vendor knows; the others are
-        rejected. One it could not be asked about is tracked as configured."""
-        starting = list(self._starting)
-        verdicts = await asyncio.gather(*(self._verdict(s) for s in starting))
-        accepted = []
-        for symbol, verdict in zip(starting, verdicts, strict=True):
-            if symbol not in self.symbols:
-                continue  # removed or rejected meanwhile
-            if isinstance(verdict, str):
-                await self._reject(symbol, verdict, "unknown")
-                continue
-            if verdict is UNANSWERED:
-                log.warning(
-                    "configured symbol not checked (the vendor did not answer); tracking it",
-                    extra={"symbol": symbol},
-                )
-            accepted.append(symbol)
-        self._starting = accepted
-        return accepted
-
-    async def _reject(self, symbol: str, reason: str, kind: str) -> None:
-        """Stop tracking `symbol` and store why."""
-        self._rejecting.add(symbol)
-        try:
-            self._untrack(symbol, purge=True)
-            self._starting = [s for s in self._starting if s != symbol]
-            self.metrics.symbols_rejected.labels(kind).inc()
-            log.warning("symbol rejected", extra={"symbol": symbol, "reason": reason})
-            await self._enter(symbol, "rejected", reason=reason)
-        finally:
-            self._rejecting.discard(symbol)
-
-    def _onboard_later(self, symbol: str, origin: str) -> None:
-        task = asyncio.create_task(self._onboard(symbol, origin), name=f"onboard-{symbol}")
-        self._onboarding[symbol] = task
-        task.add_done_callback(lambda done: self._onboarded(symbol, done))
-
-    def _onboarded(self, symbol: str, task: asyncio.Task[None]) -> None:
-        if self._onboarding.get(symbol) is task:
-            del self._onboarding[symbol]
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.error("taking on a symbol failed", extra={"symbol": symbol}, exc_info=error)
-            self._retry_at[symbol] = time.monotonic() + ONBOARD_FAILED_WAIT
-            loop = asyncio.get_running_loop()
-            loop.call_later(ONBOARD_FAILED_WAIT, self.watchlist.wake)
-        self._changed()
-        self.watchlist.wake()  # its row may have changed meanwhile
-
-    async def _onboard(self, symbol: str, origin: str) -> None:
-        """Take on a symbol added to the watchlist: ask the vendor, backfill, then live."""
-        backoff = Backoff(1.0, ONBOARD_RETRY_MAX)
-        while (verdict := await self._verdict(symbol)) is UNANSWERED:
-            await backoff.sleep()  # still pending: the vendor is asked again
-        if isinstance(verdict, str):
-            await self._reject(symbol, verdict, "unknown")
-            return
-        await self._with_store(lambda store: store.conn.execute(queries.ENSURE_STOCKS, [symbol]))
-        source = self.history_provider
-        if source is None or self.settings.backfill <= timedelta(0):
-            self._track(symbol)
-            await self._went_live([symbol], origin)
-            return
-        await self._enter_backfilling(symbol)
-        backfill = Backfill(
-            self.writer,
-            [symbol],
-            self.settings.backfill,
-            self._call,
-            self.metrics,
-            self.drops,
-            self.market,
-            progress=self._progress,
-        )
-        run = asyncio.create_task(backfill.run(source, datetime.now(UTC), self._turn))
-        try:
-            # Live prices start once the backfill knows where stored history ends.
-            await backfill.planned.wait()
-            self._track(symbol)
-            try:
-                await run
-            except ProviderFatal as exc:
-                log.error(
-                    "history source refused: no backfill",
-                    extra={"symbol": symbol, "provider": source.name, "error": str(exc)},
-                )
-            except Exception:
-                log.exception("history backfill failed", extra={"symbol": symbol})
-        finally:
-            run.cancel()
-            self._backfilling.discard(symbol)
-        await self._went_live([symbol], origin)
 
 
 def _retryable(exc: Exception) -> bool:
