@@ -47,6 +47,12 @@ def _alert(row: asyncpg.Record) -> Alert:
     return Alert(**dict(row))
 
 
+EVENT_KINDS: dict[str, type[FiredEvent] | type[DeliveryEvent]] = {
+    "fired": FiredEvent,
+    "delivery": DeliveryEvent,
+}
+
+
 def _unknown(alert_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"unknown alert {alert_id}")
 
@@ -144,27 +150,6 @@ async def alert_events(alert_id: AlertId, conn: ConnDep) -> AlertEvents:
         if await conn.fetchval(queries.ALERT_CREATED, alert_id) is None:
             raise _unknown(alert_id)
         rows = await conn.fetch(queries.ALERT_EVENTS, alert_id)
-    events: list[FiredEvent | DeliveryEvent] = []
-    for r in rows:
-        if r["type"] == "fired":
-            events.append(
-                FiredEvent(
-                    firing_id=r["firing_id"],
-                    at=r["at"],
-                    price=r["price"],
-                    line=r["line"],
-                    tick_ts=r["tick_ts"],
-                )
-            )
-        else:
-            events.append(
-                DeliveryEvent(
-                    firing_id=r["firing_id"],
-                    at=r["at"],
-                    channel=r["channel"],
-                    attempt=r["attempt"],
-                    result=r["result"],
-                    detail=r["detail"],
-                )
-            )
+    # each row has both kinds' columns (the other kind's null): a model takes only its own
+    events = [EVENT_KINDS[r["type"]].model_validate(dict(r)) for r in rows]
     return AlertEvents(alert_id=alert_id, events=events)
