@@ -26,6 +26,10 @@ async def test_live_tick_arrives_at_once(
     assert event.event == "price" and event.id == str(event_id)
     assert event.data == {"symbol": "AAPL", "ts": int(T0.timestamp() * 1000), "price": 101.5}
     assert latency < 1.0
+    # Counted by the server's thread just after the write the client may already have read.
+    await eventually(
+        lambda: api.metric("stockstreamer_api_events_sent_total", event="price") == 1, timeout=2
+    )
     assert api.metric("stockstreamer_api_events_sent_total", event="price") == 1
     assert api.metric("stockstreamer_api_commit_to_send_seconds_count") == 1
 
